@@ -1,0 +1,1 @@
+"""Built-in sinks. Installed as ``tracekit.plugins``; each module is one plugin."""

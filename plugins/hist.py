@@ -1,0 +1,71 @@
+"""The ``hist`` sink: histograms printed when the session ends (and on Ctrl-C).
+
+``--sink hist`` prints the probe's default histograms; ``--sink
+hist=FIELD[,by=KEY...][,linear=LO:HI:STEP]`` prints that one instead (``;`` separates
+several). Counters the probe keeps in the kernel are printed after the histograms.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import TextIO
+
+from tracekit import hookimpl
+from tracekit.errors import UsageError
+from tracekit.hist import Histogram, parse_hist_arg
+from tracekit.registry import SinkRegistry, SinkSpec
+from tracekit.schema import HistSpec, Schema
+from tracekit.session import EventBatch, Session, Summary
+
+
+class HistSink:
+    def __init__(self, arg: str | None, out: TextIO | None = None) -> None:
+        self.arg = arg
+        self.out = out
+        self.hists: list[Histogram] = []
+
+    def specs(self, schema: Schema) -> tuple[HistSpec, ...]:
+        if not self.arg:
+            return schema.histograms or (HistSpec(value=None, kind="count"),)
+        try:
+            return tuple(parse_hist_arg(a, schema) for a in self.arg.split(";") if a.strip())
+        except (KeyError, ValueError) as exc:
+            raise UsageError(f"--sink hist={self.arg}: {str(exc).strip(chr(34) + chr(39))}") from None
+
+    def check_schema(self, schema: Schema) -> None:
+        self.specs(schema)
+
+    @hookimpl
+    def tracekit_session_start(self, session: Session) -> None:
+        self.hists = [Histogram(s, session.schema) for s in self.specs(session.schema)]
+
+    @hookimpl
+    def tracekit_events(self, session: Session, batch: EventBatch) -> None:
+        for h in self.hists:
+            h.add_rows(batch.rows)
+
+    @hookimpl
+    def tracekit_session_end(self, session: Session, summary: Summary) -> None:
+        out = self.out or sys.stdout
+        if session.sample_every > 1:
+            out.write(f"# sampled: 1 in {session.sample_every} events\n")
+        for h in self.hists:
+            out.write("\n" + h.render(session.symbols))
+        for mapname, labels in sorted(summary.counters.items()):
+            out.write("\n")
+            for label, per_cpu in labels.items():
+                cells = "  ".join(f"cpu{c}={n}" for c, n in sorted(per_cpu.items()))
+                out.write(f"@{mapname}.{label}: total={sum(per_cpu.values())}  {cells}\n")
+        out.flush()
+
+
+@hookimpl
+def tracekit_register_sinks(registry: SinkRegistry) -> None:
+    registry.add(
+        SinkSpec(
+            name="hist",
+            description="histograms (log2/linear, keyed by fields) printed when the run ends",
+            factory=HistSink,
+            streams=False,
+        )
+    )

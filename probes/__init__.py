@@ -1,0 +1,1 @@
+"""Built-in BPF probes. Installed as ``tracekit.probes``; each folder is one plugin."""

@@ -1,0 +1,95 @@
+/* Shared by every tracekit probe: event output, loss and rate-limit accounting.
+ *
+ * A probe declares `struct tk_event` (the one declaration of its event layout),
+ * includes this header, and emits with tk_emit(ctx, &ev). The loader picks the
+ * output at compile time: the BPF ring buffer (-DTK_USE_RINGBUF) where the kernel
+ * has it, else a perf buffer.
+ */
+#ifndef TRACEKIT_H
+#define TRACEKIT_H
+
+/* Per-CPU loss counters kept in the kernel, read by the loader:
+ *   slot 0: ring buffer reserve failures (BCC reports no loss for the ring buffer)
+ *   slot 1: events dropped by the --max-events-per-sec limit */
+BPF_PERCPU_ARRAY(tk_lost, u64, 2);
+
+/* Rate limit: per-CPU token bucket refilled every second. 0 = no limit. */
+#ifndef TK_MAX_EVENTS_PER_SEC
+#define TK_MAX_EVENTS_PER_SEC 0
+#endif
+struct tk_rl { u64 window_start; u64 count; };
+BPF_PERCPU_ARRAY(tk_ratelimit, struct tk_rl, 1);
+
+static __always_inline int tk_over_limit(void)
+{
+#if TK_MAX_EVENTS_PER_SEC > 0
+    int zero = 0;
+    struct tk_rl *rl = tk_ratelimit.lookup(&zero);
+    if (!rl)
+        return 0;
+    u64 now = bpf_ktime_get_ns();
+    if (now - rl->window_start >= 1000000000ULL) {
+        rl->window_start = now;
+        rl->count = 0;
+    }
+    if (rl->count >= TK_MAX_EVENTS_PER_SEC / TK_NCPUS + 1) {
+        int slot = 1;
+        u64 *lost = tk_lost.lookup(&slot);
+        if (lost)
+            (*lost)++;
+        return 1;
+    }
+    rl->count++;
+#endif
+    return 0;
+}
+
+static __always_inline void tk_count_lost(int slot)
+{
+    u64 *lost = tk_lost.lookup(&slot);
+    if (lost)
+        (*lost)++;
+}
+
+/* BCC rewrites map calls only outside macros, so emitting is a function. */
+#ifdef TK_USE_RINGBUF
+#ifndef TK_RINGBUF_PAGES
+#define TK_RINGBUF_PAGES 256
+#endif
+/* Wake user space every TK_WAKEUP_EVENTS events per CPU, not per event: a wakeup
+ * per event costs several microseconds, more than the event itself. The loader's
+ * poll timeout picks up whatever is left below the threshold. */
+#ifndef TK_WAKEUP_EVENTS
+#define TK_WAKEUP_EVENTS 64
+#endif
+BPF_RINGBUF_OUTPUT(tk_events, TK_RINGBUF_PAGES);
+BPF_PERCPU_ARRAY(tk_emitted, u64, 1);
+static __always_inline void tk_emit(void *ctx, struct tk_event *ev)
+{
+    if (tk_over_limit())
+        return;
+    int zero = 0;
+    u64 flags = BPF_RB_NO_WAKEUP;
+    u64 *n = tk_emitted.lookup(&zero);
+    if (n && ++(*n) % TK_WAKEUP_EVENTS == 0)
+        flags = BPF_RB_FORCE_WAKEUP;
+    if (tk_events.ringbuf_output(ev, sizeof(*ev), flags) != 0)
+        tk_count_lost(0);
+}
+#else
+BPF_PERF_OUTPUT(tk_events);
+static __always_inline void tk_emit(void *ctx, struct tk_event *ev)
+{
+    if (tk_over_limit())
+        return;
+    tk_events.perf_submit(ctx, ev, sizeof(*ev));
+}
+#endif
+
+/* Whether single events are wanted at all: with only aggregating sinks (hist)
+ * the loader compiles with TK_STREAM=0 and probes keep counts in maps instead. */
+#ifndef TK_STREAM
+#define TK_STREAM 1
+#endif
+
+#endif /* TRACEKIT_H */

@@ -1,0 +1,126 @@
+/* txq-flip: when netdev_pick_tx() moves a socket to another transmit queue.
+ *
+ * netdev_pick_tx() (net/core/dev.c) keeps a socket on the queue stored in
+ * sk->sk_tx_queue_mapping unless the mapping is unset, out of range, or the skb
+ * has ooo_okay set; then XPS (or the tx hash) picks again, and the socket may
+ * move. We remember the socket's queue at entry and compare it with the queue
+ * returned, emitting an event only when they differ.
+ */
+#include <linux/skbuff.h>
+#include <linux/netdevice.h>
+#include <net/sock.h>
+
+/* The one declaration of the event layout; tracekit checks its Python schema
+ * against this struct as BCC compiled it. Explicit padding, no holes. */
+struct tk_event {
+    u64 ts_ns;
+    u64 sk;
+    u32 cpu;
+    u32 pid;
+    u32 ifindex;
+    u32 saddr;
+    u32 daddr;
+    u16 sport;
+    u16 dport;
+    u16 family;
+    u16 queue_before;
+    u16 queue_after;
+    u8 ooo_okay;
+    u8 pad;
+    char ifname[16];
+    char comm[16];
+};
+
+#include "tracekit.h"
+
+/* Per-CPU counters: [0] calls, [1] queue changes, [2] skbs without a socket. */
+BPF_PERCPU_ARRAY(txq_counts, u64, 3);
+
+/* State between entry and return. The transmit path runs with bottom halves
+ * disabled, so one call per CPU is in flight at a time: a per-CPU slot is enough
+ * and cheaper than a hash keyed by thread (which is 0 for every idle CPU). */
+struct entry_state {
+    struct sock *sk;
+    struct net_device *dev;
+    u16 before;
+    u8 ooo_okay;
+    u8 valid;
+};
+BPF_PERCPU_ARRAY(txq_entry, struct entry_state, 1);
+
+static __always_inline void count(int slot)
+{
+    u64 *v = txq_counts.lookup(&slot);
+    if (v)
+        (*v)++;
+}
+
+int tk_pick_tx_entry(struct pt_regs *ctx, struct net_device *dev, struct sk_buff *skb)
+{
+    int zero = 0;
+    struct entry_state *st = txq_entry.lookup(&zero);
+    if (!st)
+        return 0;
+    st->valid = 0;
+#if TK_PARAM_IFINDEX > 0
+    int ifindex = 0;
+    bpf_probe_read_kernel(&ifindex, sizeof(ifindex), &dev->ifindex);
+    if (ifindex != TK_PARAM_IFINDEX)
+        return 0;
+#endif
+    count(0);
+    /* ooo_okay is a bitfield: copy the skb to the stack and let clang extract it,
+     * since a probe read cannot take the address of a bitfield. */
+    struct sk_buff s = {};
+    bpf_probe_read_kernel(&s, sizeof(s), skb);
+    if (!s.sk) {
+        count(2);
+        return 0;
+    }
+    u16 before = 0xffff;
+    bpf_probe_read_kernel(&before, sizeof(before), &s.sk->sk_tx_queue_mapping);
+    st->sk = s.sk;
+    st->dev = dev;
+    st->before = before;
+    st->ooo_okay = s.ooo_okay;
+    st->valid = 1;
+    return 0;
+}
+
+int tk_pick_tx_return(struct pt_regs *ctx)
+{
+    int zero = 0;
+    struct entry_state *st = txq_entry.lookup(&zero);
+    if (!st || !st->valid)
+        return 0;
+    st->valid = 0;
+    u16 after = PT_REGS_RC(ctx) & 0xffff;
+    if (after == st->before)
+        return 0;
+    count(1);
+#if TK_STREAM
+    struct tk_event ev = {};
+    struct sock *sk = st->sk;
+    ev.ts_ns = bpf_ktime_get_ns();
+    ev.sk = (u64)sk;
+    ev.cpu = bpf_get_smp_processor_id();
+    ev.pid = bpf_get_current_pid_tgid() >> 32;
+    ev.queue_before = st->before;
+    ev.queue_after = after;
+    ev.ooo_okay = st->ooo_okay;
+    bpf_probe_read_kernel(&ev.ifindex, sizeof(ev.ifindex), &st->dev->ifindex);
+    bpf_probe_read_kernel_str(&ev.ifname, sizeof(ev.ifname), st->dev->name);
+    bpf_probe_read_kernel(&ev.family, sizeof(ev.family), &sk->__sk_common.skc_family);
+    if (ev.family == AF_INET) {
+        bpf_probe_read_kernel(&ev.saddr, sizeof(ev.saddr), &sk->__sk_common.skc_rcv_saddr);
+        bpf_probe_read_kernel(&ev.daddr, sizeof(ev.daddr), &sk->__sk_common.skc_daddr);
+    }
+    bpf_probe_read_kernel(&ev.sport, sizeof(ev.sport), &sk->__sk_common.skc_num);
+    u16 dport = 0;
+    bpf_probe_read_kernel(&dport, sizeof(dport), &sk->__sk_common.skc_dport);
+    ev.dport = ntohs(dport);
+    bpf_get_current_comm(&ev.comm, sizeof(ev.comm));
+    tk_emit(ctx, &ev);
+#endif
+    return 0;
+}

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Install everything tracekit needs on a fresh Debian bookworm machine (as root):
+# the apt packages for the VM and for BCC, and the project's venv (.venv), made
+# from the system Python with --system-site-packages so it sees python3-bpfcc.
+# Idempotent: does only what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PACKAGES=(
+  qemu-system-x86            # the VM
+  linux-image-amd64          # the guest kernel (booted by virtme-ng, never by this host)
+  linux-headers-amd64        # BCC in the guest compiles against these
+  python3-bpfcc bpfcc-tools  # BCC
+  bpftrace                   # the second tracer some tests compare with
+  bpftool                    # lists BPF programs: nothing of tracekit stays attached
+  iperf3 iproute2 ethtool util-linux procps kmod  # the labs
+  python3-venv python3-pip
+)
+
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "setup: installing ${missing[*]}" >&2
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import tracekit, pytest, virtme_ng' 2>/dev/null; then
+  echo "setup: creating .venv" >&2
+  /usr/bin/python3 -m venv --system-site-packages .venv
+  .venv/bin/pip install -q --disable-pip-version-check -e '.[dev]' 2>&1 | grep -v '^WARNING: Location' || true
+  .venv/bin/python -c 'import tracekit, pytest, virtme_ng' 
+fi

@@ -1,0 +1,164 @@
+"""The hook bus: one pluggy plugin manager with the built-in and third-party plugins.
+
+Built-ins are listed in ``DEFAULT_PLUGINS`` and registered the same way as plugins
+found through the ``tracekit`` entry-point group. A plugin that fails to import is
+reported as a warning and skipped; ``TRACEKIT_DISABLE_PLUGINS=name,...`` skips
+plugins by entry-point name or module name.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from importlib import metadata
+from typing import Any
+
+import pluggy
+
+from tracekit import __version__, hookspecs
+from tracekit.errors import TracekitError
+from tracekit.registry import ProbeRegistry, SinkRegistry
+
+ENTRY_POINT_GROUP = "tracekit"
+
+DEFAULT_PLUGINS: tuple[str, ...] = (
+    "tracekit.plugins.console",
+    "tracekit.plugins.msgpack_sink",
+    "tracekit.plugins.hist",
+    "tracekit.probes.txq_flip",
+)
+
+
+def _warn(msg: str) -> None:
+    print(f"tracekit: warning: {msg}", file=sys.stderr)
+
+
+@dataclass
+class PluginInfo:
+    name: str
+    version: str
+    origin: str  # "builtin" or the distribution name
+
+
+@dataclass
+class Bus:
+    """The plugin manager plus the registries its plugins filled."""
+
+    pm: pluggy.PluginManager
+    probes: ProbeRegistry
+    sinks: SinkRegistry
+    plugins: dict[str, PluginInfo] = field(default_factory=dict)
+    # Names of session plugins that raised, with their first error.
+    failures: dict[str, str] = field(default_factory=dict)
+    warn: Callable[[str], None] = _warn
+
+    def call(self, hook: str, **kwargs: Any) -> None:
+        """Call every implementation of a session hook, isolating failures.
+
+        pluggy stops at the first implementation that raises; a sink that fails must
+        not take the others (or the run) down, so the bus walks the implementations
+        itself, in pluggy's order, and reports each failing plugin once.
+        """
+        caller = getattr(self.pm.hook, hook)
+        for impl in reversed(caller.get_hookimpls()):
+            if impl.plugin_name in self.failures:
+                continue
+            try:
+                impl.function(*[kwargs[a] for a in impl.argnames])
+            except Exception as exc:  # noqa: BLE001 - any sink bug is reported, not raised
+                msg = f"{type(exc).__name__}: {exc}"
+                self.failures[impl.plugin_name] = msg
+                self.warn(f"sink {impl.plugin_name} failed in {hook} and was stopped: {msg}")
+
+    @contextmanager
+    def session_plugins(self, objs: dict[str, object]) -> Iterator[None]:
+        """Register per-session sink objects under their names for the session's length."""
+        registered: list[object] = []
+        try:
+            for name, obj in objs.items():
+                self.pm.register(obj, name=name)
+                registered.append(obj)
+            self.pm.check_pending()
+            yield
+        finally:
+            for obj in registered:
+                self.pm.unregister(obj)
+
+
+def _disabled() -> set[str]:
+    raw = os.environ.get("TRACEKIT_DISABLE_PLUGINS", "")
+    return {n.strip() for n in raw.split(",") if n.strip()}
+
+
+def _register(pm: pluggy.PluginManager, plugin: object, name: str) -> None:
+    pm.register(plugin, name=name)
+    try:
+        pm.check_pending()
+    except pluggy.PluginValidationError as exc:
+        pm.unregister(plugin)
+        raise TracekitError(f"plugin {name}: {exc}") from None
+
+
+def build_bus(
+    extra_plugins: tuple[tuple[str, object], ...] = (),
+    load_entry_points: bool = True,
+) -> Bus:
+    """Load built-in and third-party plugins and run the registration hooks."""
+    pm = pluggy.PluginManager("tracekit")
+    pm.add_hookspecs(hookspecs)
+    disabled = _disabled()
+    infos: dict[str, PluginInfo] = {}
+
+    for modname in DEFAULT_PLUGINS:
+        short = modname.rsplit(".", 1)[-1]
+        if modname in disabled or short in disabled:
+            continue
+        _register(pm, importlib.import_module(modname), modname)
+        infos[modname] = PluginInfo(modname, __version__, "builtin")
+
+    if load_entry_points:
+        for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
+            if ep.name in disabled or ep.value.split(":")[0] in disabled:
+                continue
+            if pm.has_plugin(ep.name):
+                continue
+            try:
+                plugin = ep.load()
+            except Exception as exc:  # noqa: BLE001 - a broken plugin must not stop tracekit
+                _warn(f"plugin {ep.name} ({ep.value}) failed to load: {type(exc).__name__}: {exc}")
+                continue
+            try:
+                _register(pm, plugin, ep.name)
+            except TracekitError as exc:
+                _warn(f"{exc} (skipped)")
+                continue
+            dist = ep.dist
+            infos[ep.name] = PluginInfo(
+                ep.name,
+                dist.version if dist else "?",
+                dist.metadata["Name"] if dist else "?",
+            )
+
+    for name, plugin in extra_plugins:
+        if name in disabled:
+            continue
+        _register(pm, plugin, name)
+        infos[name] = PluginInfo(name, "?", "extra")
+
+    probes, sinks = ProbeRegistry(), SinkRegistry()
+    _call_registration(pm, "tracekit_register_probes", probes)
+    _call_registration(pm, "tracekit_register_sinks", sinks)
+    return Bus(pm=pm, probes=probes, sinks=sinks, plugins=infos)
+
+
+def _call_registration(pm: pluggy.PluginManager, hook: str, registry: ProbeRegistry | SinkRegistry) -> None:
+    # Called implementation by implementation so the registry knows who registers
+    # what, and a clash can name both plugins.
+    for impl in reversed(getattr(pm.hook, hook).get_hookimpls()):
+        registry.current_plugin = impl.plugin_name
+        impl.function(registry)
+    registry.current_plugin = "?"

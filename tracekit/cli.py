@@ -1,0 +1,265 @@
+"""The ``tracekit`` command line (click).
+
+Every user error ends in one line ``tracekit: ...`` and a non-zero exit status, never
+a traceback; click's own usage errors are folded into the same one-line form.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import sys
+from typing import Any
+
+import click
+
+from tracekit import __version__
+from tracekit.bus import Bus, build_bus
+from tracekit.errors import TracekitError, UsageError
+from tracekit.pipeline import SinkOptions
+
+
+def _bus(ctx: click.Context) -> Bus:
+    obj = ctx.ensure_object(dict)
+    if "bus" not in obj:
+        obj["bus"] = build_bus()
+    bus: Bus = obj["bus"]
+    return bus
+
+
+def _parse_params(items: tuple[str, ...]) -> dict[str, str]:
+    out = {}
+    for item in items:
+        k, sep, v = item.partition("=")
+        if not sep or not k:
+            raise UsageError(f"bad --param {item!r}: expected KEY=VALUE")
+        out[k.strip()] = v.strip()
+    return out
+
+
+sink_option = click.option(
+    "--sink",
+    "sinks",
+    multiple=True,
+    metavar="NAME[=ARG]",
+    help="where events go; repeat for several (console, hist, msgpack=PATH, ...)",
+)
+force_option = click.option("--force", is_flag=True, help="overwrite existing trace files")
+
+
+class TracekitGroup(click.Group):
+    """Adds plugin commands lazily, so ``--help`` lists them."""
+
+    def _load(self, ctx: click.Context) -> None:
+        if getattr(self, "_plugins_added", False):
+            return
+        self._plugins_added = True
+        try:
+            bus = _bus(ctx)
+        except TracekitError:
+            return
+        bus.pm.hook.tracekit_add_commands(cli=self)
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        self._load(ctx)
+        return super().list_commands(ctx)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        cmd = super().get_command(ctx, name)
+        if cmd is None:
+            self._load(ctx)
+            cmd = super().get_command(ctx, name)
+        return cmd
+
+
+@click.group(cls=TracekitGroup)
+@click.version_option(__version__, prog_name="tracekit")
+@click.pass_context
+def cli(ctx: click.Context) -> None:
+    """eBPF tracing for Linux network-stack performance work."""
+    ctx.ensure_object(dict)
+
+
+@cli.command("list")
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+@click.pass_context
+def list_cmd(ctx: click.Context, as_json: bool) -> None:
+    """List probes and sinks, with the plugin each comes from."""
+    bus = _bus(ctx)
+
+    def version(plugin: str) -> str:
+        info = bus.plugins.get(plugin)
+        return info.version if info else "?"
+
+    probes = [
+        {"name": p.name, "plugin": bus.probes.plugin_of(p.name), "version": version(bus.probes.plugin_of(p.name)),
+         "description": p.description}
+        for p in bus.probes
+    ]
+    sinks = [
+        {"name": s.name, "plugin": bus.sinks.plugin_of(s.name), "version": version(bus.sinks.plugin_of(s.name)),
+         "description": s.description}
+        for s in bus.sinks
+    ]
+    if as_json:
+        plugins = [vars(p) for p in bus.plugins.values()]
+        click.echo(json.dumps({"probes": probes, "sinks": sinks, "plugins": plugins}, indent=2))
+        return
+    for title, rows in (("probes", probes), ("sinks", sinks)):
+        click.echo(f"{title}:")
+        w = max((len(r["name"]) for r in rows), default=0)
+        pw = max((len(f"{r['plugin']} {r['version']}") for r in rows), default=0)
+        for r in rows:
+            origin = f"{r['plugin']} {r['version']}"
+            click.echo(f"  {r['name']:<{w}}  {origin:<{pw}}  {r['description']}")
+
+
+@cli.command("run")
+@click.argument("probe")
+@sink_option
+@click.option("--duration", type=float, default=None, help="stop after SECONDS (default: Ctrl-C)")
+@click.option("--param", "params", multiple=True, metavar="KEY=VALUE", help="probe parameter")
+@click.option("--output", type=click.Choice(["auto", "ringbuf", "perf"]), default="auto",
+              help="kernel-to-user buffer (auto: ring buffer where the kernel has it)")
+@click.option("--max-events-per-sec", type=int, default=0,
+              help="drop events above this rate in the kernel, counted as lost (0: no limit)")
+@force_option
+@click.pass_context
+def run_cmd(
+    ctx: click.Context,
+    probe: str,
+    sinks: tuple[str, ...],
+    duration: float | None,
+    params: tuple[str, ...],
+    output: str,
+    max_events_per_sec: int,
+    force: bool,
+) -> None:
+    """Compile PROBE, attach it and send its events to sinks until Ctrl-C or --duration."""
+    from tracekit.pipeline import make_sinks
+    from tracekit.run import RunOptions, run_probe
+
+    bus = _bus(ctx)
+    spec = bus.probes.get(probe)
+    values = spec.resolve_params(_parse_params(params))
+    sinks = sinks or ("console",)
+    if duration is not None and duration <= 0:
+        raise UsageError("--duration must be positive")
+    # Validate sinks before the (slow) compile.
+    make_sinks(bus, sinks, SinkOptions(force=force), spec.schema)
+    run_probe(
+        bus,
+        spec,
+        values,
+        sinks,
+        RunOptions(duration=duration, output=output, max_events_per_sec=max_events_per_sec, force=force),
+    )
+
+
+@cli.command("replay")
+@click.argument("file", type=click.Path(dir_okay=False))
+@sink_option
+@force_option
+@click.pass_context
+def replay_cmd(ctx: click.Context, file: str, sinks: tuple[str, ...], force: bool) -> None:
+    """Feed a recorded trace FILE through sinks, on any machine."""
+    from tracekit.replay import replay
+
+    replay(_bus(ctx), file, sinks or ("console",), SinkOptions(force=force))
+
+
+def _when(ts: float) -> str:
+    return dt.datetime.fromtimestamp(ts, tz=dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+@cli.command("info")
+@click.argument("file", type=click.Path(dir_okay=False))
+def info_cmd(file: str) -> None:
+    """Describe a trace FILE: its header and footer in words."""
+    from tracekit.tracefile import BATCH, TraceReader
+
+    reader = TraceReader(file)
+    h, s = reader.header, reader.session
+    batches = rows = 0
+    for rec in reader.records():
+        if rec.kind == BATCH:
+            batches += 1
+            rows += len(rec.payload)
+    params = ", ".join(f"{k}={v}" for k, v in s.params.items()) or "none"
+    click.echo(f"file:      {file} (format {h['format']}, written by tracekit {s.tracekit_version})")
+    click.echo(f"probe:     {s.probe} (parameters: {params})")
+    click.echo(f"recorded:  {_when(s.start_time)} on {s.hostname}, kernel {s.kernel}, {s.ncpus} CPUs")
+    click.echo(f"fields:    {', '.join(s.schema.names)}")
+    if s.sample_every > 1:
+        click.echo(f"sampling:  1 in {s.sample_every} events")
+    click.echo(f"contents:  {rows} events in {batches} batches, {len(s.symbols)} kernel symbols")
+    f = reader.footer
+    if f is None:
+        click.echo(f"footer:    missing: the recording was cut short at byte {reader.truncated_at}")
+        return
+    how = "interrupted (Ctrl-C/SIGTERM)" if f.interrupted else "completed"
+    click.echo(f"ended:     {how} after {f.duration:.1f}s, {f.events} events")
+    if f.lost_total:
+        for source, per in f.lost.items():
+            cells = ", ".join(f"cpu{c}={n}" for c, n in sorted(per.items()))
+            click.echo(f"lost:      {sum(per.values())} ({source}: {cells})")
+    else:
+        click.echo("lost:      none")
+    for m, labels in f.counters.items():
+        for label, per in labels.items():
+            click.echo(f"counter:   {m}.{label} = {sum(per.values())}")
+
+
+@cli.command("check")
+@click.argument("probe", required=False)
+@click.pass_context
+def check_cmd(ctx: click.Context, probe: str | None) -> None:
+    """Report whether this machine can run PROBE (or every probe): all problems at once."""
+    from tracekit.preflight import preflight
+
+    bus = _bus(ctx)
+    specs = [bus.probes.get(probe)] if probe else list(bus.probes)
+    failed: TracekitError | None = None
+    for spec in specs:
+        report, _ = preflight(spec)
+        click.echo(f"{spec.name}:")
+        for line in report.render().splitlines():
+            click.echo(f"  {line}")
+        if not report.ok and failed is None:
+            c = next(c for c in report.checks if not c.ok)
+            failed = (c.error or TracekitError)(c.message)
+    if failed is not None:
+        ctx.exit(failed.exit_code)
+
+
+def _register_lab() -> None:
+    from tracekit.lab.cli import lab
+
+    cli.add_command(lab)
+
+
+_register_lab()
+
+
+def main(argv: list[str] | None = None) -> Any:
+    try:
+        rv = cli.main(args=argv, prog_name="tracekit", standalone_mode=False)
+        if isinstance(rv, int) and rv:
+            sys.exit(rv)
+        return None
+    except TracekitError as exc:
+        click.echo(f"tracekit: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.Abort:
+        click.echo("tracekit: interrupted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        click.echo(f"tracekit: {exc.format_message()}", err=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        click.echo("tracekit: interrupted", err=True)
+        sys.exit(130)
+    except BrokenPipeError:
+        sys.exit(0)

@@ -1,0 +1,158 @@
+"""Histograms: log2 and linear buckets keyed by fields, printed like bpftrace.
+
+The output follows bpftrace's ``hist``/``lhist`` and bcc's ``print_log2_hist``:
+``@name[key, key]:`` then one line a bucket with a bar of up to 52 ``@``.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+from typing import Any
+
+from tracekit.schema import HistSpec, Schema, format_value
+
+BAR_WIDTH = 52
+
+
+def log2_bucket(v: int) -> int:
+    """Bucket index: 0 holds 0 (and negatives), 1 holds 1, k holds [2^(k-1), 2^k)."""
+    return int(v).bit_length() if v > 0 else 0
+
+
+def _human(n: int) -> str:
+    for suffix in ("", "K", "M", "G", "T", "P"):
+        if n < 1024 or suffix == "P":
+            return f"{n}{suffix}"
+        if n % 1024:
+            return str(n)
+        n //= 1024
+    return str(n)
+
+
+def log2_label(b: int) -> str:
+    if b == 0:
+        return "[0]"
+    if b == 1:
+        return "[1]"
+    return f"[{_human(1 << (b - 1))}, {_human(1 << b)})"
+
+
+class Histogram:
+    """One histogram over the rows of one schema."""
+
+    def __init__(self, spec: HistSpec, schema: Schema) -> None:
+        schema.check_hist(spec)
+        self.spec = spec
+        self.schema = schema
+        self._vi = schema.index(spec.value) if spec.value else None
+        self._ki = tuple(schema.index(k) for k in spec.by)
+        self.data: dict[tuple[Any, ...], dict[int, int]] = defaultdict(lambda: defaultdict(int))
+
+    def bucket(self, v: int) -> int:
+        s = self.spec
+        if s.kind == "log2":
+            return log2_bucket(v)
+        if s.kind == "linear":
+            if v < s.lo:
+                return -1
+            if v >= s.hi:
+                return (s.hi - s.lo) // s.step
+            return (v - s.lo) // s.step
+        return 0
+
+    def add_rows(self, rows: Iterable[tuple[Any, ...]]) -> None:
+        vi, ki, data = self._vi, self._ki, self.data
+        bucket = self.bucket
+        for r in rows:
+            key = tuple(r[i] for i in ki)
+            data[key][bucket(r[vi]) if vi is not None else 0] += 1
+
+    def merge_counts(self, key: tuple[Any, ...], bucket: int, count: int) -> None:
+        """Add counts aggregated elsewhere (in the kernel) for one bucket."""
+        self.data[key][bucket] += count
+
+    def _label(self, b: int) -> str:
+        s = self.spec
+        if s.kind == "log2":
+            return log2_label(b)
+        nb = (s.hi - s.lo) // s.step
+        if b < 0:
+            return f"(..., {s.lo})"
+        if b >= nb:
+            return f"[{s.hi}, ...)"
+        lo = s.lo + b * s.step
+        return f"[{lo}, {lo + s.step})"
+
+    def _key_text(self, key: tuple[Any, ...], symbols: dict[int, str] | None) -> str:
+        if not key:
+            return ""
+        parts = [
+            format_value(self.schema.field(n), v, symbols)
+            for n, v in zip(self.spec.by, key, strict=True)
+        ]
+        return "[" + ", ".join(parts) + "]"
+
+    def render(self, symbols: dict[int, str] | None = None) -> str:
+        name = self.spec.title or (self.spec.value or "count")
+        unit = ""
+        if self.spec.value:
+            u = self.schema.field(self.spec.value).unit
+            unit = f" ({u})" if u else ""
+        lines: list[str] = []
+        if not self.data:
+            return f"@{name}{unit}: no events\n"
+        for key in sorted(self.data, key=_sort_key):
+            buckets = self.data[key]
+            head = f"@{name}{self._key_text(key, symbols)}"
+            if self.spec.kind == "count":
+                lines.append(f"{head}: {buckets[0]}")
+                continue
+            lines.append(f"{head}{unit}:")
+            lo, hi = min(buckets), max(buckets)
+            if self.spec.kind == "log2" and lo > 0:
+                lo = max(lo, 0)
+            peak = max(buckets.values())
+            for b in range(lo, hi + 1):
+                n = buckets.get(b, 0)
+                bar = "@" * (n * BAR_WIDTH // peak) if peak else ""
+                lines.append(f"{self._label(b):<16}{n:>8} |{bar:<{BAR_WIDTH}}|")
+            lines.append("")
+        return "\n".join(lines).rstrip("\n") + "\n"
+
+
+def _sort_key(key: tuple[Any, ...]) -> tuple[tuple[int, Any], ...]:
+    # Keys mix ints and strings (interface names); sort ints numerically first.
+    return tuple((0, k) if isinstance(k, int) else (1, str(k)) for k in key)
+
+
+def parse_hist_arg(arg: str, schema: Schema) -> HistSpec:
+    """Parse ``FIELD[,by=KEY...][,linear=LO:HI:STEP][,log2][,count]`` for ``--sink hist=``.
+
+    ``count`` instead of a field counts events per key.
+    """
+    parts = [p.strip() for p in arg.split(",") if p.strip()]
+    if not parts:
+        raise ValueError("empty histogram spec")
+    value: str | None = parts[0]
+    kind, lo, hi, step = "log2", 0, 0, 1
+    by: list[str] = []
+    if value == "count":
+        value, kind = None, "count"
+    for p in parts[1:]:
+        k, _, v = p.partition("=")
+        if k == "by":
+            by.extend(x for x in v.split("+") if x)
+        elif k == "linear":
+            kind = "linear"
+            try:
+                lo, hi, step = (int(x) for x in v.split(":"))
+            except ValueError:
+                raise ValueError(f"linear={v!r}: expected LO:HI:STEP") from None
+        elif k == "log2":
+            kind = "log2"
+        else:
+            raise ValueError(f"unknown histogram option {p!r} (by=, linear=LO:HI:STEP, log2)")
+    spec = HistSpec(value=value, by=tuple(by), kind=kind, lo=lo, hi=hi, step=step)
+    schema.check_hist(spec)
+    return spec

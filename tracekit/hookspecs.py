@@ -1,0 +1,106 @@
+"""The whole plugin contract of tracekit, hook by hook.
+
+A plugin is a module or an object with functions decorated by ``tracekit.hookimpl``
+whose names are the hooks below. Built-in probes and sinks (``tracekit.probes.*``,
+``tracekit.plugins.*``) use exactly this contract; third-party plugins are found
+through the ``tracekit`` entry-point group.
+
+Two kinds of hooks:
+
+* **Registration hooks** run once when the plugin manager is built: a plugin adds
+  probes, sinks and CLI commands.
+* **Session hooks** run during a run or a replay. They are called on every plugin
+  that implements them: the sink objects made for this session (``--sink``) and any
+  plugin module that wants to observe every session. Events arrive in batches, never
+  one hook call per event: one pluggy call costs a few microseconds, more than a
+  probe spends on an event. If one implementation raises, the bus reports it once
+  with the plugin's name and keeps calling the others; the command then exits with
+  a non-zero status.
+
+Every hook returns ``None``; return values are ignored.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import pluggy
+
+if TYPE_CHECKING:
+    import click
+
+    from tracekit.registry import ProbeRegistry, SinkRegistry
+    from tracekit.session import EventBatch, LostReport, Session, Summary
+
+hookspec = pluggy.HookspecMarker("tracekit")
+
+
+# -- registration -------------------------------------------------------------------
+
+
+@hookspec
+def tracekit_register_probes(registry: ProbeRegistry) -> None:
+    """Add probes with ``registry.add(ProbeSpec(...))``.
+
+    Called once per process when plugins are loaded. A name already taken by another
+    plugin raises ``DuplicateError`` naming both plugins.
+    """
+
+
+@hookspec
+def tracekit_register_sinks(registry: SinkRegistry) -> None:
+    """Add sinks with ``registry.add(SinkSpec(...))``.
+
+    Called once per process when plugins are loaded. ``SinkSpec.factory(arg)`` is
+    called later, once per session that names the sink, with the text after ``=``
+    in ``--sink NAME=ARG``; it raises ``UsageError`` for an argument it cannot use.
+    """
+
+
+@hookspec
+def tracekit_add_commands(cli: click.Group) -> None:
+    """Add click commands or groups to the ``tracekit`` command line.
+
+    Called once, when the CLI starts, with the top-level group.
+    """
+
+
+# -- sessions -----------------------------------------------------------------------
+
+
+@hookspec
+def tracekit_session_start(session: Session) -> None:
+    """A run or a replay starts; ``session`` describes the probe, schema and machine.
+
+    Called before the first batch. For a live run the probe is compiled and
+    attached already; for a replay the header has been read. Sinks open files and
+    print headers here.
+    """
+
+
+@hookspec
+def tracekit_events(session: Session, batch: EventBatch) -> None:
+    """A batch of events from ``batch.probe``, each row a tuple in schema order.
+
+    Called as often as the loader drains the kernel's buffer (or the replay reads a
+    recorded batch). Rows must not be mutated; keep them if you need them later.
+    """
+
+
+@hookspec
+def tracekit_lost_events(session: Session, lost: LostReport) -> None:
+    """The kernel lost events: ``lost.per_cpu`` counts them per CPU for ``lost.source``.
+
+    Called whenever new losses are seen (perf buffer overruns as they are reported,
+    ring buffer and kretprobe misses when counters are read), so a live sink can warn.
+    """
+
+
+@hookspec
+def tracekit_session_end(session: Session, summary: Summary) -> None:
+    """The run or replay ended: on duration end, Ctrl-C, SIGTERM or end of file.
+
+    ``summary`` has event totals, losses per CPU, the duration and the probe's
+    in-kernel counters. Called once, after the last batch; probes are already
+    detached. Sinks print results and close files here.
+    """

@@ -1,0 +1,1 @@
+"""Namespace labs that rebuild the seeds situations (``tracekit lab``)."""

@@ -1,0 +1,206 @@
+"""A two-namespace network lab: a veth pair between namespaces ``A`` and ``B``.
+
+Everything the lab creates lives in namespaces it made itself, named after its
+process id; it never touches interfaces or addresses outside them, and it deletes
+them on exit, on Ctrl-C and on SIGTERM. Namespaces left by a lab that was killed
+(SIGKILL) are removed by the next lab.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import subprocess
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from tracekit.errors import LabError
+
+PREFIX = "tklab"
+ADDR_A, ADDR_B = "10.201.0.1", "10.201.0.2"
+DEV_A, DEV_B = "tk0", "tk1"
+TOOLS = ("ip", "tc", "iperf3", "taskset")
+
+
+def _run(args: Sequence[str], check: bool = True, timeout: float = 60) -> str:
+    try:
+        p = subprocess.run(list(args), capture_output=True, text=True, timeout=timeout)
+    except FileNotFoundError:
+        raise LabError(f"{args[0]} is not installed") from None
+    if check and p.returncode != 0:
+        raise LabError(f"{' '.join(args)} failed: {(p.stderr or p.stdout).strip()[:300]}")
+    return p.stdout
+
+
+def remove_stale_labs() -> list[str]:
+    removed = []
+    out = _run(["ip", "netns", "list"], check=False)
+    for line in out.splitlines():
+        name = line.split()[0] if line.split() else ""
+        m = re.match(rf"^{PREFIX}(\d+)[ab]$", name)
+        if m and not Path(f"/proc/{m.group(1)}").exists():
+            _run(["ip", "netns", "del", name], check=False)
+            removed.append(name)
+    return removed
+
+
+def lab_namespaces() -> list[str]:
+    out = _run(["ip", "netns", "list"], check=False)
+    return [ln.split()[0] for ln in out.splitlines() if ln.startswith(PREFIX)]
+
+
+@dataclass
+class IperfResult:
+    bits_per_second: float
+    retransmits: int
+    seconds: float
+
+    @property
+    def mbit(self) -> float:
+        return self.bits_per_second / 1e6
+
+
+class NetnsLab:
+    """``with NetnsLab(txqueues=4, qdisc="fq") as lab:`` builds the pair, then removes it.
+
+    ``A`` holds ``tk0`` (``txqueues`` TX queues under an ``mq`` root with one
+    ``qdisc`` child per queue, XPS mapping CPU n to queue n); ``B`` holds ``tk1``
+    with a single TX queue, so only ``tk0`` goes through ``netdev_pick_tx``.
+    """
+
+    def __init__(self, txqueues: int = 4, qdisc: str = "fq", qdisc_args: Sequence[str] = ()) -> None:
+        if os.geteuid() != 0:
+            raise LabError("the lab needs root (it creates network namespaces)")
+        missing = [t for t in TOOLS if shutil.which(t) is None]
+        if missing:
+            raise LabError(f"the lab needs {', '.join(missing)}: apt-get install iproute2 iperf3 util-linux")
+        self.txqueues = txqueues
+        self.qdisc = qdisc
+        self.qdisc_args = tuple(qdisc_args)
+        self.ns_a = f"{PREFIX}{os.getpid()}a"
+        self.ns_b = f"{PREFIX}{os.getpid()}b"
+        self.ifindex_a = 0
+        self._procs: list[subprocess.Popen[str]] = []
+
+    # -- helpers -------------------------------------------------------------------
+
+    def ns(self, which: str, *args: str, check: bool = True) -> str:
+        return _run(["ip", "netns", "exec", which, *args], check=check)
+
+    def popen(self, which: str, *args: str) -> subprocess.Popen[str]:
+        p = subprocess.Popen(
+            ["ip", "netns", "exec", which, *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,  # Ctrl-C reaches tracekit, which stops them itself
+        )
+        self._procs.append(p)
+        return p
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    def __enter__(self) -> NetnsLab:
+        remove_stale_labs()
+        try:
+            self._build()
+        except BaseException:
+            self.teardown()
+            raise
+        return self
+
+    def _build(self) -> None:
+        a, b = self.ns_a, self.ns_b
+        _run(["ip", "netns", "add", a])
+        _run(["ip", "netns", "add", b])
+        n = str(self.txqueues)
+        _run(["ip", "link", "add", DEV_A, "netns", a, "numtxqueues", n, "numrxqueues", n,
+              "type", "veth", "peer", "name", DEV_B, "netns", b, "numtxqueues", "1", "numrxqueues", n])
+        for ns in (a, b):
+            # No IPv6: router solicitations and ND would add packets the probes and
+            # the counters would both see, but that the tests do not drive.
+            self.ns(ns, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1")
+            self.ns(ns, "sysctl", "-qw", "net.ipv6.conf.default.disable_ipv6=1")
+            self.ns(ns, "ip", "link", "set", "lo", "up")
+        self.ns(a, "ip", "addr", "add", f"{ADDR_A}/24", "dev", DEV_A)
+        self.ns(b, "ip", "addr", "add", f"{ADDR_B}/24", "dev", DEV_B)
+        self.ns(a, "ip", "link", "set", DEV_A, "up")
+        self.ns(b, "ip", "link", "set", DEV_B, "up")
+        self.ns(a, "tc", "qdisc", "replace", "dev", DEV_A, "root", "handle", "1:", "mq")
+        for q in range(self.txqueues):
+            self.ns(a, "tc", "qdisc", "replace", "dev", DEV_A, "parent", f"1:{q + 1:x}",
+                    self.qdisc, *self.qdisc_args)
+        ncpus = os.cpu_count() or 1
+        for q in range(self.txqueues):
+            mask = (1 << q) if q < ncpus else 0
+            self.ns(a, "sh", "-c", f"echo {mask:x} > /sys/class/net/{DEV_A}/queues/tx-{q}/xps_cpus")
+        self.ifindex_a = int(self.ns(a, "cat", f"/sys/class/net/{DEV_A}/ifindex").strip())
+
+    def teardown(self) -> None:
+        for p in self._procs:
+            if p.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(p.pid, 9)
+                with contextlib.suppress(Exception):
+                    p.wait(timeout=5)
+        for ns in (self.ns_a, self.ns_b):
+            _run(["ip", "netns", "del", ns], check=False)
+
+    def __exit__(self, *exc: object) -> None:
+        self.teardown()
+
+    # -- measurements --------------------------------------------------------------
+
+    def queue_packets(self) -> dict[int, int]:
+        """Packets sent per TX queue of tk0, from the mq children in ``tc -s qdisc``."""
+        out = self.ns(self.ns_a, "tc", "-s", "qdisc", "show", "dev", DEV_A)
+        return parse_tc_queue_packets(out)
+
+    def tc_stats(self) -> str:
+        return self.ns(self.ns_a, "tc", "-s", "qdisc", "show", "dev", DEV_A)
+
+    def start_server(self, cpu: int) -> subprocess.Popen[str]:
+        p = self.popen(self.ns_b, "taskset", "-c", str(cpu), "iperf3", "-s", "-1", "-B", ADDR_B)
+        self.ns(self.ns_b, "sh", "-c", "for i in $(seq 50); do ss -ltn | grep -q :5201 && exit 0; sleep 0.1; done; exit 1")
+        return p
+
+    def start_client(self, cpu: int, seconds: float, bandwidth: str | None = None,
+                     streams: int = 1) -> subprocess.Popen[str]:
+        args = ["taskset", "-c", str(cpu), "iperf3", "-c", ADDR_B, "-t", str(max(1, round(seconds))),
+                "-J", "-P", str(streams)]
+        if bandwidth:
+            args += ["-b", bandwidth]
+        return self.popen(self.ns_a, *args)
+
+
+def parse_tc_queue_packets(text: str) -> dict[int, int]:
+    """Map TX queue number -> packets sent, from ``tc -s qdisc show`` of an mq device."""
+    out: dict[int, int] = {}
+    current: int | None = None
+    for line in text.splitlines():
+        m = re.match(r"^qdisc \S+ \S+ parent 1:([0-9a-f]+)", line)
+        if m:
+            current = int(m.group(1), 16) - 1
+            continue
+        if line.startswith("qdisc "):
+            current = None
+            continue
+        m = re.match(r"^\s*Sent \d+ bytes (\d+) pkt", line)
+        if m and current is not None:
+            out[current] = int(m.group(1))
+            current = None
+    return out
+
+
+def parse_iperf(stdout: str) -> IperfResult:
+    try:
+        data = json.loads(stdout)
+        end = data["end"]["sum_sent"]
+        return IperfResult(float(end["bits_per_second"]), int(end.get("retransmits", 0)),
+                           float(end.get("seconds", 0.0)))
+    except (ValueError, KeyError, TypeError):
+        raise LabError(f"iperf3 gave no result: {stdout.strip()[:200]}") from None

@@ -1,0 +1,400 @@
+"""The BCC loader: compile a probe, attach it, drain its buffer in batches, detach.
+
+One ``LoadedProbe`` is one compiled program. Compiling costs seconds natively and
+minutes under emulation, so a compiled probe can be attached, drained and detached
+several times (the VM tests share one per boot).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes as ct
+import os
+import re
+import signal
+import time
+from collections.abc import Callable, Iterator
+from importlib.resources import as_file, files
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from tracekit.errors import BccMissingError, CompileError, ResourceError, TracekitError
+from tracekit.preflight import tracefs
+from tracekit.registry import AttachPoint, ProbeSpec
+from tracekit.schema import Decoder
+from tracekit.session import LostReport
+
+POLL_MS = 100
+# Wake user space after this many events per CPU (perf buffer); the poll timeout
+# collects the rest. Per-event wakeups cost ~9 us an event here, every 64 < 1 us.
+WAKEUP_EVENTS = 64
+
+
+def import_bcc() -> Any:
+    try:
+        import bcc
+    except ImportError:
+        raise BccMissingError(
+            "BCC is not importable: install python3-bpfcc and use a venv made with "
+            "--system-site-packages (tracekit run needs it; replay and list do not)"
+        ) from None
+    return bcc
+
+
+COMMON_HEADER = "tracekit.h"
+
+
+def expand_common_header(source: str) -> str:
+    """Paste ``probes/tracekit.h`` where a probe includes it.
+
+    BCC rewrites map calls (``tk_events.perf_submit``) only in the main file, never in
+    included headers nor macros, so the shared output code must become part of the
+    main file's text. Line markers keep compiler messages pointing at the real files.
+    """
+    header = files("tracekit.probes").joinpath(COMMON_HEADER).read_text()
+    lines = []
+    for n, line in enumerate(source.splitlines(), 1):
+        if line.strip() == f'#include "{COMMON_HEADER}"':
+            lines.append(f'#line 1 "{COMMON_HEADER}"')
+            lines.append(header)
+            lines.append(f'#line {n + 1} "probe.bpf.c"')
+        else:
+            lines.append(line)
+    return "\n".join(lines) + "\n"
+
+
+def ringbuf_supported() -> bool:
+    # BPF_MAP_TYPE_RINGBUF arrived in 5.8.
+    m = re.match(r"(\d+)\.(\d+)", os.uname().release)
+    return bool(m) and (int(m.group(1)), int(m.group(2))) >= (5, 8)
+
+
+def online_cpus() -> list[int]:
+    try:
+        text = Path("/sys/devices/system/cpu/online").read_text().strip()
+    except OSError:
+        return list(range(os.cpu_count() or 1))
+    cpus: list[int] = []
+    for part in text.split(","):
+        lo, _, hi = part.partition("-")
+        cpus.extend(range(int(lo), int(hi or lo) + 1))
+    return cpus
+
+
+class LoadedProbe:
+    """A compiled probe and its attachment state."""
+
+    def __init__(
+        self,
+        spec: ProbeSpec,
+        params: dict[str, int],
+        output: str = "auto",
+        stream: bool = True,
+        max_events_per_sec: int = 0,
+        page_cnt: int = 64,
+    ) -> None:
+        self.spec = spec
+        self.params = params
+        if output == "auto":
+            output = "ringbuf" if ringbuf_supported() else "perf"
+        if output not in ("ringbuf", "perf"):
+            raise TracekitError(f"output must be auto, ringbuf or perf, not {output!r}")
+        self.output = output
+        self.page_cnt = page_cnt
+        self.decoder = Decoder(spec.schema)
+        self.attached: list[AttachPoint] = []
+        self._rows: list[tuple[Any, ...]] = []
+        self._perf_lost: dict[int, int] = {}
+        self._reported: dict[str, dict[int, int]] = {}
+        self._open = False
+        self._output_open = False
+        bcc = import_bcc()
+        self.ncpus = len(online_cpus())
+        cflags = [f"-D{p.macro}={params[p.name]}" for p in spec.params]
+        cflags += [
+            f"-DTK_STREAM={1 if stream else 0}",
+            f"-DTK_MAX_EVENTS_PER_SEC={int(max_events_per_sec)}",
+            f"-DTK_NCPUS={max(1, os.cpu_count() or 1)}",
+            "-Wno-macro-redefined",
+        ]
+        if output == "ringbuf":
+            cflags.append("-DTK_USE_RINGBUF")
+            cflags.append(f"-DTK_RINGBUF_PAGES={page_cnt * 4}")
+        with contextlib.ExitStack() as stack:
+            src = stack.enter_context(as_file(spec.source))
+            cflags.append(f"-I{Path(src).parent}")
+            for inc in spec.include_dirs:
+                cflags.append(f"-I{stack.enter_context(as_file(inc))}")
+            text = expand_common_header(Path(src).read_text())
+            try:
+                self.bpf = bcc.BPF(text=text.encode(), cflags=cflags)
+            except Exception as exc:  # noqa: BLE001 - bcc raises bare Exception
+                raise CompileError(f"probe {spec.name} failed to compile: {exc}") from None
+        self._open = True
+        self._check_layout()
+
+    # -- layout ------------------------------------------------------------------
+
+    def _check_layout(self) -> None:
+        """Refuse to run when the Python schema and the compiled C struct disagree."""
+        try:
+            from bcc.table import _get_event_class
+
+            cls = _get_event_class(self.bpf["tk_events"])
+        except Exception:  # noqa: BLE001 - bcc could not infer the type; size check below
+            cls = None
+        schema = self.spec.schema
+        if cls is None:
+            return
+        names = [f[0] for f in cls._fields_]
+        offsets = schema.offsets()
+        problems = []
+        if names != list(schema.names):
+            problems.append(f"fields {names} != schema {list(schema.names)}")
+        else:
+            for name in names:
+                if getattr(cls, name).offset != offsets[name]:
+                    problems.append(f"{name} at offset {getattr(cls, name).offset}, schema says {offsets[name]}")
+        if ct.sizeof(cls) != schema.size:
+            problems.append(f"struct is {ct.sizeof(cls)} bytes, schema {schema.size}")
+        if problems:
+            self.close()
+            raise CompileError(f"probe {self.spec.name}: schema does not match struct tk_event: " + "; ".join(problems))
+
+    # -- attach / detach ---------------------------------------------------------
+
+    def attach(self, points: list[AttachPoint] | None = None) -> None:
+        points = list(self.spec.attach) if points is None else points
+        # Tracepoints first: they are stable, and a kretprobe attached before its
+        # kprobe would see returns without entries.
+        order = {"tracepoint": 0, "kprobe": 1, "kretprobe": 2}
+        maxactive = max(16, 4 * self.ncpus)
+        try:
+            for ap in sorted(points, key=lambda p: order[p.kind]):
+                if ap.kind == "tracepoint":
+                    self.bpf.attach_tracepoint(tp=ap.target.encode(), fn_name=ap.fn.encode())
+                elif ap.kind == "kprobe":
+                    self.bpf.attach_kprobe(event=ap.target.encode(), fn_name=ap.fn.encode())
+                else:
+                    # maxactive makes BCC create a tracefs kretprobe event, whose
+                    # misses (nmissed) kprobe_profile reports; we count them as losses.
+                    self.bpf.attach_kretprobe(
+                        event=ap.target.encode(), fn_name=ap.fn.encode(), maxactive=maxactive
+                    )
+                self.attached.append(ap)
+        except Exception as exc:  # noqa: BLE001
+            self.detach()
+            raise TracekitError(f"cannot attach {ap.describe()}: {exc}") from None
+        if self.spec.setup is not None:
+            self.spec.setup(self.bpf, self.params)
+
+    def detach(self) -> None:
+        for ap in reversed(self.attached):
+            with contextlib.suppress(Exception):
+                if ap.kind == "tracepoint":
+                    self.bpf.detach_tracepoint(tp=ap.target.encode())
+                elif ap.kind == "kprobe":
+                    self.bpf.detach_kprobe(event=ap.target.encode())
+                else:
+                    self.bpf.detach_kretprobe(event=ap.target.encode())
+        self.attached.clear()
+
+    def close(self) -> None:
+        if self._open:
+            self._open = False
+            self.detach()
+            with contextlib.suppress(Exception):
+                self.bpf.cleanup()
+
+    # -- draining ----------------------------------------------------------------
+
+    def open_output(self) -> None:
+        """Open the ring or perf buffer; once per compiled probe, reused across runs."""
+        if self._output_open:
+            return
+        self._output_open = True
+        table = self.bpf["tk_events"]
+        decode, rows = self.decoder.decode, self._rows
+        size = self.decoder.size
+
+        if self.output == "ringbuf":
+
+            def rb_cb(_ctx: Any, data: Any, _size: int) -> int:
+                rows.append(decode(ct.string_at(data, size)))
+                return 0
+
+            table.open_ring_buffer(rb_cb)
+            return
+
+        def perf_cb(_cpu: int, data: Any, _size: int) -> None:
+            rows.append(decode(ct.string_at(data, size)))
+
+        def lost_for(cpu: int) -> Callable[[int], None]:
+            def lost(n: int) -> None:
+                self._perf_lost[cpu] = self._perf_lost.get(cpu, 0) + n
+
+            return lost
+
+        try:
+            for cpu in online_cpus():
+                # One reader per CPU, so a loss is known per CPU (BCC's public
+                # open_perf_buffer reports losses without the CPU).
+                table._open_perf_buffer(cpu, perf_cb, self.page_cnt, lost_for(cpu), WAKEUP_EVENTS)
+        except Exception as exc:  # noqa: BLE001
+            raise ResourceError(
+                f"cannot allocate the perf buffer ({exc}); raise RLIMIT_MEMLOCK (ulimit -l) "
+                "or lower the buffer size"
+            ) from None
+
+    def poll(self, timeout_ms: int = POLL_MS) -> list[tuple[Any, ...]]:
+        """Wait up to ``timeout_ms`` for events; return everything available as one batch."""
+        if self.output == "ringbuf":
+            self.bpf.ring_buffer_poll(timeout_ms)
+            self.bpf.ring_buffer_consume()
+        else:
+            self.bpf.perf_buffer_poll(timeout_ms)
+            self.bpf.perf_buffer_consume()
+        batch, self._rows[:] = list(self._rows), []
+        return batch
+
+    # -- counters and losses -----------------------------------------------------
+
+    def read_percpu(self, name: str, slots: int) -> list[dict[int, int]]:
+        table = self.bpf[name]
+        out = []
+        for i in range(slots):
+            values = table[table.Key(i)]
+            out.append({cpu: int(v) for cpu, v in enumerate(values) if cpu in set(online_cpus())})
+        return out
+
+    def read_counters(self) -> dict[str, dict[str, dict[int, int]]]:
+        out: dict[str, dict[str, dict[int, int]]] = {}
+        for cm in self.spec.counters:
+            slots = self.read_percpu(cm.map, len(cm.labels))
+            out[cm.map] = dict(zip(cm.labels, slots, strict=True))
+        return out
+
+    def kretprobe_misses(self) -> int:
+        root = tracefs()
+        if root is None:
+            return 0
+        tag = f"_bcc_{os.getpid()}"
+        total = 0
+        try:
+            for line in Path(root, "kprobe_profile").read_text().splitlines():
+                parts = line.split()
+                if len(parts) == 3 and parts[0].startswith("r_") and parts[0].endswith(tag):
+                    total += int(parts[2])
+        except OSError:
+            return 0
+        return total
+
+    def new_losses(self) -> list[LostReport]:
+        """Losses since the last call, one report per mechanism."""
+        current: dict[str, dict[int, int]] = {}
+        if self.output == "perf":
+            current["perf"] = dict(self._perf_lost)
+        rb, rl = self.read_percpu("tk_lost", 2)
+        current["ringbuf"] = rb
+        current["ratelimit"] = rl
+        if self.attached and any(a.kind == "kretprobe" for a in self.attached):
+            current["kretprobe"] = {-1: self.kretprobe_misses()}
+        reports = []
+        for source, per in current.items():
+            seen = self._reported.setdefault(source, {})
+            delta = {c: n - seen.get(c, 0) for c, n in per.items() if n - seen.get(c, 0) > 0}
+            if delta:
+                reports.append(LostReport(source, delta))
+                seen.update(per)
+        return reports
+
+
+def remove_stale_bcc_events() -> list[str]:
+    """Remove tracefs kprobe events left by BCC processes that died (SIGKILL).
+
+    perf-based kprobes vanish with their process, but kretprobes created with
+    maxactive are tracefs events that outlive it. Only events of dead processes go.
+    """
+    root = tracefs()
+    if root is None:
+        return []
+    path = Path(root, "kprobe_events")
+    removed = []
+    try:
+        lines = path.read_text().splitlines()
+    except OSError:
+        return []
+    for line in lines:
+        m = re.match(r"^[pr](?:\d+)?:(?:[^/\s]+/)?(\S+_bcc_(\d+))\s", line)
+        if not m or Path(f"/proc/{m.group(2)}").exists():
+            continue
+        try:
+            with open(path, "a") as f:
+                f.write(f"-:{m.group(1)}\n")
+            removed.append(m.group(1))
+        except OSError:
+            pass
+    return removed
+
+
+class StopSignals:
+    """Turn SIGTERM into KeyboardInterrupt during a run, and defer both while cleaning up.
+
+    A second Ctrl-C while probes are being detached must not cut the detach short.
+    """
+
+    def __init__(self) -> None:
+        self._old: dict[int, Any] = {}
+        self.stopping = False
+        self.received: int | None = None
+
+    def _handler(self, signum: int, _frame: FrameType | None) -> None:
+        self.received = signum
+        if not self.stopping:
+            self.stopping = True
+            raise KeyboardInterrupt
+
+    def __enter__(self) -> StopSignals:
+        for s in (signal.SIGINT, signal.SIGTERM):
+            self._old[s] = signal.signal(s, self._handler)
+        return self
+
+    @contextlib.contextmanager
+    def deferred(self) -> Iterator[None]:
+        self.stopping = True
+        yield
+
+    def __exit__(self, *exc: object) -> None:
+        for s, h in self._old.items():
+            signal.signal(s, h)
+
+
+def drain_for(
+    probe: LoadedProbe,
+    on_batch: Callable[[list[tuple[Any, ...]]], None],
+    on_lost: Callable[[LostReport], None],
+    duration: float | None,
+    until: Callable[[], bool] | None = None,
+) -> bool:
+    """Poll until ``duration`` passes, ``until()`` is true or Ctrl-C; True if interrupted."""
+    deadline = None if duration is None else time.monotonic() + duration
+    last_loss_check = time.monotonic()
+    try:
+        while True:
+            timeout = POLL_MS
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                timeout = max(1, min(POLL_MS, int(left * 1000)))
+            on_batch(probe.poll(timeout))
+            now = time.monotonic()
+            if now - last_loss_check >= 1.0:
+                last_loss_check = now
+                for r in probe.new_losses():
+                    on_lost(r)
+            if until is not None and until():
+                return False
+    except KeyboardInterrupt:
+        return True

@@ -1,0 +1,112 @@
+"""A session's path through the bus: sinks built, started, fed batches, ended.
+
+Live runs (``tracekit.loader``) and replays (``tracekit.replay``) both drive a
+``Pipeline``, which is why a replay prints exactly what the live run printed.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from tracekit.bus import Bus
+from tracekit.errors import SinkFailedError, UsageError
+from tracekit.schema import Schema
+from tracekit.session import EventBatch, LostReport, Session, Summary
+
+
+@dataclass(frozen=True)
+class SinkOptions:
+    """Options from the command line that every sink may honour."""
+
+    force: bool = False
+
+
+def parse_sink_arg(text: str) -> tuple[str, str | None]:
+    name, sep, arg = text.partition("=")
+    name = name.strip()
+    if not name:
+        raise UsageError(f"bad --sink {text!r}: expected NAME or NAME=ARG")
+    return name, (arg if sep else None)
+
+
+def make_sinks(
+    bus: Bus, sink_args: tuple[str, ...], opts: SinkOptions, schema: Schema
+) -> dict[str, object]:
+    """Build one sink object per ``--sink``, validating names and arguments.
+
+    Runs before a probe is compiled, so a typo costs nothing. Sinks may define
+    ``configure(opts)`` and ``check_schema(schema)`` to refuse early.
+    """
+    out: dict[str, object] = {}
+    for text in sink_args:
+        name, arg = parse_sink_arg(text)
+        spec = bus.sinks.get(name)
+        obj = spec.factory(arg)
+        if hasattr(obj, "configure"):
+            obj.configure(opts)
+        if hasattr(obj, "check_schema"):
+            obj.check_schema(schema)
+        key = f"sink:{name}"
+        n = 2
+        while key in out:
+            key = f"sink:{name}#{n}"
+            n += 1
+        out[key] = obj
+    return out
+
+
+def sinks_stream(bus: Bus, sink_args: tuple[str, ...]) -> bool:
+    """Whether any requested sink needs every single event."""
+    return any(bus.sinks.get(parse_sink_arg(s)[0]).streams for s in sink_args)
+
+
+class Pipeline:
+    """Registers a session's sinks on the bus and drives the session hooks."""
+
+    def __init__(self, bus: Bus, session: Session, sinks: dict[str, object]) -> None:
+        self.bus = bus
+        self.session = session
+        self.sinks = sinks
+        self.summary = Summary()
+        self._started = 0.0
+        self._ctx: Any = None
+
+    def __enter__(self) -> Pipeline:
+        self._ctx = self.bus.session_plugins(self.sinks)
+        self._ctx.__enter__()
+        self._started = time.monotonic()
+        self.bus.call("tracekit_session_start", session=self.session)
+        return self
+
+    def batch(self, rows: list[tuple[Any, ...]]) -> None:
+        if not rows:
+            return
+        self.summary.events += len(rows)
+        self.bus.call(
+            "tracekit_events", session=self.session, batch=EventBatch(self.session.probe, rows)
+        )
+
+    def lost(self, report: LostReport) -> None:
+        if report.total == 0:
+            return
+        self.summary.add_lost(report)
+        self.bus.call("tracekit_lost_events", session=self.session, lost=report)
+
+    def end(self, summary: Summary | None = None) -> Summary:
+        """Finish with ``summary`` (a replay's footer) or the one this pipeline counted."""
+        if summary is None:
+            summary = self.summary
+            summary.duration = time.monotonic() - self._started
+        self.summary = summary
+        self.bus.call("tracekit_session_end", session=self.session, summary=summary)
+        return summary
+
+    def __exit__(self, *exc: object) -> None:
+        self._ctx.__exit__(*exc)
+
+    def raise_if_sink_failed(self) -> None:
+        if self.bus.failures:
+            names = ", ".join(sorted(self.bus.failures))
+            raise SinkFailedError(f"sink failed: {names}")

@@ -1,0 +1,294 @@
+"""Checks before compiling: everything a probe needs, reported in one line each.
+
+Compiling a probe takes seconds natively and minutes under emulation; a missing
+header or function should be found before that, and named precisely: a function
+that only exists as a ``.isra``/``.constprop`` copy, one that was inlined away, one
+whose module is not loaded yet.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+from tracekit.errors import (
+    AttachPointError,
+    BccMissingError,
+    BtfMissingError,
+    HeadersMissingError,
+    ModuleNotLoadedError,
+    PermissionProblem,
+    TracekitError,
+)
+from tracekit.registry import AttachPoint, ProbeSpec
+
+# Suffixes GCC gives to specialised or split copies of a function. A kprobe on the
+# plain name does not exist when only these do.
+_CLONE_SUFFIX = re.compile(r"^(?P<base>[A-Za-z0-9_]+)\.(isra|constprop|part|cold|lto_priv)(\.\d+)*$")
+
+TRACEFS_ROOTS = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
+
+CAP_SYS_ADMIN, CAP_PERFMON, CAP_BPF = 21, 38, 39
+
+
+@dataclass
+class Check:
+    name: str
+    ok: bool
+    message: str
+    error: type[TracekitError] | None = None
+
+
+@dataclass
+class Report:
+    checks: list[Check] = field(default_factory=list)
+
+    def add(self, name: str, ok: bool, message: str, error: type[TracekitError] | None = None) -> None:
+        self.checks.append(Check(name, ok, message, None if ok else error))
+
+    @property
+    def ok(self) -> bool:
+        return all(c.ok for c in self.checks)
+
+    def raise_first(self) -> None:
+        for c in self.checks:
+            if not c.ok:
+                raise (c.error or TracekitError)(c.message)
+
+    def render(self) -> str:
+        return "\n".join(f"{'ok  ' if c.ok else 'FAIL'} {c.name}: {c.message}" for c in self.checks)
+
+
+def _capabilities() -> int:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("CapEff:"):
+                return int(line.split()[1], 16)
+    except OSError:
+        pass
+    return 0
+
+
+def check_privileges(report: Report) -> None:
+    caps = _capabilities()
+    has = lambda c: bool(caps & (1 << c))  # noqa: E731
+    if os.geteuid() == 0 or has(CAP_SYS_ADMIN) or (has(CAP_BPF) and has(CAP_PERFMON)):
+        report.add("privileges", True, "root or CAP_BPF+CAP_PERFMON")
+    else:
+        report.add(
+            "privileges",
+            False,
+            "needs root (or CAP_BPF and CAP_PERFMON): run with sudo",
+            PermissionProblem,
+        )
+
+
+def check_bcc(report: Report) -> None:
+    try:
+        import bcc  # noqa: F401
+    except ImportError:
+        report.add(
+            "bcc",
+            False,
+            "BCC is not importable: install python3-bpfcc and use a venv made with "
+            "--system-site-packages",
+            BccMissingError,
+        )
+    else:
+        report.add("bcc", True, "python3-bpfcc importable")
+
+
+def check_headers(report: Report, release: str | None = None) -> None:
+    release = release or platform.release()
+    build = Path("/lib/modules") / release / "build"
+    if (build / "include").is_dir() or (build / "Makefile").exists():
+        report.add("kernel headers", True, str(build.resolve()))
+    elif Path("/sys/kernel/kheaders.tar.xz").exists():
+        report.add("kernel headers", True, "/sys/kernel/kheaders.tar.xz (CONFIG_IKHEADERS)")
+    else:
+        report.add(
+            "kernel headers",
+            False,
+            f"no kernel headers for {release} in {build}: install linux-headers-{release}",
+            HeadersMissingError,
+        )
+
+
+def check_btf(report: Report) -> None:
+    if Path("/sys/kernel/btf/vmlinux").exists():
+        report.add("BTF", True, "/sys/kernel/btf/vmlinux")
+    else:
+        report.add("BTF", False, "the kernel has no BTF (/sys/kernel/btf/vmlinux)", BtfMissingError)
+
+
+@lru_cache(maxsize=1)
+def kallsyms() -> frozenset[str]:
+    """Function names in /proc/kallsyms (text symbols only), module suffix stripped."""
+    names: set[str] = set()
+    try:
+        with open("/proc/kallsyms") as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) >= 3 and parts[1] in ("t", "T"):
+                    names.add(parts[2])
+    except OSError:
+        pass
+    return frozenset(names)
+
+
+def find_clones(name: str, symbols: Iterable[str]) -> list[str]:
+    out = []
+    for s in symbols:
+        m = _CLONE_SUFFIX.match(s)
+        if m and m.group("base") == name:
+            out.append(s)
+    return sorted(out)
+
+
+def module_loaded(module: str) -> bool:
+    return Path("/sys/module", module).is_dir()
+
+
+def module_path(module: str, release: str | None = None) -> Path | None:
+    """The .ko file of a module, from modules.dep."""
+    release = release or platform.release()
+    base = Path("/lib/modules") / release
+    try:
+        dep = (base / "modules.dep").read_text()
+    except OSError:
+        return None
+    wanted = {module, module.replace("_", "-")}
+    for line in dep.splitlines():
+        path = line.split(":", 1)[0]
+        stem = Path(path).name.split(".ko", 1)[0]
+        if stem in wanted or stem.replace("-", "_") == module:
+            return base / path
+    return None
+
+
+def module_functions(path: Path) -> frozenset[str]:
+    """Function names in a module's ELF symbol table (read with pyelftools)."""
+    from elftools.elf.elffile import ELFFile
+
+    opener = open
+    if path.suffix == ".xz":
+        import lzma
+
+        opener = lzma.open  # type: ignore[assignment]
+    elif path.suffix == ".zst":
+        return frozenset()  # no zstd in the standard library; the caller says so
+    with opener(path, "rb") as raw:
+        import io
+
+        data = io.BytesIO(raw.read())
+    elf = ELFFile(data)
+    symtab = elf.get_section_by_name(".symtab")
+    if symtab is None:
+        return frozenset()
+    return frozenset(
+        s.name for s in symtab.iter_symbols() if s["st_info"]["type"] == "STT_FUNC" and s.name
+    )
+
+
+def tracefs() -> Path | None:
+    for root in TRACEFS_ROOTS:
+        if Path(root, "events").is_dir():
+            return Path(root)
+    return None
+
+
+def check_attach_point(report: Report, ap: AttachPoint, syms: frozenset[str] | None = None) -> bool:
+    """Check one attach point; returns whether it is usable."""
+    label = ap.describe()
+    if ap.kind == "tracepoint":
+        root = tracefs()
+        cat, _, name = ap.target.partition(":")
+        ok = root is not None and Path(root, "events", cat, name).is_dir()
+        report.add(label, ok, "present" if ok else "no such tracepoint in this kernel", AttachPointError)
+        return ok
+    syms = kallsyms() if syms is None else syms
+    if ap.target in syms:
+        report.add(label, True, "present in /proc/kallsyms")
+        return True
+    if ap.module and not module_loaded(ap.module):
+        path = module_path(ap.module)
+        if path is None:
+            report.add(label, False, f"module {ap.module} is not available for this kernel", ModuleNotLoadedError)
+            return False
+        funcs = module_functions(path)
+        if ap.target in funcs:
+            report.add(
+                label,
+                False,
+                f"module {ap.module} is not loaded (the function is in {path.name}): "
+                f"load it with 'modprobe {ap.module}' or configure the qdisc first",
+                ModuleNotLoadedError,
+            )
+        else:
+            clones = find_clones(ap.target, funcs)
+            why = f"only as {', '.join(clones)}" if clones else "not at all (inlined or renamed)"
+            report.add(label, False, f"{ap.target} exists in {path.name} {why}", AttachPointError)
+        return False
+    clones = find_clones(ap.target, syms)
+    if clones:
+        report.add(
+            label,
+            False,
+            f"{ap.target} only exists as {', '.join(clones)} (a compiler-specialised copy; "
+            "its arguments may differ, so tracekit will not attach to it)",
+            AttachPointError,
+        )
+    else:
+        report.add(
+            label,
+            False,
+            f"{ap.target} is not in /proc/kallsyms: inlined or missing in this kernel",
+            AttachPointError,
+        )
+    return False
+
+
+def usable_attach_points(spec: ProbeSpec, report: Report) -> list[AttachPoint]:
+    """The points to attach: for each group the first present alternative."""
+    chosen: list[AttachPoint] = []
+    done_groups: set[str] = set()
+    pending: dict[str, list[AttachPoint]] = {}
+    for ap in spec.attach:
+        if ap.group:
+            pending.setdefault(ap.group, []).append(ap)
+    for ap in spec.attach:
+        if ap.group is None:
+            if check_attach_point(report, ap):
+                chosen.append(ap)
+            continue
+        if ap.group in done_groups:
+            continue
+        done_groups.add(ap.group)
+        sub = Report()
+        picked = None
+        for alt in pending[ap.group]:
+            if check_attach_point(sub, alt):
+                picked = alt
+                break
+        if picked:
+            report.add(f"{ap.group}", True, f"using {picked.describe()}")
+            chosen.append(picked)
+        else:
+            report.checks.extend(sub.checks)
+    return chosen
+
+
+def preflight(spec: ProbeSpec) -> tuple[Report, list[AttachPoint]]:
+    report = Report()
+    check_privileges(report)
+    check_bcc(report)
+    check_headers(report)
+    if spec.needs_btf:
+        check_btf(report)
+    points = usable_attach_points(spec, report)
+    return report, points

@@ -1,0 +1,122 @@
+"""``tracekit run``: preflight, compile, attach, drain into sinks, detach, summarise."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from tracekit.bus import Bus
+from tracekit.errors import SinkFailedError
+from tracekit.loader import LoadedProbe, StopSignals, drain_for, remove_stale_bcc_events
+from tracekit.pipeline import Pipeline, SinkOptions, make_sinks, sinks_stream
+from tracekit.preflight import preflight
+from tracekit.registry import AttachPoint, ProbeSpec
+from tracekit.session import Session, Summary
+
+
+@dataclass
+class RunOptions:
+    duration: float | None = None
+    output: str = "auto"
+    max_events_per_sec: int = 0
+    page_cnt: int = 64
+    force: bool = False
+    quiet: bool = False
+
+
+def say(msg: str) -> None:
+    print(f"tracekit: {msg}", file=sys.stderr, flush=True)
+
+
+@dataclass
+class Compiled:
+    probe: LoadedProbe
+    points: list[AttachPoint]
+
+
+def compile_probe(
+    spec: ProbeSpec, params: dict[str, int], opts: RunOptions, stream: bool = True
+) -> Compiled:
+    """Preflight (raising the first problem) and compile."""
+    report, points = preflight(spec)
+    report.raise_first()
+    remove_stale_bcc_events()
+    probe = LoadedProbe(
+        spec,
+        params,
+        output=opts.output,
+        stream=stream,
+        max_events_per_sec=opts.max_events_per_sec,
+        page_cnt=opts.page_cnt,
+    )
+    return Compiled(probe, points)
+
+
+def run_probe(
+    bus: Bus,
+    spec: ProbeSpec,
+    params: dict[str, int],
+    sink_args: tuple[str, ...],
+    opts: RunOptions,
+    *,
+    compiled: Compiled | None = None,
+    until: Callable[[], bool] | None = None,
+    on_attached: Callable[[], None] | None = None,
+) -> Summary:
+    """Run one probe into the given sinks; ``compiled`` reuses an already compiled probe.
+
+    Whatever happens (duration end, Ctrl-C, SIGTERM, an error), the probe is
+    detached before this returns.
+    """
+    session = Session(probe=spec.name, schema=spec.schema, params=params)
+    sinks = make_sinks(bus, sink_args, SinkOptions(force=opts.force), spec.schema)
+    owned = compiled is None
+    summary = Summary(interrupted=True)
+    with StopSignals() as signals:
+        try:
+            if compiled is None:
+                if not opts.quiet:
+                    say(f"compiling {spec.name} ...")
+                stream = sinks_stream(bus, sink_args) or not spec.kernel_aggregation
+                compiled = compile_probe(spec, params, opts, stream)
+            probe = compiled.probe
+            probe.open_output()
+            probe.attach(compiled.points)
+            if not opts.quiet:
+                where = ", ".join(a.describe() for a in probe.attached)
+                say(f"attached {where} ({probe.output}); Ctrl-C to stop")
+            if on_attached is not None:
+                on_attached()
+            with Pipeline(bus, session, sinks) as pipe:
+                interrupted = drain_for(probe, pipe.batch, pipe.lost, opts.duration, until)
+                with signals.deferred():
+                    # Detach first so the last drain and the counters are final.
+                    probe.detach()
+                    pipe.batch(probe.poll(0))
+                    for r in probe.new_losses():
+                        pipe.lost(r)
+                    pipe.summary.counters = probe.read_counters()
+                    pipe.summary.interrupted = interrupted
+                    summary = pipe.end()
+        except KeyboardInterrupt:
+            pass  # Ctrl-C before events flowed (compile, attach): nothing to report.
+        finally:
+            with signals.deferred():
+                if compiled is not None:
+                    compiled.probe.detach()
+                    if owned:
+                        compiled.probe.close()
+    if not opts.quiet:
+        report_summary(summary)
+    if bus.failures:
+        raise SinkFailedError(f"sink failed: {', '.join(sorted(bus.failures))}")
+    return summary
+
+
+def report_summary(summary: Summary) -> None:
+    lost = f", {summary.lost_total} LOST" if summary.lost_total else ""
+    say(f"{summary.events} events in {summary.duration:.1f}s{lost}")
+    for source, per in summary.lost.items():
+        cells = ", ".join(f"cpu{c}: {n}" if c >= 0 else f"all CPUs: {n}" for c, n in sorted(per.items()))
+        say(f"lost {sum(per.values())} events ({source}; {cells})")

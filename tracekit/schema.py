@@ -1,0 +1,276 @@
+"""Event schemas: the one description of a probe's events.
+
+A probe declares its schema once. The same object drives decoding raw records from
+the kernel, the console's columns, the histograms and the trace file header, so a
+field cannot mean one thing to the decoder and another to a sink.
+
+The C struct in the probe's ``.bpf.c`` is the single declaration of the *layout*; the
+loader checks at load time that the schema's fields, sizes and offsets match what
+BCC compiled, and refuses to run when they drift apart.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+# Field types and their struct codes (little endian, x86_64 BPF).
+_STRUCT_CODES: dict[str, str] = {
+    "u8": "B",
+    "u16": "H",
+    "u32": "I",
+    "u64": "Q",
+    "s8": "b",
+    "s16": "h",
+    "s32": "i",
+    "s64": "q",
+}
+_SIZES: dict[str, int] = {k: struct.calcsize("<" + v) for k, v in _STRUCT_CODES.items()}
+
+# How a value is shown; the stored value is always the raw integer or string.
+DISPLAYS = ("int", "hex", "ipv4", "ip", "str", "queue", "bool", "ksym", "port", "ts")
+
+
+@dataclass(frozen=True)
+class Field:
+    """One field of an event.
+
+    ``type`` is ``u8``..``u64``, ``s8``..``s64`` or ``str<N>`` (a NUL padded char array).
+    ``key`` marks fields that make sense as histogram keys (CPU, queue, interface).
+    ``display`` says how sinks render the raw value.
+    """
+
+    name: str
+    type: str
+    unit: str = ""
+    key: bool = False
+    display: str = "int"
+    doc: str = ""
+
+    def __post_init__(self) -> None:
+        if self.type not in _STRUCT_CODES and not _is_str_type(self.type):
+            raise ValueError(f"field {self.name!r}: unknown type {self.type!r}")
+        if self.display not in DISPLAYS:
+            raise ValueError(f"field {self.name!r}: unknown display {self.display!r}")
+
+    @property
+    def size(self) -> int:
+        if _is_str_type(self.type):
+            return int(self.type[3:])
+        return _SIZES[self.type]
+
+    @property
+    def is_str(self) -> bool:
+        return _is_str_type(self.type)
+
+    @property
+    def struct_code(self) -> str:
+        return f"{self.size}s" if self.is_str else _STRUCT_CODES[self.type]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "type": self.type,
+            "unit": self.unit,
+            "key": self.key,
+            "display": self.display,
+            "doc": self.doc,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Field:
+        return cls(
+            name=str(d["name"]),
+            type=str(d["type"]),
+            unit=str(d.get("unit", "")),
+            key=bool(d.get("key", False)),
+            display=str(d.get("display", "int")),
+            doc=str(d.get("doc", "")),
+        )
+
+
+def _is_str_type(t: str) -> bool:
+    return t.startswith("str") and t[3:].isdigit() and int(t[3:]) > 0
+
+
+@dataclass(frozen=True)
+class HistSpec:
+    """A histogram over one field, optionally keyed by other fields.
+
+    ``kind`` is ``log2`` (power-of-two buckets, like bpftrace's ``hist``) or ``linear``
+    (``lo``..``hi`` in steps of ``step``, like bpftrace's ``lhist``). ``value`` may be
+    ``None`` for a plain count per key.
+    """
+
+    value: str | None
+    by: tuple[str, ...] = ()
+    kind: str = "log2"
+    lo: int = 0
+    hi: int = 0
+    step: int = 1
+    title: str = ""
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("log2", "linear", "count"):
+            raise ValueError(f"histogram kind must be log2, linear or count, not {self.kind!r}")
+        if self.kind == "linear" and (self.step <= 0 or self.hi <= self.lo):
+            raise ValueError("a linear histogram needs lo < hi and step > 0")
+
+    @property
+    def name(self) -> str:
+        if self.title:
+            return self.title
+        base = self.value or "count"
+        return f"{base}[{', '.join(self.by)}]" if self.by else base
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "value": self.value,
+            "by": list(self.by),
+            "kind": self.kind,
+            "lo": self.lo,
+            "hi": self.hi,
+            "step": self.step,
+            "title": self.title,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> HistSpec:
+        value = d.get("value")
+        return cls(
+            value=None if value is None else str(value),
+            by=tuple(str(b) for b in d.get("by", ())),
+            kind=str(d.get("kind", "log2")),
+            lo=int(d.get("lo", 0)),
+            hi=int(d.get("hi", 0)),
+            step=int(d.get("step", 1)),
+            title=str(d.get("title", "")),
+        )
+
+
+@dataclass(frozen=True)
+class Schema:
+    """The ordered fields of one probe's events, plus its default histograms."""
+
+    fields: tuple[Field, ...]
+    histograms: tuple[HistSpec, ...] = ()
+    _index: dict[str, int] = field(default_factory=dict, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        names = [f.name for f in self.fields]
+        dupes = {n for n in names if names.count(n) > 1}
+        if dupes:
+            raise ValueError(f"duplicate field names: {sorted(dupes)}")
+        self._index.update({n: i for i, n in enumerate(names)})
+        for h in self.histograms:
+            self.check_hist(h)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(f.name for f in self.fields)
+
+    def index(self, name: str) -> int:
+        try:
+            return self._index[name]
+        except KeyError:
+            raise KeyError(
+                f"no field {name!r}; fields are: {', '.join(self.names)}"
+            ) from None
+
+    def field(self, name: str) -> Field:
+        return self.fields[self.index(name)]
+
+    def check_hist(self, h: HistSpec) -> None:
+        for n in ((h.value,) if h.value else ()) + h.by:
+            self.index(n)
+            if self.field(n).is_str and n == h.value:
+                raise ValueError(f"histogram value {n!r} is a string field")
+
+    @property
+    def struct_format(self) -> str:
+        # "=" keeps natural sizes without native alignment: the C structs are
+        # declared with explicit padding fields so that both sides agree byte for byte.
+        return "=" + "".join(f.struct_code for f in self.fields)
+
+    @property
+    def size(self) -> int:
+        return struct.calcsize(self.struct_format)
+
+    def offsets(self) -> dict[str, int]:
+        off, out = 0, {}
+        for f in self.fields:
+            out[f.name] = off
+            off += f.size
+        return out
+
+    def make_decoder(self) -> Decoder:
+        return Decoder(self)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "fields": [f.to_dict() for f in self.fields],
+            "histograms": [h.to_dict() for h in self.histograms],
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Schema:
+        return cls(
+            fields=tuple(Field.from_dict(f) for f in d["fields"]),
+            histograms=tuple(HistSpec.from_dict(h) for h in d.get("histograms", ())),
+        )
+
+
+class Decoder:
+    """Turns raw records from the kernel into tuples in schema order.
+
+    Strings are cut at their first NUL and decoded; integers pass through untouched.
+    """
+
+    def __init__(self, schema: Schema) -> None:
+        self._struct = struct.Struct(schema.struct_format)
+        self.size = self._struct.size
+        self._str_idx = tuple(i for i, f in enumerate(schema.fields) if f.is_str)
+
+    def decode(self, raw: bytes) -> tuple[Any, ...]:
+        row = self._struct.unpack_from(raw)
+        if not self._str_idx:
+            return row
+        out = list(row)
+        for i in self._str_idx:
+            out[i] = out[i].split(b"\0", 1)[0].decode("utf-8", "replace")
+        return tuple(out)
+
+
+def format_value(f: Field, value: Any, symbols: dict[int, str] | None = None) -> str:
+    """Render one raw value the way a person reads it."""
+    if value is None:
+        return "-"
+    d = f.display
+    if d == "ipv4":
+        return str(ipaddress.IPv4Address(int(value).to_bytes(4, "little")))
+    if d == "ip":
+        v = value if isinstance(value, bytes) else int(value).to_bytes(16, "little")
+        return str(ipaddress.ip_address(v))
+    if d == "hex":
+        return hex(int(value))
+    if d == "queue":
+        # NO_QUEUE_MAPPING in include/net/sock.h: the socket has no queue yet.
+        return "none" if int(value) in (0xFFFF, -1) else str(value)
+    if d == "ts":
+        return f"{int(value) / 1e9:.6f}"
+    if d == "port":
+        return str(int(value))
+    if d == "bool":
+        return "1" if value else "0"
+    if d == "ksym":
+        if symbols and int(value) in symbols:
+            return symbols[int(value)]
+        return hex(int(value))
+    return str(value)
+
+
+def format_row(schema: Schema, row: Sequence[Any], symbols: dict[int, str] | None = None) -> list[str]:
+    return [format_value(f, v, symbols) for f, v in zip(schema.fields, row, strict=False)]
