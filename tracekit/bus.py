@@ -157,8 +157,9 @@ def build_bus(
 
 def _call_registration(pm: pluggy.PluginManager, hook: str, registry: ProbeRegistry | SinkRegistry) -> None:
     # Called implementation by implementation so the registry knows who registers
-    # what, and a clash can name both plugins.
-    for impl in reversed(getattr(pm.hook, hook).get_hookimpls()):
+    # what, and a clash can name both plugins. Registration order: built-ins first,
+    # so a third-party plugin cannot silently take over a built-in's name.
+    for impl in getattr(pm.hook, hook).get_hookimpls():
         registry.current_plugin = impl.plugin_name
         impl.function(registry)
     registry.current_plugin = "?"

@@ -42,6 +42,8 @@ def compile_probe(
     report, points = preflight(spec)
     report.raise_first()
     remove_stale_bcc_events()
+    if not opts.quiet:
+        say(f"compiling {spec.name} ...")
     probe = LoadedProbe(
         spec,
         params,
@@ -76,8 +78,6 @@ def run_probe(
     with StopSignals() as signals:
         try:
             if compiled is None:
-                if not opts.quiet:
-                    say(f"compiling {spec.name} ...")
                 stream = sinks_stream(bus, sink_args) or not spec.kernel_aggregation
                 compiled = compile_probe(spec, params, opts, stream)
             probe = compiled.probe

@@ -1,0 +1,159 @@
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from tracekit import hookimpl
+from tracekit.bus import build_bus
+from tracekit.cli import cli
+from tracekit.registry import SinkRegistry, SinkSpec
+from tracekit.session import EventBatch, LostReport, Session
+from tracekit.testing import feed
+
+TRACEKIT = [sys.executable, "-m", "tracekit"]
+
+
+def tk(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*TRACEKIT, *args], capture_output=True, text=True, timeout=60)
+
+
+@pytest.fixture
+def trace(tmp_path: Path, session: Session, rows: list, capsys: pytest.CaptureFixture[str]) -> tuple[Path, str]:
+    """A recording made through the same pipeline as a live run, and the live hist output."""
+    p = tmp_path / "rec.tkt"
+    capsys.readouterr()
+    feed(None, session, ["hist", f"msgpack={p}"], [rows[:250], rows[250:]],
+         lost=[LostReport("perf", {1: 7})],
+         counters={"txq_counts": {"calls": {0: 900, 1: 100}, "changes": {0: 5, 1: 6},
+                                  "no_socket": {0: 0, 1: 0}}})
+    return p, capsys.readouterr().out
+
+
+def test_replay_hist_prints_exactly_what_the_live_run_printed(trace: tuple[Path, str]) -> None:
+    path, live = trace
+    assert "@queue_after[" in live and "@txq_counts.calls: total=1000" in live
+    r = tk("replay", str(path), "--sink", "hist")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == live
+
+
+def test_replay_console_and_json(trace: tuple[Path, str]) -> None:
+    path, _ = trace
+    r = tk("replay", str(path))
+    lines = r.stdout.splitlines()
+    assert lines[0].split()[:3] == ["ts_ns(ns)", "sk", "cpu"] and len(lines) == 501
+    r = tk("replay", str(path), "--sink", "console=json")
+    objs = [json.loads(x) for x in r.stdout.splitlines()]
+    assert len(objs) == 501 and "summary" in objs[-1] and objs[0]["saddr"].count(".") == 3
+
+
+def test_info(trace: tuple[Path, str]) -> None:
+    path, _ = trace
+    r = tk("info", str(path))
+    assert r.returncode == 0
+    assert "probe:     txq-flip (parameters: ifindex=0)" in r.stdout
+    assert "kernel 6.1.0-test, 2 CPUs" in r.stdout and "on testhost" in r.stdout
+    assert "500 events in 2 batches" in r.stdout
+    assert "lost:      7 (perf: cpu1=7)" in r.stdout
+    assert "counter:   txq_counts.calls = 1000" in r.stdout
+
+
+def test_truncated_file_replays_with_one_warning(trace: tuple[Path, str], tmp_path: Path) -> None:
+    path, _ = trace
+    cut = tmp_path / "cut.tkt"
+    cut.write_bytes(path.read_bytes()[: path.stat().st_size * 2 // 3])
+    r = tk("replay", str(cut), "--sink", "hist")
+    assert r.returncode == 0
+    assert r.stderr.count("\n") == 1 and "ends early" in r.stderr and "Traceback" not in r.stderr
+    r = tk("info", str(cut))
+    assert "footer:    missing" in r.stdout
+
+
+@pytest.mark.parametrize("content", [b"", b"garbage", b"\x89TKT\r\n\x1a\n\xff\xff"])
+def test_corrupt_or_foreign_files_one_line_exit_2(tmp_path: Path, content: bytes) -> None:
+    p = tmp_path / "bad.tkt"
+    p.write_bytes(content)
+    for cmd in ("replay", "info"):
+        r = tk(cmd, str(p))
+        assert r.returncode == 2
+        assert r.stderr.startswith("tracekit: ") and r.stderr.count("\n") == 1, r.stderr
+
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["run", "nope"], "unknown probe 'nope'; valid: txq-flip"),
+        (["run", "txq-flip", "--sink", "nope"], "unknown sink 'nope'; valid: console, hist, msgpack"),
+        (["run", "txq-flip", "--param", "bogus=1"], "has no parameter 'bogus'; valid: ifindex"),
+        (["run", "txq-flip", "--param", "ifindex=abc"], "is not an integer"),
+        (["run", "txq-flip", "--sink", "hist=nofield"], "no field 'nofield'"),
+        (["run", "txq-flip", "--sink", "msgpack"], "needs a file"),
+        (["run"], "Missing argument 'PROBE'"),
+        (["replay", "/nonexistent/x.tkt"], "cannot read"),
+        (["frobnicate"], "No such command"),
+    ],
+)
+def test_bad_input_one_line_exit_2(args: list[str], needle: str) -> None:
+    r = tk(*args)
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    assert needle in r.stderr and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
+
+
+def test_existing_recording_is_not_overwritten(trace: tuple[Path, str]) -> None:
+    path, _ = trace
+    r = tk("run", "txq-flip", "--sink", f"msgpack={path}")
+    assert r.returncode == 2 and "exists; pass --force" in r.stderr
+
+
+def test_list_and_json_and_version() -> None:
+    r = tk("list")
+    assert "txq-flip" in r.stdout and "tracekit.probes.txq_flip 0.1.0" in r.stdout
+    data = json.loads(tk("list", "--json").stdout)
+    assert {s["name"] for s in data["sinks"]} >= {"console", "hist", "msgpack"}
+    assert tk("--version").stdout.strip() == "tracekit, version 0.1.0"
+
+
+def test_run_without_bcc_says_so_in_one_line(tmp_path: Path) -> None:
+    # A Python with tracekit but without the system's site-packages cannot see BCC.
+    code = (
+        "import sys; sys.modules['bcc'] = None; from tracekit.cli import main; "
+        "main(['run', 'txq-flip', '--duration', '1'])"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode in (3, 4), r.stderr  # no BCC, or (as a non-root user) not root
+    assert r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
+
+
+class CountSink:
+    def __init__(self, arg: str | None) -> None:
+        self.n = 0
+
+    @hookimpl
+    def tracekit_events(self, session: Session, batch: EventBatch) -> None:
+        self.n += len(batch)
+
+    @hookimpl
+    def tracekit_session_end(self, session: Session, summary: object) -> None:
+        print(f"counted {self.n}")
+
+
+class ThirdParty:
+    @hookimpl
+    def tracekit_register_sinks(self, registry: SinkRegistry) -> None:
+        registry.add(SinkSpec("count", "counts events", CountSink))
+
+
+def test_third_party_sink_used_by_replay(trace: tuple[Path, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    path, _ = trace
+    import tracekit.cli as tcli
+
+    bus = build_bus(extra_plugins=(("thirdparty", ThirdParty()),))
+    monkeypatch.setattr(tcli, "_bus", lambda ctx: bus)
+    res = CliRunner().invoke(cli, ["replay", str(path), "--sink", "count"])
+    assert res.exit_code == 0, res.output
+    assert "counted 500" in res.output

@@ -1,0 +1,68 @@
+from __future__ import annotations
+
+import pytest
+
+from tracekit.hist import Histogram, log2_bucket, log2_label, parse_hist_arg
+from tracekit.schema import Field, HistSpec, Schema
+
+S = Schema(fields=(Field("cpu", "u32", key=True), Field("lat", "u64", unit="us"),
+                   Field("q", "u16", key=True, display="queue")))
+
+
+@pytest.mark.parametrize("v,b", [(0, 0), (1, 1), (2, 2), (3, 2), (4, 3), (1023, 10), (1024, 11)])
+def test_log2_buckets(v: int, b: int) -> None:
+    assert log2_bucket(v) == b
+
+
+def test_log2_labels_like_bpftrace() -> None:
+    assert [log2_label(b) for b in (0, 1, 2, 3, 11, 21)] == [
+        "[0]", "[1]", "[2, 4)", "[4, 8)", "[1K, 2K)", "[1M, 2M)"]
+
+
+def test_linear_render_matches_bpftrace_layout() -> None:
+    h = Histogram(HistSpec(value="q", by=("cpu",), kind="linear", lo=0, hi=12, step=1, title="qa"), S)
+    h.add_rows([(6, 0, 6)] * 5 + [(6, 0, 11)] * 2 + [(11, 0, 13)] * 6)
+    text = h.render()
+    assert text.splitlines() == [
+        "@qa[6]:",
+        "[6, 7)                 5 |" + "@" * 52 + "|",
+        "[7, 8)                 0 |" + " " * 52 + "|",
+        "[8, 9)                 0 |" + " " * 52 + "|",
+        "[9, 10)                0 |" + " " * 52 + "|",
+        "[10, 11)               0 |" + " " * 52 + "|",
+        "[11, 12)               2 |" + "@" * 20 + " " * 32 + "|",
+        "",
+        "@qa[11]:",
+        "[12, ...)              6 |" + "@" * 52 + "|",
+    ]
+
+
+def test_log2_histogram_with_unit_and_keys_shown_by_display() -> None:
+    h = Histogram(HistSpec(value="lat", by=("q",)), S)
+    h.add_rows([(0, 3, 0xFFFF), (0, 5, 0xFFFF), (0, 100, 1)])
+    text = h.render()
+    assert "@lat[none] (us):" in text and "@lat[1] (us):" in text
+    assert "[2, 4)                 1 |" in text and "[64, 128)              1 |" in text
+
+
+def test_count_kind() -> None:
+    h = Histogram(HistSpec(value=None, by=("cpu",), kind="count"), S)
+    h.add_rows([(0, 1, 1), (0, 1, 1), (1, 1, 1)])
+    assert h.render().splitlines() == ["@count[0]: 2", "@count[1]: 1"]
+
+
+def test_empty_histogram_says_so() -> None:
+    assert Histogram(HistSpec(value="lat"), S).render() == "@lat (us): no events\n"
+
+
+def test_parse_hist_arg() -> None:
+    assert parse_hist_arg("lat,by=cpu+q", S) == HistSpec(value="lat", by=("cpu", "q"))
+    assert parse_hist_arg("q,by=cpu,linear=0:8:2", S) == HistSpec(
+        value="q", by=("cpu",), kind="linear", lo=0, hi=8, step=2)
+    assert parse_hist_arg("count,by=cpu", S).kind == "count"
+    with pytest.raises(KeyError):
+        parse_hist_arg("nope", S)
+    with pytest.raises(ValueError):
+        parse_hist_arg("lat,linear=1:2", S)
+    with pytest.raises(ValueError):
+        parse_hist_arg("lat,colour=red", S)
