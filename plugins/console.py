@@ -20,10 +20,7 @@ _WIDTH_BY_TYPE = {"u8": 3, "s8": 4, "u16": 5, "s16": 6, "u32": 10, "s32": 11, "u
 
 
 def _width(f: Field) -> int:
-    if f.is_str:
-        w = f.size
-    else:
-        w = _WIDTH_BY_DISPLAY.get(f.display, _WIDTH_BY_TYPE.get(f.type, 10))
+    w = f.size if f.is_str else _WIDTH_BY_DISPLAY.get(f.display, _WIDTH_BY_TYPE.get(f.type, 10))
     return max(w, len(_title(f)))
 
 
@@ -71,7 +68,9 @@ class ConsoleSink:
         lines = []
         if self.json:
             names = [f.name for f in fields]
-            raw_ok = {i for i, f in enumerate(fields) if f.display in ("int", "port", "bool", "queue")}
+            raw_ok = {
+                i for i, f in enumerate(fields) if f.display in ("int", "port", "bool", "queue")
+            }
             for r in batch.rows:
                 obj = {
                     n: (v if i in raw_ok else self._cell(f, v, syms))

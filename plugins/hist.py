@@ -30,7 +30,9 @@ class HistSink:
         try:
             return tuple(parse_hist_arg(a, schema) for a in self.arg.split(";") if a.strip())
         except (KeyError, ValueError) as exc:
-            raise UsageError(f"--sink hist={self.arg}: {str(exc).strip(chr(34) + chr(39))}") from None
+            raise UsageError(
+                f"--sink hist={self.arg}: {str(exc).strip(chr(34) + chr(39))}"
+            ) from None
 
     def check_schema(self, schema: Schema) -> None:
         self.specs(schema)

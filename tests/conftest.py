@@ -3,8 +3,8 @@ from __future__ import annotations
 import os
 
 import pytest
-
 from tracekit.probes.txq_flip import SCHEMA
+
 from tracekit.session import Session
 from tracekit.testing import synthetic_rows
 
@@ -20,8 +20,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 @pytest.fixture
 def session() -> Session:
-    return Session(probe="txq-flip", schema=SCHEMA, params={"ifindex": 0},
-                   kernel="6.1.0-test", ncpus=2, hostname="testhost", start_time=1_700_000_000.0)
+    return Session(
+        probe="txq-flip",
+        schema=SCHEMA,
+        params={"ifindex": 0},
+        kernel="6.1.0-test",
+        ncpus=2,
+        hostname="testhost",
+        start_time=1_700_000_000.0,
+    )
 
 
 @pytest.fixture

@@ -55,7 +55,7 @@ def test_builtins_register_through_the_hooks() -> None:
 
 def test_duplicate_names_name_both_plugins() -> None:
     dup = plugin_with(SinkSpec("hist", "mine", Recorder))
-    with pytest.raises(DuplicateError, match="tracekit.plugins.hist and myplugin"):
+    with pytest.raises(DuplicateError, match=r"tracekit\.plugins\.hist and myplugin"):
         build_bus(extra_plugins=(("myplugin", dup),), load_entry_points=False)
 
 
@@ -66,23 +66,29 @@ def test_events_arrive_in_batches(session: Session, rows: list) -> None:
         made.append(Recorder(arg))
         return made[-1]
 
-    bus = build_bus(extra_plugins=(("rec", plugin_with(SinkSpec("rec", "r", factory))),),
-                    load_entry_points=False)
+    bus = build_bus(
+        extra_plugins=(("rec", plugin_with(SinkSpec("rec", "r", factory))),),
+        load_entry_points=False,
+    )
     feed(bus, session, ["rec"], [rows[:200], rows[200:]])
     assert made[0].batches == [200, 300] and made[0].ended
 
 
-def test_failing_sink_is_isolated_and_reported(session: Session, rows: list,
-                                               capsys: pytest.CaptureFixture[str]) -> None:
+def test_failing_sink_is_isolated_and_reported(
+    session: Session, rows: list, capsys: pytest.CaptureFixture[str]
+) -> None:
     made: list[Recorder] = []
 
     def factory(arg: str | None) -> Recorder:
         made.append(Recorder(arg))
         return made[-1]
 
-    bus = build_bus(extra_plugins=(("p", plugin_with(SinkSpec("boom", "b", Boom),
-                                                     SinkSpec("rec", "r", factory))),),
-                    load_entry_points=False)
+    bus = build_bus(
+        extra_plugins=(
+            ("p", plugin_with(SinkSpec("boom", "b", Boom), SinkSpec("rec", "r", factory))),
+        ),
+        load_entry_points=False,
+    )
     with pytest.raises(SinkFailedError, match="sink:boom"):
         feed(bus, session, ["boom", "rec"], [rows[:10], rows[10:20], rows[20:30]])
     assert made[0].batches == [10, 10, 10]  # the other sink kept going
@@ -98,7 +104,9 @@ def test_disable_plugins_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 class FakeEP:
-    def __init__(self, name: str, value: str, obj: object = None, exc: Exception | None = None) -> None:
+    def __init__(
+        self, name: str, value: str, obj: object = None, exc: Exception | None = None
+    ) -> None:
         self.name, self.value, self._obj, self._exc, self.dist = name, value, obj, exc, None
 
     def load(self) -> object:
@@ -111,8 +119,10 @@ def test_broken_entry_point_warns_and_others_still_load(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     good = plugin_with(SinkSpec("csv", "c", Recorder))
-    eps = [FakeEP("broken", "broken_mod:plugin", exc=ImportError("no module named broken_mod")),
-           FakeEP("good", "good_mod", obj=good)]
+    eps = [
+        FakeEP("broken", "broken_mod:plugin", exc=ImportError("no module named broken_mod")),
+        FakeEP("good", "good_mod", obj=good),
+    ]
     monkeypatch.setattr(metadata, "entry_points", lambda group: eps if group == "tracekit" else [])
     bus = build_bus()
     assert "csv" in bus.sinks
@@ -126,7 +136,7 @@ def test_misspelled_hook_is_reported_with_plugin_name() -> None:
         def tracekit_register_sink(self, registry: SinkRegistry) -> None:
             pass
 
-    with pytest.raises(TracekitError, match="plugin typo:.*tracekit_register_sink"):
+    with pytest.raises(TracekitError, match=r"plugin typo:.*tracekit_register_sink"):
         build_bus(extra_plugins=(("typo", Typo()),), load_entry_points=False)
 
 

@@ -23,14 +23,26 @@ def tk(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.fixture
-def trace(tmp_path: Path, session: Session, rows: list, capsys: pytest.CaptureFixture[str]) -> tuple[Path, str]:
+def trace(
+    tmp_path: Path, session: Session, rows: list, capsys: pytest.CaptureFixture[str]
+) -> tuple[Path, str]:
     """A recording made through the same pipeline as a live run, and the live hist output."""
     p = tmp_path / "rec.tkt"
     capsys.readouterr()
-    feed(None, session, ["hist", f"msgpack={p}"], [rows[:250], rows[250:]],
-         lost=[LostReport("perf", {1: 7})],
-         counters={"txq_counts": {"calls": {0: 900, 1: 100}, "changes": {0: 5, 1: 6},
-                                  "no_socket": {0: 0, 1: 0}}})
+    feed(
+        None,
+        session,
+        ["hist", f"msgpack={p}"],
+        [rows[:250], rows[250:]],
+        lost=[LostReport("perf", {1: 7})],
+        counters={
+            "txq_counts": {
+                "calls": {0: 900, 1: 100},
+                "changes": {0: 5, 1: 6},
+                "no_socket": {0: 0, 1: 0},
+            }
+        },
+    )
     return p, capsys.readouterr().out
 
 
@@ -88,7 +100,10 @@ def test_corrupt_or_foreign_files_one_line_exit_2(tmp_path: Path, content: bytes
     "args,needle",
     [
         (["run", "nope"], "unknown probe 'nope'; valid: txq-flip"),
-        (["run", "txq-flip", "--sink", "nope"], "unknown sink 'nope'; valid: console, hist, msgpack"),
+        (
+            ["run", "txq-flip", "--sink", "nope"],
+            "unknown sink 'nope'; valid: console, hist, msgpack",
+        ),
         (["run", "txq-flip", "--param", "bogus=1"], "has no parameter 'bogus'; valid: ifindex"),
         (["run", "txq-flip", "--param", "ifindex=abc"], "is not an integer"),
         (["run", "txq-flip", "--sink", "hist=nofield"], "no field 'nofield'"),
@@ -148,7 +163,9 @@ class ThirdParty:
         registry.add(SinkSpec("count", "counts events", CountSink))
 
 
-def test_third_party_sink_used_by_replay(trace: tuple[Path, str], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_third_party_sink_used_by_replay(
+    trace: tuple[Path, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     path, _ = trace
     import tracekit.cli as tcli
 

@@ -5,8 +5,13 @@ import pytest
 from tracekit.hist import Histogram, log2_bucket, log2_label, parse_hist_arg
 from tracekit.schema import Field, HistSpec, Schema
 
-S = Schema(fields=(Field("cpu", "u32", key=True), Field("lat", "u64", unit="us"),
-                   Field("q", "u16", key=True, display="queue")))
+S = Schema(
+    fields=(
+        Field("cpu", "u32", key=True),
+        Field("lat", "u64", unit="us"),
+        Field("q", "u16", key=True, display="queue"),
+    )
+)
 
 
 @pytest.mark.parametrize("v,b", [(0, 0), (1, 1), (2, 2), (3, 2), (4, 3), (1023, 10), (1024, 11)])
@@ -16,11 +21,19 @@ def test_log2_buckets(v: int, b: int) -> None:
 
 def test_log2_labels_like_bpftrace() -> None:
     assert [log2_label(b) for b in (0, 1, 2, 3, 11, 21)] == [
-        "[0]", "[1]", "[2, 4)", "[4, 8)", "[1K, 2K)", "[1M, 2M)"]
+        "[0]",
+        "[1]",
+        "[2, 4)",
+        "[4, 8)",
+        "[1K, 2K)",
+        "[1M, 2M)",
+    ]
 
 
 def test_linear_render_matches_bpftrace_layout() -> None:
-    h = Histogram(HistSpec(value="q", by=("cpu",), kind="linear", lo=0, hi=12, step=1, title="qa"), S)
+    h = Histogram(
+        HistSpec(value="q", by=("cpu",), kind="linear", lo=0, hi=12, step=1, title="qa"), S
+    )
     h.add_rows([(6, 0, 6)] * 5 + [(6, 0, 11)] * 2 + [(11, 0, 13)] * 6)
     text = h.render()
     assert text.splitlines() == [
@@ -58,7 +71,8 @@ def test_empty_histogram_says_so() -> None:
 def test_parse_hist_arg() -> None:
     assert parse_hist_arg("lat,by=cpu+q", S) == HistSpec(value="lat", by=("cpu", "q"))
     assert parse_hist_arg("q,by=cpu,linear=0:8:2", S) == HistSpec(
-        value="q", by=("cpu",), kind="linear", lo=0, hi=8, step=2)
+        value="q", by=("cpu",), kind="linear", lo=0, hi=8, step=2
+    )
     assert parse_hist_arg("count,by=cpu", S).kind == "count"
     with pytest.raises(KeyError):
         parse_hist_arg("nope", S)

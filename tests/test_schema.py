@@ -3,17 +3,33 @@ from __future__ import annotations
 import struct
 
 import pytest
-
 from tracekit.probes.txq_flip import SCHEMA
+
 from tracekit.schema import Field, HistSpec, Schema, format_value
 
 
 def test_decoder_reads_the_c_layout() -> None:
     # The same bytes a BPF program would write for struct tk_event (80 bytes).
     assert SCHEMA.size == 80
-    raw = struct.pack("=QQIIIIIHHHHHBB16s16s", 123, 0xFFFF8880DEADBEEF, 1, 42, 3,
-                      0x0100000A, 0x0200000A, 5201, 40000, 2, 0xFFFF, 1, 1, 0,
-                      b"tk0\0garbage".ljust(16, b"\0"), b"iperf3".ljust(16, b"\0"))
+    raw = struct.pack(
+        "=QQIIIIIHHHHHBB16s16s",
+        123,
+        0xFFFF8880DEADBEEF,
+        1,
+        42,
+        3,
+        0x0100000A,
+        0x0200000A,
+        5201,
+        40000,
+        2,
+        0xFFFF,
+        1,
+        1,
+        0,
+        b"tk0\0garbage".ljust(16, b"\0"),
+        b"iperf3".ljust(16, b"\0"),
+    )
     row = SCHEMA.make_decoder().decode(raw + b"\0" * 8)  # perf pads records
     assert row[0] == 123 and row[2] == 1
     assert row[SCHEMA.index("ifname")] == "tk0"
@@ -33,7 +49,11 @@ def test_schema_round_trips_through_dict() -> None:
 
 @pytest.mark.parametrize(
     "kwargs",
-    [dict(name="x", type="u7"), dict(name="x", type="u8", display="nope"), dict(name="x", type="str0")],
+    [
+        dict(name="x", type="u7"),
+        dict(name="x", type="u8", display="nope"),
+        dict(name="x", type="str0"),
+    ],
 )
 def test_bad_fields_are_rejected(kwargs: dict[str, str]) -> None:
     with pytest.raises(ValueError):

@@ -8,21 +8,25 @@ import msgpack
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from tracekit.probes.txq_flip import SCHEMA
 
 from tracekit.errors import TraceFileError, UsageError
-from tracekit.probes.txq_flip import SCHEMA
 from tracekit.session import LostReport, Session, Summary
 from tracekit.tracefile import BATCH, MAGIC, MAX_BATCH, TraceReader, TraceWriter
 
 
-def write(path: Path, session: Session, batches: list[list[tuple[object, ...]]],
-          footer: bool = True) -> None:
+def write(
+    path: Path, session: Session, batches: list[list[tuple[object, ...]]], footer: bool = True
+) -> None:
     w = TraceWriter(str(path), session)
     for b in batches:
         w.write_batch(b)
     w.write_lost(LostReport("perf", {0: 3, 1: 4}))
-    w.close(Summary(events=sum(map(len, batches)), lost={"perf": {0: 3, 1: 4}}, duration=1.5)
-            if footer else None)
+    w.close(
+        Summary(events=sum(map(len, batches)), lost={"perf": {0: 3, 1: 4}}, duration=1.5)
+        if footer
+        else None
+    )
 
 
 def read_rows(path: Path) -> tuple[TraceReader, list[tuple[object, ...]]]:
@@ -41,17 +45,27 @@ def test_round_trip_with_header_and_footer(tmp_path: Path, session: Session, row
     assert got == rows
     assert r.session.probe == "txq-flip" and r.session.schema == SCHEMA
     assert r.session.kernel == "6.1.0-test" and r.session.ncpus == 2
-    assert r.footer is not None and r.footer.events == 500 and r.footer.lost == {"perf": {0: 3, 1: 4}}
+    assert (
+        r.footer is not None and r.footer.events == 500 and r.footer.lost == {"perf": {0: 3, 1: 4}}
+    )
     assert not r.truncated
 
 
 _u = st.integers(min_value=0, max_value=2**16 - 1)
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(batches=st.lists(st.lists(st.tuples(*([_u] * 14), st.text(max_size=15), st.text(max_size=15)),
-                                 max_size=30), max_size=8))
-def test_any_sequence_of_batches_round_trips(tmp_path: Path, session: Session, batches: list) -> None:
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    batches=st.lists(
+        st.lists(st.tuples(*([_u] * 14), st.text(max_size=15), st.text(max_size=15)), max_size=30),
+        max_size=8,
+    )
+)
+def test_any_sequence_of_batches_round_trips(
+    tmp_path: Path, session: Session, batches: list
+) -> None:
     p = tmp_path / "h.tkt"
     if p.exists():
         p.unlink()
@@ -71,8 +85,9 @@ def test_large_batches_are_split(tmp_path: Path, session: Session) -> None:
     assert sizes == [MAX_BATCH, MAX_BATCH, 5]
 
 
-def test_every_truncation_replays_up_to_last_complete_batch(tmp_path: Path, session: Session,
-                                                            rows: list) -> None:
+def test_every_truncation_replays_up_to_last_complete_batch(
+    tmp_path: Path, session: Session, rows: list
+) -> None:
     p = tmp_path / "t.tkt"
     write(p, session, [rows[:10], rows[10:20], rows[20:30]])
     data = p.read_bytes()

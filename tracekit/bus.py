@@ -155,7 +155,9 @@ def build_bus(
     return Bus(pm=pm, probes=probes, sinks=sinks, plugins=infos)
 
 
-def _call_registration(pm: pluggy.PluginManager, hook: str, registry: ProbeRegistry | SinkRegistry) -> None:
+def _call_registration(
+    pm: pluggy.PluginManager, hook: str, registry: ProbeRegistry | SinkRegistry
+) -> None:
     # Called implementation by implementation so the registry knows who registers
     # what, and a clash can name both plugins. Registration order: built-ins first,
     # so a third-party plugin cannot silently take over a built-in's name.

@@ -92,13 +92,21 @@ def list_cmd(ctx: click.Context, as_json: bool) -> None:
         return info.version if info else "?"
 
     probes = [
-        {"name": p.name, "plugin": bus.probes.plugin_of(p.name), "version": version(bus.probes.plugin_of(p.name)),
-         "description": p.description}
+        {
+            "name": p.name,
+            "plugin": bus.probes.plugin_of(p.name),
+            "version": version(bus.probes.plugin_of(p.name)),
+            "description": p.description,
+        }
         for p in bus.probes
     ]
     sinks = [
-        {"name": s.name, "plugin": bus.sinks.plugin_of(s.name), "version": version(bus.sinks.plugin_of(s.name)),
-         "description": s.description}
+        {
+            "name": s.name,
+            "plugin": bus.sinks.plugin_of(s.name),
+            "version": version(bus.sinks.plugin_of(s.name)),
+            "description": s.description,
+        }
         for s in bus.sinks
     ]
     if as_json:
@@ -119,10 +127,18 @@ def list_cmd(ctx: click.Context, as_json: bool) -> None:
 @sink_option
 @click.option("--duration", type=float, default=None, help="stop after SECONDS (default: Ctrl-C)")
 @click.option("--param", "params", multiple=True, metavar="KEY=VALUE", help="probe parameter")
-@click.option("--output", type=click.Choice(["auto", "ringbuf", "perf"]), default="auto",
-              help="kernel-to-user buffer (auto: ring buffer where the kernel has it)")
-@click.option("--max-events-per-sec", type=int, default=0,
-              help="drop events above this rate in the kernel, counted as lost (0: no limit)")
+@click.option(
+    "--output",
+    type=click.Choice(["auto", "ringbuf", "perf"]),
+    default="auto",
+    help="kernel-to-user buffer (auto: ring buffer where the kernel has it)",
+)
+@click.option(
+    "--max-events-per-sec",
+    type=int,
+    default=0,
+    help="drop events above this rate in the kernel, counted as lost (0: no limit)",
+)
 @force_option
 @click.pass_context
 def run_cmd(
@@ -152,7 +168,9 @@ def run_cmd(
         spec,
         values,
         sinks,
-        RunOptions(duration=duration, output=output, max_events_per_sec=max_events_per_sec, force=force),
+        RunOptions(
+            duration=duration, output=output, max_events_per_sec=max_events_per_sec, force=force
+        ),
     )
 
 
@@ -186,9 +204,13 @@ def info_cmd(file: str) -> None:
             batches += 1
             rows += len(rec.payload)
     params = ", ".join(f"{k}={v}" for k, v in s.params.items()) or "none"
-    click.echo(f"file:      {file} (format {h['format']}, written by tracekit {s.tracekit_version})")
+    click.echo(
+        f"file:      {file} (format {h['format']}, written by tracekit {s.tracekit_version})"
+    )
     click.echo(f"probe:     {s.probe} (parameters: {params})")
-    click.echo(f"recorded:  {_when(s.start_time)} on {s.hostname}, kernel {s.kernel}, {s.ncpus} CPUs")
+    click.echo(
+        f"recorded:  {_when(s.start_time)} on {s.hostname}, kernel {s.kernel}, {s.ncpus} CPUs"
+    )
     click.echo(f"fields:    {', '.join(s.schema.names)}")
     if s.sample_every > 1:
         click.echo(f"sampling:  1 in {s.sample_every} events")

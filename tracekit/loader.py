@@ -67,7 +67,7 @@ def expand_common_header(source: str) -> str:
 def ringbuf_supported() -> bool:
     # BPF_MAP_TYPE_RINGBUF arrived in 5.8.
     m = re.match(r"(\d+)\.(\d+)", os.uname().release)
-    return bool(m) and (int(m.group(1)), int(m.group(2))) >= (5, 8)
+    return m is not None and (int(m.group(1)), int(m.group(2))) >= (5, 8)
 
 
 def online_cpus() -> list[int]:
@@ -155,12 +155,17 @@ class LoadedProbe:
         else:
             for name in names:
                 if getattr(cls, name).offset != offsets[name]:
-                    problems.append(f"{name} at offset {getattr(cls, name).offset}, schema says {offsets[name]}")
+                    problems.append(
+                        f"{name} at offset {getattr(cls, name).offset}, schema says {offsets[name]}"
+                    )
         if ct.sizeof(cls) != schema.size:
             problems.append(f"struct is {ct.sizeof(cls)} bytes, schema {schema.size}")
         if problems:
             self.close()
-            raise CompileError(f"probe {self.spec.name}: schema does not match struct tk_event: " + "; ".join(problems))
+            raise CompileError(
+                f"probe {self.spec.name}: schema does not match struct tk_event: "
+                + "; ".join(problems)
+            )
 
     # -- attach / detach ---------------------------------------------------------
 

@@ -29,7 +29,9 @@ from tracekit.registry import AttachPoint, ProbeSpec
 
 # Suffixes GCC gives to specialised or split copies of a function. A kprobe on the
 # plain name does not exist when only these do.
-_CLONE_SUFFIX = re.compile(r"^(?P<base>[A-Za-z0-9_]+)\.(isra|constprop|part|cold|lto_priv)(\.\d+)*$")
+_CLONE_SUFFIX = re.compile(
+    r"^(?P<base>[A-Za-z0-9_]+)(\.(isra|constprop|part|cold|lto_priv|llvm)(\.\d+)?)+$"
+)
 
 TRACEFS_ROOTS = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
 
@@ -48,7 +50,9 @@ class Check:
 class Report:
     checks: list[Check] = field(default_factory=list)
 
-    def add(self, name: str, ok: bool, message: str, error: type[TracekitError] | None = None) -> None:
+    def add(
+        self, name: str, ok: bool, message: str, error: type[TracekitError] | None = None
+    ) -> None:
         self.checks.append(Check(name, ok, message, None if ok else error))
 
     @property
@@ -76,7 +80,10 @@ def _capabilities() -> int:
 
 def check_privileges(report: Report) -> None:
     caps = _capabilities()
-    has = lambda c: bool(caps & (1 << c))  # noqa: E731
+
+    def has(cap: int) -> bool:
+        return bool(caps & (1 << cap))
+
     if os.geteuid() == 0 or has(CAP_SYS_ADMIN) or (has(CAP_BPF) and has(CAP_PERFMON)):
         report.add("privileges", True, "root or CAP_BPF+CAP_PERFMON")
     else:
@@ -187,8 +194,10 @@ def module_functions(path: Path) -> frozenset[str]:
 
         data = io.BytesIO(raw.read())
     elf = ELFFile(data)
+    from elftools.elf.sections import SymbolTableSection
+
     symtab = elf.get_section_by_name(".symtab")
-    if symtab is None:
+    if not isinstance(symtab, SymbolTableSection):
         return frozenset()
     return frozenset(
         s.name for s in symtab.iter_symbols() if s["st_info"]["type"] == "STT_FUNC" and s.name
@@ -209,7 +218,9 @@ def check_attach_point(report: Report, ap: AttachPoint, syms: frozenset[str] | N
         root = tracefs()
         cat, _, name = ap.target.partition(":")
         ok = root is not None and Path(root, "events", cat, name).is_dir()
-        report.add(label, ok, "present" if ok else "no such tracepoint in this kernel", AttachPointError)
+        report.add(
+            label, ok, "present" if ok else "no such tracepoint in this kernel", AttachPointError
+        )
         return ok
     syms = kallsyms() if syms is None else syms
     if ap.target in syms:
@@ -218,7 +229,12 @@ def check_attach_point(report: Report, ap: AttachPoint, syms: frozenset[str] | N
     if ap.module and not module_loaded(ap.module):
         path = module_path(ap.module)
         if path is None:
-            report.add(label, False, f"module {ap.module} is not available for this kernel", ModuleNotLoadedError)
+            report.add(
+                label,
+                False,
+                f"module {ap.module} is not available for this kernel",
+                ModuleNotLoadedError,
+            )
             return False
         funcs = module_functions(path)
         if ap.target in funcs:

@@ -118,5 +118,7 @@ def report_summary(summary: Summary) -> None:
     lost = f", {summary.lost_total} LOST" if summary.lost_total else ""
     say(f"{summary.events} events in {summary.duration:.1f}s{lost}")
     for source, per in summary.lost.items():
-        cells = ", ".join(f"cpu{c}: {n}" if c >= 0 else f"all CPUs: {n}" for c, n in sorted(per.items()))
+        cells = ", ".join(
+            f"cpu{c}: {n}" if c >= 0 else f"all CPUs: {n}" for c, n in sorted(per.items())
+        )
         say(f"lost {sum(per.values())} events ({source}; {cells})")

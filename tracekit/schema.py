@@ -176,9 +176,7 @@ class Schema:
         try:
             return self._index[name]
         except KeyError:
-            raise KeyError(
-                f"no field {name!r}; fields are: {', '.join(self.names)}"
-            ) from None
+            raise KeyError(f"no field {name!r}; fields are: {', '.join(self.names)}") from None
 
     def field(self, name: str) -> Field:
         return self.fields[self.index(name)]
@@ -272,5 +270,7 @@ def format_value(f: Field, value: Any, symbols: dict[int, str] | None = None) ->
     return str(value)
 
 
-def format_row(schema: Schema, row: Sequence[Any], symbols: dict[int, str] | None = None) -> list[str]:
+def format_row(
+    schema: Schema, row: Sequence[Any], symbols: dict[int, str] | None = None
+) -> list[str]:
     return [format_value(f, v, symbols) for f, v in zip(schema.fields, row, strict=False)]

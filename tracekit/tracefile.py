@@ -82,7 +82,10 @@ class TraceWriter:
 
     def write_symbols(self, session: Session) -> None:
         """Write symbols and stacks the session learnt since the last call."""
-        if len(session.symbols) == self._symbols_written and len(session.stacks) == self._stacks_written:
+        if (
+            len(session.symbols) == self._symbols_written
+            and len(session.stacks) == self._stacks_written
+        ):
             return
         syms = dict(list(session.symbols.items())[self._symbols_written :])
         stacks = dict(list(session.stacks.items())[self._stacks_written :])
@@ -206,9 +209,7 @@ class TraceReader:
         if zlib.crc32(body) != crc:
             raise self._corrupt("checksum mismatch")
         try:
-            payload = msgpack.unpackb(
-                body, use_list=False, strict_map_key=False, raw=False
-            )
+            payload = msgpack.unpackb(body, use_list=False, strict_map_key=False, raw=False)
         except Exception as exc:  # noqa: BLE001 - any decode failure is corruption
             raise self._corrupt(f"bad record body ({type(exc).__name__})") from None
         return Record(kind, payload, start)

@@ -24,8 +24,13 @@ SCHEMA = Schema(
         Field("sport", "u16", display="port"),
         Field("dport", "u16", display="port"),
         Field("family", "u16"),
-        Field("queue_before", "u16", key=True, display="queue",
-              doc="queue stored on the socket before (none: not yet mapped)"),
+        Field(
+            "queue_before",
+            "u16",
+            key=True,
+            display="queue",
+            doc="queue stored on the socket before (none: not yet mapped)",
+        ),
         Field("queue_after", "u16", key=True, display="queue", doc="queue picked"),
         Field("ooo_okay", "u8", key=True, display="bool", doc="skb->ooo_okay of the skb"),
         Field("pad", "u8"),
@@ -55,12 +60,13 @@ PROBE = ProbeSpec(
         AttachPoint("kprobe", "netdev_pick_tx", "tk_pick_tx_entry"),
         AttachPoint("kretprobe", "netdev_pick_tx", "tk_pick_tx_return"),
     ),
-    params=(
-        Param("ifindex", 0, help="only this interface index (0: all)", minimum=0),
-    ),
+    params=(Param("ifindex", 0, help="only this interface index (0: all)", minimum=0),),
     counters=(
-        CounterMap("txq_counts", ("calls", "changes", "no_socket"),
-                   doc="netdev_pick_tx calls, queue changes, skbs without a socket"),
+        CounterMap(
+            "txq_counts",
+            ("calls", "changes", "no_socket"),
+            doc="netdev_pick_tx calls, queue changes, skbs without a socket",
+        ),
     ),
     min_kernel="5.2",
 )

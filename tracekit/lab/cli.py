@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import signal
+import subprocess
 import sys
 from dataclasses import dataclass, field
 
 import click
 
-from tracekit.errors import UsageError
+from tracekit.errors import LabError, UsageError
 from tracekit.lab.netns import NetnsLab, parse_iperf
 from tracekit.session import Summary
 
@@ -69,10 +71,17 @@ def run_txq_flip_lab(
         after = lab.queue_packets()
         tc_after = lab.tc_stats()
         mbit, retrans = 0.0, 0
-        if client and done():
-            out, _ = client[0].communicate()  # type: ignore[attr-defined]
-            res = parse_iperf(out)
-            mbit, retrans = res.mbit, res.retransmits
+        if client:
+            proc = client[0]
+            if proc.poll() is None:  # type: ignore[attr-defined]
+                # Ctrl-C: iperf3 reports what it sent so far when interrupted.
+                proc.send_signal(signal.SIGINT)  # type: ignore[attr-defined]
+            try:
+                out, _ = proc.communicate(timeout=10)  # type: ignore[attr-defined]
+                res = parse_iperf(out)
+                mbit, retrans = res.mbit, res.retransmits
+            except (subprocess.TimeoutExpired, LabError):
+                pass
     delta = {q: after.get(q, 0) - before.get(q, 0) for q in after}
     return LabResult(summary, mbit, retrans, delta, tc_after)
 
@@ -88,7 +97,9 @@ def lab() -> None:
 @click.option("--sink", "sinks", multiple=True, metavar="NAME[=ARG]", help="as for tracekit run")
 @click.option("--force", is_flag=True, help="overwrite existing trace files")
 @click.pass_context
-def txq_flip_cmd(ctx: click.Context, duration: float, qdisc: str, sinks: tuple[str, ...], force: bool) -> None:
+def txq_flip_cmd(
+    ctx: click.Context, duration: float, qdisc: str, sinks: tuple[str, ...], force: bool
+) -> None:
     """XPS queue flips: veth with 4 TX queues, iperf3 client on CPU 0, receiver on CPU 1."""
     from tracekit.cli import _bus
 

@@ -72,12 +72,16 @@ class NetnsLab:
     with a single TX queue, so only ``tk0`` goes through ``netdev_pick_tx``.
     """
 
-    def __init__(self, txqueues: int = 4, qdisc: str = "fq", qdisc_args: Sequence[str] = ()) -> None:
+    def __init__(
+        self, txqueues: int = 4, qdisc: str = "fq", qdisc_args: Sequence[str] = ()
+    ) -> None:
         if os.geteuid() != 0:
             raise LabError("the lab needs root (it creates network namespaces)")
         missing = [t for t in TOOLS if shutil.which(t) is None]
         if missing:
-            raise LabError(f"the lab needs {', '.join(missing)}: apt-get install iproute2 iperf3 util-linux")
+            raise LabError(
+                f"the lab needs {', '.join(missing)}: apt-get install iproute2 iperf3 util-linux"
+            )
         self.txqueues = txqueues
         self.qdisc = qdisc
         self.qdisc_args = tuple(qdisc_args)
@@ -118,8 +122,31 @@ class NetnsLab:
         _run(["ip", "netns", "add", a])
         _run(["ip", "netns", "add", b])
         n = str(self.txqueues)
-        _run(["ip", "link", "add", DEV_A, "netns", a, "numtxqueues", n, "numrxqueues", n,
-              "type", "veth", "peer", "name", DEV_B, "netns", b, "numtxqueues", "1", "numrxqueues", n])
+        _run(
+            [
+                "ip",
+                "link",
+                "add",
+                DEV_A,
+                "netns",
+                a,
+                "numtxqueues",
+                n,
+                "numrxqueues",
+                n,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                DEV_B,
+                "netns",
+                b,
+                "numtxqueues",
+                "1",
+                "numrxqueues",
+                n,
+            ]
+        )
         for ns in (a, b):
             # No IPv6: router solicitations and ND would add packets the probes and
             # the counters would both see, but that the tests do not drive.
@@ -132,8 +159,18 @@ class NetnsLab:
         self.ns(b, "ip", "link", "set", DEV_B, "up")
         self.ns(a, "tc", "qdisc", "replace", "dev", DEV_A, "root", "handle", "1:", "mq")
         for q in range(self.txqueues):
-            self.ns(a, "tc", "qdisc", "replace", "dev", DEV_A, "parent", f"1:{q + 1:x}",
-                    self.qdisc, *self.qdisc_args)
+            self.ns(
+                a,
+                "tc",
+                "qdisc",
+                "replace",
+                "dev",
+                DEV_A,
+                "parent",
+                f"1:{q + 1:x}",
+                self.qdisc,
+                *self.qdisc_args,
+            )
         ncpus = os.cpu_count() or 1
         for q in range(self.txqueues):
             mask = (1 << q) if q < ncpus else 0
@@ -165,13 +202,30 @@ class NetnsLab:
 
     def start_server(self, cpu: int) -> subprocess.Popen[str]:
         p = self.popen(self.ns_b, "taskset", "-c", str(cpu), "iperf3", "-s", "-1", "-B", ADDR_B)
-        self.ns(self.ns_b, "sh", "-c", "for i in $(seq 50); do ss -ltn | grep -q :5201 && exit 0; sleep 0.1; done; exit 1")
+        self.ns(
+            self.ns_b,
+            "sh",
+            "-c",
+            "for i in $(seq 50); do ss -ltn | grep -q :5201 && exit 0; sleep 0.1; done; exit 1",
+        )
         return p
 
-    def start_client(self, cpu: int, seconds: float, bandwidth: str | None = None,
-                     streams: int = 1) -> subprocess.Popen[str]:
-        args = ["taskset", "-c", str(cpu), "iperf3", "-c", ADDR_B, "-t", str(max(1, round(seconds))),
-                "-J", "-P", str(streams)]
+    def start_client(
+        self, cpu: int, seconds: float, bandwidth: str | None = None, streams: int = 1
+    ) -> subprocess.Popen[str]:
+        args = [
+            "taskset",
+            "-c",
+            str(cpu),
+            "iperf3",
+            "-c",
+            ADDR_B,
+            "-t",
+            str(max(1, round(seconds))),
+            "-J",
+            "-P",
+            str(streams),
+        ]
         if bandwidth:
             args += ["-b", bandwidth]
         return self.popen(self.ns_a, *args)
@@ -200,7 +254,10 @@ def parse_iperf(stdout: str) -> IperfResult:
     try:
         data = json.loads(stdout)
         end = data["end"]["sum_sent"]
-        return IperfResult(float(end["bits_per_second"]), int(end.get("retransmits", 0)),
-                           float(end.get("seconds", 0.0)))
+        return IperfResult(
+            float(end["bits_per_second"]),
+            int(end.get("retransmits", 0)),
+            float(end.get("seconds", 0.0)),
+        )
     except (ValueError, KeyError, TypeError):
         raise LabError(f"iperf3 gave no result: {stdout.strip()[:200]}") from None

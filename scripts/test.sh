@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# The whole test suite on a fresh Debian machine: set-up, lint and types, unit tests
+# on the host, kernel tests in the VM (one boot, one pytest session), then host-side
+# checks of what the VM recorded.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+py=.venv/bin/python
+start=$(date +%s)
+
+echo "== lint and types"
+.venv/bin/ruff check tracekit plugins probes tests bench
+.venv/bin/mypy
+
+echo "== host tests"
+$py -m pytest -m "not vm and not after_vm" tests
+
+echo "== VM tests"
+rm -f .vm-out/*.tkt .vm-out/*.txt
+vm/run -- python -m pytest -p no:hypothesispytest -m vm tests/vm -v
+
+echo "== host checks of the VM's recordings"
+TRACEKIT_REQUIRE_VM_ARTIFACTS=1 $py -m pytest -m after_vm tests
+
+echo "== all tests passed in $(( $(date +%s) - start ))s"

@@ -1,0 +1,81 @@
+"""Fixtures for tests that run inside the VM (``vm/run``), one pytest session per boot.
+
+Compiling a probe takes minutes under TCG, so each probe is compiled once per
+session and shared. Results the host checks afterwards go to ``.vm-out/``, the one
+folder the VM shares read-write.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tracekit.bus import Bus, build_bus
+from tracekit.run import Compiled, RunOptions, compile_probe
+
+OUT = Path(__file__).resolve().parents[2] / ".vm-out"
+
+
+@pytest.fixture(scope="session")
+def out_dir() -> Path:
+    OUT.mkdir(exist_ok=True)
+    return OUT
+
+
+@pytest.fixture(scope="session")
+def bus() -> Bus:
+    return build_bus()
+
+
+@pytest.fixture(scope="session")
+def txq_compiled(bus: Bus) -> Compiled:
+    spec = bus.probes.get("txq-flip")
+    compiled = compile_probe(spec, spec.resolve_params({}), RunOptions(quiet=True))
+    yield compiled
+    compiled.probe.close()
+
+
+def _debugfs() -> Path:
+    p = Path("/sys/kernel/debug")
+    if not (p / "kprobes").exists():
+        subprocess.run(["mount", "-t", "debugfs", "none", str(p)], check=False)
+    return p
+
+
+def attached_residue() -> list[str]:
+    """What a tracekit run could leave behind, as the kernel itself lists it.
+
+    Programs this test process keeps loaded on purpose (the shared compiled probe)
+    are not residue; they are detached, which the kprobe and perf lists show.
+    """
+    residue = []
+    kp = _debugfs() / "kprobes" / "list"
+    if kp.exists():
+        residue += [f"kprobe {ln}" for ln in kp.read_text().splitlines() if "netdev_pick_tx" in ln]
+    for root in ("/sys/kernel/tracing", "/sys/kernel/debug/tracing"):
+        ev = Path(root, "kprobe_events")
+        if ev.exists():
+            residue += [f"kprobe_event {ln}" for ln in ev.read_text().splitlines() if "_bcc_" in ln]
+            break
+    perf = subprocess.run(["bpftool", "perf", "show"], capture_output=True, text=True).stdout
+    residue += [f"bpf perf link {ln}" for ln in perf.splitlines() if "netdev_pick_tx" in ln]
+    progs = subprocess.run(["bpftool", "-j", "prog", "show"], capture_output=True, text=True).stdout
+    me = os.getpid()
+    for prog in json.loads(progs or "[]"):
+        owners = {p.get("pid") for p in prog.get("pids", [])}
+        if str(prog.get("name", "")).startswith("tk_") and owners - {me}:
+            residue.append(f"bpf prog {prog.get('name')} held by {sorted(owners)}")
+    nets = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    residue += [f"netns {ln}" for ln in nets.splitlines() if ln.startswith("tklab")]
+    return residue
+
+
+@pytest.fixture
+def no_residue() -> None:
+    assert os.geteuid() == 0
+    yield
+    assert attached_residue() == []

@@ -1,0 +1,186 @@
+"""txq-flip against the kernel's own counters, in the namespace lab (runs in the VM)."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tracekit.bus import Bus
+from tracekit.lab.cli import LabResult, run_txq_flip_lab
+from tracekit.run import Compiled
+from tracekit.tracefile import BATCH, TraceReader
+
+from .conftest import attached_residue
+
+pytestmark = pytest.mark.vm
+
+
+@pytest.fixture(scope="module")
+def lab_run(bus: Bus, txq_compiled: Compiled, out_dir: Path) -> tuple[LabResult, str, Path]:
+    trace = out_dir / "txq-flip-lab.tkt"
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        res = run_txq_flip_lab(
+            bus,
+            ("hist", f"msgpack={trace}"),
+            duration=6,
+            qdisc="fq",
+            force=True,
+            compiled=txq_compiled,
+            quiet=True,
+        )
+    live = buf.getvalue()
+    (out_dir / "txq-flip-lab.hist.txt").write_text(live)
+    (out_dir / "txq-flip-lab.tc.txt").write_text(res.tc_after)
+    return res, live, trace
+
+
+def events(trace: Path) -> list[dict[str, object]]:
+    r = TraceReader(str(trace))
+    names = r.session.schema.names
+    return [
+        dict(zip(names, row, strict=True))
+        for rec in r.records()
+        if rec.kind == BATCH
+        for row in rec.payload
+    ]
+
+
+def test_flips_between_the_two_cpus_queues(lab_run: tuple[LabResult, str, Path]) -> None:
+    res, live, trace = lab_run
+    evs = events(trace)
+    assert res.iperf_mbit > 1, "iperf3 moved no data"
+    flips = [e for e in evs if e["queue_before"] != 0xFFFF]
+    # The seed's pattern: the client's CPU moves the socket to its queue, the CPU
+    # processing ACKs moves it back to its own.
+    assert any(e["cpu"] == 0 and e["queue_before"] == 1 and e["queue_after"] == 0 for e in flips)
+    assert any(e["cpu"] == 1 and e["queue_before"] == 0 and e["queue_after"] == 1 for e in flips)
+    # XPS maps CPU n to queue n: every pick lands on the picking CPU's queue.
+    assert all(e["queue_after"] == e["cpu"] for e in evs)
+    assert "@queue_after[0, 1]:" in live and "@queue_after[1, 0]:" in live
+
+
+def test_flip_queues_are_exactly_the_queues_tc_counted(
+    lab_run: tuple[LabResult, str, Path],
+) -> None:
+    res, _, trace = lab_run
+    evs = events(trace)
+    in_events = {e["queue_after"] for e in evs} | {e["queue_before"] for e in evs}
+    in_events.discard(0xFFFF)
+    grew = {q for q, n in res.queue_delta.items() if n > 0}
+    assert grew, res.tc_after
+    assert in_events == grew, (in_events, res.queue_delta)
+
+
+def test_kernel_counters_agree_with_streamed_events(lab_run: tuple[LabResult, str, Path]) -> None:
+    _, _, trace = lab_run
+    r = TraceReader(str(trace))
+    n = sum(len(rec.payload) for rec in r.records() if rec.kind == BATCH)
+    footer = r.footer
+    assert footer is not None and footer.lost_total == 0
+    changes = footer.counters["txq_counts"]["changes"]
+    assert sum(changes.values()) == n == footer.events
+    assert sum(footer.counters["txq_counts"]["calls"].values()) >= n
+
+
+def test_replay_in_the_vm_prints_the_live_histogram(lab_run: tuple[LabResult, str, Path]) -> None:
+    _, live, trace = lab_run
+    r = subprocess.run(
+        [sys.executable, "-m", "tracekit", "replay", str(trace), "--sink", "hist"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == live
+
+
+def test_nothing_left_attached_after_the_lab(lab_run: tuple[LabResult, str, Path]) -> None:
+    assert attached_residue() == []
+
+
+def test_cli_lab_ctrl_c_prints_histogram_and_detaches(out_dir: Path) -> None:
+    """The headline command through the real CLI, stopped with Ctrl-C mid-run."""
+    trace = out_dir / "txq-flip-sigint.tkt"
+    p = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tracekit",
+            "lab",
+            "txq-flip",
+            "--duration",
+            "120",
+            "--sink",
+            "hist",
+            "--sink",
+            f"msgpack={trace}",
+            "--force",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert p.stderr is not None
+    deadline = time.monotonic() + 600
+    for line in p.stderr:
+        if "attached" in line or time.monotonic() > deadline:
+            break
+    time.sleep(8)
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == 0, err
+    assert "@queue_after[" in out and "iperf3:" in out
+    r = TraceReader(str(trace))
+    n = sum(len(rec.payload) for rec in r.records() if rec.kind == BATCH)
+    assert r.footer is not None and r.footer.interrupted and r.footer.events == n > 0
+    assert attached_residue() == []
+
+
+def test_sigterm_during_run_detaches_and_file_replays(out_dir: Path) -> None:
+    trace = out_dir / "txq-flip-sigterm.tkt"
+    p = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tracekit",
+            "run",
+            "txq-flip",
+            "--sink",
+            f"msgpack={trace}",
+            "--force",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert p.stderr is not None
+    for line in p.stderr:
+        if "attached" in line:
+            break
+    time.sleep(1)
+    p.send_signal(signal.SIGTERM)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 0, err
+    r = TraceReader(str(trace))
+    list(r.records())
+    assert r.footer is not None and r.footer.interrupted
+    assert attached_residue() == []
+
+
+def test_check_reports_attach_points() -> None:
+    r = subprocess.run(
+        [sys.executable, "-m", "tracekit", "check", "txq-flip"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "ok   kprobe:netdev_pick_tx: present in /proc/kallsyms" in r.stdout
