@@ -49,7 +49,17 @@ class HistSink:
     @hookimpl
     def tracekit_session_end(self, session: Session, summary: Summary) -> None:
         out = self.out or sys.stdout
-        if session.sample_every > 1:
+        if session.aggregated:
+            out.write(f"# counted in the kernel by {', '.join(session.aggregated)}\n")
+            for h in self.hists:
+                missing = h.fields() - set(session.aggregated)
+                if missing:
+                    raise UsageError(
+                        f"histogram {h.spec.name} needs {', '.join(sorted(missing))}, which the "
+                        "kernel did not aggregate; add a streaming sink (console, msgpack)"
+                    )
+                h.add_weighted(summary.kernel_agg)
+        elif session.sample_every > 1:
             out.write(f"# sampled: 1 in {session.sample_every} events\n")
         for h in self.hists:
             out.write("\n" + h.render(session.symbols))
@@ -58,6 +68,8 @@ class HistSink:
             for label, per_cpu in labels.items():
                 cells = "  ".join(f"cpu{c}={n}" for c, n in sorted(per_cpu.items()))
                 out.write(f"@{mapname}.{label}: total={sum(per_cpu.values())}  {cells}\n")
+        if summary.notes:
+            out.write("\n" + "\n".join(summary.notes) + "\n")
         out.flush()
 
 

@@ -44,6 +44,32 @@ static __always_inline int tk_over_limit(void)
     return 0;
 }
 
+/* 1-in-N sampling of streamed events (TK_SAMPLE); counters are never sampled. */
+#ifndef TK_SAMPLE
+#define TK_SAMPLE 1
+#endif
+#if TK_SAMPLE > 1
+BPF_PERCPU_ARRAY(tk_sample_n, u64, 1);
+#endif
+static __always_inline int tk_skip_sample(void)
+{
+#if TK_SAMPLE > 1
+    int zero = 0;
+    u64 *n = tk_sample_n.lookup(&zero);
+    if (!n)
+        return 0;
+    return (*n)++ % TK_SAMPLE != 0;
+#else
+    return 0;
+#endif
+}
+
+/* In-kernel aggregation (TK_AGG): probes count into a BPF hash `tk_agg` keyed by a
+ * struct of schema fields, when no sink needs single events. */
+#ifndef TK_AGG
+#define TK_AGG 0
+#endif
+
 static __always_inline void tk_count_lost(int slot)
 {
     u64 *lost = tk_lost.lookup(&slot);
@@ -66,7 +92,7 @@ BPF_RINGBUF_OUTPUT(tk_events, TK_RINGBUF_PAGES);
 BPF_PERCPU_ARRAY(tk_emitted, u64, 1);
 static __always_inline void tk_emit(void *ctx, struct tk_event *ev)
 {
-    if (tk_over_limit())
+    if (tk_skip_sample() || tk_over_limit())
         return;
     int zero = 0;
     u64 flags = BPF_RB_NO_WAKEUP;
@@ -80,7 +106,7 @@ static __always_inline void tk_emit(void *ctx, struct tk_event *ev)
 BPF_PERF_OUTPUT(tk_events);
 static __always_inline void tk_emit(void *ctx, struct tk_event *ev)
 {
-    if (tk_over_limit())
+    if (tk_skip_sample() || tk_over_limit())
         return;
     tk_events.perf_submit(ctx, ev, sizeof(*ev));
 }

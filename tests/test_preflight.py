@@ -19,8 +19,11 @@ from tracekit.registry import AttachPoint
 
 def test_clone_suffixes_are_recognised() -> None:
     syms = ["tcp_foo.isra.0", "tcp_foo.constprop.0.cold", "tcp_foo2.isra.0", "tcp_foo.part.1"]
-    assert find_clones("tcp_foo", syms) == ["tcp_foo.constprop.0.cold", "tcp_foo.isra.0",
-                                            "tcp_foo.part.1"]
+    assert find_clones("tcp_foo", syms) == [
+        "tcp_foo.constprop.0.cold",
+        "tcp_foo.isra.0",
+        "tcp_foo.part.1",
+    ]
 
 
 def test_missing_and_renamed_functions_get_precise_messages() -> None:
@@ -64,8 +67,9 @@ def test_not_loaded_module_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(pf, "module_loaded", lambda m: False)
     monkeypatch.setattr(pf.platform, "release", lambda: release)
     r = Report()
-    ok = check_attach_point(r, AttachPoint("kprobe", "fq_dequeue", "f", module="sch_fq"),
-                            frozenset())
+    ok = check_attach_point(
+        r, AttachPoint("kprobe", "fq_dequeue", "f", module="sch_fq"), frozenset()
+    )
     assert not ok and r.checks[0].error is ModuleNotLoadedError
     assert "module sch_fq is not loaded" in r.checks[0].message
     assert platform.release  # the real function is restored by monkeypatch

@@ -30,6 +30,9 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "tracekit.plugins.msgpack_sink",
     "tracekit.plugins.hist",
     "tracekit.probes.txq_flip",
+    "tracekit.probes.ooo_okay",
+    "tracekit.probes.rss_cpu",
+    "tracekit.probes.fq_throttle",
 )
 
 

@@ -68,9 +68,15 @@ class Histogram:
             key = tuple(r[i] for i in ki)
             data[key][bucket(r[vi]) if vi is not None else 0] += 1
 
-    def merge_counts(self, key: tuple[Any, ...], bucket: int, count: int) -> None:
-        """Add counts aggregated elsewhere (in the kernel) for one bucket."""
-        self.data[key][bucket] += count
+    def fields(self) -> set[str]:
+        return set(self.spec.by) | ({self.spec.value} if self.spec.value else set())
+
+    def add_weighted(self, pairs: Iterable[tuple[tuple[Any, ...], int]]) -> None:
+        """Add (row, count) pairs counted elsewhere (in the kernel)."""
+        vi, ki, data, bucket = self._vi, self._ki, self.data, self.bucket
+        for r, n in pairs:
+            key = tuple(r[i] for i in ki)
+            data[key][bucket(r[vi]) if vi is not None else 0] += n
 
     def _label(self, b: int) -> str:
         s = self.spec

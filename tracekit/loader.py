@@ -93,6 +93,8 @@ class LoadedProbe:
         stream: bool = True,
         max_events_per_sec: int = 0,
         page_cnt: int = 64,
+        aggregate: bool = False,
+        sample: int = 1,
     ) -> None:
         self.spec = spec
         self.params = params
@@ -102,6 +104,9 @@ class LoadedProbe:
             raise TracekitError(f"output must be auto, ringbuf or perf, not {output!r}")
         self.output = output
         self.page_cnt = page_cnt
+        self.stream = stream
+        self.aggregate = aggregate and bool(spec.agg_fields)
+        self.sample = max(1, int(sample))
         self.decoder = Decoder(spec.schema)
         self.attached: list[AttachPoint] = []
         self._rows: list[tuple[Any, ...]] = []
@@ -114,10 +119,14 @@ class LoadedProbe:
         cflags = [f"-D{p.macro}={params[p.name]}" for p in spec.params]
         cflags += [
             f"-DTK_STREAM={1 if stream else 0}",
+            f"-DTK_AGG={1 if self.aggregate else 0}",
+            f"-DTK_SAMPLE={self.sample}",
             f"-DTK_MAX_EVENTS_PER_SEC={int(max_events_per_sec)}",
             f"-DTK_NCPUS={max(1, os.cpu_count() or 1)}",
             "-Wno-macro-redefined",
         ]
+        if spec.prepare is not None:
+            cflags += spec.prepare(params)
         if output == "ringbuf":
             cflags.append("-DTK_USE_RINGBUF")
             cflags.append(f"-DTK_RINGBUF_PAGES={page_cnt * 4}")
@@ -173,12 +182,16 @@ class LoadedProbe:
         points = list(self.spec.attach) if points is None else points
         # Tracepoints first: they are stable, and a kretprobe attached before its
         # kprobe would see returns without entries.
-        order = {"tracepoint": 0, "kprobe": 1, "kretprobe": 2}
+        order = {"tracepoint": 0, "raw_tracepoint": 0, "kprobe": 1, "kretprobe": 2}
         maxactive = max(16, 4 * self.ncpus)
         try:
             for ap in sorted(points, key=lambda p: order[p.kind]):
                 if ap.kind == "tracepoint":
                     self.bpf.attach_tracepoint(tp=ap.target.encode(), fn_name=ap.fn.encode())
+                elif ap.kind == "raw_tracepoint":
+                    self.bpf.attach_raw_tracepoint(
+                        tp=ap.target.split(":")[-1].encode(), fn_name=ap.fn.encode()
+                    )
                 elif ap.kind == "kprobe":
                     self.bpf.attach_kprobe(event=ap.target.encode(), fn_name=ap.fn.encode())
                 else:
@@ -199,6 +212,8 @@ class LoadedProbe:
             with contextlib.suppress(Exception):
                 if ap.kind == "tracepoint":
                     self.bpf.detach_tracepoint(tp=ap.target.encode())
+                elif ap.kind == "raw_tracepoint":
+                    self.bpf.detach_raw_tracepoint(tp=ap.target.split(":")[-1].encode())
                 elif ap.kind == "kprobe":
                     self.bpf.detach_kprobe(event=ap.target.encode())
                 else:
@@ -271,6 +286,21 @@ class LoadedProbe:
         for i in range(slots):
             values = table[table.Key(i)]
             out.append({cpu: int(v) for cpu, v in enumerate(values) if cpu in set(online_cpus())})
+        return out
+
+    def read_agg(self) -> list[tuple[tuple[Any, ...], int]]:
+        """The in-kernel aggregate as (row, count): rows in schema order, zero-filled."""
+        if not self.aggregate:
+            return []
+        schema = self.spec.schema
+        blank = [("" if f.is_str else 0) for f in schema.fields]
+        idx = [schema.index(n) for n in self.spec.agg_fields]
+        out = []
+        for k, v in self.bpf["tk_agg"].items():
+            row = list(blank)
+            for name, i in zip(self.spec.agg_fields, idx, strict=True):
+                row[i] = getattr(k, name)
+            out.append((tuple(row), int(v.value)))
         return out
 
     def read_counters(self) -> dict[str, dict[str, dict[int, int]]]:

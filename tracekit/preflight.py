@@ -214,7 +214,7 @@ def tracefs() -> Path | None:
 def check_attach_point(report: Report, ap: AttachPoint, syms: frozenset[str] | None = None) -> bool:
     """Check one attach point; returns whether it is usable."""
     label = ap.describe()
-    if ap.kind == "tracepoint":
+    if ap.kind in ("tracepoint", "raw_tracepoint"):
         root = tracefs()
         cat, _, name = ap.target.partition(":")
         ok = root is not None and Path(root, "events", cat, name).is_dir()

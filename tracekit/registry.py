@@ -20,8 +20,9 @@ from tracekit.schema import HistSpec, Schema
 class AttachPoint:
     """One place a probe attaches.
 
-    ``kind`` is ``tracepoint``, ``kprobe`` or ``kretprobe``. ``target`` is the kernel
-    function (``netdev_pick_tx``) or the tracepoint (``net:net_dev_queue``). ``fn`` is
+    ``kind`` is ``tracepoint``, ``raw_tracepoint``, ``kprobe`` or ``kretprobe``.
+    ``target`` is the kernel function (``netdev_pick_tx``) or the tracepoint
+    (``net:net_dev_queue``, category included for raw tracepoints too). ``fn`` is
     the BPF function in the ``.bpf.c``. ``module`` names the kernel module that
     provides the function when it is not built in (``sch_fq``). A point in the same
     ``group`` as an earlier one is an alternative: the first one present is used, so
@@ -35,8 +36,10 @@ class AttachPoint:
     group: str | None = None
 
     def __post_init__(self) -> None:
-        if self.kind not in ("tracepoint", "kprobe", "kretprobe"):
-            raise ValueError(f"attach kind must be tracepoint, kprobe or kretprobe: {self.kind!r}")
+        if self.kind not in ("tracepoint", "raw_tracepoint", "kprobe", "kretprobe"):
+            raise ValueError(
+                f"attach kind must be tracepoint, raw_tracepoint, kprobe or kretprobe: {self.kind!r}"
+            )
 
     def describe(self) -> str:
         return f"{self.kind}:{self.target}"
@@ -95,13 +98,23 @@ class ProbeSpec:
     min_kernel: str = "5.8"
     event_struct: str = "tk_event"
     needs_btf: bool = False
-    # True when the probe can aggregate in the kernel (compiled with TK_STREAM=0)
-    # for sessions whose sinks do not need single events.
-    kernel_aggregation: bool = False
     include_dirs: tuple[Traversable, ...] = ()
     # Called with the compiled bcc.BPF object and the parameters after attach, for
     # probes that need to fill maps (filters, BTF offsets) before events flow.
     setup: Callable[[Any, dict[str, int]], None] | None = None
+    # Extra compiler flags computed on the running machine before compiling (for
+    # example struct offsets read from the kernel's BTF); raises TracekitError when
+    # the machine does not fit.
+    prepare: Callable[[dict[str, int]], list[str]] | None = None
+    # Fills user-space fields of decoded rows (for example a path name from a
+    # stack id), given the bcc.BPF object and the session (for symbols, stacks).
+    enrich: Callable[[Any, Any, list[tuple[Any, ...]]], list[tuple[Any, ...]]] | None = None
+    # A BPF hash named ``tk_agg`` keyed by a struct whose members are schema fields,
+    # valued by a u64 count: what the probe counts in the kernel when no sink needs
+    # single events. These are its key fields.
+    agg_fields: tuple[str, ...] = ()
+    # Lines summarising a run from its summary (counters), printed with the results.
+    report: Callable[[Any], list[str]] | None = None
 
     def param(self, name: str) -> Param:
         for p in self.params:
@@ -118,6 +131,10 @@ class ProbeSpec:
 
     def default_histograms(self) -> tuple[HistSpec, ...]:
         return self.schema.histograms
+
+    @property
+    def kernel_aggregation(self) -> bool:
+        return bool(self.agg_fields)
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from tracekit.bus import Bus
 from tracekit.errors import SinkFailedError
@@ -23,6 +24,12 @@ class RunOptions:
     page_cnt: int = 64
     force: bool = False
     quiet: bool = False
+    # Stream 1 in N events (counters and in-kernel aggregates stay exact).
+    sample: int = 1
+    # None: decide from the sinks (stream when one needs events, aggregate in the
+    # kernel otherwise). Tests force both to compare the two paths.
+    stream: bool | None = None
+    aggregate: bool | None = None
 
 
 def say(msg: str) -> None:
@@ -35,8 +42,23 @@ class Compiled:
     points: list[AttachPoint]
 
 
+def modes(spec: ProbeSpec, streaming_sinks: bool, opts: RunOptions) -> tuple[bool, bool]:
+    """(stream, aggregate): what the kernel side does for this run's sinks."""
+    stream = (
+        opts.stream if opts.stream is not None else (streaming_sinks or not spec.kernel_aggregation)
+    )
+    aggregate = (
+        opts.aggregate if opts.aggregate is not None else (spec.kernel_aggregation and not stream)
+    )
+    return stream, aggregate and spec.kernel_aggregation
+
+
 def compile_probe(
-    spec: ProbeSpec, params: dict[str, int], opts: RunOptions, stream: bool = True
+    spec: ProbeSpec,
+    params: dict[str, int],
+    opts: RunOptions,
+    stream: bool = True,
+    aggregate: bool = False,
 ) -> Compiled:
     """Preflight (raising the first problem) and compile."""
     report, points = preflight(spec)
@@ -51,6 +73,8 @@ def compile_probe(
         stream=stream,
         max_events_per_sec=opts.max_events_per_sec,
         page_cnt=opts.page_cnt,
+        aggregate=aggregate,
+        sample=opts.sample,
     )
     return Compiled(probe, points)
 
@@ -78,26 +102,39 @@ def run_probe(
     with StopSignals() as signals:
         try:
             if compiled is None:
-                stream = sinks_stream(bus, sink_args) or not spec.kernel_aggregation
-                compiled = compile_probe(spec, params, opts, stream)
+                stream, aggregate = modes(spec, sinks_stream(bus, sink_args), opts)
+                compiled = compile_probe(spec, params, opts, stream, aggregate)
             probe = compiled.probe
+            session.sample_every = probe.sample if probe.stream else 1
+            session.aggregated = spec.agg_fields if probe.aggregate else ()
+            enrich = spec.enrich
+
+            def deliver(rows: list[tuple[Any, ...]]) -> None:
+                if rows and enrich is not None:
+                    rows = enrich(probe.bpf, session, rows)
+                pipe.batch(rows)
+
             probe.open_output()
             probe.attach(compiled.points)
             if not opts.quiet:
                 where = ", ".join(a.describe() for a in probe.attached)
-                say(f"attached {where} ({probe.output}); Ctrl-C to stop")
+                how = probe.output if probe.stream else "in-kernel aggregation"
+                say(f"attached {where} ({how}); Ctrl-C to stop")
             if on_attached is not None:
                 on_attached()
             with Pipeline(bus, session, sinks) as pipe:
-                interrupted = drain_for(probe, pipe.batch, pipe.lost, opts.duration, until)
+                interrupted = drain_for(probe, deliver, pipe.lost, opts.duration, until)
                 with signals.deferred():
                     # Detach first so the last drain and the counters are final.
                     probe.detach()
-                    pipe.batch(probe.poll(0))
+                    deliver(probe.poll(0))
                     for r in probe.new_losses():
                         pipe.lost(r)
                     pipe.summary.counters = probe.read_counters()
+                    pipe.summary.kernel_agg = _enriched_agg(probe, session)
                     pipe.summary.interrupted = interrupted
+                    if spec.report is not None:
+                        pipe.summary.notes = spec.report(pipe.summary)
                     summary = pipe.end()
         except KeyboardInterrupt:
             pass  # Ctrl-C before events flowed (compile, attach): nothing to report.
@@ -112,6 +149,15 @@ def run_probe(
     if bus.failures:
         raise SinkFailedError(f"sink failed: {', '.join(sorted(bus.failures))}")
     return summary
+
+
+def _enriched_agg(probe: LoadedProbe, session: Session) -> list[tuple[tuple[Any, ...], int]]:
+    agg = probe.read_agg()
+    enrich = probe.spec.enrich
+    if not agg or enrich is None:
+        return agg
+    rows = enrich(probe.bpf, session, [r for r, _ in agg])
+    return list(zip(rows, (n for _, n in agg), strict=True))
 
 
 def report_summary(summary: Summary) -> None:

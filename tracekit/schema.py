@@ -31,7 +31,7 @@ _STRUCT_CODES: dict[str, str] = {
 _SIZES: dict[str, int] = {k: struct.calcsize("<" + v) for k, v in _STRUCT_CODES.items()}
 
 # How a value is shown; the stored value is always the raw integer or string.
-DISPLAYS = ("int", "hex", "ipv4", "ip", "str", "queue", "bool", "ksym", "port", "ts")
+DISPLAYS = ("int", "hex", "ipv4", "ip", "str", "queue", "bool", "ksym", "port", "ts", "enum")
 
 
 @dataclass(frozen=True)
@@ -49,6 +49,8 @@ class Field:
     key: bool = False
     display: str = "int"
     doc: str = ""
+    # Names for the values of an ``enum`` field: value i shows as choices[i].
+    choices: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.type not in _STRUCT_CODES and not _is_str_type(self.type):
@@ -78,6 +80,7 @@ class Field:
             "key": self.key,
             "display": self.display,
             "doc": self.doc,
+            "choices": list(self.choices),
         }
 
     @classmethod
@@ -89,6 +92,7 @@ class Field:
             key=bool(d.get("key", False)),
             display=str(d.get("display", "int")),
             doc=str(d.get("doc", "")),
+            choices=tuple(str(c) for c in d.get("choices", ())),
         )
 
 
@@ -257,6 +261,9 @@ def format_value(f: Field, value: Any, symbols: dict[int, str] | None = None) ->
     if d == "queue":
         # NO_QUEUE_MAPPING in include/net/sock.h: the socket has no queue yet.
         return "none" if int(value) in (0xFFFF, -1) else str(value)
+    if d == "enum":
+        i = int(value)
+        return f.choices[i] if 0 <= i < len(f.choices) else str(i)
     if d == "ts":
         return f"{int(value) / 1e9:.6f}"
     if d == "port":

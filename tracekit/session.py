@@ -36,8 +36,12 @@ class Session:
     symbols: dict[int, str] = field(default_factory=dict)
     # Stack id -> list of kernel addresses, for probes that record stacks.
     stacks: dict[int, list[int]] = field(default_factory=dict)
-    # Sampling the probe applied (1 = every event), stated by sinks that print.
+    # Sampling the probe applied to streamed events (1 = every event), stated by
+    # sinks that print. In-kernel counters and aggregates are never sampled.
     sample_every: int = 1
+    # Fields the kernel aggregated on, when the probe counted in the kernel instead
+    # of streaming single events (empty when streaming).
+    aggregated: tuple[str, ...] = ()
     # Histograms the user asked for instead of the probe's defaults (``--sink hist=``).
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -57,6 +61,7 @@ class Session:
             "hostname": self.hostname,
             "start_time": self.start_time,
             "sample_every": self.sample_every,
+            "aggregated": list(self.aggregated),
         }
 
     @classmethod
@@ -72,6 +77,7 @@ class Session:
             start_time=float(h.get("start_time", 0.0)),
             tracekit_version=str(h.get("tracekit_version", "?")),
             sample_every=int(h.get("sample_every", 1)),
+            aggregated=tuple(str(a) for a in h.get("aggregated", ())),
         )
 
 
@@ -114,8 +120,11 @@ class Summary:
     counters: dict[str, dict[str, dict[int, int]]] = field(default_factory=dict)
     interrupted: bool = False
     truncated: bool = False
-    # Histograms aggregated in the kernel (name -> rows), when the probe did so.
-    kernel_hists: dict[str, Any] = field(default_factory=dict)
+    # Events counted in the kernel instead of streamed: (row, count) pairs whose
+    # rows carry the aggregated fields (others are zero), for histogram sinks.
+    kernel_agg: list[tuple[tuple[Any, ...], int]] = field(default_factory=list)
+    # Lines the probe adds to the results (for example rss-cpu's imbalance).
+    notes: list[str] = field(default_factory=list)
 
     @property
     def lost_total(self) -> int:
@@ -133,7 +142,8 @@ class Summary:
             "duration": self.duration,
             "counters": self.counters,
             "interrupted": self.interrupted,
-            "kernel_hists": self.kernel_hists,
+            "kernel_agg": [[list(r), n] for r, n in self.kernel_agg],
+            "notes": list(self.notes),
         }
 
     @classmethod
@@ -153,5 +163,6 @@ class Summary:
                 for m, labels in dict(d.get("counters", {})).items()
             },
             interrupted=bool(d.get("interrupted", False)),
-            kernel_hists=dict(d.get("kernel_hists", {})),
+            kernel_agg=[(tuple(r), int(n)) for r, n in d.get("kernel_agg", ())],
+            notes=[str(n) for n in d.get("notes", ())],
         )

@@ -1,0 +1,105 @@
+"""fq-throttle: when sch_fq throttles flows, dequeues nothing, or drops at flow_limit.
+
+The third step of the fq/XPS seed. sch_fq's private ``struct fq_sched_data`` is in
+no header; its member offsets come from the running kernel's BTF for the loaded
+``sch_fq`` module, checked member by member, and a kernel whose layout does not fit
+is refused in one line.
+"""
+
+from __future__ import annotations
+
+from importlib.resources import files
+
+from tracekit import hookimpl
+from tracekit.btf import module_btf, struct_offsets
+from tracekit.errors import AttachPointError, TracekitError
+from tracekit.registry import AttachPoint, CounterMap, ProbeRegistry, ProbeSpec
+from tracekit.schema import Field, HistSpec, Schema
+from tracekit.session import Summary
+
+KINDS = ("-", "throttle", "flow_limit_drop", "empty_dequeue")
+
+# Members read by the BPF code and the size it reads each as.
+FQ_MEMBERS = {"stat_throttled": 8, "stat_flows_plimit": 8, "time_next_delayed_flow": 8}
+
+SCHEMA = Schema(
+    fields=(
+        Field("ts_ns", "u64", unit="ns", display="ts"),
+        Field("sk", "u64", display="hex", doc="socket of a dropped skb (0: none)"),
+        Field(
+            "delay_us",
+            "u64",
+            unit="us",
+            doc="throttle: time until the qdisc's next departure (its watchdog)",
+        ),
+        Field("cpu", "u32", key=True),
+        Field("ifindex", "u32", key=True),
+        Field("saddr", "u32", key=True, display="ipv4"),
+        Field("daddr", "u32", key=True, display="ipv4"),
+        Field("count", "u32", doc="events of this kind in this call"),
+        Field("qlen", "u32", doc="packets queued in the qdisc"),
+        Field("sport", "u16", key=True, display="port"),
+        Field("dport", "u16", key=True, display="port"),
+        Field("queue", "u16", key=True, doc="TX queue the fq instance serves"),
+        Field("kind", "u8", key=True, display="enum", choices=KINDS),
+        Field("pad", "u8"),
+        Field("ifname", "str16", key=True),
+    ),
+    histograms=(
+        HistSpec(value="delay_us", by=("ifname", "queue"), kind="log2", title="throttle_delay"),
+        HistSpec(
+            value=None,
+            by=("kind", "saddr", "sport", "daddr", "dport"),
+            kind="count",
+            title="events_by_flow",
+        ),
+    ),
+)
+
+
+def prepare(params: dict[str, int]) -> list[str]:
+    try:
+        offs = struct_offsets(module_btf("sch_fq"), "fq_sched_data", FQ_MEMBERS)
+    except TracekitError as exc:
+        if type(exc) is TracekitError:
+            raise AttachPointError(f"sch_fq: {exc}") from None
+        raise
+    return [f"-DTK_FQ_OFF_{name.upper()}={off}" for name, off in offs.items()]
+
+
+def report(summary: Summary) -> list[str]:
+    c = summary.counters.get("fq_counts", {})
+    tot = {k: sum(v.values()) for k, v in c.items()}
+    return [
+        f"fq: {tot.get('throttled', 0)} flows throttled, {tot.get('flow_limit_drops', 0)} "
+        f"flow_limit drops, {tot.get('empty_dequeues', 0)} empty dequeues in "
+        f"{tot.get('dequeues', 0)} dequeues"
+    ]
+
+
+PROBE = ProbeSpec(
+    name="fq-throttle",
+    description="sch_fq throttling, empty dequeues and flow_limit drops per queue and flow",
+    source=files(__package__).joinpath("fq_throttle.bpf.c"),
+    schema=SCHEMA,
+    attach=(
+        AttachPoint("kprobe", "fq_enqueue", "tk_fq_enqueue", module="sch_fq"),
+        AttachPoint("kretprobe", "fq_enqueue", "tk_fq_enqueue_ret", module="sch_fq"),
+        AttachPoint("kprobe", "fq_dequeue", "tk_fq_dequeue", module="sch_fq"),
+        AttachPoint("kretprobe", "fq_dequeue", "tk_fq_dequeue_ret", module="sch_fq"),
+    ),
+    counters=(
+        CounterMap(
+            "fq_counts", ("throttled", "flow_limit_drops", "empty_dequeues", "dequeues", "enqueues")
+        ),
+    ),
+    min_kernel="5.8",
+    needs_btf=True,
+    prepare=prepare,
+    report=report,
+)
+
+
+@hookimpl
+def tracekit_register_probes(registry: ProbeRegistry) -> None:
+    registry.add(PROBE)

@@ -1,0 +1,176 @@
+"""ooo-okay: where and why TCP sets ``skb->ooo_okay`` (the XPS seed's second step).
+
+Each TCP skb with the flag set (all skbs with ``--param all=1``) as it reaches
+``ip_queue_xmit``/``inet6_csk_xmit``: the CPU, the flow, which condition held
+(``sk_wmem_alloc`` below one truesize, or the retransmit queue empty) and the path
+it was sent from, classified from its kernel stack (``tcp_sendmsg`` in process
+context, ACK processing in softirq, ACK processing from the socket backlog on
+``release_sock``, TSQ/timers).
+"""
+
+from __future__ import annotations
+
+from importlib.resources import files
+from typing import Any
+
+from tracekit import hookimpl
+from tracekit.registry import AttachPoint, CounterMap, Param, ProbeRegistry, ProbeSpec
+from tracekit.schema import Field, HistSpec, Schema
+from tracekit.session import Session, Summary
+from tracekit.stacks import classify_stack, resolve_stack
+
+PATHS = ("unknown", "sendmsg", "ack-softirq", "ack-backlog", "tsq-timer", "other")
+
+# Innermost frame first: the first frame in one of these sets decides the path.
+_RULES: tuple[tuple[frozenset[str], str], ...] = (
+    (frozenset({"tcp_rcv_established", "tcp_rcv_state_process", "tcp_ack"}), "ack"),
+    (
+        frozenset(
+            {
+                "tcp_sendmsg",
+                "tcp_sendmsg_locked",
+                "tcp_sendpage",
+                "do_tcp_sendpages",
+                "tcp_sendpage_locked",
+                "tcp_splice_eof",
+            }
+        ),
+        "sendmsg",
+    ),
+    (
+        frozenset(
+            {
+                "tcp_tsq_handler",
+                "tcp_tasklet_func",
+                "tcp_tsq_workfn",
+                "tcp_write_timer_handler",
+                "tcp_delack_timer_handler",
+                "tcp_pace_kick",
+                "tcp_release_cb",
+            }
+        ),
+        "tsq-timer",
+    ),
+)
+_SOFTIRQ = frozenset(
+    {
+        "net_rx_action",
+        "__do_softirq",
+        "handle_softirqs",
+        "do_softirq",
+        "__napi_poll",
+        "process_backlog",
+    }
+)
+
+
+def path_of(frames: list[str]) -> str:
+    kind = classify_stack(frames, _RULES)
+    if kind == "ack":
+        if _SOFTIRQ.intersection(frames):
+            return "ack-softirq"
+        return "ack-backlog" if "__release_sock" in frames else "ack-softirq"
+    return kind or "other"
+
+
+SCHEMA = Schema(
+    fields=(
+        Field("ts_ns", "u64", unit="ns", display="ts"),
+        Field("sk", "u64", display="hex", doc="socket address: one flow across events"),
+        Field("cpu", "u32", key=True),
+        Field("pid", "u32"),
+        Field("saddr", "u32", display="ipv4"),
+        Field("daddr", "u32", display="ipv4"),
+        Field("sport", "u16", display="port"),
+        Field("dport", "u16", display="port"),
+        Field(
+            "wmem", "u32", unit="bytes", doc="sk_wmem_alloc the kernel tested (this skb excluded)"
+        ),
+        Field("threshold", "u32", unit="bytes", doc="SKB_TRUESIZE(1) on this kernel"),
+        Field("stack_id", "s32", doc="kernel stack id (symbols are stored in the trace)"),
+        Field("ooo_okay", "u8", key=True, display="bool"),
+        Field("wmem_low", "u8", key=True, display="bool", doc="condition 1: wmem < threshold"),
+        Field("rtx_empty", "u8", key=True, display="bool", doc="condition 2: rtx queue empty"),
+        Field(
+            "path",
+            "u8",
+            key=True,
+            display="enum",
+            choices=PATHS,
+            doc="where the skb was sent from, from its stack",
+        ),
+        Field("comm", "str16"),
+    ),
+    histograms=(
+        HistSpec(value=None, by=("cpu", "path"), kind="count", title="ooo_okay"),
+        HistSpec(value=None, by=("wmem_low", "rtx_empty"), kind="count", title="ooo_okay_why"),
+    ),
+)
+
+_STACK = SCHEMA.index("stack_id")
+_PATH = SCHEMA.index("path")
+_OOO = SCHEMA.index("ooo_okay")
+
+
+def enrich(bpf: Any, session: Session, rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    """Fill ``path`` from the stack; remember stacks and symbols for the trace file."""
+    cache: dict[int, int] = session.extra.setdefault("ooo_paths", {})
+    out = []
+    for r in rows:
+        sid = r[_STACK]
+        code = cache.get(sid)
+        if code is None:
+            frames = resolve_stack(bpf, "tk_stacks", sid, session)
+            code = PATHS.index(path_of(frames)) if frames else 0
+            cache[sid] = code
+        out.append((*r[:_PATH], code, *r[_PATH + 1 :]))
+    return out
+
+
+def report(summary: Summary) -> list[str]:
+    c = summary.counters.get("ooo_counts", {})
+    tx, ooo = sum(c.get("transmitted", {}).values()), sum(c.get("ooo_okay", {}).values())
+    if not tx:
+        return ["ooo_okay: no TCP skbs transmitted"]
+    wl, rx = sum(c.get("wmem_low", {}).values()), sum(c.get("rtx_empty", {}).values())
+    return [
+        f"ooo_okay share: {ooo}/{tx} skbs = {100 * ooo / tx:.2f}% "
+        f"(wmem low: {wl}, rtx queue empty: {rx})"
+    ]
+
+
+PROBE = ProbeSpec(
+    name="ooo-okay",
+    description="who sets skb->ooo_okay on TCP transmits, why, and from which path",
+    source=files(__package__).joinpath("ooo_okay.bpf.c"),
+    schema=SCHEMA,
+    attach=(
+        AttachPoint("kprobe", "ip_queue_xmit", "tk_queue_xmit"),
+        AttachPoint("kprobe", "inet6_csk_xmit", "tk_queue_xmit"),
+    ),
+    params=(
+        Param(
+            "all",
+            0,
+            help="stream every TCP skb, not only those with ooo_okay",
+            minimum=0,
+            maximum=1,
+        ),
+    ),
+    counters=(
+        CounterMap(
+            "ooo_counts",
+            ("transmitted", "ooo_okay", "wmem_low", "rtx_empty"),
+            doc="TCP skbs transmitted; with ooo_okay; by condition",
+        ),
+    ),
+    min_kernel="5.8",
+    enrich=enrich,
+    agg_fields=("cpu", "stack_id", "ooo_okay", "wmem_low", "rtx_empty"),
+    report=report,
+)
+
+
+@hookimpl
+def tracekit_register_probes(registry: ProbeRegistry) -> None:
+    registry.add(PROBE)
