@@ -43,6 +43,8 @@ class HistSink:
 
     @hookimpl
     def tracekit_events(self, session: Session, batch: EventBatch) -> None:
+        if session.aggregated:
+            return  # the kernel counted these; its aggregate arrives with the summary
         for h in self.hists:
             h.add_rows(batch.rows)
 

@@ -99,7 +99,7 @@ def test_corrupt_or_foreign_files_one_line_exit_2(tmp_path: Path, content: bytes
 @pytest.mark.parametrize(
     "args,needle",
     [
-        (["run", "nope"], "unknown probe 'nope'; valid: txq-flip"),
+        (["run", "nope"], "unknown probe 'nope'; valid: fq-throttle, ooo-okay, rss-cpu, txq-flip"),
         (
             ["run", "txq-flip", "--sink", "nope"],
             "unknown sink 'nope'; valid: console, hist, msgpack",

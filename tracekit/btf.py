@@ -70,7 +70,8 @@ class Btf:
 
     def __init__(self, data: bytes, base: Btf | None = None) -> None:
         self.types: list[BtfType] = list(base.types) if base else [BtfType(0, "void", 0)]
-        self._base_strings = base._strings if base else b""
+        self._strings: bytes = b""
+        self._base_strings: bytes = base._strings if base else b""
         self._by_name: dict[tuple[int, str], int] = dict(base._by_name) if base else {}
         self._parse(data)
 

@@ -38,7 +38,8 @@ class AttachPoint:
     def __post_init__(self) -> None:
         if self.kind not in ("tracepoint", "raw_tracepoint", "kprobe", "kretprobe"):
             raise ValueError(
-                f"attach kind must be tracepoint, raw_tracepoint, kprobe or kretprobe: {self.kind!r}"
+                "attach kind must be tracepoint, raw_tracepoint, kprobe or kretprobe: "
+                f"{self.kind!r}"
             )
 
     def describe(self) -> str:

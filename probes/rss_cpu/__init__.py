@@ -13,6 +13,7 @@ from tracekit import hookimpl
 from tracekit.registry import AttachPoint, CounterMap, Param, ProbeRegistry, ProbeSpec
 from tracekit.schema import Field, HistSpec, Schema
 from tracekit.session import Summary
+from tracekit.stats import imbalance
 
 SCHEMA = Schema(
     fields=(
@@ -40,16 +41,6 @@ SCHEMA = Schema(
         ),
     ),
 )
-
-
-def imbalance(per_cpu: dict[int, int], ncpus: int) -> tuple[int, float, float]:
-    """(busiest CPU, its share, share / even share)."""
-    total = sum(per_cpu.values())
-    if not total or not per_cpu:
-        return -1, 0.0, 0.0
-    cpu = max(sorted(per_cpu), key=lambda c: per_cpu[c])
-    share = per_cpu[cpu] / total
-    return cpu, share, share * max(1, ncpus)
 
 
 def report(summary: Summary) -> list[str]:

@@ -16,6 +16,7 @@ import pytest
 
 from tracekit.bus import Bus, build_bus
 from tracekit.run import Compiled, RunOptions, compile_probe
+from tracekit.tracefile import BATCH, TraceReader
 
 OUT = Path(__file__).resolve().parents[2] / ".vm-out"
 
@@ -39,6 +40,52 @@ def txq_compiled(bus: Bus) -> Compiled:
     compiled.probe.close()
 
 
+def _compile(
+    bus: Bus, name: str, params: dict[str, str], stream: bool, aggregate: bool
+) -> Compiled:
+    spec = bus.probes.get(name)
+    return compile_probe(
+        spec, spec.resolve_params(params), RunOptions(quiet=True), stream, aggregate
+    )
+
+
+@pytest.fixture(scope="session")
+def ooo_compiled(bus: Bus) -> Compiled:
+    # Every TCP skb streamed (all=1) and the in-kernel aggregate kept too, so tests can
+    # correlate with txq-flip and compare the two histogram paths on the same data.
+    compiled = _compile(bus, "ooo-okay", {"all": "1"}, stream=True, aggregate=True)
+    yield compiled
+    compiled.probe.close()
+
+
+@pytest.fixture(scope="session")
+def rss_compiled(bus: Bus) -> Compiled:
+    compiled = _compile(bus, "rss-cpu", {}, stream=True, aggregate=True)
+    yield compiled
+    compiled.probe.close()
+
+
+@pytest.fixture(scope="session")
+def fq_compiled(bus: Bus) -> Compiled:
+    # sch_fq must be loaded for its BTF (the labs load it by configuring fq).
+    subprocess.run(["modprobe", "sch_fq"], check=True)
+    compiled = _compile(bus, "fq-throttle", {}, stream=True, aggregate=False)
+    yield compiled
+    compiled.probe.close()
+
+
+def trace_rows(path: Path) -> tuple[TraceReader, list[dict[str, object]]]:
+    r = TraceReader(str(path))
+    names = r.session.schema.names
+    rows = [
+        dict(zip(names, row, strict=True))
+        for rec in r.records()
+        if rec.kind == BATCH
+        for row in rec.payload
+    ]
+    return r, rows
+
+
 def _debugfs() -> Path:
     p = Path("/sys/kernel/debug")
     if not (p / "kprobes").exists():
@@ -55,14 +102,21 @@ def attached_residue() -> list[str]:
     residue = []
     kp = _debugfs() / "kprobes" / "list"
     if kp.exists():
-        residue += [f"kprobe {ln}" for ln in kp.read_text().splitlines() if "netdev_pick_tx" in ln]
+        ours = ("netdev_pick_tx", "ip_queue_xmit", "inet6_csk_xmit", "fq_enqueue", "fq_dequeue")
+        residue += [
+            f"kprobe {ln}" for ln in kp.read_text().splitlines() if any(f in ln for f in ours)
+        ]
     for root in ("/sys/kernel/tracing", "/sys/kernel/debug/tracing"):
         ev = Path(root, "kprobe_events")
         if ev.exists():
             residue += [f"kprobe_event {ln}" for ln in ev.read_text().splitlines() if "_bcc_" in ln]
             break
     perf = subprocess.run(["bpftool", "perf", "show"], capture_output=True, text=True).stdout
-    residue += [f"bpf perf link {ln}" for ln in perf.splitlines() if "netdev_pick_tx" in ln]
+    residue += [
+        f"bpf perf link {ln}"
+        for ln in perf.splitlines()
+        if "netdev_pick_tx" in ln or "fq_" in ln or "queue_xmit" in ln
+    ]
     progs = subprocess.run(["bpftool", "-j", "prog", "show"], capture_output=True, text=True).stdout
     me = os.getpid()
     for prog in json.loads(progs or "[]"):

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tracekit.bus import Bus
-from tracekit.lab.cli import LabResult, run_txq_flip_lab
+from tracekit.lab.scenarios import LabResult, lab_txq_flip
 from tracekit.run import Compiled
 from tracekit.tracefile import BATCH, TraceReader
 
@@ -27,13 +27,13 @@ def lab_run(bus: Bus, txq_compiled: Compiled, out_dir: Path) -> tuple[LabResult,
     trace = out_dir / "txq-flip-lab.tkt"
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
-        res = run_txq_flip_lab(
+        res = lab_txq_flip(
             bus,
             ("hist", f"msgpack={trace}"),
-            duration=6,
-            qdisc="fq",
-            force=True,
+            6,
+            "fq",
             compiled=txq_compiled,
+            force=True,
             quiet=True,
         )
     live = buf.getvalue()

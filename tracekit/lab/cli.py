@@ -2,88 +2,51 @@
 
 from __future__ import annotations
 
-import signal
-import subprocess
 import sys
-from dataclasses import dataclass, field
 
 import click
 
-from tracekit.errors import LabError, UsageError
-from tracekit.lab.netns import NetnsLab, parse_iperf
-from tracekit.session import Summary
+from tracekit.errors import UsageError
+from tracekit.lab.scenarios import (
+    LabResult,
+    lab_fq_throttle,
+    lab_ooo_okay,
+    lab_rss_cpu,
+    lab_txq_flip,
+)
+from tracekit.stats import imbalance
+
+duration_option = click.option(
+    "--duration", type=float, default=10.0, show_default=True, help="iperf3 seconds"
+)
+sink_option = click.option(
+    "--sink",
+    "sinks",
+    multiple=True,
+    metavar="NAME[=ARG]",
+    help="as for tracekit run (default: hist)",
+)
+force_option = click.option("--force", is_flag=True, help="overwrite existing trace files")
 
 
-@dataclass
-class LabResult:
-    summary: Summary
-    iperf_mbit: float
-    retransmits: int
-    queue_delta: dict[int, int] = field(default_factory=dict)
-    tc_after: str = ""
+def _check(duration: float) -> None:
+    if duration <= 0:
+        raise UsageError("--duration must be positive")
 
 
-def run_txq_flip_lab(
-    bus: object,
-    sinks: tuple[str, ...],
-    duration: float,
-    qdisc: str,
-    force: bool = False,
-    compiled: object | None = None,
-    client_cpu: int = 0,
-    server_cpu: int = 1,
-    quiet: bool = False,
-) -> LabResult:
-    """The seed's XPS set-up: client pinned to one CPU, receiver to another.
+def _bus(ctx: click.Context):  # type: ignore[no-untyped-def]
+    from tracekit.cli import _bus as cli_bus
 
-    ACKs for the client's data are processed in softirq on the receiver's CPU, which
-    transmits from there too; XPS maps each CPU to its own queue, so the socket's
-    queue flips between the two CPUs' queues whenever ``ooo_okay`` allows it.
-    """
-    from tracekit.bus import Bus
-    from tracekit.run import Compiled, RunOptions, run_probe
+    return cli_bus(ctx)
 
-    assert isinstance(bus, Bus)
-    spec = bus.probes.get("txq-flip")
-    with NetnsLab(txqueues=4, qdisc=qdisc) as lab:
-        params = spec.resolve_params({"ifindex": str(lab.ifindex_a)})
-        lab.start_server(server_cpu)
-        before: dict[int, int] = {}
-        client: list[object] = []
 
-        def start() -> None:
-            before.update(lab.queue_packets())
-            client.append(lab.start_client(client_cpu, duration))
+def _out(line: str) -> None:
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
 
-        def done() -> bool:
-            return bool(client) and client[0].poll() is not None  # type: ignore[attr-defined]
 
-        summary = run_probe(
-            bus,
-            spec,
-            params,
-            sinks,
-            RunOptions(duration=duration + 30, force=force, quiet=quiet),
-            compiled=compiled if isinstance(compiled, Compiled) else None,
-            until=done,
-            on_attached=start,
-        )
-        after = lab.queue_packets()
-        tc_after = lab.tc_stats()
-        mbit, retrans = 0.0, 0
-        if client:
-            proc = client[0]
-            if proc.poll() is None:  # type: ignore[attr-defined]
-                # Ctrl-C: iperf3 reports what it sent so far when interrupted.
-                proc.send_signal(signal.SIGINT)  # type: ignore[attr-defined]
-            try:
-                out, _ = proc.communicate(timeout=10)  # type: ignore[attr-defined]
-                res = parse_iperf(out)
-                mbit, retrans = res.mbit, res.retransmits
-            except (subprocess.TimeoutExpired, LabError):
-                pass
-    delta = {q: after.get(q, 0) - before.get(q, 0) for q in after}
-    return LabResult(summary, mbit, retrans, delta, tc_after)
+def _counter(res: LabResult, m: str, label: str) -> dict[int, int]:
+    return res.summary.counters.get(m, {}).get(label, {})
 
 
 @click.group("lab")
@@ -92,21 +55,105 @@ def lab() -> None:
 
 
 @lab.command("txq-flip")
-@click.option("--duration", type=float, default=10.0, show_default=True, help="iperf3 seconds")
+@duration_option
 @click.option("--qdisc", type=click.Choice(["fq", "pfifo_fast"]), default="fq", show_default=True)
-@click.option("--sink", "sinks", multiple=True, metavar="NAME[=ARG]", help="as for tracekit run")
-@click.option("--force", is_flag=True, help="overwrite existing trace files")
+@sink_option
+@force_option
 @click.pass_context
 def txq_flip_cmd(
     ctx: click.Context, duration: float, qdisc: str, sinks: tuple[str, ...], force: bool
 ) -> None:
     """XPS queue flips: veth with 4 TX queues, iperf3 client on CPU 0, receiver on CPU 1."""
-    from tracekit.cli import _bus
-
-    if duration <= 0:
-        raise UsageError("--duration must be positive")
-    res = run_txq_flip_lab(_bus(ctx), sinks or ("hist",), duration, qdisc, force)
-    out = sys.stdout
-    out.write(f"\niperf3: {res.iperf_mbit:.1f} Mbit/s, {res.retransmits} retransmits ({qdisc})\n")
+    _check(duration)
+    res = lab_txq_flip(_bus(ctx), sinks or ("hist",), duration, qdisc, force=force)
+    _out(f"\niperf3: {res.iperf_mbit:.1f} Mbit/s, {res.retransmits} retransmits ({qdisc})")
     cells = "  ".join(f"q{q}={n}" for q, n in sorted(res.queue_delta.items()))
-    out.write(f"tc -s qdisc (tk0 mq children), packets sent during the run: {cells}\n")
+    _out(f"tc -s qdisc (tk0 mq children), packets sent during the run: {cells}")
+
+
+@lab.command("ooo-okay")
+@duration_option
+@click.option(
+    "--bandwidth",
+    default=None,
+    metavar="RATE",
+    help="iperf3 -b for the limited run (default: a tenth of the unlimited rate)",
+)
+@sink_option
+@force_option
+@click.pass_context
+def ooo_okay_cmd(
+    ctx: click.Context, duration: float, bandwidth: str | None, sinks: tuple[str, ...], force: bool
+) -> None:
+    """The ooo_okay share with iperf3 unlimited, then rate-limited, side by side."""
+    _check(duration)
+    full, limited = lab_ooo_okay(_bus(ctx), sinks or ("hist",), duration, bandwidth, force=force)
+    _out("")
+    for r in (full, limited):
+        tx = sum(_counter(r, "ooo_counts", "transmitted").values())
+        ooo = sum(_counter(r, "ooo_counts", "ooo_okay").values())
+        share = 100 * ooo / tx if tx else 0.0
+        _out(
+            f"{r.label:>22}: iperf3 {r.iperf_mbit:8.1f} Mbit/s, ooo_okay on {ooo:6d} of "
+            f"{tx:6d} TCP skbs = {share:5.1f}%"
+        )
+
+
+@lab.command("fq-throttle")
+@duration_option
+@click.option("--flow-limit", type=int, default=10, show_default=True)
+@click.option("--maxrate", default="50mbit", show_default=True)
+@sink_option
+@force_option
+@click.pass_context
+def fq_throttle_cmd(
+    ctx: click.Context,
+    duration: float,
+    flow_limit: int,
+    maxrate: str,
+    sinks: tuple[str, ...],
+    force: bool,
+) -> None:
+    """fq with a low flow_limit and a maxrate, UDP streams faster than maxrate."""
+    _check(duration)
+    res = lab_fq_throttle(_bus(ctx), sinks or ("hist",), duration, flow_limit, maxrate, force=force)
+    thr = sum(_counter(res, "fq_counts", "throttled").values())
+    drops = sum(_counter(res, "fq_counts", "flow_limit_drops").values())
+    tc_thr = sum(v["throttled"] for v in res.fq_delta.values())
+    tc_drops = sum(v["flows_plimit"] for v in res.fq_delta.values())
+    _out(f"\niperf3 (UDP): {res.iperf_mbit:.1f} Mbit/s offered")
+    _out(f"probe: throttled {thr}, flow_limit drops {drops}")
+    _out(f"tc -s qdisc (fq children of tk0): throttled {tc_thr}, flows_plimit {tc_drops}")
+
+
+@lab.command("rss-cpu")
+@duration_option
+@click.option(
+    "--spread",
+    type=click.Choice(["none", "rps", "both"]),
+    default="both",
+    show_default=True,
+    help="RPS on the receiving device or not",
+)
+@sink_option
+@force_option
+@click.pass_context
+def rss_cpu_cmd(
+    ctx: click.Context, duration: float, spread: str, sinks: tuple[str, ...], force: bool
+) -> None:
+    """Many UDP flows between two addresses: receive work per CPU, without and with RPS."""
+    _check(duration)
+    modes = ("none", "rps") if spread == "both" else (spread,)
+    bus = _bus(ctx)
+    results = [lab_rss_cpu(bus, sinks or ("hist",), duration, m, force=force) for m in modes]
+    _out("")
+    for r in results:
+        per = _counter(r, "rss_counts", "packets")
+        cpu, share, ratio = imbalance(per, len(per) or 1)
+        cells = "  ".join(f"cpu{c}={n}" for c, n in sorted(per.items()))
+        soft = "  ".join(f"cpu{c}={n}" for c, n in sorted(r.softnet_delta.items()))
+        _out(
+            f"{r.label:>11}: probe {cells}; busiest cpu{cpu} {100 * share:.1f}%, "
+            f"imbalance {ratio:.2f}x"
+        )
+        _out(f"{'':>11}  softnet_stat processed: {soft}")

@@ -211,8 +211,9 @@ class NetnsLab:
         return p
 
     def start_client(
-        self, cpu: int, seconds: float, bandwidth: str | None = None, streams: int = 1
+        self, cpu: int, seconds: float, extra: Sequence[str] = ()
     ) -> subprocess.Popen[str]:
+        """iperf3 client in A pinned to ``cpu``; ``extra`` adds iperf3 options (-u, -b, -P)."""
         args = [
             "taskset",
             "-c",
@@ -220,14 +221,11 @@ class NetnsLab:
             "iperf3",
             "-c",
             ADDR_B,
+            "-J",
             "-t",
             str(max(1, round(seconds))),
-            "-J",
-            "-P",
-            str(streams),
+            *extra,
         ]
-        if bandwidth:
-            args += ["-b", bandwidth]
         return self.popen(self.ns_a, *args)
 
 
