@@ -3,8 +3,8 @@ from __future__ import annotations
 import os
 
 import pytest
-from tracekit.probes.txq_flip import SCHEMA
 
+from tracekit.probes.txq_flip import SCHEMA
 from tracekit.session import Session
 from tracekit.testing import synthetic_rows
 

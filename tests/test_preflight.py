@@ -99,3 +99,93 @@ def test_parse_iperf() -> None:
     out = '{"end": {"sum_sent": {"bits_per_second": 3.5e8, "retransmits": 4, "seconds": 10}}}'
     res = parse_iperf(out)
     assert res.mbit == 350 and res.retransmits == 4
+
+
+def test_btf_offsets_and_layout_mismatch_refused() -> None:
+    from tracekit.btf import BTF_DIR, Btf, struct_offsets
+    from tracekit.errors import TracekitError
+
+    vmlinux = BTF_DIR / "vmlinux"
+    if not vmlinux.exists():
+        pytest.skip("this kernel has no BTF")
+    btf = Btf(vmlinux.read_bytes())
+    # sk_buff.hash sits inside an anonymous union/struct group: found all the same.
+    off = struct_offsets(btf, "sk_buff", {"hash": 4, "len": 4})
+    assert off["len"] < off["hash"] < 256
+    with pytest.raises(TracekitError, match="is 4 bytes in this kernel, the probe reads 8"):
+        struct_offsets(btf, "sk_buff", {"hash": 8})
+    with pytest.raises(TracekitError, match="has no member nope"):
+        struct_offsets(btf, "sk_buff", {"nope": 4})
+    with pytest.raises(TracekitError, match="not in the kernel's BTF"):
+        btf.find_struct("no_such_struct_anywhere")
+
+
+FQ_TC = """\
+qdisc mq 1: root
+ Sent 10 bytes 1 pkt (dropped 9, overlimits 0 requeues 0)
+qdisc fq 8002: parent 1:2 limit 10000p flow_limit 10p buckets 1024 maxrate 50Mbit
+ Sent 5 bytes 1 pkt (dropped 3, overlimits 0 requeues 0)
+ backlog 0b 0p requeues 0
+  flows 3 (inactive 1 throttled 2)
+  gc 0 highprio 0 throttled 77 latency 3us flows_plimit 3
+qdisc fq 8001: parent 1:1 limit 10000p flow_limit 10p buckets 1024
+ Sent 5 bytes 1 pkt (dropped 0, overlimits 0 requeues 0)
+  flows 0 (inactive 0 throttled 0)
+  gc 0 highprio 0 throttled 5
+"""
+
+
+def test_parse_fq_stats_reads_cumulative_throttled_not_current() -> None:
+    from tracekit.lab.scenarios import parse_fq_stats
+
+    assert parse_fq_stats(FQ_TC) == {
+        1: {"throttled": 77, "flows_plimit": 3, "dropped": 3},
+        0: {"throttled": 5, "flows_plimit": 0, "dropped": 0},
+    }
+
+
+def test_imbalance() -> None:
+    from tracekit.stats import imbalance
+
+    assert imbalance({0: 90, 1: 10}, 2) == (0, 0.9, 1.8)
+    assert imbalance({0: 50, 1: 50}, 2)[2] == 1.0
+    assert imbalance({}, 2) == (-1, 0.0, 0.0)
+
+
+def test_stack_paths_of_the_seed() -> None:
+    from tracekit.probes.ooo_okay import path_of
+
+    softirq = [
+        "__ip_queue_xmit",
+        "__tcp_transmit_skb",
+        "tcp_write_xmit",
+        "tcp_rcv_established",
+        "tcp_v4_do_rcv",
+        "tcp_v4_rcv",
+        "ip_local_deliver",
+        "__napi_poll",
+        "net_rx_action",
+    ]
+    backlog = [
+        "__tcp_transmit_skb",
+        "tcp_write_xmit",
+        "tcp_rcv_established",
+        "tcp_v4_do_rcv",
+        "__release_sock",
+        "release_sock",
+        "tcp_sendmsg",
+        "sock_write_iter",
+    ]
+    send = [
+        "__tcp_transmit_skb",
+        "tcp_write_xmit",
+        "__tcp_push_pending_frames",
+        "tcp_sendmsg_locked",
+        "tcp_sendmsg",
+    ]
+    assert [path_of(s) for s in (softirq, backlog, send, ["x"])] == [
+        "ack-softirq",
+        "ack-backlog",
+        "sendmsg",
+        "other",
+    ]

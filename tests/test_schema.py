@@ -3,8 +3,8 @@ from __future__ import annotations
 import struct
 
 import pytest
-from tracekit.probes.txq_flip import SCHEMA
 
+from tracekit.probes.txq_flip import SCHEMA
 from tracekit.schema import Field, HistSpec, Schema, format_value
 
 
@@ -68,3 +68,12 @@ def test_histogram_on_unknown_field_names_valid_fields() -> None:
 def test_duplicate_field_names_rejected() -> None:
     with pytest.raises(ValueError, match="duplicate"):
         Schema(fields=(Field("a", "u8"), Field("a", "u16")))
+
+
+def test_builtin_event_structs_have_no_tail_padding() -> None:
+    """C pads a struct to its widest member; the schema must declare that padding."""
+    from tracekit.bus import build_bus
+
+    for spec in build_bus(load_entry_points=False).probes:
+        widest = max(f.size for f in spec.schema.fields if not f.is_str)
+        assert spec.schema.size % widest == 0, (spec.name, spec.schema.size)

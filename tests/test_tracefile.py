@@ -8,9 +8,9 @@ import msgpack
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from tracekit.probes.txq_flip import SCHEMA
 
 from tracekit.errors import TraceFileError, UsageError
+from tracekit.probes.txq_flip import SCHEMA
 from tracekit.session import LostReport, Session, Summary
 from tracekit.tracefile import BATCH, MAGIC, MAX_BATCH, TraceReader, TraceWriter
 

@@ -134,6 +134,13 @@ def list_cmd(ctx: click.Context, as_json: bool) -> None:
     help="kernel-to-user buffer (auto: ring buffer where the kernel has it)",
 )
 @click.option(
+    "--sample",
+    type=click.IntRange(min=1),
+    default=1,
+    metavar="N",
+    help="stream 1 in N events (counters and in-kernel histograms stay exact)",
+)
+@click.option(
     "--max-events-per-sec",
     type=int,
     default=0,
@@ -148,6 +155,7 @@ def run_cmd(
     duration: float | None,
     params: tuple[str, ...],
     output: str,
+    sample: int,
     max_events_per_sec: int,
     force: bool,
 ) -> None:
@@ -169,7 +177,11 @@ def run_cmd(
         values,
         sinks,
         RunOptions(
-            duration=duration, output=output, max_events_per_sec=max_events_per_sec, force=force
+            duration=duration,
+            output=output,
+            max_events_per_sec=max_events_per_sec,
+            force=force,
+            sample=sample,
         ),
     )
 

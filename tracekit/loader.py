@@ -129,7 +129,8 @@ class LoadedProbe:
             cflags += spec.prepare(params)
         if output == "ringbuf":
             cflags.append("-DTK_USE_RINGBUF")
-            cflags.append(f"-DTK_RINGBUF_PAGES={page_cnt * 4}")
+            # One ring shared by all CPUs: as large as the per-CPU perf buffers together.
+            cflags.append(f"-DTK_RINGBUF_PAGES={page_cnt * 16}")
         with contextlib.ExitStack() as stack:
             src = stack.enter_context(as_file(spec.source))
             cflags.append(f"-I{Path(src).parent}")

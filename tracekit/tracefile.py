@@ -167,7 +167,7 @@ class TraceReader:
         self.header: dict[str, Any] = header
         try:
             self.session = Session.from_header(header)
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
             self._f.close()
             raise TraceFileError(f"{path}: corrupt header ({exc})") from None
         self._width = len(self.session.schema.fields)

@@ -100,6 +100,7 @@ SCHEMA = Schema(
             doc="where the skb was sent from, from its stack",
         ),
         Field("comm", "str16"),
+        Field("pad", "u32"),
     ),
     histograms=(
         HistSpec(value=None, by=("cpu", "path"), kind="count", title="ooo_okay"),

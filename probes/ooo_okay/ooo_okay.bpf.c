@@ -29,6 +29,7 @@ struct tk_event {
     u8 rtx_empty;
     u8 path;
     char comm[16];
+    u32 pad;
 };
 
 #include "tracekit.h"

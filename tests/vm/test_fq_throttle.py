@@ -47,7 +47,8 @@ def test_counts_equal_the_qdisc_counters(run: tuple[LabResult, str]) -> None:
 
 def test_events_carry_queue_and_flow(run: tuple[LabResult, str], out_dir: Path) -> None:
     res, _ = run
-    _, rows = trace_rows(out_dir / "fq-throttle.tkt")
+    reader, rows = trace_rows(out_dir / "fq-throttle.tkt")
+    assert reader.footer is not None and reader.footer.lost_total == 0, reader.footer.lost
     drops = [r for r in rows if r["kind"] == 2]
     throttles = [r for r in rows if r["kind"] == 1]
     assert sum(r["count"] for r in drops) == sum(v["flows_plimit"] for v in res.fq_delta.values())

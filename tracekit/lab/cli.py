@@ -102,7 +102,7 @@ def ooo_okay_cmd(
 @lab.command("fq-throttle")
 @duration_option
 @click.option("--flow-limit", type=int, default=10, show_default=True)
-@click.option("--maxrate", default="50mbit", show_default=True)
+@click.option("--maxrate", default="10mbit", show_default=True)
 @sink_option
 @force_option
 @click.pass_context

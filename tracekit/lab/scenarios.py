@@ -139,8 +139,9 @@ def traced_iperf(
     )
     after_softnet = read_softnet()
     tc_after = lab.tc_stats()
-    res = LabResult(summary, label=label, tc_after=tc_after,
-                    counters_at_start=before.get("counters", {}))
+    res = LabResult(
+        summary, label=label, tc_after=tc_after, counters_at_start=before.get("counters", {})
+    )
     if before:
         res.queue_delta = _delta(lab.queue_packets(), before["queues"])
         fq_after = parse_fq_stats(tc_after)
@@ -268,7 +269,8 @@ def lab_fq_throttle(
     sinks: Sequence[str],
     seconds: float,
     flow_limit: int = 10,
-    maxrate: str = "50mbit",
+    maxrate: str = "10mbit",
+    rate: str = "20M",
     compiled: Compiled | None = None,
     **kw: Any,
 ) -> LabResult:
@@ -286,7 +288,7 @@ def lab_fq_throttle(
             sinks,
             seconds=seconds,
             compiled=compiled,
-            client_args=("-u", "-b", "200M", "-P", "4", "-l", "1400"),
+            client_args=("-u", "-b", rate, "-P", "2", "-l", "1400"),
             **kw,
         )
 
@@ -296,6 +298,7 @@ def lab_rss_cpu(
     sinks: Sequence[str],
     seconds: float,
     spread: str,
+    rate: str = "5M",
     compiled: Compiled | None = None,
     **kw: Any,
 ) -> LabResult:
@@ -318,7 +321,7 @@ def lab_rss_cpu(
             compiled=compiled,
             client_cpu=0,
             server_cpu=ncpus - 1,
-            client_args=("-u", "-b", "20M", "-P", "8", "-l", "1000"),
+            client_args=("-u", "-b", rate, "-P", "8", "-l", "1000"),
             label=f"spread={spread}",
             **kw,
         )

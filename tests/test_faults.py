@@ -1,0 +1,98 @@
+"""Faults on the host: a recorder killed with SIGKILL, fuzzed trace files."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tracekit.errors import TraceFileError
+from tracekit.session import Session
+from tracekit.tracefile import BATCH, TraceReader, TraceWriter
+
+RECORDER = """
+import sys, time
+from tracekit.probes.txq_flip import SCHEMA
+from tracekit.session import Session
+from tracekit.testing import synthetic_rows
+from tracekit.tracefile import TraceWriter
+w = TraceWriter(sys.argv[1], Session(probe="txq-flip", schema=SCHEMA))
+rows = synthetic_rows(SCHEMA, 100)
+n = 0
+while True:
+    w.write_batch(rows)
+    n += 1
+    if n == 20:
+        print("ready", flush=True)
+    time.sleep(0.001)
+"""
+
+
+def test_sigkill_while_recording_leaves_a_replayable_file(tmp_path: Path) -> None:
+    path = tmp_path / "killed.tkt"
+    p = subprocess.Popen(
+        [sys.executable, "-c", RECORDER, str(path)], stdout=subprocess.PIPE, text=True
+    )
+    assert p.stdout is not None and p.stdout.readline().strip() == "ready"
+    time.sleep(0.05)
+    os.kill(p.pid, signal.SIGKILL)
+    p.wait()
+    r = TraceReader(str(path))
+    batches = [rec.payload for rec in r.records() if rec.kind == BATCH]
+    assert len(batches) >= 20 and all(len(b) == 100 for b in batches)
+    assert r.truncated and r.footer is None
+    out = subprocess.run(
+        [sys.executable, "-m", "tracekit", "replay", str(path), "--sink", "hist"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0 and "ends early" in out.stderr and "@queue_after[" in out.stdout
+
+
+def _good_file(tmp: Path, session: Session, rows: list) -> bytes:
+    p = tmp / "good.tkt"
+    if p.exists():
+        p.unlink()
+    w = TraceWriter(str(p), session)
+    w.write_batch(rows[:40])
+    w.write_batch(rows[40:80])
+    w.close(None)
+    return p.read_bytes()
+
+
+@settings(
+    max_examples=300, deadline=2000, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(data=st.data())
+def test_fuzzed_files_give_data_or_one_clear_error(
+    tmp_path: Path, session: Session, rows: list, data: st.DataObject
+) -> None:
+    good = bytearray(_good_file(tmp_path, session, rows))
+    how = data.draw(st.sampled_from(["flip", "cut", "splice", "garbage"]))
+    if how == "flip":
+        for _ in range(data.draw(st.integers(1, 8))):
+            i = data.draw(st.integers(0, len(good) - 1))
+            good[i] ^= 1 << data.draw(st.integers(0, 7))
+    elif how == "cut":
+        good = good[: data.draw(st.integers(0, len(good)))]
+    elif how == "splice":
+        i = data.draw(st.integers(0, len(good)))
+        good[i:i] = data.draw(st.binary(max_size=64))
+    else:
+        good = bytearray(good[:8]) + bytearray(data.draw(st.binary(max_size=512)))
+    p = tmp_path / "fuzz.tkt"
+    p.write_bytes(bytes(good))
+    try:
+        r = TraceReader(str(p))
+        for rec in r.records():
+            if rec.kind == BATCH:
+                assert all(len(row) == len(session.schema.fields) for row in rec.payload)
+    except TraceFileError as exc:
+        assert "\n" not in str(exc)
