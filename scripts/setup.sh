@@ -28,9 +28,17 @@ if ((${#missing[@]})); then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
+pip_install() {
+  .venv/bin/pip install -q --disable-pip-version-check "$@" 2>&1 | grep -v '^WARNING: Location' || true
+}
 if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import tracekit, pytest, virtme_ng' 2>/dev/null; then
   echo "setup: creating .venv" >&2
   /usr/bin/python3 -m venv --system-site-packages .venv
-  .venv/bin/pip install -q --disable-pip-version-check -e '.[dev]' 2>&1 | grep -v '^WARNING: Location' || true
-  .venv/bin/python -c 'import tracekit, pytest, virtme_ng' 
+  pip_install -e '.[dev]'
+  .venv/bin/python -c 'import tracekit, pytest, virtme_ng'
+fi
+# The example third-party plugin, installed as a user would: with pip, from its folder.
+if ! .venv/bin/python -c 'import tracekit_tcp_retrans' 2>/dev/null; then
+  echo "setup: installing examples/tracekit-tcp-retrans" >&2
+  pip_install ./examples/tracekit-tcp-retrans
 fi

@@ -9,15 +9,17 @@ py=.venv/bin/python
 start=$(date +%s)
 
 echo "== lint and types"
-.venv/bin/ruff check tracekit plugins probes tests bench
+.venv/bin/ruff check tracekit plugins probes tests bench examples
 .venv/bin/mypy
 
 echo "== host tests"
 $py -m pytest -m "not vm and not after_vm" tests
+(cd examples/tracekit-tcp-retrans && ../../$py -m pytest)
 
 echo "== VM tests"
 rm -f .vm-out/*.tkt .vm-out/*.txt
-vm/run -- python -m pytest -p no:hypothesispytest -m vm tests/vm -v
+vm/run -- python -m pytest -p no:hypothesispytest -m vm -v tests/vm \
+  examples/tracekit-tcp-retrans/tests
 
 echo "== host checks of the VM's recordings"
 TRACEKIT_REQUIRE_VM_ARTIFACTS=1 $py -m pytest -m after_vm tests

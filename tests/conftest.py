@@ -1,21 +1,10 @@
 from __future__ import annotations
 
-import os
-
 import pytest
 
 from tracekit.probes.txq_flip import SCHEMA
 from tracekit.session import Session
 from tracekit.testing import synthetic_rows
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if os.environ.get("TRACEKIT_IN_VM") == "1":
-        return
-    skip = pytest.mark.skip(reason="needs a kernel with BPF: runs inside the VM (vm/run)")
-    for item in items:
-        if "vm" in item.keywords:
-            item.add_marker(skip)
 
 
 @pytest.fixture

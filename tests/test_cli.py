@@ -174,3 +174,26 @@ def test_third_party_sink_used_by_replay(
     res = CliRunner().invoke(cli, ["replay", str(path), "--sink", "count"])
     assert res.exit_code == 0, res.output
     assert "counted 500" in res.output
+
+
+@pytest.mark.parametrize("kind", ["sink", "probe"])
+def test_new_skeleton_passes_its_own_tests(kind: str, tmp_path: Path) -> None:
+    r = tk("new", kind, "my-thing", "--dir", str(tmp_path))
+    assert r.returncode == 0, r.stderr
+    root = tmp_path / "tracekit-my-thing"
+    assert (root / "pyproject.toml").exists() and (root / "tracekit_my_thing").is_dir()
+    if kind == "probe":
+        src = (root / "tracekit_my_thing" / "my_thing.bpf.c").read_text()
+        assert "struct tk_event {" in src and "tk_emit(ctx, &ev)" in src
+    t = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", str(root / "tests")],
+        capture_output=True,
+        text=True,
+        cwd=root,
+        timeout=120,
+        env={**__import__("os").environ, "PYTHONPATH": str(root)},
+    )
+    assert t.returncode == 0, t.stdout + t.stderr
+    assert "passed" in t.stdout
+    again = tk("new", kind, "my-thing", "--dir", str(tmp_path))
+    assert again.returncode == 2 and "exists" in again.stderr

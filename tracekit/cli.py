@@ -266,6 +266,26 @@ def check_cmd(ctx: click.Context, probe: str | None) -> None:
         ctx.exit(failed.exit_code)
 
 
+@cli.command("new")
+@click.argument("kind", type=click.Choice(["probe", "sink"]))
+@click.argument("name")
+@click.option(
+    "--dir",
+    "where",
+    type=click.Path(file_okay=False),
+    default=".",
+    help="where to create the package (default: here)",
+)
+def new_cmd(kind: str, name: str, where: str) -> None:
+    """Write a plugin package skeleton for a new probe or sink, with passing tests."""
+    from pathlib import Path
+
+    from tracekit.scaffold import scaffold
+
+    root = scaffold(kind, name, Path(where))
+    click.echo(f"created {root}: pip install {root}, then python -m pytest {root}")
+
+
 def _register_lab() -> None:
     from tracekit.lab.cli import lab
 
