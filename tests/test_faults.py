@@ -96,3 +96,45 @@ def test_fuzzed_files_give_data_or_one_clear_error(
                 assert all(len(row) == len(session.schema.fields) for row in rec.payload)
     except TraceFileError as exc:
         assert "\n" not in str(exc)
+
+
+def _as_nobody(*args: str) -> subprocess.CompletedProcess[str]:
+    import shutil
+
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        import pytest
+
+        pytest.skip("needs root and setpriv to drop to an unprivileged user")
+    return subprocess.run(
+        [
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+            sys.executable,
+            "-m",
+            "tracekit",
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd="/",
+        env={**os.environ, "HOME": "/nonexistent"},
+    )
+
+
+def test_not_root_is_one_line_with_its_own_status() -> None:
+    r = _as_nobody("run", "txq-flip", "--duration", "1")
+    assert r.returncode == 4, r.stderr
+    assert r.stderr.strip() == ("tracekit: needs root (or CAP_BPF and CAP_PERFMON): run with sudo")
+
+
+def test_check_lists_every_problem_at_once() -> None:
+    r = _as_nobody("check", "fq-throttle")
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    fails = [ln for ln in r.stdout.splitlines() if ln.strip().startswith("FAIL")]
+    assert "privileges" in fails[0]
+    # Every attach point is reported, present or not, in one report.
+    assert sum("fq_enqueue" in ln or "fq_dequeue" in ln for ln in r.stdout.splitlines()) == 4

@@ -80,3 +80,28 @@ def test_parse_hist_arg() -> None:
         parse_hist_arg("lat,linear=1:2", S)
     with pytest.raises(ValueError):
         parse_hist_arg("lat,colour=red", S)
+
+
+def test_hist_sink_prints_the_kernel_aggregate(capsys: pytest.CaptureFixture[str]) -> None:
+    from tracekit.bus import build_bus
+    from tracekit.pipeline import Pipeline, SinkOptions, make_sinks
+    from tracekit.session import Session
+
+    session = Session(probe="p", schema=S, aggregated=("cpu", "q"))
+    bus = build_bus(load_entry_points=False)
+    for arg, agg, ok in (
+        ("count,by=cpu+q", [((0, 0, 1), 5), ((1, 0, 1), 2)], True),
+        ("lat,by=cpu", [((0, 0, 1), 5)], False),
+    ):
+        sinks = make_sinks(bus, (f"hist={arg}",), SinkOptions(), S)
+        with Pipeline(bus, session, sinks) as pipe:
+            pipe.batch([(0, 9, 9)] * 100)  # streamed too: the aggregate is what counts
+            pipe.summary.kernel_agg = agg
+            pipe.end()
+        out, err = capsys.readouterr()
+        if ok:
+            assert "@count[0, 1]: 5" in out and "@count[1, 1]: 2" in out and not bus.failures
+            assert "# counted in the kernel by cpu, q" in out
+        else:
+            assert "needs lat, which the kernel did not aggregate" in err
+            assert list(bus.failures) == ["sink:hist"]

@@ -74,6 +74,9 @@ class Pipeline:
         self._ctx: Any = None
 
     def __enter__(self) -> Pipeline:
+        # Failures are per session: a sink that failed in an earlier run of this
+        # process (tests, labs running a probe twice) is a new object now.
+        self.bus.failures.clear()
         self._ctx = self.bus.session_plugins(self.sinks)
         self._ctx.__enter__()
         self._started = time.monotonic()

@@ -110,6 +110,8 @@ class ProbeSpec:
     # Fills user-space fields of decoded rows (for example a path name from a
     # stack id), given the bcc.BPF object and the session (for symbols, stacks).
     enrich: Callable[[Any, Any, list[tuple[Any, ...]]], list[tuple[Any, ...]]] | None = None
+    # The fields ``enrich`` fills (available in in-kernel aggregates too).
+    enriched_fields: tuple[str, ...] = ()
     # A BPF hash named ``tk_agg`` keyed by a struct whose members are schema fields,
     # valued by a u64 count: what the probe counts in the kernel when no sink needs
     # single events. These are its key fields.

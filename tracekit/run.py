@@ -106,7 +106,7 @@ def run_probe(
                 compiled = compile_probe(spec, params, opts, stream, aggregate)
             probe = compiled.probe
             session.sample_every = probe.sample if probe.stream else 1
-            session.aggregated = spec.agg_fields if probe.aggregate else ()
+            session.aggregated = (spec.agg_fields + spec.enriched_fields) if probe.aggregate else ()
             enrich = spec.enrich
 
             def deliver(rows: list[tuple[Any, ...]]) -> None:

@@ -167,6 +167,7 @@ PROBE = ProbeSpec(
     ),
     min_kernel="5.8",
     enrich=enrich,
+    enriched_fields=("path",),
     agg_fields=("cpu", "stack_id", "ooo_okay", "wmem_low", "rtx_empty"),
     report=report,
 )
