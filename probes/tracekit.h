@@ -112,6 +112,21 @@ static __always_inline void tk_emit(void *ctx, struct tk_event *ev)
 }
 #endif
 
+/* The flow of a socket: IPv4 addresses (network order) and ports (host order).
+ * Only where the probe includes <net/sock.h>. */
+#ifdef _SOCK_H
+static __always_inline void tk_read_flow(struct sock *sk, u32 *saddr, u32 *daddr, u16 *sport,
+                                         u16 *dport)
+{
+    u16 port = 0;
+    bpf_probe_read_kernel(saddr, sizeof(*saddr), &sk->__sk_common.skc_rcv_saddr);
+    bpf_probe_read_kernel(daddr, sizeof(*daddr), &sk->__sk_common.skc_daddr);
+    bpf_probe_read_kernel(sport, sizeof(*sport), &sk->__sk_common.skc_num);
+    bpf_probe_read_kernel(&port, sizeof(port), &sk->__sk_common.skc_dport);
+    *dport = ntohs(port);
+}
+#endif
+
 /* Whether single events are wanted at all: with only aggregating sinks (hist)
  * the loader compiles with TK_STREAM=0 and probes keep counts in maps instead. */
 #ifndef TK_STREAM

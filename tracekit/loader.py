@@ -179,7 +179,22 @@ class LoadedProbe:
 
     # -- attach / detach ---------------------------------------------------------
 
+    def reset(self) -> None:
+        """Zero the in-kernel counters, losses and aggregate: each run starts from nothing.
+
+        A compiled probe can serve several runs (labs, tests); without this, a run's
+        counters would include every earlier run's.
+        """
+        names = [cm.map for cm in self.spec.counters] + ["tk_lost"]
+        if self.aggregate:
+            names.append("tk_agg")
+        for name in names:
+            self.bpf[name].clear()
+        self._perf_lost.clear()
+        self._reported.clear()
+
     def attach(self, points: list[AttachPoint] | None = None) -> None:
+        self.reset()
         points = list(self.spec.attach) if points is None else points
         # Tracepoints first: they are stable, and a kretprobe attached before its
         # kprobe would see returns without entries.

@@ -123,12 +123,7 @@ int tk_fq_enqueue_ret(struct pt_regs *ctx)
     struct sock *sk = st->sk;
     ev.sk = (u64)sk;
     if (sk) {
-        bpf_probe_read_kernel(&ev.saddr, sizeof(ev.saddr), &sk->__sk_common.skc_rcv_saddr);
-        bpf_probe_read_kernel(&ev.daddr, sizeof(ev.daddr), &sk->__sk_common.skc_daddr);
-        bpf_probe_read_kernel(&ev.sport, sizeof(ev.sport), &sk->__sk_common.skc_num);
-        u16 dport = 0;
-        bpf_probe_read_kernel(&dport, sizeof(dport), &sk->__sk_common.skc_dport);
-        ev.dport = ntohs(dport);
+        tk_read_flow(sk, &ev.saddr, &ev.daddr, &ev.sport, &ev.dport);
     }
     tk_emit(ctx, &ev);
 #endif

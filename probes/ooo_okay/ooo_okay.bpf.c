@@ -104,12 +104,7 @@ int tk_queue_xmit(struct pt_regs *ctx, struct sock *sk, struct sk_buff *skb)
     ev.sk = (u64)sk;
     ev.cpu = bpf_get_smp_processor_id();
     ev.pid = bpf_get_current_pid_tgid() >> 32;
-    bpf_probe_read_kernel(&ev.saddr, sizeof(ev.saddr), &sk->__sk_common.skc_rcv_saddr);
-    bpf_probe_read_kernel(&ev.daddr, sizeof(ev.daddr), &sk->__sk_common.skc_daddr);
-    bpf_probe_read_kernel(&ev.sport, sizeof(ev.sport), &sk->__sk_common.skc_num);
-    u16 dport = 0;
-    bpf_probe_read_kernel(&dport, sizeof(dport), &sk->__sk_common.skc_dport);
-    ev.dport = ntohs(dport);
+    tk_read_flow(sk, &ev.saddr, &ev.daddr, &ev.sport, &ev.dport);
     ev.wmem = wmem;
     ev.threshold = SKB_TRUESIZE(1);
     ev.stack_id = stack_id;

@@ -111,14 +111,9 @@ int tk_pick_tx_return(struct pt_regs *ctx)
     bpf_probe_read_kernel(&ev.ifindex, sizeof(ev.ifindex), &st->dev->ifindex);
     bpf_probe_read_kernel_str(&ev.ifname, sizeof(ev.ifname), st->dev->name);
     bpf_probe_read_kernel(&ev.family, sizeof(ev.family), &sk->__sk_common.skc_family);
-    if (ev.family == AF_INET) {
-        bpf_probe_read_kernel(&ev.saddr, sizeof(ev.saddr), &sk->__sk_common.skc_rcv_saddr);
-        bpf_probe_read_kernel(&ev.daddr, sizeof(ev.daddr), &sk->__sk_common.skc_daddr);
-    }
-    bpf_probe_read_kernel(&ev.sport, sizeof(ev.sport), &sk->__sk_common.skc_num);
-    u16 dport = 0;
-    bpf_probe_read_kernel(&dport, sizeof(dport), &sk->__sk_common.skc_dport);
-    ev.dport = ntohs(dport);
+    tk_read_flow(sk, &ev.saddr, &ev.daddr, &ev.sport, &ev.dport);
+    if (ev.family != AF_INET)
+        ev.saddr = ev.daddr = 0; /* IPv6: addresses are not in these fields */
     bpf_get_current_comm(&ev.comm, sizeof(ev.comm));
     tk_emit(ctx, &ev);
 #endif

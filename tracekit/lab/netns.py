@@ -157,20 +157,24 @@ class NetnsLab:
         self.ns(b, "ip", "addr", "add", f"{ADDR_B}/24", "dev", DEV_B)
         self.ns(a, "ip", "link", "set", DEV_A, "up")
         self.ns(b, "ip", "link", "set", DEV_B, "up")
-        self.ns(a, "tc", "qdisc", "replace", "dev", DEV_A, "root", "handle", "1:", "mq")
-        for q in range(self.txqueues):
-            self.ns(
-                a,
-                "tc",
-                "qdisc",
-                "replace",
-                "dev",
-                DEV_A,
-                "parent",
-                f"1:{q + 1:x}",
-                self.qdisc,
-                *self.qdisc_args,
-            )
+        if self.txqueues == 1:
+            # mq needs several queues: one queue gets the qdisc at the root.
+            self.ns(a, "tc", "qdisc", "replace", "dev", DEV_A, "root", self.qdisc, *self.qdisc_args)
+        else:
+            self.ns(a, "tc", "qdisc", "replace", "dev", DEV_A, "root", "handle", "1:", "mq")
+            for q in range(self.txqueues):
+                self.ns(
+                    a,
+                    "tc",
+                    "qdisc",
+                    "replace",
+                    "dev",
+                    DEV_A,
+                    "parent",
+                    f"1:{q + 1:x}",
+                    self.qdisc,
+                    *self.qdisc_args,
+                )
         ncpus = os.cpu_count() or 1
         for q in range(self.txqueues):
             mask = (1 << q) if q < ncpus else 0

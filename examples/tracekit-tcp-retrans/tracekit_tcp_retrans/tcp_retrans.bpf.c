@@ -44,12 +44,7 @@ static __always_inline int handle(void *ctx, struct sock *sk, struct sk_buff *sk
     ev.ts_ns = bpf_ktime_get_ns();
     ev.cpu = bpf_get_smp_processor_id();
     ev.segs = segs;
-    bpf_probe_read_kernel(&ev.saddr, sizeof(ev.saddr), &sk->__sk_common.skc_rcv_saddr);
-    bpf_probe_read_kernel(&ev.daddr, sizeof(ev.daddr), &sk->__sk_common.skc_daddr);
-    bpf_probe_read_kernel(&ev.sport, sizeof(ev.sport), &sk->__sk_common.skc_num);
-    u16 dport = 0;
-    bpf_probe_read_kernel(&dport, sizeof(dport), &sk->__sk_common.skc_dport);
-    ev.dport = ntohs(dport);
+    tk_read_flow(sk, &ev.saddr, &ev.daddr, &ev.sport, &ev.dport);
     bpf_probe_read_kernel(&ev.state, sizeof(ev.state), &sk->__sk_common.skc_state);
     tk_emit(ctx, &ev);
 #endif

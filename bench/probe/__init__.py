@@ -1,0 +1,25 @@
+"""The benchmark probe, registered like any plugin's (not installed with tracekit)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tracekit.registry import AttachPoint, CounterMap, ProbeSpec
+from tracekit.schema import Field, Schema
+
+HERE = Path(__file__).resolve().parent
+
+SPEC = ProbeSpec(
+    name="bench-getppid",
+    description="one event per getppid() call",
+    source=HERE / "getppid.bpf.c",  # type: ignore[arg-type]
+    schema=Schema(
+        fields=(
+            Field("ts_ns", "u64", display="ts"),
+            Field("cpu", "u32", key=True),
+            Field("pid", "u32"),
+        )
+    ),
+    attach=(AttachPoint("tracepoint", "syscalls:sys_enter_getppid", "tk_bench"),),
+    counters=(CounterMap("bench_counts", ("calls",)),),
+)
