@@ -189,3 +189,20 @@ def test_stack_paths_of_the_seed() -> None:
         "sendmsg",
         "other",
     ]
+
+
+def test_missing_headers_and_btf_are_named(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import tracekit.btf as btf
+    import tracekit.preflight as pf
+    from tracekit.errors import BtfMissingError, HeadersMissingError
+
+    r = Report()
+    pf.check_headers(r, release="0.0.0-nonexistent")
+    assert r.checks[0].error is HeadersMissingError
+    assert "install linux-headers-0.0.0-nonexistent" in r.checks[0].message
+    monkeypatch.setattr(btf, "BTF_DIR", tmp_path)
+    with pytest.raises(BtfMissingError, match="no BTF"):
+        btf.module_btf("sch_fq")
+    (tmp_path / "vmlinux").write_bytes(b"")
+    with pytest.raises(ModuleNotLoadedError, match="module sch_fq is not loaded"):
+        btf.module_btf("sch_fq")

@@ -184,3 +184,23 @@ def test_check_reports_attach_points() -> None:
     )
     assert r.returncode == 0, r.stdout + r.stderr
     assert "ok   kprobe:netdev_pick_tx: present in /proc/kallsyms" in r.stdout
+
+
+def test_ctrl_c_during_compile_leaves_nothing(out_dir: Path) -> None:
+    """SIGINT while BCC compiles (the lab's namespaces already exist)."""
+    p = subprocess.Popen(
+        [sys.executable, "-m", "tracekit", "lab", "txq-flip", "--duration", "60"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert p.stderr is not None
+    for line in p.stderr:
+        if "compiling" in line:
+            break
+    time.sleep(3)
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=600)
+    assert p.returncode in (0, 130), err
+    assert "Traceback" not in err
+    assert attached_residue() == []

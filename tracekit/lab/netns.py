@@ -176,7 +176,8 @@ class NetnsLab:
                     *self.qdisc_args,
                 )
         ncpus = os.cpu_count() or 1
-        for q in range(self.txqueues):
+        # XPS only means something with several queues (the kernel refuses it on one).
+        for q in range(self.txqueues if self.txqueues > 1 else 0):
             mask = (1 << q) if q < ncpus else 0
             self.ns(a, "sh", "-c", f"echo {mask:x} > /sys/class/net/{DEV_A}/queues/tx-{q}/xps_cpus")
         self.ifindex_a = int(self.ns(a, "cat", f"/sys/class/net/{DEV_A}/ifindex").strip())
