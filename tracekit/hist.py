@@ -6,8 +6,10 @@ The output follows bpftrace's ``hist``/``lhist`` and bcc's ``print_log2_hist``:
 
 from __future__ import annotations
 
-from collections import defaultdict
-from collections.abc import Iterable
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable
+from itertools import repeat
+from operator import itemgetter
 from typing import Any
 
 from tracekit.schema import HistSpec, Schema, format_value
@@ -52,7 +54,7 @@ class Histogram:
     def bucket(self, v: int) -> int:
         s = self.spec
         if s.kind == "log2":
-            return log2_bucket(v)
+            return v.bit_length() if v > 0 else 0
         if s.kind == "linear":
             if v < s.lo:
                 return -1
@@ -61,12 +63,29 @@ class Histogram:
             return (v - s.lo) // s.step
         return 0
 
+    def _key_getter(self) -> Callable[[tuple[Any, ...]], tuple[Any, ...]]:
+        ki = self._ki
+        if len(ki) > 1:
+            return itemgetter(*ki)  # type: ignore[return-value]
+        if len(ki) == 1:
+            i = ki[0]
+            return lambda r: (r[i],)
+        return lambda r: ()
+
     def add_rows(self, rows: Iterable[tuple[Any, ...]]) -> None:
-        vi, ki, data = self._vi, self._ki, self.data
-        bucket = self.bucket
-        for r in rows:
-            key = tuple(r[i] for i in ki)
-            data[key][bucket(r[vi]) if vi is not None else 0] += 1
+        # The hot loop of replay and of live histograms: keys, values and buckets are
+        # taken with map/itemgetter and counted with Counter, not row by row in Python
+        # (2-3x faster on a million events, see docs/benchmarks.md).
+        rows = rows if isinstance(rows, list) else list(rows)
+        keys = map(self._key_getter(), rows)
+        if self._vi is None:
+            counted = Counter(zip(keys, repeat(0, len(rows)), strict=True))
+        else:
+            values = map(itemgetter(self._vi), rows)
+            counted = Counter(zip(keys, map(self.bucket, values), strict=True))
+        data = self.data
+        for (key, b), n in counted.items():
+            data[key][b] += n
 
     def fields(self) -> set[str]:
         return set(self.spec.by) | ({self.spec.value} if self.spec.value else set())

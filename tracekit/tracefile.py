@@ -200,6 +200,7 @@ class TraceReader:
         if (
             not isinstance(frame, list)
             or len(frame) != 3
+            or not isinstance(frame[0], int)
             or frame[0] not in _KINDS
             or not isinstance(frame[1], int)
             or not isinstance(frame[2], bytes)
@@ -228,8 +229,12 @@ class TraceReader:
                     return
                 if rec.kind == BATCH:
                     rows = rec.payload
-                    if not isinstance(rows, tuple) or not all(
-                        isinstance(r, tuple) and len(r) == self._width for r in rows
+                    # Whole-batch checks at C speed: every row a tuple of schema width.
+                    if not isinstance(rows, tuple) or (
+                        rows
+                        and (
+                            set(map(type, rows)) != {tuple} or set(map(len, rows)) != {self._width}
+                        )
                     ):
                         raise self._corrupt("batch does not match the schema")
                 elif rec.kind == FOOTER:
