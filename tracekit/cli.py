@@ -206,7 +206,7 @@ def _when(ts: float) -> str:
 @click.argument("file", type=click.Path(dir_okay=False))
 def info_cmd(file: str) -> None:
     """Describe a trace FILE: its header and footer in words."""
-    from tracekit.tracefile import BATCH, TraceReader
+    from tracekit.tracefile import BATCH, SYMBOLS, TraceReader, read_symbols
 
     reader = TraceReader(file)
     h, s = reader.header, reader.session
@@ -215,6 +215,8 @@ def info_cmd(file: str) -> None:
         if rec.kind == BATCH:
             batches += 1
             rows += len(rec.payload)
+        elif rec.kind == SYMBOLS:
+            read_symbols(rec.payload, s)
     params = ", ".join(f"{k}={v}" for k, v in s.params.items()) or "none"
     click.echo(
         f"file:      {file} (format {h['format']}, written by tracekit {s.tracekit_version})"
@@ -226,7 +228,10 @@ def info_cmd(file: str) -> None:
     click.echo(f"fields:    {', '.join(s.schema.names)}")
     if s.sample_every > 1:
         click.echo(f"sampling:  1 in {s.sample_every} events")
-    click.echo(f"contents:  {rows} events in {batches} batches, {len(s.symbols)} kernel symbols")
+    click.echo(
+        f"contents:  {rows} events in {batches} batches, {len(s.symbols)} kernel symbols, "
+        f"{len(s.stacks)} stacks"
+    )
     f = reader.footer
     if f is None:
         click.echo(f"footer:    missing: the recording was cut short at byte {reader.truncated_at}")

@@ -95,6 +95,8 @@ def run_probe(
     Whatever happens (duration end, Ctrl-C, SIGTERM, an error), the probe is
     detached before this returns.
     """
+    if compiled is not None:
+        params = dict(compiled.probe.params)  # what the probe was compiled with
     session = Session(probe=spec.name, schema=spec.schema, params=params)
     sinks = make_sinks(bus, sink_args, SinkOptions(force=opts.force), spec.schema)
     owned = compiled is None

@@ -19,11 +19,25 @@ from tracekit.schema import Field, HistSpec, Schema
 from tracekit.session import Session, Summary
 from tracekit.stacks import classify_stack, resolve_stack
 
-PATHS = ("unknown", "sendmsg", "ack-softirq", "ack-backlog", "tsq-timer", "other")
+PATHS = ("unknown", "sendmsg", "ack-softirq", "ack-backlog", "recvmsg", "timer", "other")
 
 # Innermost frame first: the first frame in one of these sets decides the path.
 _RULES: tuple[tuple[frozenset[str], str], ...] = (
-    (frozenset({"tcp_rcv_established", "tcp_rcv_state_process", "tcp_ack"}), "ack"),
+    # Processing an incoming segment (an ACK for the sender), which may transmit.
+    (
+        frozenset(
+            {
+                "tcp_rcv_established",
+                "tcp_rcv_state_process",
+                "tcp_ack",
+                "tcp_v4_do_rcv",
+                "tcp_v6_do_rcv",
+            }
+        ),
+        "ack",
+    ),
+    # The receiver's ACKs after the application read (tcp_cleanup_rbuf is inlined).
+    (frozenset({"tcp_recvmsg", "tcp_recvmsg_locked", "tcp_cleanup_rbuf"}), "recvmsg"),
     (
         frozenset(
             {
@@ -44,12 +58,16 @@ _RULES: tuple[tuple[frozenset[str], str], ...] = (
                 "tcp_tasklet_func",
                 "tcp_tsq_workfn",
                 "tcp_write_timer_handler",
+                "tcp_write_timer",
                 "tcp_delack_timer_handler",
+                "tcp_delack_timer",
                 "tcp_pace_kick",
                 "tcp_release_cb",
+                "tcp_send_loss_probe",
+                "tcp_retransmit_timer",
             }
         ),
-        "tsq-timer",
+        "timer",
     ),
 )
 _SOFTIRQ = frozenset(

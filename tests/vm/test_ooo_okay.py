@@ -101,6 +101,7 @@ def test_rate_limited_run_has_a_higher_ooo_okay_share(rate_runs: tuple) -> None:
 def test_counters_match_streamed_skbs(rate_runs: tuple, out_dir: Path) -> None:
     reader, rows = trace_rows(out_dir / "ooo-okay.limited.tkt")
     f = reader.footer
+    assert reader.session.params == {"all": 1}  # what the shared probe was compiled with
     assert f is not None and f.lost_total == 0
     c = f.counters["ooo_counts"]
     assert sum(c["transmitted"].values()) == len(rows)  # all=1 streams every TCP skb
