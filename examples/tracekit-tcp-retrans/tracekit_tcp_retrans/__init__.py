@@ -38,6 +38,7 @@ SCHEMA = Schema(
         Field("segs", "u16", doc="segments retransmitted (tcp_skb_pcount)"),
         Field("state", "u8", key=True, doc="TCP state (1: established)"),
         Field("pad", "u8"),
+        Field("pad2", "u32"),
     ),
     histograms=(
         HistSpec(

@@ -17,6 +17,7 @@ struct tk_event {
     u16 segs;
     u8 state;
     u8 pad;
+    u32 pad2;
 };
 
 #include "tracekit.h"
