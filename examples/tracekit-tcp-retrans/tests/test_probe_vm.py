@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 import pytest
@@ -30,13 +31,23 @@ def test_segments_match_tcp_retrans_segs(tracekit_run_probe: Callable) -> None:
         lab.start_server(1)
         snap: dict[str, dict[str, int]] = {}
 
+        def quiet() -> bool:
+            # No socket left that could still retransmit (TIME-WAIT and LISTEN cannot).
+            out = lab.ns(lab.ns_a, "ss", "-tanH", "state", "connected", "exclude", "time-wait")
+            return not out.strip()
+
         def traffic() -> None:
             snap["before"] = snmp(lab)
             client = lab.start_client(0, 4)
             client.wait(timeout=120)
-            snap["after"] = snmp(lab)
+            deadline = time.monotonic() + 30
+            while not quiet() and time.monotonic() < deadline:
+                time.sleep(0.2)
 
         out = tracekit_run_probe("tcp-retrans", traffic, sinks=["hist"])
+        # After detach: the kernel's window now covers the probe's whole window, and
+        # nothing was left to retransmit once the sockets had closed.
+        snap["after"] = snmp(lab)
     d = {k: snap["after"][k] - snap["before"].get(k, 0) for k in snap["after"]}
     probe_segs = sum(out.summary.counters["retrans_counts"]["segments"].values())
     assert d["Tcp.RetransSegs"] > 0
