@@ -298,10 +298,11 @@ class LoadedProbe:
 
     def read_percpu(self, name: str, slots: int) -> list[dict[int, int]]:
         table = self.bpf[name]
+        cpus = set(online_cpus())  # BCC returns a value per possible CPU; keep online ones
         out = []
         for i in range(slots):
             values = table[table.Key(i)]
-            out.append({cpu: int(v) for cpu, v in enumerate(values) if cpu in set(online_cpus())})
+            out.append({cpu: int(v) for cpu, v in enumerate(values) if cpu in cpus})
         return out
 
     def read_agg(self) -> list[tuple[tuple[Any, ...], int]]:
