@@ -13,6 +13,7 @@ from tracekit.lab.scenarios import (
     lab_ooo_okay,
     lab_rss_cpu,
     lab_txq_flip,
+    rss_link,
 )
 from tracekit.stats import imbalance
 
@@ -130,23 +131,46 @@ def fq_throttle_cmd(
 @duration_option
 @click.option(
     "--spread",
-    type=click.Choice(["none", "rps", "both"]),
+    type=click.Choice(["none", "rps", "rss", "both"]),
     default="both",
     show_default=True,
-    help="RPS on the receiving device or not",
+    help="none: the NIC hashes UDP by addresses only; rss: by ports too (NIC pair only); "
+    "rps: RPS on the receiving device; both: none, then rss (NIC pair) or rps",
+)
+@click.option(
+    "--link",
+    type=click.Choice(["auto", "nics", "veth"]),
+    default="auto",
+    show_default=True,
+    help="nics: the VM's virtio-net pair with RSS (vm/run); veth: a veth pair",
 )
 @sink_option
 @force_option
 @click.pass_context
 def rss_cpu_cmd(
-    ctx: click.Context, duration: float, spread: str, sinks: tuple[str, ...], force: bool
+    ctx: click.Context,
+    duration: float,
+    spread: str,
+    link: str,
+    sinks: tuple[str, ...],
+    force: bool,
 ) -> None:
-    """Many UDP flows between two addresses: receive work per CPU, without and with RPS."""
+    """Many UDP flows between two addresses: receive work per CPU, unspread and spread."""
     _check(duration)
-    modes = ("none", "rps") if spread == "both" else (spread,)
+    link = rss_link(link)
+    if spread == "both":
+        modes: tuple[str, ...] = ("none", "rss" if link == "nics" else "rps")
+    else:
+        modes = (spread,)
     bus = _bus(ctx)
-    results = [lab_rss_cpu(bus, sinks or ("hist",), duration, m, force=force) for m in modes]
+    results = [
+        lab_rss_cpu(bus, sinks or ("hist",), duration, m, link=link, force=force) for m in modes
+    ]
     _out("")
+    if link == "nics":
+        _out("link: virtio-net NIC pair, RSS over one RX queue per CPU (queue n -> cpu n)")
+    else:
+        _out("link: veth pair (receive work runs on the sending CPU unless RPS moves it)")
     for r in results:
         per = _counter(r, "rss_counts", "packets")
         cpu, share, ratio = imbalance(per, len(per) or 1)
@@ -156,4 +180,7 @@ def rss_cpu_cmd(
             f"{r.label:>11}: probe {cells}; busiest cpu{cpu} {100 * share:.1f}%, "
             f"imbalance {ratio:.2f}x"
         )
+        if r.rxq_delta:
+            rxq = "  ".join(f"q{q}={n}" for q, n in sorted(r.rxq_delta.items()))
+            _out(f"{'':>11}  NIC RX queue counters (ethtool -S): {rxq}")
         _out(f"{'':>11}  softnet_stat processed: {soft}")

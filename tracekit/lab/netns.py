@@ -1,4 +1,4 @@
-"""A two-namespace network lab: a veth pair between namespaces ``A`` and ``B``.
+"""A two-namespace network lab: a veth pair (or the VM's NIC pair) between ``A`` and ``B``.
 
 Everything the lab creates lives in namespaces it made itself, named after its
 process id; it never touches interfaces or addresses outside them, and it deletes
@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tracekit.errors import LabError
+from tracekit.lab.nics import NicPair, find_nic_pair, parse_rx_queue_packets, rx_queue_irqs
 
 PREFIX = "tklab"
 ADDR_A, ADDR_B = "10.201.0.1", "10.201.0.2"
@@ -70,10 +71,19 @@ class NetnsLab:
     ``A`` holds ``tk0`` (``txqueues`` TX queues under an ``mq`` root with one
     ``qdisc`` child per queue, XPS mapping CPU n to queue n); ``B`` holds ``tk1``
     with a single TX queue, so only ``tk0`` goes through ``netdev_pick_tx``.
+
+    ``link="nics"`` uses the VM's two virtio-net NICs instead of a veth (see
+    ``tracekit.lab.nics``): ``tk0`` is the one-queue NIC, ``tk1`` the RSS NIC,
+    whose RX queue n interrupts CPU n. They go back to the root namespace, under
+    their own names, when the lab ends.
     """
 
     def __init__(
-        self, txqueues: int = 4, qdisc: str = "fq", qdisc_args: Sequence[str] = ()
+        self,
+        txqueues: int = 4,
+        qdisc: str = "fq",
+        qdisc_args: Sequence[str] = (),
+        link: str = "veth",
     ) -> None:
         if os.geteuid() != 0:
             raise LabError("the lab needs root (it creates network namespaces)")
@@ -82,6 +92,16 @@ class NetnsLab:
             raise LabError(
                 f"the lab needs {', '.join(missing)}: apt-get install iproute2 iperf3 util-linux"
             )
+        self.nics: NicPair | None = None
+        if link == "nics":
+            self.nics = find_nic_pair()
+            if self.nics is None:
+                raise LabError(
+                    "no RSS NIC pair here: it exists in VMs booted by vm/run (see vm/nics)"
+                )
+            txqueues = 1
+        elif link != "veth":
+            raise LabError(f"unknown lab link {link!r} (veth or nics)")
         self.txqueues = txqueues
         self.qdisc = qdisc
         self.qdisc_args = tuple(qdisc_args)
@@ -121,6 +141,29 @@ class NetnsLab:
         a, b = self.ns_a, self.ns_b
         _run(["ip", "netns", "add", a])
         _run(["ip", "netns", "add", b])
+        if self.nics is not None:
+            self._take_nics()
+        else:
+            self._add_veth()
+        self._configure()
+
+    def _take_nics(self) -> None:
+        assert self.nics is not None
+        virtio = Path(os.readlink(f"/sys/class/net/{self.nics.rss}/device")).name
+        for dev, ns, name in ((self.nics.tx, self.ns_a, DEV_A), (self.nics.rss, self.ns_b, DEV_B)):
+            _run(["ip", "link", "set", dev, "down"])
+            _run(["ip", "link", "set", dev, "netns", ns])
+            self.ns(ns, "ip", "link", "set", dev, "name", name)
+        # Take the NIC's hash (virtio hash report) into skb->hash, as real NICs do.
+        self.ns(self.ns_b, "ethtool", "-K", DEV_B, "rxhash", "on")
+        # Each RX queue's interrupt on its own CPU (the NIC driver only hints at
+        # this): which queue RSS picks then decides which CPU does the receive work.
+        ncpus = os.cpu_count() or 1
+        for q, irq in rx_queue_irqs(virtio, Path("/proc/interrupts").read_text()).items():
+            Path(f"/proc/irq/{irq}/smp_affinity_list").write_text(f"{q % ncpus}\n")
+
+    def _add_veth(self) -> None:
+        a, b = self.ns_a, self.ns_b
         n = str(self.txqueues)
         _run(
             [
@@ -147,6 +190,9 @@ class NetnsLab:
                 n,
             ]
         )
+
+    def _configure(self) -> None:
+        a, b = self.ns_a, self.ns_b
         for ns in (a, b):
             # No IPv6: router solicitations and ND would add packets the probes and
             # the counters would both see, but that the tests do not drive.
@@ -189,6 +235,16 @@ class NetnsLab:
                     os.killpg(p.pid, 9)
                 with contextlib.suppress(Exception):
                     p.wait(timeout=5)
+        if self.nics is not None:
+            # Deleting a namespace would return the NICs as tk0/tk1: give them back
+            # their names first, so the root namespace looks as it did.
+            for ns, name, orig in (
+                (self.ns_a, DEV_A, self.nics.tx),
+                (self.ns_b, DEV_B, self.nics.rss),
+            ):
+                self.ns(ns, "ip", "link", "set", name, "down", check=False)
+                self.ns(ns, "ip", "link", "set", name, "name", orig, check=False)
+                self.ns(ns, "ip", "link", "set", orig, "netns", "1", check=False)
         for ns in (self.ns_a, self.ns_b):
             _run(["ip", "netns", "del", ns], check=False)
 
@@ -201,6 +257,22 @@ class NetnsLab:
         """Packets sent per TX queue of tk0, from the mq children in ``tc -s qdisc``."""
         out = self.ns(self.ns_a, "tc", "-s", "qdisc", "show", "dev", DEV_A)
         return parse_tc_queue_packets(out)
+
+    def rx_queue_packets(self) -> dict[int, int]:
+        """Packets received per RX queue of the RSS NIC (its own counters), else {}."""
+        if self.nics is None:
+            return {}
+        return parse_rx_queue_packets(self.ns(self.ns_b, "ethtool", "-S", DEV_B))
+
+    def set_rx_flow_hash(self, fields: str) -> None:
+        """What the RSS NIC hashes for UDP over IPv4: ``sd`` addresses, ``sdfn`` ports too."""
+        if self.nics is None:
+            raise LabError("RSS hash fields need the VM's NIC pair (--link nics)")
+        self.ns(self.ns_b, "ethtool", "-N", DEV_B, "rx-flow-hash", "udp4", fields)
+        got = self.ns(self.ns_b, "ethtool", "-n", DEV_B, "rx-flow-hash", "udp4")
+        want = "L4 bytes" in got
+        if want != ("f" in fields):
+            raise LabError(f"ethtool did not set rx-flow-hash udp4 {fields}: {got.strip()}")
 
     def tc_stats(self) -> str:
         return self.ns(self.ns_a, "tc", "-s", "qdisc", "show", "dev", DEV_A)

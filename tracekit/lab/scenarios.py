@@ -18,6 +18,7 @@ from typing import Any
 from tracekit.bus import Bus
 from tracekit.errors import LabError
 from tracekit.lab.netns import DEV_A, DEV_B, NetnsLab, parse_iperf
+from tracekit.lab.nics import HASH_FIELDS, find_nic_pair
 from tracekit.run import Compiled, RunOptions, run_probe
 from tracekit.session import Summary
 
@@ -30,6 +31,8 @@ class LabResult:
     queue_delta: dict[int, int] = field(default_factory=dict)
     fq_delta: dict[int, dict[str, int]] = field(default_factory=dict)
     softnet_delta: dict[int, int] = field(default_factory=dict)
+    # Per RX queue of the receiving NIC, from its own counters (NIC pair only).
+    rxq_delta: dict[int, int] = field(default_factory=dict)
     tc_after: str = ""
     label: str = ""
     # The probe's counters when the client started (only when given a compiled
@@ -125,6 +128,7 @@ def traced_iperf(
         before["queues"] = lab.queue_packets()
         before["fq"] = parse_fq_stats(lab.tc_stats())
         before["softnet"] = read_softnet()
+        before["rxq"] = lab.rx_queue_packets()
         client.append(lab.start_client(client_cpu, seconds, extra=client_args))
 
     def done() -> bool:
@@ -138,6 +142,7 @@ def traced_iperf(
         bus, spec, values, tuple(sinks), opts, compiled=compiled, until=done, on_attached=start
     )
     after_softnet = read_softnet()
+    after_rxq = lab.rx_queue_packets()
     tc_after = lab.tc_stats()
     res = LabResult(
         summary, label=label, tc_after=tc_after, counters_at_start=before.get("counters", {})
@@ -147,6 +152,7 @@ def traced_iperf(
         fq_after = parse_fq_stats(tc_after)
         res.fq_delta = {q: _delta(v, before["fq"].get(q, {})) for q, v in fq_after.items()}
         res.softnet_delta = _delta(after_softnet, before["softnet"])
+        res.rxq_delta = _delta(after_rxq, before["rxq"])
     if client:
         proc = client[0]
         if proc.poll() is None:
@@ -293,6 +299,13 @@ def lab_fq_throttle(
         )
 
 
+def rss_link(link: str = "auto") -> str:
+    """``auto``: the VM's RSS NIC pair where it exists, else a veth pair."""
+    if link == "auto":
+        return "nics" if find_nic_pair() is not None else "veth"
+    return link
+
+
 def lab_rss_cpu(
     bus: Bus,
     sinks: Sequence[str],
@@ -300,16 +313,27 @@ def lab_rss_cpu(
     spread: str,
     rate: str = "5M",
     compiled: Compiled | None = None,
+    link: str = "auto",
+    flows: int = 8,
     **kw: Any,
 ) -> LabResult:
-    """Many UDP flows between the same two addresses, different source ports.
+    """``flows`` UDP flows of ``rate`` each between two addresses, different source ports.
 
-    On a veth, receive processing runs on the sending CPU, like a NIC whose RSS hash
-    ignores UDP ports (the seed): all flows land on one CPU. ``spread="rps"`` turns
-    on RPS on the receiving device, which hashes ports too, and the flows spread.
+    On the VM's NIC pair (``link="nics"``) this is the seed itself: the receiving
+    NIC's RSS hashes addresses only for UDP (``spread="none"``: ``ethtool -N
+    rx-flow-hash udp4 sd``), so every flow lands in one RX queue, whose interrupt
+    goes to one CPU; ``spread="rss"`` is the seed's fix (``udp4 sdfn``: ports too).
+    On a veth, receive processing runs on the sending CPU, which behaves the same
+    as a NIC ignoring ports. ``spread="rps"`` (either link) turns on RPS on the
+    receiving device, which hashes ports in software, and the flows spread.
     """
     ncpus = os.cpu_count() or 1
-    with NetnsLab(txqueues=4, qdisc="pfifo_fast") as lab:
+    link = rss_link(link)
+    if spread == "rss" and link != "nics":
+        raise LabError("--spread rss needs the VM's RSS NIC pair (vm/run makes it); try rps")
+    with NetnsLab(txqueues=4, qdisc="pfifo_fast", link=link) as lab:
+        if link == "nics":
+            lab.set_rx_flow_hash(HASH_FIELDS["ports" if spread == "rss" else "addresses"])
         if spread == "rps":
             set_rps(lab, (1 << ncpus) - 1)
         return traced_iperf(
@@ -321,7 +345,7 @@ def lab_rss_cpu(
             compiled=compiled,
             client_cpu=0,
             server_cpu=ncpus - 1,
-            client_args=("-u", "-b", rate, "-P", "8", "-l", "1000"),
+            client_args=("-u", "-b", rate, "-P", str(flows), "-l", "1000"),
             label=f"spread={spread}",
             **kw,
         )
