@@ -9,7 +9,7 @@
 #define TRACEKIT_H
 
 /* Per-CPU loss counters kept in the kernel, read by the loader:
- *   slot 0: ring buffer reserve failures (BCC reports no loss for the ring buffer)
+ *   slot 0: outputs that failed (ring buffer reserve or perf buffer full)
  *   slot 1: events dropped by the --max-events-per-sec limit */
 BPF_PERCPU_ARRAY(tk_lost, u64, 2);
 
@@ -108,7 +108,12 @@ static __always_inline void tk_emit(void *ctx, struct tk_event *ev)
 {
     if (tk_skip_sample() || tk_over_limit())
         return;
-    tk_events.perf_submit(ctx, ev, sizeof(*ev));
+    /* Counted here, not from the perf buffer's PERF_RECORD_LOST: the kernel writes
+     * that record only before the next event that fits, so a burst lost at the end
+     * of a run would never be reported. -ENOSPC (full) and -ENOENT (no reader on
+     * this CPU) are both events lost. */
+    if (tk_events.perf_submit(ctx, ev, sizeof(*ev)) != 0)
+        tk_count_lost(0);
 }
 #endif
 

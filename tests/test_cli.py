@@ -197,3 +197,13 @@ def test_new_skeleton_passes_its_own_tests(kind: str, tmp_path: Path) -> None:
     assert "passed" in t.stdout
     again = tk("new", kind, "my-thing", "--dir", str(tmp_path))
     assert again.returncode == 2 and "exists" in again.stderr
+
+
+def test_lab_rss_spread_without_the_nic_pair_is_one_line() -> None:
+    # Outside the VM there is no virtio-net pair: --spread rss cannot be honoured,
+    # and the lab says so before compiling anything or creating a namespace.
+    r = tk("lab", "rss-cpu", "--spread", "rss", "--link", "veth")
+    assert r.returncode == 12, r.stderr
+    assert r.stderr.strip() == (
+        "tracekit: --spread rss needs the VM's RSS NIC pair (vm/run makes it); try rps"
+    )

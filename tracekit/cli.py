@@ -146,6 +146,14 @@ def list_cmd(ctx: click.Context, as_json: bool) -> None:
     default=0,
     help="drop events above this rate in the kernel, counted as lost (0: no limit)",
 )
+@click.option(
+    "--buffer-pages",
+    type=click.IntRange(min=1),
+    default=64,
+    show_default=True,
+    metavar="N",
+    help="perf buffer pages per CPU, a power of two (the shared ring buffer gets 16 x N)",
+)
 @force_option
 @click.pass_context
 def run_cmd(
@@ -157,6 +165,7 @@ def run_cmd(
     output: str,
     sample: int,
     max_events_per_sec: int,
+    buffer_pages: int,
     force: bool,
 ) -> None:
     """Compile PROBE, attach it and send its events to sinks until Ctrl-C or --duration."""
@@ -169,6 +178,8 @@ def run_cmd(
     sinks = sinks or ("console",)
     if duration is not None and duration <= 0:
         raise UsageError("--duration must be positive")
+    if buffer_pages & (buffer_pages - 1):
+        raise UsageError(f"--buffer-pages must be a power of two, not {buffer_pages}")
     # Validate sinks before the (slow) compile.
     make_sinks(bus, sinks, SinkOptions(force=force), spec.schema)
     run_probe(
@@ -182,6 +193,7 @@ def run_cmd(
             max_events_per_sec=max_events_per_sec,
             force=force,
             sample=sample,
+            page_cnt=buffer_pages,
         ),
     )
 

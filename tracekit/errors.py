@@ -90,3 +90,13 @@ class LabError(TracekitError):
     """The namespace lab could not be built or a tool it needs is missing."""
 
     exit_code = 12
+
+
+class InterruptedBeforeStart(TracekitError):
+    """Ctrl-C or SIGTERM before tracing started (compiling, opening, attaching).
+
+    Nothing is attached and nothing was recorded; the status is the shell's for
+    SIGINT, as for any command stopped before it did its work.
+    """
+
+    exit_code = 130

@@ -12,6 +12,8 @@ import ctypes as ct
 import os
 import re
 import signal
+import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from importlib.resources import as_file, files
@@ -110,7 +112,10 @@ class LoadedProbe:
         self.decoder = Decoder(spec.schema)
         self.attached: list[AttachPoint] = []
         self._rows: list[tuple[Any, ...]] = []
-        self._perf_lost: dict[int, int] = {}
+        # PERF_RECORD_LOST totals per CPU, as the perf buffer itself reports them:
+        # a second count, which lags the kernel-side one (see tracekit.h), kept for
+        # cross-checks. Handling them also stops BCC printing "Possibly lost".
+        self.perf_records_lost: dict[int, int] = {}
         self._reported: dict[str, dict[int, int]] = {}
         self._open = False
         self._output_open = False
@@ -190,7 +195,7 @@ class LoadedProbe:
             names.append("tk_agg")
         for name in names:
             self.bpf[name].clear()
-        self._perf_lost.clear()
+        self.perf_records_lost.clear()
         self._reported.clear()
 
     def attach(self, points: list[AttachPoint] | None = None) -> None:
@@ -249,7 +254,6 @@ class LoadedProbe:
         """Open the ring or perf buffer; once per compiled probe, reused across runs."""
         if self._output_open:
             return
-        self._output_open = True
         table = self.bpf["tk_events"]
         decode, rows = self.decoder.decode, self._rows
         size = self.decoder.size
@@ -261,6 +265,7 @@ class LoadedProbe:
                 return 0
 
             table.open_ring_buffer(rb_cb)
+            self._output_open = True
             return
 
         def perf_cb(_cpu: int, data: Any, _size: int) -> None:
@@ -268,20 +273,50 @@ class LoadedProbe:
 
         def lost_for(cpu: int) -> Callable[[int], None]:
             def lost(n: int) -> None:
-                self._perf_lost[cpu] = self._perf_lost.get(cpu, 0) + n
+                self.perf_records_lost[cpu] = self.perf_records_lost.get(cpu, 0) + n
 
             return lost
 
-        try:
-            for cpu in online_cpus():
-                # One reader per CPU, so a loss is known per CPU (BCC's public
-                # open_perf_buffer reports losses without the CPU).
-                table._open_perf_buffer(cpu, perf_cb, self.page_cnt, lost_for(cpu), WAKEUP_EVENTS)
-        except Exception as exc:  # noqa: BLE001
-            raise ResourceError(
-                f"cannot allocate the perf buffer ({exc}); raise RLIMIT_MEMLOCK (ulimit -l) "
-                "or lower the buffer size"
-            ) from None
+        opened: list[int] = []
+        failed = None
+        with c_stderr() as said:
+            try:
+                for cpu in online_cpus():
+                    # One reader per CPU, so a loss is known per CPU (BCC's public
+                    # open_perf_buffer reports losses without the CPU).
+                    table._open_perf_buffer(
+                        cpu, perf_cb, self.page_cnt, lost_for(cpu), WAKEUP_EVENTS
+                    )
+                    opened.append(cpu)
+            except Exception as exc:  # noqa: BLE001
+                failed = str(exc)
+                for cpu in opened:
+                    with contextlib.suppress(Exception):
+                        del table[cpu]  # BCC frees the reader and its mmap
+        if failed is None:
+            self._output_open = True
+            for line in said():  # libbcc's to say when all went well, not ours to hide
+                print(line, file=sys.stderr)
+            return
+        # libbcc says why (errno) on stderr, from C: fold it into our one line.
+        why = "; ".join(ln for ln in said() if ln) or failed
+        raise ResourceError(
+            f"cannot allocate the perf buffer of {self.page_cnt} pages per CPU ({why}); "
+            "raise RLIMIT_MEMLOCK (ulimit -l) or lower --buffer-pages"
+        )
+
+    def close_output(self) -> None:
+        """Close the perf buffers, so that the next run opens them again (another size).
+
+        The ring buffer is a map: it lives as long as the compiled probe.
+        """
+        if not self._output_open or self.output != "perf":
+            return
+        table = self.bpf["tk_events"]
+        for cpu in online_cpus():
+            with contextlib.suppress(Exception):
+                del table[cpu]
+        self._output_open = False
 
     def poll(self, timeout_ms: int = POLL_MS) -> list[tuple[Any, ...]]:
         """Wait up to ``timeout_ms`` for events; return everything available as one batch."""
@@ -345,10 +380,10 @@ class LoadedProbe:
     def new_losses(self) -> list[LostReport]:
         """Losses since the last call, one report per mechanism."""
         current: dict[str, dict[int, int]] = {}
-        if self.output == "perf":
-            current["perf"] = dict(self._perf_lost)
-        rb, rl = self.read_percpu("tk_lost", 2)
-        current["ringbuf"] = rb
+        # Slot 0: outputs that failed (buffer full), counted in the kernel at the
+        # failing call, for the perf buffer as for the ring buffer.
+        buffer, rl = self.read_percpu("tk_lost", 2)
+        current[self.output] = buffer
         current["ratelimit"] = rl
         if self.attached and any(a.kind == "kretprobe" for a in self.attached):
             current["kretprobe"] = {-1: self.kretprobe_misses()}
@@ -390,6 +425,27 @@ def remove_stale_bcc_events() -> list[str]:
     return removed
 
 
+@contextlib.contextmanager
+def c_stderr() -> Iterator[Callable[[], list[str]]]:
+    """Capture what C code writes to file descriptor 2 inside the block.
+
+    Yields a function returning the captured lines once the block is over. Python's
+    own sys.stderr is flushed first so nothing of ours gets mixed in.
+    """
+    lines: list[str] = []
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield lambda: lines
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            lines += tmp.read(64 * 1024).decode(errors="replace").strip().splitlines()
+
+
 class StopSignals:
     """Turn SIGTERM into KeyboardInterrupt during a run, and defer both while cleaning up.
 
@@ -399,11 +455,29 @@ class StopSignals:
     def __init__(self) -> None:
         self._old: dict[int, Any] = {}
         self.stopping = False
+        self.holding = False
         self.received: int | None = None
 
     def _handler(self, signum: int, _frame: FrameType | None) -> None:
         self.received = signum
-        if not self.stopping:
+        if not self.stopping and not self.holding:
+            self.stopping = True
+            raise KeyboardInterrupt
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        """Hold a stop signal while the kernel is changed step by step (attaching).
+
+        Raised between BCC's attach call and our record of it, KeyboardInterrupt
+        would leave a point attached that nothing knows to detach. Held, the signal
+        takes effect right after the block, when every attached point is on record.
+        """
+        self.holding = True
+        try:
+            yield
+        finally:
+            self.holding = False
+        if self.received is not None and not self.stopping:
             self.stopping = True
             raise KeyboardInterrupt
 

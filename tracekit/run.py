@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tracekit.bus import Bus
-from tracekit.errors import SinkFailedError
+from tracekit.errors import InterruptedBeforeStart, SinkFailedError
 from tracekit.loader import LoadedProbe, StopSignals, drain_for, remove_stale_bcc_events
 from tracekit.pipeline import Pipeline, SinkOptions, make_sinks, sinks_stream
 from tracekit.preflight import preflight
@@ -101,6 +101,7 @@ def run_probe(
     sinks = make_sinks(bus, sink_args, SinkOptions(force=opts.force), spec.schema)
     owned = compiled is None
     summary = Summary(interrupted=True)
+    started = False
     with StopSignals() as signals:
         try:
             if compiled is None:
@@ -116,8 +117,9 @@ def run_probe(
                     rows = enrich(probe.bpf, session, rows)
                 pipe.batch(rows)
 
-            probe.open_output()
-            probe.attach(compiled.points)
+            with signals.held():
+                probe.open_output()
+                probe.attach(compiled.points)
             if not opts.quiet:
                 where = ", ".join(a.describe() for a in probe.attached)
                 how = probe.output if probe.stream else "in-kernel aggregation"
@@ -125,6 +127,7 @@ def run_probe(
             if on_attached is not None:
                 on_attached()
             with Pipeline(bus, session, sinks) as pipe:
+                started = True
                 interrupted = drain_for(probe, deliver, pipe.lost, opts.duration, until)
                 with signals.deferred():
                     # Detach first so the last drain and the counters are final.
@@ -139,13 +142,17 @@ def run_probe(
                         pipe.summary.notes = spec.report(pipe.summary)
                     summary = pipe.end()
         except KeyboardInterrupt:
-            pass  # Ctrl-C before events flowed (compile, attach): nothing to report.
+            pass  # before the session started (compile, attach) unless `started`
         finally:
             with signals.deferred():
                 if compiled is not None:
                     compiled.probe.detach()
                     if owned:
                         compiled.probe.close()
+    if not started:
+        raise InterruptedBeforeStart(
+            "interrupted before tracing started: nothing attached, nothing recorded"
+        )
     if not opts.quiet:
         report_summary(summary)
     if bus.failures:
