@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -138,3 +139,21 @@ def test_check_lists_every_problem_at_once() -> None:
     assert "privileges" in fails[0]
     # Every attach point is reported, present or not, in one report.
     assert sum("fq_enqueue" in ln or "fq_dequeue" in ln for ln in r.stdout.splitlines()) == 4
+
+
+def test_no_kernel_headers_is_one_line_with_its_own_status() -> None:
+    """This machine's own kernel has no headers (the VM's has): a real case, not a mock."""
+    release = os.uname().release
+    if os.geteuid() != 0 or Path(f"/lib/modules/{release}/build").exists():
+        pytest.skip("needs root on a kernel without headers (this machine's, in CI)")
+    r = subprocess.run(
+        [sys.executable, "-m", "tracekit", "run", "rss-cpu", "--duration", "1"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 5, r.stderr
+    assert r.stderr.strip() == (
+        f"tracekit: no kernel headers for {release} in /lib/modules/{release}/build: "
+        f"install linux-headers-{release}"
+    )
