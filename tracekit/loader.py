@@ -290,16 +290,14 @@ class LoadedProbe:
                     opened.append(cpu)
             except Exception as exc:  # noqa: BLE001
                 failed = str(exc)
-                for cpu in opened:
-                    with contextlib.suppress(Exception):
-                        del table[cpu]  # BCC frees the reader and its mmap
+                self._close_perf_readers(opened)
         if failed is None:
             self._output_open = True
-            for line in said():  # libbcc's to say when all went well, not ours to hide
+            for line in said:  # libbcc's to say when all went well, not ours to hide
                 print(line, file=sys.stderr)
             return
         # libbcc says why (errno) on stderr, from C: fold it into our one line.
-        why = "; ".join(ln for ln in said() if ln) or failed
+        why = "; ".join(ln for ln in said if ln) or failed
         raise ResourceError(
             f"cannot allocate the perf buffer of {self.page_cnt} pages per CPU ({why}); "
             "raise RLIMIT_MEMLOCK (ulimit -l) or lower --buffer-pages"
@@ -312,11 +310,14 @@ class LoadedProbe:
         """
         if not self._output_open or self.output != "perf":
             return
-        table = self.bpf["tk_events"]
-        for cpu in online_cpus():
-            with contextlib.suppress(Exception):
-                del table[cpu]
+        self._close_perf_readers(online_cpus())
         self._output_open = False
+
+    def _close_perf_readers(self, cpus: list[int]) -> None:
+        table = self.bpf["tk_events"]
+        for cpu in cpus:
+            with contextlib.suppress(Exception):
+                del table[cpu]  # BCC frees the reader and its mmap
 
     def poll(self, timeout_ms: int = POLL_MS) -> list[tuple[Any, ...]]:
         """Wait up to ``timeout_ms`` for events; return everything available as one batch."""
@@ -426,10 +427,10 @@ def remove_stale_bcc_events() -> list[str]:
 
 
 @contextlib.contextmanager
-def c_stderr() -> Iterator[Callable[[], list[str]]]:
+def c_stderr() -> Iterator[list[str]]:
     """Capture what C code writes to file descriptor 2 inside the block.
 
-    Yields a function returning the captured lines once the block is over. Python's
+    Yields a list that holds the captured lines once the block is over. Python's
     own sys.stderr is flushed first so nothing of ours gets mixed in.
     """
     lines: list[str] = []
@@ -438,7 +439,7 @@ def c_stderr() -> Iterator[Callable[[], list[str]]]:
     with tempfile.TemporaryFile() as tmp:
         os.dup2(tmp.fileno(), 2)
         try:
-            yield lambda: lines
+            yield lines
         finally:
             os.dup2(saved, 2)
             os.close(saved)

@@ -270,8 +270,8 @@ class NetnsLab:
             raise LabError("RSS hash fields need the VM's NIC pair (--link nics)")
         self.ns(self.ns_b, "ethtool", "-N", DEV_B, "rx-flow-hash", "udp4", fields)
         got = self.ns(self.ns_b, "ethtool", "-n", DEV_B, "rx-flow-hash", "udp4")
-        want = "L4 bytes" in got
-        if want != ("f" in fields):
+        hashes_ports = "L4 bytes" in got
+        if hashes_ports != ("f" in fields):
             raise LabError(f"ethtool did not set rx-flow-hash udp4 {fields}: {got.strip()}")
 
     def tc_stats(self) -> str:
