@@ -8,6 +8,7 @@ cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(
   qemu-system-x86            # the VM
+  busybox-static             # virtme-ng builds the guest's initramfs from a static busybox
   linux-image-amd64          # the guest kernel (booted by virtme-ng, never by this host)
   linux-headers-amd64        # BCC in the guest compiles against these
   python3-bpfcc bpfcc-tools  # BCC
@@ -15,6 +16,7 @@ APT_PACKAGES=(
   bpftool                    # lists BPF programs: nothing of tracekit stays attached
   iperf3 iproute2 ethtool util-linux procps kmod  # the labs
   python3-venv python3-pip
+  stress-ng                  # keeps the host's cores busy for the under-load VM runs
 )
 
 missing=()
