@@ -37,6 +37,16 @@ class HistSink:
     def check_schema(self, schema: Schema) -> None:
         self.specs(schema)
 
+    def fields_needed(self, schema: Schema) -> frozenset[str]:
+        """Every field the histograms read: the run streams events if the kernel's
+        aggregate does not carry them all."""
+        out: set[str] = set()
+        for s in self.specs(schema):
+            out.update(s.by)
+            if s.value:
+                out.add(s.value)
+        return frozenset(out)
+
     @hookimpl
     def tracekit_session_start(self, session: Session) -> None:
         self.hists = [Histogram(s, session.schema) for s in self.specs(session.schema)]

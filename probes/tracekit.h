@@ -13,6 +13,12 @@
  *   slot 1: events dropped by the --max-events-per-sec limit */
 BPF_PERCPU_ARRAY(tk_lost, u64, 2);
 
+/* Never written: its value type is struct tk_event, so BCC describes the struct as
+ * clang laid it out (typedefs such as __be16 resolved, holes named __pad_N) and the
+ * loader checks the schema against it. Inferring the type from the output call
+ * instead fails on typedefs BCC does not know, and on ring buffer outputs. */
+BPF_ARRAY(tk_event_layout, struct tk_event, 1);
+
 /* Rate limit: per-CPU token bucket refilled every second. 0 = no limit. */
 #ifndef TK_MAX_EVENTS_PER_SEC
 #define TK_MAX_EVENTS_PER_SEC 0

@@ -19,6 +19,16 @@ APT_PACKAGES=(
   stress-ng                  # keeps the host's cores busy for the under-load VM runs
 )
 
+# Every program the project runs (scripts, vm/, tracekit, tests, bench), each from a
+# package above or from Debian's required set. tests/test_setup.py checks both ways:
+# the code runs nothing missing from this list, and dpkg says which package owns each.
+PROGRAMS=(
+  qemu-system-x86_64 busybox
+  ip tc ss ethtool iperf3 taskset nsenter setpriv flock mount sysctl
+  modprobe rmmod bpftool bpftrace stress-ng
+  sh cat awk grep sed dpkg dpkg-query
+)
+
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -28,6 +38,15 @@ if ((${#missing[@]})); then
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+absent=()
+for prog in "${PROGRAMS[@]}"; do
+  PATH="$PATH:/usr/sbin:/sbin" command -v "$prog" >/dev/null || absent+=("$prog")
+done
+if ((${#absent[@]})); then
+  echo "setup: installed, yet not on PATH: ${absent[*]}" >&2
+  exit 1
 fi
 
 pip_install() {

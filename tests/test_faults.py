@@ -157,3 +157,32 @@ def test_no_kernel_headers_is_one_line_with_its_own_status() -> None:
         f"tracekit: no kernel headers for {release} in /lib/modules/{release}/build: "
         f"install linux-headers-{release}"
     )
+
+
+def test_bcc_calling_sys_exit_becomes_one_compile_error(capsys: pytest.CaptureFixture[str]) -> None:
+    """BCC's struct readers print a line and call sys.exit(1) on a type they cannot
+    map: tracekit turns that into its own one-line error, BCC's words folded in."""
+    import sys
+
+    from tracekit.errors import CompileError
+    from tracekit.loader import bcc_guard
+
+    def bcc_like() -> None:
+        print(
+            "Type: '__be16' not recognized. Please define the data with ctypes manually.",
+            file=sys.stderr,
+        )
+        sys.exit(1)
+
+    with pytest.raises(CompileError) as exc, bcc_guard("probe x: reading struct tk_event"):
+        bcc_like()
+    assert str(exc.value) == (
+        "probe x: reading struct tk_event: Type: '__be16' not recognized. "
+        "Please define the data with ctypes manually."
+    )
+    with (
+        pytest.raises(CompileError, match=r"^probe x failed to compile: boom$"),
+        bcc_guard("probe x failed to compile"),
+    ):
+        raise Exception("boom")
+    assert capsys.readouterr().err == ""

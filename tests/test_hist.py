@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from tracekit.hist import Histogram, log2_bucket, log2_label, parse_hist_arg
@@ -105,3 +107,37 @@ def test_hist_sink_prints_the_kernel_aggregate(capsys: pytest.CaptureFixture[str
         else:
             assert "needs lat, which the kernel did not aggregate" in err
             assert list(bus.failures) == ["sink:hist"]
+
+
+def test_hist_on_a_field_the_kernel_does_not_aggregate_streams_instead() -> None:
+    """``--sink hist=wmem`` on ooo-okay: the kernel's aggregate has no wmem, so the run
+    streams events (it used to aggregate, then fail as a sink after the whole run)."""
+    from tracekit.bus import build_bus
+    from tracekit.pipeline import SinkOptions, make_sinks
+    from tracekit.run import RunOptions, fields_needed, modes
+
+    bus = build_bus()
+    spec = bus.probes.get("ooo-okay")
+    for arg, expect in (
+        ("hist=wmem", (True, False)),
+        ("hist=count,by=wmem_low+path", (False, True)),
+        ("hist", (False, True)),
+    ):
+        sinks = make_sinks(bus, (arg,), SinkOptions(), spec.schema)
+        assert modes(spec, False, RunOptions(), fields_needed(sinks, spec)) == expect, arg
+
+
+def test_hist_field_missing_from_a_precompiled_aggregate_is_a_usage_error() -> None:
+    """A lab or test reusing a probe compiled to aggregate: refused before attaching."""
+    from types import SimpleNamespace
+
+    from tracekit.bus import build_bus
+    from tracekit.errors import UsageError
+    from tracekit.run import Compiled, RunOptions, run_probe
+
+    bus = build_bus()
+    spec = bus.probes.get("ooo-okay")
+    # Only the two flags run_probe reads before anything else: nothing is attached.
+    probe: Any = SimpleNamespace(aggregate=True, stream=False, params={})
+    with pytest.raises(UsageError, match=r"wmem: not in ooo-okay's in-kernel aggregate"):
+        run_probe(bus, spec, {}, ("hist=wmem",), RunOptions(), compiled=Compiled(probe, []))

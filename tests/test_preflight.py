@@ -26,7 +26,25 @@ def test_clone_suffixes_are_recognised() -> None:
     ]
 
 
-def test_missing_and_renamed_functions_get_precise_messages() -> None:
+@pytest.fixture
+def kprobe_kernel(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """A tracefs of a kernel with kprobes (kprobe_events) and two traceable functions."""
+    import tracekit.preflight as pf
+
+    root = tmp_path / "tracing"
+    (root / "events").mkdir(parents=True)
+    (root / "kprobe_events").write_text("")
+    (root / "available_filter_functions").write_text(
+        "netdev_pick_tx\nfq_enqueue [sch_fq]\n"
+    )
+    monkeypatch.setattr(pf, "tracefs", lambda: root)
+    monkeypatch.setattr(pf, "KPROBE_PMU", tmp_path / "no-pmu")
+    monkeypatch.setattr(pf, "KPROBE_BLACKLIST", tmp_path / "blacklist")
+    (tmp_path / "blacklist").write_text("0xffffffff81000000-0xffffffff81000010\tdo_int3\n")
+    return root
+
+
+def test_missing_and_renamed_functions_get_precise_messages(kprobe_kernel: Path) -> None:
     syms = frozenset({"netdev_pick_tx", "fq_dequeue.isra.0"})
     r = Report()
     assert check_attach_point(r, AttachPoint("kprobe", "netdev_pick_tx", "f"), syms)
@@ -38,6 +56,51 @@ def test_missing_and_renamed_functions_get_precise_messages() -> None:
     assert "inlined or missing" in r.checks[2].message
     with pytest.raises(AttachPointError, match="fq_dequeue only exists as"):
         r.raise_first()
+
+
+def test_kallsyms_is_not_enough_for_a_kprobe(kprobe_kernel: Path) -> None:
+    """In kallsyms but notrace, blacklisted, or on a kernel without kprobes: refused."""
+    import tracekit.preflight as pf
+
+    syms = frozenset({"netdev_pick_tx", "fq_enqueue", "some_notrace_fn", "do_int3"})
+    r = Report()
+    assert check_attach_point(r, AttachPoint("kprobe", "netdev_pick_tx", "f"), syms)
+    assert check_attach_point(r, AttachPoint("kprobe", "fq_enqueue", "f"), syms)
+    assert not check_attach_point(r, AttachPoint("kprobe", "some_notrace_fn", "f"), syms)
+    assert not check_attach_point(r, AttachPoint("kretprobe", "do_int3", "f"), syms)
+    assert "via " + str(kprobe_kernel) in r.checks[0].message
+    assert "not in available_filter_functions" in r.checks[2].message
+    assert "kprobe blacklist" in r.checks[3].message
+    assert r.checks[2].error is AttachPointError
+    # The same kernel without kprobe_events (and no kprobe PMU): nothing can attach.
+    (kprobe_kernel / "kprobe_events").unlink()
+    r = Report()
+    assert not check_attach_point(r, AttachPoint("kprobe", "netdev_pick_tx", "f"), syms)
+    assert "cannot attach kprobes" in r.checks[0].message
+    pf.traceable_functions.cache_clear()
+
+
+def test_check_on_this_machines_own_kernel() -> None:
+    """``tracekit check txq-flip`` here, on the host: a kernel without kprobes says so."""
+    import subprocess
+    import sys
+
+    import tracekit.preflight as pf
+
+    if pf.kprobes_supported() is not None:
+        pytest.skip("this kernel has kprobes: the unit test above covers the refusal")
+    p = subprocess.run(
+        [sys.executable, "-m", "tracekit", "check", "txq-flip"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    lines = [ln for ln in p.stdout.splitlines() if "netdev_pick_tx" in ln]
+    assert lines, p.stdout + p.stderr
+    assert all(ln.strip().startswith("FAIL") for ln in lines), lines
+    assert "cannot attach kprobes" in p.stdout
+    assert p.returncode != 0
+    assert "Traceback" not in p.stderr
 
 
 def _a_debian_kernel() -> str | None:

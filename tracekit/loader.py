@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes as ct
+import io
 import os
 import re
 import signal
@@ -42,6 +43,47 @@ def import_bcc() -> Any:
             "--system-site-packages (tracekit run needs it; replay and list do not)"
         ) from None
     return bcc
+
+
+@contextlib.contextmanager
+def bcc_guard(what: str) -> Iterator[None]:
+    """BCC's Python side raises bare Exception, and on a type it cannot map (its
+    struct readers meet ``__be16``, say) prints a line and calls ``sys.exit(1)``:
+    both become one CompileError line, with what BCC printed folded in."""
+    buf = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf):
+            yield
+    except SystemExit:
+        said = " ".join(buf.getvalue().split()) or "BCC gave up"
+        raise CompileError(f"{what}: {said}") from None
+    except Exception as exc:  # noqa: BLE001 - bcc raises bare Exception
+        said = " ".join(buf.getvalue().split())
+        raise CompileError(f"{what}: {exc}" + (f" ({said})" if said else "")) from None
+    else:
+        # Not an error: whatever BCC printed on its Python side still reaches the user.
+        sys.stderr.write(buf.getvalue())
+
+
+def layout_problems(cls: Any, schema: Any) -> list[str]:
+    """How a ctypes struct from BCC differs from a schema (names, offsets, size).
+
+    BCC names the holes clang left ``__pad_N``; a schema declares its padding as
+    fields, so only named members are compared by name, every member by offset.
+    """
+    members = [(f[0], getattr(cls, f[0]).offset) for f in cls._fields_]
+    named = [(n, off) for n, off in members if not n.startswith("__pad_")]
+    offsets = schema.offsets()
+    problems = []
+    if [n for n, _ in named] != list(schema.names):
+        problems.append(f"fields {[n for n, _ in named]} != schema {list(schema.names)}")
+    else:
+        for name, off in named:
+            if off != offsets[name]:
+                problems.append(f"{name} at offset {off}, schema says {offsets[name]}")
+    if ct.sizeof(cls) != schema.size:
+        problems.append(f"struct is {ct.sizeof(cls)} bytes, schema {schema.size}")
+    return problems
 
 
 COMMON_HEADER = "tracekit.h"
@@ -142,39 +184,26 @@ class LoadedProbe:
             for inc in spec.include_dirs:
                 cflags.append(f"-I{stack.enter_context(as_file(inc))}")
             text = expand_common_header(Path(src).read_text())
-            try:
+            with bcc_guard(f"probe {spec.name} failed to compile"):
                 self.bpf = bcc.BPF(text=text.encode(), cflags=cflags)
-            except Exception as exc:  # noqa: BLE001 - bcc raises bare Exception
-                raise CompileError(f"probe {spec.name} failed to compile: {exc}") from None
         self._open = True
         self._check_layout()
 
     # -- layout ------------------------------------------------------------------
 
     def _check_layout(self) -> None:
-        """Refuse to run when the Python schema and the compiled C struct disagree."""
-        try:
-            from bcc.table import _get_event_class
+        """Refuse to run when the Python schema and the compiled C struct disagree.
 
-            cls = _get_event_class(self.bpf["tk_events"])
-        except Exception:  # noqa: BLE001 - bcc could not infer the type; size check below
-            cls = None
-        schema = self.spec.schema
-        if cls is None:
-            return
-        names = [f[0] for f in cls._fields_]
-        offsets = schema.offsets()
-        problems = []
-        if names != list(schema.names):
-            problems.append(f"fields {names} != schema {list(schema.names)}")
-        else:
-            for name in names:
-                if getattr(cls, name).offset != offsets[name]:
-                    problems.append(
-                        f"{name} at offset {getattr(cls, name).offset}, schema says {offsets[name]}"
-                    )
-        if ct.sizeof(cls) != schema.size:
-            problems.append(f"struct is {ct.sizeof(cls)} bytes, schema {schema.size}")
+        The struct as clang laid it out comes from the ``tk_event_layout`` map that
+        tracekit.h declares with ``struct tk_event`` as its value type.
+        """
+        try:
+            with bcc_guard(f"probe {self.spec.name}: reading struct tk_event"):
+                cls = self.bpf["tk_event_layout"].Leaf
+        except CompileError:
+            self.close()
+            raise
+        problems = layout_problems(cls, self.spec.schema)
         if problems:
             self.close()
             raise CompileError(

@@ -211,6 +211,90 @@ def tracefs() -> Path | None:
     return None
 
 
+# The perf PMU BCC opens kprobes through (4.17+); older kernels and BCC fall back
+# to writing tracefs's kprobe_events. A kernel built without CONFIG_KPROBES has
+# neither, though its functions are all still listed in /proc/kallsyms.
+KPROBE_PMU = Path("/sys/bus/event_source/devices/kprobe")
+KPROBE_BLACKLIST = Path("/sys/kernel/debug/kprobes/blacklist")
+
+
+def kprobes_supported(pmu: Path | None = None, root: Path | None = None) -> str | None:
+    """How this kernel takes kprobes (a phrase for the report), or None if it cannot."""
+    pmu = pmu if pmu is not None else KPROBE_PMU
+    if (pmu / "type").exists():
+        return f"kprobe PMU ({pmu})"
+    root = root if root is not None else tracefs()
+    if root is not None and (root / "kprobe_events").exists():
+        return f"{root}/kprobe_events"
+    return None
+
+
+@lru_cache(maxsize=4)
+def traceable_functions(root: Path | None) -> frozenset[str] | None:
+    """Names in tracefs's available_filter_functions (``name [module]`` kept as name).
+
+    None where it cannot be read (tracefs not mounted, no CONFIG_DYNAMIC_FTRACE): a
+    missing file says nothing about a function, so callers then skip this check.
+    """
+    if root is None:
+        return None
+    try:
+        with open(root / "available_filter_functions") as f:
+            return frozenset(line.split(maxsplit=1)[0] for line in f if line.strip())
+    except OSError:
+        return None
+
+
+@lru_cache(maxsize=2)
+def kprobe_blacklist(path: Path) -> frozenset[str]:
+    """Functions the kernel refuses to kprobe (NOKPROBE_SYMBOL; readable with debugfs)."""
+    try:
+        with open(path) as f:
+            return frozenset(ln.split()[-1] for ln in f if ln.split())
+    except OSError:
+        return frozenset()
+
+
+def check_kprobe_target(
+    report: Report,
+    label: str,
+    target: str,
+    *,
+    pmu: Path | None = None,
+    root: Path | None = None,
+    blacklist: Path | None = None,
+) -> bool:
+    """Whether ``target`` (present in kallsyms) can really take a kprobe here."""
+    root = root if root is not None else tracefs()
+    blacklist = blacklist if blacklist is not None else KPROBE_BLACKLIST
+    how = kprobes_supported(pmu, root)
+    if how is None:
+        report.add(
+            label,
+            False,
+            "this kernel cannot attach kprobes (no kprobe PMU, no kprobe_events in tracefs: "
+            "built without CONFIG_KPROBES?)",
+            AttachPointError,
+        )
+        return False
+    if target in kprobe_blacklist(blacklist):
+        report.add(label, False, f"{target} is on the kernel's kprobe blacklist", AttachPointError)
+        return False
+    funcs = traceable_functions(root)
+    if funcs is not None and target not in funcs:
+        report.add(
+            label,
+            False,
+            f"{target} is in /proc/kallsyms but not in available_filter_functions "
+            "(notrace, or not traceable in this kernel)",
+            AttachPointError,
+        )
+        return False
+    where = "kallsyms and available_filter_functions" if funcs is not None else "kallsyms"
+    report.add(label, True, f"present in {where}; kprobes via {how}")
+    return True
+
+
 def check_attach_point(report: Report, ap: AttachPoint, syms: frozenset[str] | None = None) -> bool:
     """Check one attach point; returns whether it is usable."""
     label = ap.describe()
@@ -224,8 +308,7 @@ def check_attach_point(report: Report, ap: AttachPoint, syms: frozenset[str] | N
         return ok
     syms = kallsyms() if syms is None else syms
     if ap.target in syms:
-        report.add(label, True, "present in /proc/kallsyms")
-        return True
+        return check_kprobe_target(report, label, ap.target)
     if ap.module and not module_loaded(ap.module):
         path = module_path(ap.module)
         if path is None:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tracekit.bus import Bus
-from tracekit.errors import InterruptedBeforeStart, SinkFailedError
+from tracekit.errors import InterruptedBeforeStart, SinkFailedError, UsageError
 from tracekit.loader import LoadedProbe, StopSignals, drain_for, remove_stale_bcc_events
 from tracekit.pipeline import Pipeline, SinkOptions, make_sinks, sinks_stream
 from tracekit.preflight import preflight
@@ -42,10 +42,38 @@ class Compiled:
     points: list[AttachPoint]
 
 
-def modes(spec: ProbeSpec, streaming_sinks: bool, opts: RunOptions) -> tuple[bool, bool]:
-    """(stream, aggregate): what the kernel side does for this run's sinks."""
+def fields_needed(sinks: dict[str, object], spec: ProbeSpec) -> frozenset[str]:
+    """The fields the run's sinks read from events (sinks say so with ``fields_needed``)."""
+    out: set[str] = set()
+    for obj in sinks.values():
+        need = getattr(obj, "fields_needed", None)
+        if need is not None:
+            out.update(need(spec.schema))
+    return frozenset(out)
+
+
+def aggregated_fields(spec: ProbeSpec) -> frozenset[str]:
+    """The fields an in-kernel aggregate of ``spec`` carries."""
+    return frozenset(spec.agg_fields + spec.enriched_fields)
+
+
+def modes(
+    spec: ProbeSpec,
+    streaming_sinks: bool,
+    opts: RunOptions,
+    needed: frozenset[str] = frozenset(),
+) -> tuple[bool, bool]:
+    """(stream, aggregate): what the kernel side does for this run's sinks.
+
+    Aggregating in the kernel is only chosen when the aggregate carries every field
+    the sinks read (``--sink hist=wmem`` on a probe that aggregates by path only
+    streams events instead of failing after the run).
+    """
+    covered = needed <= aggregated_fields(spec)
     stream = (
-        opts.stream if opts.stream is not None else (streaming_sinks or not spec.kernel_aggregation)
+        opts.stream
+        if opts.stream is not None
+        else (streaming_sinks or not spec.kernel_aggregation or not covered)
     )
     aggregate = (
         opts.aggregate if opts.aggregate is not None else (spec.kernel_aggregation and not stream)
@@ -99,13 +127,22 @@ def run_probe(
         params = dict(compiled.probe.params)  # what the probe was compiled with
     session = Session(probe=spec.name, schema=spec.schema, params=params)
     sinks = make_sinks(bus, sink_args, SinkOptions(force=opts.force), spec.schema)
+    needed = fields_needed(sinks, spec)
+    if compiled is not None and compiled.probe.aggregate and not compiled.probe.stream:
+        missing = needed - aggregated_fields(spec)
+        if missing:
+            raise UsageError(
+                f"{', '.join(sorted(missing))}: not in {spec.name}'s in-kernel aggregate "
+                f"({', '.join(sorted(aggregated_fields(spec)))}); add a streaming sink "
+                "(console, msgpack) or choose one of these fields"
+            )
     owned = compiled is None
     summary = Summary(interrupted=True)
     started = False
     with StopSignals() as signals:
         try:
             if compiled is None:
-                stream, aggregate = modes(spec, sinks_stream(bus, sink_args), opts)
+                stream, aggregate = modes(spec, sinks_stream(bus, sink_args), opts, needed)
                 compiled = compile_probe(spec, params, opts, stream, aggregate)
             probe = compiled.probe
             session.sample_every = probe.sample if probe.stream else 1

@@ -14,6 +14,7 @@ import os
 import re
 import shutil
 import subprocess
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,6 +60,9 @@ class IperfResult:
     bits_per_second: float
     retransmits: int
     seconds: float
+    bytes_sent: int = 0
+    # UDP only: datagrams the server received (from its report in the client's JSON).
+    packets_received: int | None = None
 
     @property
     def mbit(self) -> float:
@@ -277,15 +281,25 @@ class NetnsLab:
     def tc_stats(self) -> str:
         return self.ns(self.ns_a, "tc", "-s", "qdisc", "show", "dev", DEV_A)
 
-    def start_server(self, cpu: int) -> subprocess.Popen[str]:
+    def start_server(self, cpu: int, timeout: float = 60.0) -> subprocess.Popen[str]:
+        """iperf3 server in B pinned to ``cpu``, returned once it is listening.
+
+        Readiness is awaited, not assumed: under emulation on a busy host iperf3 can
+        take seconds to bind, and a server that died (port taken, bad option) is
+        reported with its own words rather than as a client that found nobody.
+        """
         p = self.popen(self.ns_b, "taskset", "-c", str(cpu), "iperf3", "-s", "-1", "-B", ADDR_B)
-        self.ns(
-            self.ns_b,
-            "sh",
-            "-c",
-            "for i in $(seq 50); do ss -ltn | grep -q :5201 && exit 0; sleep 0.1; done; exit 1",
-        )
-        return p
+        deadline = time.monotonic() + timeout
+        while True:
+            if p.poll() is not None:
+                _, err = p.communicate(timeout=5)
+                raise LabError(f"iperf3 server exited ({p.returncode}): {err.strip()[:300]}")
+            listening = self.ns(self.ns_b, "ss", "-ltnH", "sport", "=", ":5201", check=False)
+            if listening.strip():
+                return p
+            if time.monotonic() > deadline:
+                raise LabError(f"iperf3 server not listening on {ADDR_B}:5201 after {timeout:.0f}s")
+            time.sleep(0.05)
 
     def start_client(
         self, cpu: int, seconds: float, extra: Sequence[str] = ()
@@ -326,13 +340,58 @@ def parse_tc_queue_packets(text: str) -> dict[int, int]:
 
 
 def parse_iperf(stdout: str) -> IperfResult:
+    """The client's ``-J`` report; iperf3's own error text when it has one."""
     try:
         data = json.loads(stdout)
-        end = data["end"]["sum_sent"]
+    except ValueError:
+        raise LabError(f"iperf3 gave no result: {stdout.strip()[:200]!r}") from None
+    if not isinstance(data, dict):
+        raise LabError(f"iperf3 gave no result: {stdout.strip()[:200]!r}")
+    if data.get("error"):
+        raise LabError(f"iperf3 failed: {str(data['error'])[:300]}")
+    try:
+        end = data["end"]
+        sent = end.get("sum_sent") or end["sum"]
+        received = end.get("sum_received") or {}
+        udp = data.get("start", {}).get("test_start", {}).get("protocol") == "UDP"
         return IperfResult(
-            float(end["bits_per_second"]),
-            int(end.get("retransmits", 0)),
-            float(end.get("seconds", 0.0)),
+            float(sent["bits_per_second"]),
+            int(sent.get("retransmits", 0)),
+            float(sent.get("seconds", 0.0)),
+            bytes_sent=int(sent.get("bytes", 0)),
+            packets_received=(
+                int(received["packets"]) - int(received.get("lost_packets", 0))
+                if udp and "packets" in received
+                else None
+            ),
         )
-    except (ValueError, KeyError, TypeError):
-        raise LabError(f"iperf3 gave no result: {stdout.strip()[:200]}") from None
+    except (KeyError, TypeError, ValueError, AttributeError):
+        raise LabError(f"iperf3 gave no result: {stdout.strip()[:200]!r}") from None
+
+
+def finish_client(proc: subprocess.Popen[str], timeout: float = 30) -> IperfResult:
+    """Wait for an iperf3 client and check that it moved traffic.
+
+    A client that failed (its exit status, its JSON ``error``), sent nothing, or
+    whose UDP datagrams never reached the server is a lab error naming the cause:
+    a lab that measured no workload must not report a result.
+    """
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate(timeout=5)
+        raise LabError(f"iperf3 client still running {timeout:.0f}s after its end") from None
+    try:
+        res = parse_iperf(out)
+    except LabError as exc:
+        if proc.returncode and err.strip():
+            raise LabError(f"{exc} ({err.strip()[:200]})") from None
+        raise
+    if proc.returncode not in (0, None):
+        raise LabError(f"iperf3 client exited with status {proc.returncode}: {err.strip()[:200]}")
+    if res.bytes_sent <= 0:
+        raise LabError("iperf3 client sent nothing: the lab's workload did not run")
+    if res.packets_received == 0:
+        raise LabError("iperf3's UDP datagrams never reached the server")
+    return res

@@ -6,6 +6,7 @@ itself (qdisc counters, softnet_stat), so a lab run, and a test, can compare the
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -17,7 +18,7 @@ from typing import Any
 
 from tracekit.bus import Bus
 from tracekit.errors import LabError
-from tracekit.lab.netns import DEV_A, DEV_B, NetnsLab, parse_iperf
+from tracekit.lab.netns import DEV_A, DEV_B, NetnsLab, finish_client
 from tracekit.lab.nics import HASH_FIELDS, find_nic_pair
 from tracekit.run import Compiled, RunOptions, run_probe
 from tracekit.session import Summary
@@ -153,17 +154,29 @@ def traced_iperf(
         res.fq_delta = {q: _delta(v, before["fq"].get(q, {})) for q, v in fq_after.items()}
         res.softnet_delta = _delta(after_softnet, before["softnet"])
         res.rxq_delta = _delta(after_rxq, before["rxq"])
-    if client:
+    if not client:
+        # Stopped (Ctrl-C) before the client started: nothing measured, nothing to say.
+        pass
+    elif summary.interrupted:
+        # Ctrl-C: iperf3 reports what it sent so far when interrupted; best effort.
         proc = client[0]
         if proc.poll() is None:
-            # Ctrl-C: iperf3 reports what it sent so far when interrupted.
             proc.send_signal(signal.SIGINT)
-        try:
-            out, _ = proc.communicate(timeout=15)
-            r = parse_iperf(out)
+        with contextlib.suppress(LabError):
+            r = finish_client(proc)
             res.iperf_mbit, res.retransmits = r.mbit, r.retransmits
-        except (subprocess.TimeoutExpired, LabError):
-            pass
+    else:
+        proc = client[0]
+        if proc.poll() is None:
+            proc.kill()
+            server.kill()
+            raise LabError(f"iperf3 client did not finish within {opts.duration:.0f}s")
+        try:
+            r = finish_client(proc)
+        finally:
+            if server.poll() is None:
+                server.kill()
+        res.iperf_mbit, res.retransmits = r.mbit, r.retransmits
     if server.poll() is None:
         server.kill()
         server.wait(timeout=5)

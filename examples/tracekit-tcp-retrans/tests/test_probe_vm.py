@@ -13,14 +13,23 @@ pytestmark = pytest.mark.vm
 
 
 def snmp(lab: NetnsLab) -> dict[str, int]:
-    """Tcp counters of /proc/net/snmp and TcpExt of /proc/net/netstat, in namespace A."""
+    """Tcp counters of /proc/net/snmp and TcpExt of /proc/net/netstat, summed over
+    namespaces A and B.
+
+    SNMP counters are per network namespace; the probe sees every namespace. Both
+    ends retransmit: the client its data, and the server too, when the ACKs A sends
+    it are lost (its control messages, its FIN; a tail loss probe). Comparing the
+    probe with A's counters alone once found one retransmit more in the probe.
+    """
     out: dict[str, int] = {}
-    for f in ("/proc/net/snmp", "/proc/net/netstat"):
-        lines = lab.ns(lab.ns_a, "cat", f).splitlines()
-        for head, vals in zip(lines[::2], lines[1::2], strict=True):
-            prefix = head.split(":")[0]
-            for k, v in zip(head.split()[1:], vals.split()[1:], strict=True):
-                out[f"{prefix}.{k}"] = int(v)
+    for ns in (lab.ns_a, lab.ns_b):
+        for f in ("/proc/net/snmp", "/proc/net/netstat"):
+            lines = lab.ns(ns, "cat", f).splitlines()
+            for head, vals in zip(lines[::2], lines[1::2], strict=True):
+                prefix = head.split(":")[0]
+                for k, v in zip(head.split()[1:], vals.split()[1:], strict=True):
+                    key = f"{prefix}.{k}"
+                    out[key] = out.get(key, 0) + int(v)
     return out
 
 
@@ -32,9 +41,12 @@ def test_segments_match_tcp_retrans_segs(tracekit_run_probe: Callable) -> None:
         snap: dict[str, dict[str, int]] = {}
 
         def quiet() -> bool:
-            # No socket left that could still retransmit (TIME-WAIT and LISTEN cannot).
-            out = lab.ns(lab.ns_a, "ss", "-tanH", "state", "connected", "exclude", "time-wait")
-            return not out.strip()
+            # No socket left on either side that could still retransmit (TIME-WAIT
+            # and LISTEN cannot; FIN-WAIT and LAST-ACK can).
+            return not any(
+                lab.ns(ns, "ss", "-tanH", "state", "connected", "exclude", "time-wait").strip()
+                for ns in (lab.ns_a, lab.ns_b)
+            )
 
         def traffic() -> None:
             snap["before"] = snmp(lab)
@@ -51,9 +63,10 @@ def test_segments_match_tcp_retrans_segs(tracekit_run_probe: Callable) -> None:
     d = {k: snap["after"][k] - snap["before"].get(k, 0) for k in snap["after"]}
     probe_segs = sum(out.summary.counters["retrans_counts"]["segments"].values())
     assert d["Tcp.RetransSegs"] > 0
-    # TcpRetransSegs also counts retransmits that failed to leave (TCPRetransFail);
-    # the tracepoint fires only for those that left. (SYN-ACK retransmits, which have
-    # their own tracepoint, happen on the server's side, in namespace B.)
+    # TcpRetransSegs also counts retransmits that failed to leave (TCPRetransFail) and
+    # SYN-ACK retransmits (tcp_retransmit_synack, a tracepoint of their own, counted
+    # in TCPSynRetrans with SYN retransmits): the probe's tracepoint sees neither.
     missing = d["Tcp.RetransSegs"] - probe_segs
-    assert 0 <= missing <= d.get("TcpExt.TCPRetransFail", 0), d
+    bound = d.get("TcpExt.TCPRetransFail", 0) + d.get("TcpExt.TCPSynRetrans", 0)
+    assert 0 <= missing <= bound, d
     assert "@retransmits[" in out.stdout
