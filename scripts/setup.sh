@@ -16,6 +16,8 @@ APT_PACKAGES=(
   bpftool                    # lists BPF programs: nothing of tracekit stays attached
   iperf3 iproute2 ethtool util-linux procps kmod  # the labs
   python3-venv python3-pip
+  clang libbpf-dev linux-libc-dev  # builds the CO-RE probe objects (tracekit build), once
+  libbpf1                    # loads them (ctypes): no BCC, no kernel headers at run time
   stress-ng                  # keeps the host's cores busy for the under-load VM runs
 )
 
@@ -24,18 +26,18 @@ APT_PACKAGES=(
 # the code runs nothing missing from this list, and dpkg says which package owns each.
 PROGRAMS=(
   qemu-system-x86_64 busybox
-  ip tc ss ethtool iperf3 taskset nsenter setpriv flock mount sysctl
+  ip tc ss ethtool iperf3 taskset nsenter setpriv unshare flock mount sysctl
   modprobe rmmod bpftool bpftrace stress-ng
-  sh cat awk grep sed dpkg dpkg-query
+  clang sh cat awk grep sed dpkg dpkg-query
 )
 
+SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
 if ((${#missing[@]})); then
   echo "setup: installing ${missing[*]}" >&2
-  SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
@@ -63,3 +65,7 @@ if ! .venv/bin/python -c 'import tracekit_tcp_retrans' 2>/dev/null; then
   echo "setup: installing examples/tracekit-tcp-retrans" >&2
   pip_install ./examples/tracekit-tcp-retrans
 fi
+
+# The CO-RE objects of the probes that have one, into /var/cache/tracekit/core
+# (owned by root, checked before every load): start-up then needs no compiler.
+$SUDO .venv/bin/tracekit build >/dev/null

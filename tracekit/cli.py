@@ -154,6 +154,13 @@ def list_cmd(ctx: click.Context, as_json: bool) -> None:
     metavar="N",
     help="perf buffer pages per CPU, a power of two (the shared ring buffer gets 16 x N)",
 )
+@click.option(
+    "--loader",
+    type=click.Choice(["auto", "core", "bcc"]),
+    default="auto",
+    show_default=True,
+    help="core: the probe's CO-RE object (built once, needs BTF); bcc: compile now",
+)
 @force_option
 @click.pass_context
 def run_cmd(
@@ -166,6 +173,7 @@ def run_cmd(
     sample: int,
     max_events_per_sec: int,
     buffer_pages: int,
+    loader: str,
     force: bool,
 ) -> None:
     """Compile PROBE, attach it and send its events to sinks until Ctrl-C or --duration."""
@@ -194,6 +202,7 @@ def run_cmd(
             force=force,
             sample=sample,
             page_cnt=buffer_pages,
+            loader=loader,
         ),
     )
 
@@ -266,14 +275,16 @@ def info_cmd(file: str) -> None:
 @click.pass_context
 def check_cmd(ctx: click.Context, probe: str | None) -> None:
     """Report whether this machine can run PROBE (or every probe): all problems at once."""
-    from tracekit.preflight import preflight
+    from tracekit.preflight import choose_loader, preflight
 
     bus = _bus(ctx)
     specs = [bus.probes.get(probe)] if probe else list(bus.probes)
     failed: TracekitError | None = None
     for spec in specs:
-        report, _ = preflight(spec)
+        loader, why = choose_loader(spec)
+        report, _ = preflight(spec, loader)
         click.echo(f"{spec.name}:")
+        click.echo(f"  loader: {loader} ({why})")
         for line in report.render().splitlines():
             click.echo(f"  {line}")
         if not report.ok and failed is None:
@@ -281,6 +292,21 @@ def check_cmd(ctx: click.Context, probe: str | None) -> None:
             failed = (c.error or TracekitError)(c.message)
     if failed is not None:
         ctx.exit(failed.exit_code)
+
+
+@cli.command("build")
+@click.argument("probes", nargs=-1)
+@click.pass_context
+def build_cmd(ctx: click.Context, probes: tuple[str, ...]) -> None:
+    """Build the CO-RE objects of PROBES (default: every probe that has one) with clang."""
+    from tracekit.core_build import CACHE_DIR, build
+
+    bus = _bus(ctx)
+    specs = [bus.probes.get(p) for p in probes] if probes else [s for s in bus.probes if s.core]
+    for spec in specs:
+        click.echo(f"{spec.name}: {build(spec)}")
+    if not specs:
+        click.echo(f"no probe has a CO-RE build; objects would go to {CACHE_DIR}")
 
 
 @cli.command("new")

@@ -65,13 +65,18 @@ def bcc_guard(what: str) -> Iterator[None]:
         sys.stderr.write(buf.getvalue())
 
 
-def layout_problems(cls: Any, schema: Any) -> list[str]:
-    """How a ctypes struct from BCC differs from a schema (names, offsets, size).
+def ctypes_members(cls: Any) -> list[tuple[str, int]]:
+    """(name, offset) of each member of a ctypes struct (BCC's view of a C struct)."""
+    return [(f[0], getattr(cls, f[0]).offset) for f in cls._fields_]
+
+
+def layout_problems(members: list[tuple[str, int]], size: int, schema: Any) -> list[str]:
+    """How a compiled struct (its members' names and offsets, its size) differs from
+    a schema.
 
     BCC names the holes clang left ``__pad_N``; a schema declares its padding as
     fields, so only named members are compared by name, every member by offset.
     """
-    members = [(f[0], getattr(cls, f[0]).offset) for f in cls._fields_]
     named = [(n, off) for n, off in members if not n.startswith("__pad_")]
     offsets = schema.offsets()
     problems = []
@@ -81,8 +86,8 @@ def layout_problems(cls: Any, schema: Any) -> list[str]:
         for name, off in named:
             if off != offsets[name]:
                 problems.append(f"{name} at offset {off}, schema says {offsets[name]}")
-    if ct.sizeof(cls) != schema.size:
-        problems.append(f"struct is {ct.sizeof(cls)} bytes, schema {schema.size}")
+    if size != schema.size:
+        problems.append(f"struct is {size} bytes, schema {schema.size}")
     return problems
 
 
@@ -163,7 +168,9 @@ class LoadedProbe:
         self._output_open = False
         bcc = import_bcc()
         self.ncpus = len(online_cpus())
+        # TK_PARAM_NAME for probes testing it with #if; TK_PARAM_name for TK_PARAM(name).
         cflags = [f"-D{p.macro}={params[p.name]}" for p in spec.params]
+        cflags += [f"-DTK_PARAM_{p.name}={params[p.name]}" for p in spec.params]
         cflags += [
             f"-DTK_STREAM={1 if stream else 0}",
             f"-DTK_AGG={1 if self.aggregate else 0}",
@@ -181,6 +188,8 @@ class LoadedProbe:
         with contextlib.ExitStack() as stack:
             src = stack.enter_context(as_file(spec.source))
             cflags.append(f"-I{Path(src).parent}")
+            # tk_compat.h and tk_kernel_types.h, for probes that include them.
+            cflags.append(f"-I{stack.enter_context(as_file(files('tracekit.probes')))}")
             for inc in spec.include_dirs:
                 cflags.append(f"-I{stack.enter_context(as_file(inc))}")
             text = expand_common_header(Path(src).read_text())
@@ -203,7 +212,7 @@ class LoadedProbe:
         except CompileError:
             self.close()
             raise
-        problems = layout_problems(cls, self.spec.schema)
+        problems = layout_problems(ctypes_members(cls), ct.sizeof(cls), self.spec.schema)
         if problems:
             self.close()
             raise CompileError(

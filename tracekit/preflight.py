@@ -382,12 +382,45 @@ def usable_attach_points(spec: ProbeSpec, report: Report) -> list[AttachPoint]:
     return chosen
 
 
-def preflight(spec: ProbeSpec) -> tuple[Report, list[AttachPoint]]:
+def choose_loader(
+    spec: ProbeSpec, wanted: str = "auto", *, aggregate: bool = False, output: str = "auto"
+) -> tuple[str, str]:
+    """("core" or "bcc", why): which path loads ``spec`` here.
+
+    The CO-RE path needs the probe's object built (``tracekit build``) and intact,
+    and the kernel's BTF; it streams through the ring buffer and does not read
+    in-kernel aggregates yet. BCC compiles per run against the kernel's headers.
+    """
+    from tracekit.core_build import find_object
+
+    if wanted == "bcc":
+        return "bcc", "asked for (--loader bcc)"
+    why = None
+    path, found = find_object(spec)
+    if path is None:
+        why = found
+    elif not Path("/sys/kernel/btf/vmlinux").exists():
+        why = "the kernel has no BTF (/sys/kernel/btf/vmlinux)"
+    elif aggregate:
+        why = "in-kernel aggregation (hist only) is BCC's for now"
+    elif output == "perf":
+        why = "the CO-RE loader reads the ring buffer only (--output perf)"
+    if why is None:
+        return "core", found
+    if wanted == "core":
+        raise TracekitError(f"probe {spec.name} cannot use the CO-RE loader: {why}")
+    return "bcc", f"no CO-RE: {why}"
+
+
+def preflight(spec: ProbeSpec, loader: str = "bcc") -> tuple[Report, list[AttachPoint]]:
     report = Report()
     check_privileges(report)
-    check_bcc(report)
-    check_headers(report)
-    if spec.needs_btf:
+    if loader == "bcc":
+        check_bcc(report)
+        check_headers(report)
+    else:
+        check_btf(report)
+    if spec.needs_btf and loader == "bcc":
         check_btf(report)
     points = usable_attach_points(spec, report)
     return report, points

@@ -99,6 +99,9 @@ class ProbeSpec:
     min_kernel: str = "5.8"
     event_struct: str = "tk_event"
     needs_btf: bool = False
+    # The source also compiles with -DTK_CORE (probes/tk_compat.h): `tracekit build`
+    # makes a CO-RE object of it, which runs without headers and without BCC.
+    core: bool = False
     include_dirs: tuple[Traversable, ...] = ()
     # Called with the compiled bcc.BPF object and the parameters after attach, for
     # probes that need to fill maps (filters, BTF offsets) before events flow.

@@ -11,7 +11,7 @@ from tracekit.bus import Bus
 from tracekit.errors import InterruptedBeforeStart, SinkFailedError, UsageError
 from tracekit.loader import LoadedProbe, StopSignals, drain_for, remove_stale_bcc_events
 from tracekit.pipeline import Pipeline, SinkOptions, make_sinks, sinks_stream
-from tracekit.preflight import preflight
+from tracekit.preflight import choose_loader, preflight
 from tracekit.registry import AttachPoint, ProbeSpec
 from tracekit.session import Session, Summary
 
@@ -30,6 +30,8 @@ class RunOptions:
     # kernel otherwise). Tests force both to compare the two paths.
     stream: bool | None = None
     aggregate: bool | None = None
+    # auto: the CO-RE object where it can serve, else BCC (tracekit check says why).
+    loader: str = "auto"
 
 
 def say(msg: str) -> None:
@@ -38,8 +40,9 @@ def say(msg: str) -> None:
 
 @dataclass
 class Compiled:
-    probe: LoadedProbe
+    probe: Any  # LoadedProbe (BCC) or CoreProbe (CO-RE): the same methods
     points: list[AttachPoint]
+    loader: str = "bcc"
 
 
 def fields_needed(sinks: dict[str, object], spec: ProbeSpec) -> frozenset[str]:
@@ -88,9 +91,30 @@ def compile_probe(
     stream: bool = True,
     aggregate: bool = False,
 ) -> Compiled:
-    """Preflight (raising the first problem) and compile."""
-    report, points = preflight(spec)
+    """Preflight (raising the first problem) and compile (BCC) or load (CO-RE)."""
+    loader, why = choose_loader(spec, opts.loader, aggregate=aggregate, output=opts.output)
+    report, points = preflight(spec, loader)
     report.raise_first()
+    if loader == "core":
+        from tracekit.core_build import find_object
+        from tracekit.core_loader import CoreProbe
+
+        path, _ = find_object(spec)
+        assert path is not None  # choose_loader said so
+        if not opts.quiet:
+            say(f"loading {spec.name} ({why})")
+        core = CoreProbe(
+            spec,
+            params,
+            path,
+            output=opts.output,
+            stream=stream,
+            aggregate=aggregate,
+            sample=opts.sample,
+            max_events_per_sec=opts.max_events_per_sec,
+            page_cnt=opts.page_cnt,
+        )
+        return Compiled(core, points, "core")
     remove_stale_bcc_events()
     if not opts.quiet:
         say(f"compiling {spec.name} ...")

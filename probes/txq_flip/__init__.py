@@ -69,6 +69,7 @@ PROBE = ProbeSpec(
         ),
     ),
     min_kernel="5.2",
+    core=True,
 )
 
 

@@ -6,9 +6,12 @@
  * move. We remember the socket's queue at entry and compare it with the queue
  * returned, emitting an event only when they differ.
  */
+#include "tk_compat.h"
+#ifndef TK_CORE
 #include <linux/skbuff.h>
 #include <linux/netdevice.h>
 #include <net/sock.h>
+#endif
 
 /* The one declaration of the event layout; tracekit checks its Python schema
  * against this struct as BCC compiled it. Explicit padding, no holes. */
@@ -33,6 +36,8 @@ struct tk_event {
 
 #include "tracekit.h"
 
+TK_PARAM(ifindex); /* only this interface (0: all) */
+
 /* Per-CPU counters: [0] calls, [1] queue changes, [2] skbs without a socket. */
 BPF_PERCPU_ARRAY(txq_counts, u64, 3);
 
@@ -55,39 +60,46 @@ static __always_inline void count(int slot)
         (*v)++;
 }
 
-int tk_pick_tx_entry(struct pt_regs *ctx, struct net_device *dev, struct sk_buff *skb)
+TK_SEC("kprobe") int tk_pick_tx_entry(struct pt_regs *ctx)
 {
+    struct net_device *dev = (struct net_device *)PT_REGS_PARM1(ctx);
+    struct sk_buff *skb = (struct sk_buff *)PT_REGS_PARM2(ctx);
     int zero = 0;
     struct entry_state *st = txq_entry.lookup(&zero);
     if (!st)
         return 0;
     st->valid = 0;
-#if TK_PARAM_IFINDEX > 0
-    int ifindex = 0;
-    bpf_probe_read_kernel(&ifindex, sizeof(ifindex), &dev->ifindex);
-    if (ifindex != TK_PARAM_IFINDEX)
-        return 0;
-#endif
+    if (tk_param_ifindex > 0) {
+        int ifindex = 0;
+        bpf_probe_read_kernel(&ifindex, sizeof(ifindex), &dev->ifindex);
+        if (ifindex != tk_param_ifindex)
+            return 0;
+    }
     count(0);
-    /* ooo_okay is a bitfield: copy the skb to the stack and let clang extract it,
-     * since a probe read cannot take the address of a bitfield. */
-    struct sk_buff s = {};
-    bpf_probe_read_kernel(&s, sizeof(s), skb);
-    if (!s.sk) {
+    struct sock *sk = NULL;
+    bpf_probe_read_kernel(&sk, sizeof(sk), &skb->sk);
+    if (!sk) {
         count(2);
         return 0;
     }
     u16 before = 0xffff;
-    bpf_probe_read_kernel(&before, sizeof(before), &s.sk->sk_tx_queue_mapping);
-    st->sk = s.sk;
+    bpf_probe_read_kernel(&before, sizeof(before), &sk->sk_tx_queue_mapping);
+    st->sk = sk;
     st->dev = dev;
     st->before = before;
+#ifdef TK_CORE
+    st->ooo_okay = BPF_CORE_READ_BITFIELD_PROBED(skb, ooo_okay);
+#else
+    /* A probe read cannot take a bitfield's address: copy the skb, let clang extract. */
+    struct sk_buff s = {};
+    bpf_probe_read_kernel(&s, sizeof(s), skb);
     st->ooo_okay = s.ooo_okay;
+#endif
     st->valid = 1;
     return 0;
 }
 
-int tk_pick_tx_return(struct pt_regs *ctx)
+TK_SEC("kretprobe") int tk_pick_tx_return(struct pt_regs *ctx)
 {
     int zero = 0;
     struct entry_state *st = txq_entry.lookup(&zero);
@@ -98,7 +110,8 @@ int tk_pick_tx_return(struct pt_regs *ctx)
     if (after == st->before)
         return 0;
     count(1);
-#if TK_STREAM
+    if (!tk_stream)
+        return 0;
     struct tk_event ev = {};
     struct sock *sk = st->sk;
     ev.ts_ns = bpf_ktime_get_ns();
@@ -116,6 +129,5 @@ int tk_pick_tx_return(struct pt_regs *ctx)
         ev.saddr = ev.daddr = 0; /* IPv6: addresses are not in these fields */
     bpf_get_current_comm(&ev.comm, sizeof(ev.comm));
     tk_emit(ctx, &ev);
-#endif
     return 0;
 }

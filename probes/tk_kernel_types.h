@@ -1,0 +1,57 @@
+/* Kernel types for probes built once with clang (CO-RE), not against one kernel.
+ *
+ * Only the members the probes read are declared, in any order: every access is
+ * recorded as a relocation (preserve_access_index) that libbpf resolves against
+ * the running kernel's BTF when it loads the object, so a member that moved
+ * between kernels is found where it is. Names must be the kernel's; a member
+ * renamed in some kernels gets a second declaration with a ___flavour suffix.
+ *
+ * The BCC path never sees this file: it compiles against the kernel's headers.
+ */
+#ifndef TK_KERNEL_TYPES_H
+#define TK_KERNEL_TYPES_H
+/* These are the kernel's own types, as in a vmlinux.h: bpf_tracing.h then names
+ * pt_regs members the kernel's way (di, not rdi). */
+#define __VMLINUX_H__ 1
+
+#pragma clang attribute push(__attribute__((preserve_access_index)), apply_to = record)
+
+/* x86-64's register frame (arch/x86/include/asm/ptrace.h), which bpf_tracing.h's
+ * PT_REGS_* macros read. */
+struct pt_regs {
+    unsigned long r15, r14, r13, r12, bp, bx, r11, r10, r9, r8, ax, cx, dx, si, di;
+    unsigned long orig_ax, ip, cs, flags, sp, ss;
+};
+
+struct sock_common {
+    __be32 skc_daddr;
+    __be32 skc_rcv_saddr;
+    __be16 skc_dport;
+    __u16 skc_num;
+    unsigned short skc_family;
+    volatile unsigned char skc_state;
+};
+
+struct sock {
+    struct sock_common __sk_common;
+    unsigned short sk_tx_queue_mapping;
+};
+
+struct net_device {
+    char name[16];
+    int ifindex;
+};
+
+struct sk_buff {
+    struct sock *sk;
+    struct net_device *dev;
+    unsigned int len;
+    __u32 hash;
+    __u16 queue_mapping;
+    __u8 ooo_okay : 1;
+    __u8 l4_hash : 1;
+};
+
+#pragma clang attribute pop
+
+#endif /* TK_KERNEL_TYPES_H */

@@ -1,0 +1,89 @@
+"""CO-RE objects: built once by clang, checked before every load (host, no kernel needed)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+import tracekit.core_build as cb
+from tracekit.btf import Btf
+from tracekit.bus import build_bus
+from tracekit.core_loader import _elf
+from tracekit.errors import TracekitError
+from tracekit.loader import layout_problems
+from tracekit.preflight import choose_loader
+from tracekit.registry import ProbeSpec
+
+pytestmark = pytest.mark.skipif(shutil.which("clang") is None, reason="clang not installed")
+
+
+@pytest.fixture
+def cache(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    d = tmp_path / "core"
+    monkeypatch.setattr(cb, "CACHE_DIR", d)
+    return d
+
+
+@pytest.fixture(scope="module")
+def txq() -> ProbeSpec:
+    return build_bus().probes.get("txq-flip")
+
+
+def test_built_object_matches_the_schema_and_declares_every_setting(
+    cache: Path, txq: ProbeSpec
+) -> None:
+    path = cb.build(txq)
+    assert path.parent == cache and path.exists()
+    syms, btf = _elf(path)
+    st = Btf(btf).find_struct("tk_event")
+    # The struct clang compiled is the schema, member by member.
+    assert (
+        layout_problems([(m.name, m.offset) for m in st.members], st.size_or_type, txq.schema) == []
+    )
+    # Settings and the parameter are read-only globals the loader can find and set.
+    for name in ("tk_stream", "tk_sample", "tk_max_events_per_sec", "tk_param_ifindex"):
+        assert name in syms, sorted(syms)
+    assert cb.find_object(txq)[0] == path
+    # Built once: a second build reuses it.
+    mtime = path.stat().st_mtime_ns
+    assert cb.build(txq) == path and path.stat().st_mtime_ns == mtime
+
+
+def test_a_tampered_or_exposed_object_is_never_loaded(cache: Path, txq: ProbeSpec) -> None:
+    path = cb.build(txq)
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    why = cb.verified(path)
+    assert why and "does not match its recorded hash" in why
+    found, reason = cb.find_object(txq)
+    assert found is None and "tampered" in reason
+    # Rebuilt (the hash mismatch makes build compile again), then exposed.
+    path.unlink()
+    path = cb.build(txq)
+    assert cb.verified(path) is None
+    os.chmod(path, 0o666)
+    assert "writable by others" in (cb.verified(path) or "")
+    os.chmod(path, 0o644)
+    if os.geteuid() == 0:
+        os.chown(path, 65534, 65534)
+        assert "not owned by root" in (cb.verified(path) or "")
+
+
+def test_the_loader_choice_says_why(cache: Path, txq: ProbeSpec) -> None:
+    spec = txq
+    loader, why = choose_loader(spec)
+    assert loader == "bcc" and "no CO-RE object built" in why and "tracekit build" in why
+    with pytest.raises(TracekitError, match="cannot use the CO-RE loader: no CO-RE object"):
+        choose_loader(spec, "core")
+    cb.build(spec)
+    if Path("/sys/kernel/btf/vmlinux").exists():
+        assert choose_loader(spec)[0] == "core"
+    assert choose_loader(spec, aggregate=True)[0] == "bcc"
+    assert "ring buffer only" in choose_loader(spec, output="perf")[1]
+    assert choose_loader(spec, "bcc") == ("bcc", "asked for (--loader bcc)")
+    rss = build_bus().probes.get("rss-cpu")
+    assert choose_loader(rss) == ("bcc", "no CO-RE: the probe has no CO-RE build")

@@ -1,0 +1,127 @@
+"""Build a probe's CO-RE object once, keep it in one place, refuse a tampered one.
+
+``tracekit build`` (run by scripts/setup.sh) compiles each probe whose source
+supports it (``ProbeSpec.core``) with clang into ``CACHE_DIR``, named by a hash of
+the sources and flags that went into it, with the object's own SHA-256 beside it
+(and the compiler that built it, for the record). Running needs no compiler. At
+run time an object is used only if it is there under the name today's sources hash
+to, owned by root, writable by nobody else, and its bytes still hash to what the
+build recorded. Anything else: the BCC path, and `tracekit
+check` says why.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import stat
+import subprocess
+import tempfile
+from importlib.resources import as_file, files
+from pathlib import Path
+
+from tracekit.errors import CompileError, TracekitError
+from tracekit.registry import ProbeSpec
+
+CACHE_DIR = Path(os.environ.get("TRACEKIT_CACHE", "/var/cache/tracekit")) / "core"
+HEADERS = ("tracekit.h", "tk_compat.h", "tk_kernel_types.h")
+CFLAGS = ("-O2", "-g", "-target", "bpf", "-D__TARGET_ARCH_x86", "-DTK_CORE", "-Wall", "-Werror")
+
+
+def _clang() -> str:
+    path = shutil.which("clang")
+    if path is None:
+        raise TracekitError("clang is not installed: apt-get install clang (tracekit build)")
+    return path
+
+
+def _sources(spec: ProbeSpec) -> list[bytes]:
+    root = files("tracekit.probes")
+    return [spec.source.read_bytes()] + [root.joinpath(h).read_bytes() for h in HEADERS]
+
+
+def object_key(spec: ProbeSpec) -> str:
+    h = hashlib.sha256()
+    for part in (" ".join(CFLAGS).encode(), *_sources(spec)):
+        h.update(len(part).to_bytes(8, "little"))
+        h.update(part)
+    return h.hexdigest()[:20]
+
+
+def compiler_version() -> str:
+    try:
+        out = subprocess.run([_clang(), "--version"], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired, TracekitError):
+        return ""
+    return out.stdout.splitlines()[0] if out.stdout else ""
+
+
+def object_path(spec: ProbeSpec) -> Path:
+    return CACHE_DIR / f"{spec.name}-{object_key(spec)}.bpf.o"
+
+
+def build(spec: ProbeSpec) -> Path:
+    """Compile ``spec`` for CO-RE into the cache (a no-op when it is there already)."""
+    if not spec.core:
+        raise TracekitError(f"probe {spec.name} has no CO-RE build (ProbeSpec.core)")
+    out = object_path(spec)
+    if verified(out) is None:
+        return out
+    CACHE_DIR.mkdir(parents=True, exist_ok=True)
+    os.chmod(CACHE_DIR, 0o755)
+    with as_file(files("tracekit.probes")) as inc, as_file(spec.source) as src:
+        fd, tmp = tempfile.mkstemp(dir=CACHE_DIR, suffix=".tmp")
+        os.close(fd)
+        cmd = [
+            _clang(),
+            *CFLAGS,
+            f"-I{inc}",
+            f"-I{Path(src).parent}",
+            "-I/usr/include/x86_64-linux-gnu",
+            "-c",
+            str(src),
+            "-o",
+            tmp,
+        ]
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+        if p.returncode != 0:
+            os.unlink(tmp)
+            first = next((ln for ln in p.stderr.splitlines() if "error" in ln), p.stderr.strip())
+            raise CompileError(f"probe {spec.name}: CO-RE build failed: {first[:300]}")
+    digest = hashlib.sha256(Path(tmp).read_bytes()).hexdigest()
+    os.chmod(tmp, 0o644)
+    Path(str(out) + ".sha256").write_text(digest + "\n")
+    Path(str(out) + ".built-by").write_text(compiler_version() + "\n")
+    os.replace(tmp, out)
+    return out
+
+
+def verified(path: Path) -> str | None:
+    """Why ``path`` must not be loaded, or None when it may be."""
+    try:
+        st = path.stat()
+        dst = path.parent.stat()
+    except OSError:
+        return f"no CO-RE object built ({path.name}; run 'tracekit build')"
+    for what, s in (("object", st), ("its folder", dst)):
+        if s.st_uid != 0:
+            return f"the CO-RE {what} is not owned by root ({path})"
+        if s.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+            return f"the CO-RE {what} is writable by others ({path})"
+    try:
+        want = Path(str(path) + ".sha256").read_text().strip()
+    except OSError:
+        return f"the CO-RE object has no recorded hash ({path})"
+    if hashlib.sha256(path.read_bytes()).hexdigest() != want:
+        return f"the CO-RE object does not match its recorded hash: tampered? ({path})"
+    return None
+
+
+def find_object(spec: ProbeSpec) -> tuple[Path | None, str]:
+    """(object to load, why) for this probe's CO-RE path; (None, reason) if not."""
+    if not spec.core:
+        return None, "the probe has no CO-RE build"
+    path = object_path(spec)
+    why = verified(path)
+    return (None, why) if why else (path, f"CO-RE object {path}")

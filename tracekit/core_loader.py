@@ -1,0 +1,284 @@
+"""The CO-RE loader: a probe compiled once by clang, loaded by libbpf, no BCC.
+
+``CoreProbe`` offers what the BCC loader's ``LoadedProbe`` offers the run (attach,
+detach, poll, counters, aggregate, losses), for probes whose source compiles with
+``-DTK_CORE`` (see probes/tk_compat.h). Settings and parameters are written into
+the object's read-only data before load, so one object serves every value; ring
+buffer events are read from the buffer's mapped pages a batch at a time.
+"""
+
+from __future__ import annotations
+
+import ctypes as ct
+import struct
+from pathlib import Path
+from typing import Any
+
+from tracekit.btf import Btf
+from tracekit.errors import CompileError, TracekitError
+from tracekit.libbpf import LibbpfError, libbpf
+from tracekit.loader import layout_problems, online_cpus
+from tracekit.registry import AttachPoint, ProbeSpec
+from tracekit.ringbuf import HEADER, RingBuffer
+from tracekit.schema import Schema
+from tracekit.session import LostReport
+
+POLL_MS = 100
+
+
+def _elf(path: Path) -> tuple[dict[str, tuple[int, int]], bytes]:
+    """The object's .rodata symbols (name -> offset, size) and its .BTF section."""
+    from elftools.elf.elffile import ELFFile
+    from elftools.elf.sections import SymbolTableSection
+
+    with open(path, "rb") as f:
+        elf = ELFFile(f)
+        rodata = elf.get_section_by_name(".rodata")
+        idx = elf.get_section_index(".rodata") if rodata is not None else -1
+        syms: dict[str, tuple[int, int]] = {}
+        symtab = elf.get_section_by_name(".symtab")
+        if isinstance(symtab, SymbolTableSection):
+            for s in symtab.iter_symbols():
+                if s["st_shndx"] == idx and s.name:
+                    syms[s.name] = (int(s["st_value"]), int(s["st_size"]))
+        btf = elf.get_section_by_name(".BTF")
+        return syms, (btf.data() if btf is not None else b"")
+
+
+class CoreProbe:
+    """A CO-RE object of one probe, loaded into the kernel."""
+
+    def __init__(
+        self,
+        spec: ProbeSpec,
+        params: dict[str, int],
+        obj_path: Path,
+        *,
+        output: str = "ringbuf",
+        stream: bool = True,
+        aggregate: bool = False,
+        sample: int = 1,
+        max_events_per_sec: int = 0,
+        page_cnt: int = 64,
+    ) -> None:
+        self.spec = spec
+        self.params = params
+        self.output = "ringbuf" if output == "auto" else output
+        if self.output != "ringbuf":
+            raise TracekitError("the CO-RE loader reads the ring buffer only (--output ringbuf)")
+        self.stream = stream
+        if aggregate and spec.agg_fields:
+            raise TracekitError("the CO-RE loader does not read in-kernel aggregates yet")
+        self.aggregate = False
+        self.sample = max(1, int(sample))
+        self.page_cnt = page_cnt
+        self.attached: list[AttachPoint] = []
+        self._links: list[int] = []
+        self._reported: dict[str, dict[int, int]] = {}
+        self.perf_records_lost: dict[int, int] = {}
+        self._ring: RingBuffer | None = None
+        self.bpf = None  # no BCC object: probes with an `enrich` need the BCC loader
+        lib = self.lib = libbpf()
+        self.ncpus_possible = lib.possible_cpus()
+        syms, btf_data = _elf(obj_path)
+        st = Btf(btf_data).find_struct("tk_event")
+        problems = layout_problems(
+            [(m.name, m.offset) for m in st.members], st.size_or_type, spec.schema
+        )
+        if problems:
+            raise CompileError(
+                f"probe {spec.name}: schema does not match struct tk_event in {obj_path.name}: "
+                + "; ".join(problems)
+            )
+        settings = {
+            "tk_stream": int(stream),
+            "tk_agg": int(self.aggregate),
+            "tk_sample": self.sample,
+            "tk_max_events_per_sec": int(max_events_per_sec),
+            "tk_ncpus": max(1, len(online_cpus())),
+            "tk_use_ringbuf": 1,
+            "tk_wakeup_events": 64,
+        }
+        settings.update({f"tk_param_{p.name}": params[p.name] for p in spec.params})
+        with lib.call(f"probe {spec.name}: opening {obj_path}"):
+            obj = lib.check_ptr(lib.lib.bpf_object__open_file(str(obj_path).encode(), None), "open")
+        self._obj: int | None = obj
+        try:
+            with lib.call(f"probe {spec.name}: configuring"):
+                self._configure(syms, settings)
+            with lib.call(f"probe {spec.name}: loading into the kernel"):
+                lib.check_rc(lib.lib.bpf_object__load(obj), "load")
+        except BaseException:
+            self.close()
+            raise
+        self.decode_run = self._make_decoder(spec.schema)
+
+    # -- load ----------------------------------------------------------------------
+
+    def _map(self, name: str) -> int:
+        # Map NAME of the probe's source is NAME__map in the object (tk_compat.h).
+        m = self.lib.lib.bpf_object__find_map_by_name(self._obj, f"{name}__map".encode())
+        if not m:
+            m = self.lib.lib.bpf_object__find_map_by_name(self._obj, name.encode())
+        if not m:
+            raise LibbpfError(f"no map {name} in the object")
+        return int(m)
+
+    def _configure(self, syms: dict[str, tuple[int, int]], settings: dict[str, int]) -> None:
+        lib = self.lib
+        ring = self._map("tk_events")
+        pages = max(1, self.page_cnt * 16)
+        lib.check_rc(lib.lib.bpf_map__set_max_entries(ring, pages * 4096), "ring buffer size")
+        self._ring_size = pages * 4096
+        rodata = lib.lib.bpf_object__find_map_by_name(self._obj, b".rodata")
+        if not rodata:
+            raise LibbpfError("the object has no .rodata (settings)")
+        size = ct.c_size_t()
+        ptr = lib.check_ptr(lib.lib.bpf_map__initial_value(rodata, ct.byref(size)), "rodata")
+        for name, value in settings.items():
+            if name not in syms:
+                if name.startswith("tk_param_"):
+                    raise LibbpfError(f"parameter {name[9:]} is not declared with TK_PARAM()")
+                continue
+            off, width = syms[name]
+            fmt = {4: "=i" if name.startswith("tk_param_") else "=I", 8: "=q"}[width]
+            ct.memmove(ptr + off, struct.pack(fmt, value), width)
+
+    @staticmethod
+    def _make_decoder(schema: Schema) -> Any:
+        size = schema.size
+        pad = ((HEADER + size + 7) & ~7) - HEADER - size
+        rec = struct.Struct("=I4x" + schema.struct_format[1:] + ("x" * pad))
+        str_idx = [i for i, f in enumerate(schema.fields) if f.is_str]
+
+        def decode(run: memoryview) -> list[tuple[Any, ...]]:
+            rows = [r[1:] for r in rec.iter_unpack(run)]
+            if str_idx:
+                out = []
+                for r in rows:
+                    lst = list(r)
+                    for i in str_idx:
+                        lst[i] = lst[i].split(b"\0", 1)[0].decode("utf-8", "replace")
+                    out.append(tuple(lst))
+                return out
+            return rows
+
+        return decode
+
+    # -- attach / detach -------------------------------------------------------------
+
+    def attach(self, points: list[AttachPoint] | None = None) -> None:
+        lib = self.lib
+        for ap in points if points is not None else list(self.spec.attach):
+            prog = lib.lib.bpf_object__find_program_by_name(self._obj, ap.fn.encode())
+            if not prog:
+                self.detach()
+                raise TracekitError(f"cannot attach {ap.describe()}: no program {ap.fn}")
+            with lib.call(f"cannot attach {ap.describe()}"):
+                try:
+                    if ap.kind in ("kprobe", "kretprobe"):
+                        link = lib.lib.bpf_program__attach_kprobe(
+                            prog, ap.kind == "kretprobe", ap.target.encode()
+                        )
+                    elif ap.kind == "raw_tracepoint":
+                        link = lib.lib.bpf_program__attach_raw_tracepoint(
+                            prog, ap.target.split(":")[-1].encode()
+                        )
+                    else:
+                        cat, _, name = ap.target.partition(":")
+                        link = lib.lib.bpf_program__attach_tracepoint(
+                            prog, cat.encode(), name.encode()
+                        )
+                    self._links.append(lib.check_ptr(link, "attach"))
+                except LibbpfError:
+                    self.detach()
+                    raise
+            self.attached.append(ap)
+
+    def detach(self) -> None:
+        for link in reversed(self._links):
+            self.lib.lib.bpf_link__destroy(link)
+        self._links.clear()
+        self.attached.clear()
+
+    def close(self) -> None:
+        self.detach()
+        if self._ring is not None:
+            self._ring.close()
+            self._ring = None
+        if self._obj:
+            self.lib.lib.bpf_object__close(self._obj)
+            self._obj = None
+
+    # -- draining --------------------------------------------------------------------
+
+    def open_output(self) -> None:
+        if self._ring is None:
+            fd = self.lib.lib.bpf_map__fd(self._map("tk_events"))
+            self._ring = RingBuffer(fd, self._ring_size)
+
+    def close_output(self) -> None:
+        """The ring buffer is a map: it lives as long as the loaded object."""
+
+    def poll(self, timeout_ms: int = POLL_MS) -> list[tuple[Any, ...]]:
+        if self._ring is None:
+            return []
+        self._ring.wait(timeout_ms)
+        return self._ring.drain(self.decode_run, self.spec.schema.size)
+
+    # -- maps --------------------------------------------------------------------------
+
+    def read_percpu(self, name: str, slots: int) -> list[dict[int, int]]:
+        fd = self.lib.lib.bpf_map__fd(self._map(name))
+        n = self.ncpus_possible
+        vals = (ct.c_uint64 * n)()  # per-CPU values are 8-byte aligned: u64 counters
+        key = ct.c_uint32()
+        online = online_cpus()
+        out = []
+        for i in range(slots):
+            key.value = i
+            self.lib.check_rc(
+                self.lib.lib.bpf_map_lookup_elem(fd, ct.byref(key), vals), f"reading {name}"
+            )
+            out.append({c: int(vals[c]) for c in online if c < n})
+        return out
+
+    def read_counters(self) -> dict[str, dict[str, dict[int, int]]]:
+        out: dict[str, dict[str, dict[int, int]]] = {}
+        for cm in self.spec.counters:
+            slots = self.read_percpu(cm.map, len(cm.labels))
+            out[cm.map] = dict(zip(cm.labels, slots, strict=True))
+        return out
+
+    def read_agg(self) -> list[tuple[tuple[Any, ...], int]]:
+        return []  # aggregating runs use the BCC loader for now (see __init__)
+
+    def reset(self) -> None:
+        """Zero the counters and losses: each run starts from nothing."""
+        slots = {cm.map: len(cm.labels) for cm in self.spec.counters}
+        slots["tk_lost"] = 2
+        zeros = (ct.c_uint64 * self.ncpus_possible)()
+        key = ct.c_uint32()
+        for name, n in slots.items():
+            fd = self.lib.lib.bpf_map__fd(self._map(name))
+            for i in range(n):
+                key.value = i
+                self.lib.check_rc(
+                    self.lib.lib.bpf_map_update_elem(fd, ct.byref(key), zeros, 0),
+                    f"zeroing {name}",
+                )
+        self._reported.clear()
+
+    def kretprobe_misses(self) -> int:
+        return 0
+
+    def new_losses(self) -> list[LostReport]:
+        buffer, rl = self.read_percpu("tk_lost", 2)
+        reports = []
+        for source, per in (("ringbuf", buffer), ("ratelimit", rl)):
+            seen = self._reported.setdefault(source, {})
+            delta = {c: n - seen.get(c, 0) for c, n in per.items() if n - seen.get(c, 0) > 0}
+            if delta:
+                reports.append(LostReport(source, delta))
+                seen.update(per)
+        return reports
