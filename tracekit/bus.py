@@ -29,6 +29,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "tracekit.plugins.console",
     "tracekit.plugins.msgpack_sink",
     "tracekit.plugins.hist",
+    "tracekit.plugins.prometheus_sink",
     "tracekit.probes.txq_flip",
     "tracekit.probes.ooo_okay",
     "tracekit.probes.rss_cpu",

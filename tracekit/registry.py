@@ -122,10 +122,6 @@ class ProbeSpec:
     # a tracekit.plot.Trace (see tracekit/plot.py). Other plugins add more plots with
     # the tracekit_register_plots hook.
     plot: Callable[[Any], Any] | None = None
-    # Which of the histograms' ``by`` fields the prometheus sink keeps as labels by
-    # default (None: the key fields that are not addresses, ports or sockets). Label
-    # values must stay few: one per CPU, queue, interface, not one per flow.
-    prometheus_labels: tuple[str, ...] | None = None
 
     def param(self, name: str) -> Param:
         for p in self.params:
