@@ -151,7 +151,11 @@ class _HistState:
             top = max((max(b) for b in self.counts.values() if b), default=0)
             return [(b, str((1 << b) - 1)) for b in range(top + 1)]
         nb = (s.hi - s.lo) // s.step
-        return [(-1, str(s.lo - 1))] + [(i, str(s.lo + (i + 1) * s.step - 1)) for i in range(nb)]
+        out = [(i, str(s.lo + (i + 1) * s.step - 1)) for i in range(nb)]
+        # Values below lo: their own bucket only when its bound is not negative (a
+        # negative first bound makes the client drop _sum and _count); otherwise
+        # they are counted in every bucket, being below all of them.
+        return [(-1, str(s.lo - 1)), *out] if s.lo > 0 else out
 
 
 class PrometheusSink:
@@ -360,7 +364,9 @@ class PrometheusSink:
         fam = histogram(h.name, h.doc, labels=list(h.labels))
         bounds = h.bounds()
         for key, buckets in h.counts.items():
-            cum, out = 0, []
+            listed = {b for b, _ in bounds}
+            cum = sum(n for b, n in buckets.items() if b < 0 and b not in listed)
+            out = []
             for b, le in bounds:
                 cum += buckets.get(b, 0)
                 out.append((le, cum))
