@@ -60,6 +60,13 @@ if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import tracekit, pytest, 
   pip_install -e '.[dev]'
   .venv/bin/python -c 'import tracekit, pytest, virtme_ng'
 fi
+# The fleet extra: tracekit export (pyarrow), plot (matplotlib), the prometheus sink
+# (prometheus-client), and duckdb for the analysis docs and their tests.
+if ! .venv/bin/python -c 'import pyarrow, duckdb, matplotlib, prometheus_client' 2>/dev/null; then
+  echo "setup: installing tracekit[fleet]" >&2
+  pip_install -e '.[dev,fleet]'
+  .venv/bin/python -c 'import pyarrow, duckdb, matplotlib, prometheus_client'
+fi
 # The example third-party plugin, installed as a user would: with pip, from its folder.
 if ! .venv/bin/python -c 'import tracekit_tcp_retrans' 2>/dev/null; then
   echo "setup: installing examples/tracekit-tcp-retrans" >&2

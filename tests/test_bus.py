@@ -48,7 +48,7 @@ def plugin_with(*specs: SinkSpec) -> object:
 
 def test_builtins_register_through_the_hooks() -> None:
     bus = build_bus(load_entry_points=False)
-    assert {s.name for s in bus.sinks} == {"console", "hist", "msgpack"}
+    assert {s.name for s in bus.sinks} == {"console", "hist", "msgpack", "prometheus"}
     assert "txq-flip" in bus.probes
     assert bus.sinks.plugin_of("hist") == "tracekit.plugins.hist"
 
@@ -100,7 +100,7 @@ def test_failing_sink_is_isolated_and_reported(
 def test_disable_plugins_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TRACEKIT_DISABLE_PLUGINS", "console, tracekit.plugins.hist")
     bus = build_bus(load_entry_points=False)
-    assert {s.name for s in bus.sinks} == {"msgpack"}
+    assert {s.name for s in bus.sinks} == {"msgpack", "prometheus"}
 
 
 class FakeEP:

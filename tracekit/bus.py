@@ -21,7 +21,7 @@ import pluggy
 
 from tracekit import __version__, hookspecs
 from tracekit.errors import TracekitError
-from tracekit.registry import ProbeRegistry, SinkRegistry
+from tracekit.registry import PlotRegistry, ProbeRegistry, SinkRegistry
 
 ENTRY_POINT_GROUP = "tracekit"
 
@@ -29,6 +29,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "tracekit.plugins.console",
     "tracekit.plugins.msgpack_sink",
     "tracekit.plugins.hist",
+    "tracekit.plugins.prometheus_sink",
     "tracekit.probes.txq_flip",
     "tracekit.probes.ooo_okay",
     "tracekit.probes.rss_cpu",
@@ -55,6 +56,7 @@ class Bus:
     probes: ProbeRegistry
     sinks: SinkRegistry
     plugins: dict[str, PluginInfo] = field(default_factory=dict)
+    plots: PlotRegistry = field(default_factory=PlotRegistry)
     # Names of session plugins that raised, with their first error.
     failures: dict[str, str] = field(default_factory=dict)
     warn: Callable[[str], None] = _warn
@@ -76,6 +78,10 @@ class Bus:
                 msg = f"{type(exc).__name__}: {exc}"
                 self.failures[impl.plugin_name] = msg
                 self.warn(f"sink {impl.plugin_name} failed in {hook} and was stopped: {msg}")
+
+    def implements(self, hook: str) -> bool:
+        """Whether any registered plugin (session sinks included) implements ``hook``."""
+        return bool(getattr(self.pm.hook, hook).get_hookimpls())
 
     @contextmanager
     def session_plugins(self, objs: dict[str, object]) -> Iterator[None]:
@@ -152,14 +158,15 @@ def build_bus(
         _register(pm, plugin, name)
         infos[name] = PluginInfo(name, "?", "extra")
 
-    probes, sinks = ProbeRegistry(), SinkRegistry()
+    probes, sinks, plots = ProbeRegistry(), SinkRegistry(), PlotRegistry()
     _call_registration(pm, "tracekit_register_probes", probes)
     _call_registration(pm, "tracekit_register_sinks", sinks)
-    return Bus(pm=pm, probes=probes, sinks=sinks, plugins=infos)
+    _call_registration(pm, "tracekit_register_plots", plots)
+    return Bus(pm=pm, probes=probes, sinks=sinks, plugins=infos, plots=plots)
 
 
 def _call_registration(
-    pm: pluggy.PluginManager, hook: str, registry: ProbeRegistry | SinkRegistry
+    pm: pluggy.PluginManager, hook: str, registry: ProbeRegistry | SinkRegistry | PlotRegistry
 ) -> None:
     # Called implementation by implementation so the registry knows who registers
     # what, and a clash can name both plugins. Registration order: built-ins first,

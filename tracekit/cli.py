@@ -338,6 +338,18 @@ def _register_lab() -> None:
 _register_lab()
 
 
+def _register_fleet() -> None:
+    # Their modules import pyarrow/matplotlib only when a command runs.
+    from tracekit.export import export_cmd
+    from tracekit.plot import plot_cmd
+
+    cli.add_command(export_cmd)
+    cli.add_command(plot_cmd)
+
+
+_register_fleet()
+
+
 def main(argv: list[str] | None = None) -> Any:
     try:
         rv = cli.main(args=argv, prog_name="tracekit", standalone_mode=False)

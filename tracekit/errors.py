@@ -100,3 +100,9 @@ class InterruptedBeforeStart(TracekitError):
     """
 
     exit_code = 130
+
+
+class ExtraMissingError(TracekitError):
+    """A command needs the optional ``fleet`` extra (pyarrow, matplotlib, ...)."""
+
+    exit_code = 13

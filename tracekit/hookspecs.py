@@ -29,7 +29,7 @@ import pluggy
 if TYPE_CHECKING:
     import click
 
-    from tracekit.registry import ProbeRegistry, SinkRegistry
+    from tracekit.registry import PlotRegistry, ProbeRegistry, SinkRegistry
     from tracekit.session import EventBatch, LostReport, Session, Summary
 
 hookspec = pluggy.HookspecMarker("tracekit")
@@ -54,6 +54,27 @@ def tracekit_register_sinks(registry: SinkRegistry) -> None:
     Called once per process when plugins are loaded. ``SinkSpec.factory(arg)`` is
     called later, once per session that names the sink, with the text after ``=``
     in ``--sink NAME=ARG``; it raises ``UsageError`` for an argument it cannot use.
+    """
+
+
+@hookspec
+def tracekit_register_plots(registry: PlotRegistry) -> None:
+    """Add plots with ``registry.add(PlotSpec(name, probe, description, draw))``.
+
+    Called once per process when plugins load. A probe's own plot is its
+    ``ProbeSpec.plot``; this hook adds others, for any probe (a built-in's too), which
+    ``tracekit plot FILE --plot NAME`` draws.
+    """
+
+
+@hookspec
+def tracekit_counters(session: Session, counters: dict[str, dict[str, dict[int, int]]]) -> None:
+    """The probe's in-kernel counters (map -> label -> per-CPU value), read while it runs.
+
+    Called about once a second during a live run, only when a plugin implements it
+    (reading the maps costs a system call per map); the final values arrive in
+    ``summary.counters`` at the end, for replays too. Values are totals since the
+    run started, not increments.
     """
 
 

@@ -541,8 +541,12 @@ def drain_for(
     on_lost: Callable[[LostReport], None],
     duration: float | None,
     until: Callable[[], bool] | None = None,
+    on_tick: Callable[[], None] | None = None,
 ) -> bool:
-    """Poll until ``duration`` passes, ``until()`` is true or Ctrl-C; True if interrupted."""
+    """Poll until ``duration`` passes, ``until()`` is true or Ctrl-C; True if interrupted.
+
+    ``on_tick`` is called about once a second, with the loss check (live counters).
+    """
     deadline = None if duration is None else time.monotonic() + duration
     last_loss_check = time.monotonic()
     try:
@@ -559,6 +563,8 @@ def drain_for(
                 last_loss_check = now
                 for r in probe.new_losses():
                     on_lost(r)
+                if on_tick is not None:
+                    on_tick()
             if until is not None and until():
                 return False
     except KeyboardInterrupt:

@@ -97,6 +97,10 @@ class Pipeline:
         self.summary.add_lost(report)
         self.bus.call("tracekit_lost_events", session=self.session, lost=report)
 
+    def counters(self, counters: dict[str, dict[str, dict[int, int]]]) -> None:
+        """The probe's in-kernel counters, read during a live run."""
+        self.bus.call("tracekit_counters", session=self.session, counters=counters)
+
     def end(self, summary: Summary | None = None) -> Summary:
         """Finish with ``summary`` (a replay's footer) or the one this pipeline counted."""
         if summary is None:

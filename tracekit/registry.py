@@ -121,6 +121,10 @@ class ProbeSpec:
     agg_fields: tuple[str, ...] = ()
     # Lines summarising a run from its summary (counters), printed with the results.
     report: Callable[[Any], list[str]] | None = None
+    # The probe's picture for ``tracekit plot``: draw(trace) -> matplotlib Figure, given
+    # a tracekit.plot.Trace (see tracekit/plot.py). Other plugins add more plots with
+    # the tracekit_register_plots hook.
+    plot: Callable[[Any], Any] | None = None
 
     def param(self, name: str) -> Param:
         for p in self.params:
@@ -160,7 +164,21 @@ class SinkSpec:
     streams: bool = True
 
 
-T = TypeVar("T", ProbeSpec, SinkSpec)
+@dataclass(frozen=True)
+class PlotSpec:
+    """A plot of one probe's traces, added with ``tracekit_register_plots``.
+
+    ``draw(trace)`` gets a ``tracekit.plot.Trace`` and returns a matplotlib ``Figure``;
+    ``tracekit plot FILE --plot NAME`` draws it for traces of ``probe``.
+    """
+
+    name: str
+    probe: str
+    description: str
+    draw: Callable[[Any], Any]
+
+
+T = TypeVar("T", ProbeSpec, SinkSpec, PlotSpec)
 
 
 @dataclass
@@ -205,3 +223,8 @@ class ProbeRegistry(_Registry[ProbeSpec]):
 class SinkRegistry(_Registry[SinkSpec]):
     def __init__(self) -> None:
         super().__init__(kind="sink")
+
+
+class PlotRegistry(_Registry[PlotSpec]):
+    def __init__(self) -> None:
+        super().__init__(kind="plot")

@@ -189,7 +189,16 @@ def run_probe(
                 on_attached()
             with Pipeline(bus, session, sinks) as pipe:
                 started = True
-                interrupted = drain_for(probe, deliver, pipe.lost, opts.duration, until)
+                # Counters are read while running only for a sink that shows them live
+                # (prometheus): a map read per second is a system call per map.
+                tick = (
+                    (lambda: pipe.counters(probe.read_counters()))
+                    if bus.implements("tracekit_counters")
+                    else None
+                )
+                interrupted = drain_for(
+                    probe, deliver, pipe.lost, opts.duration, until, on_tick=tick
+                )
                 with signals.deferred():
                     # Detach first so the last drain and the counters are final.
                     probe.detach()

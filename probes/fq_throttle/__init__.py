@@ -9,6 +9,7 @@ is refused in one line.
 from __future__ import annotations
 
 from importlib.resources import files
+from typing import Any
 
 from tracekit import hookimpl
 from tracekit.btf import module_btf, struct_offsets
@@ -77,6 +78,12 @@ def report(summary: Summary) -> list[str]:
     ]
 
 
+def _draw_plot(trace: Any) -> Any:
+    from .plot import draw
+
+    return draw(trace)
+
+
 PROBE = ProbeSpec(
     name="fq-throttle",
     description="sch_fq throttling, empty dequeues and flow_limit drops per queue and flow",
@@ -93,6 +100,7 @@ PROBE = ProbeSpec(
             "fq_counts", ("throttled", "flow_limit_drops", "empty_dequeues", "dequeues", "enqueues")
         ),
     ),
+    plot=_draw_plot,
     min_kernel="5.8",
     needs_btf=True,
     prepare=prepare,

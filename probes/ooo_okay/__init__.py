@@ -158,6 +158,12 @@ def report(summary: Summary) -> list[str]:
     ]
 
 
+def _draw_plot(trace: Any) -> Any:
+    from .plot import draw
+
+    return draw(trace)
+
+
 PROBE = ProbeSpec(
     name="ooo-okay",
     description="who sets skb->ooo_okay on TCP transmits, why, and from which path",
@@ -183,6 +189,7 @@ PROBE = ProbeSpec(
             doc="TCP skbs transmitted; with ooo_okay; by condition",
         ),
     ),
+    plot=_draw_plot,
     min_kernel="5.8",
     enrich=enrich,
     enriched_fields=("path",),

@@ -8,6 +8,7 @@ imbalance: its share of packets against an even share, as the seed reads mpstat.
 from __future__ import annotations
 
 from importlib.resources import files
+from typing import Any
 
 from tracekit import hookimpl
 from tracekit.registry import AttachPoint, CounterMap, Param, ProbeRegistry, ProbeSpec
@@ -54,6 +55,12 @@ def report(summary: Summary) -> list[str]:
     ]
 
 
+def _draw_plot(trace: Any) -> Any:
+    from .plot import draw
+
+    return draw(trace)
+
+
 PROBE = ProbeSpec(
     name="rss-cpu",
     description="which CPU receives which flow (netif_receive_skb), and the imbalance",
@@ -76,6 +83,7 @@ PROBE = ProbeSpec(
             doc="packets received per CPU (all devices), IPv4 among them",
         ),
     ),
+    plot=_draw_plot,
     min_kernel="5.8",
     agg_fields=("cpu", "ifindex", "saddr", "daddr", "sport", "dport", "rx_queue", "proto"),
     report=report,

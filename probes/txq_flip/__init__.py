@@ -7,6 +7,7 @@ socket from which TX queue to which, and whether ``skb->ooo_okay`` allowed it.
 from __future__ import annotations
 
 from importlib.resources import files
+from typing import Any
 
 from tracekit import hookimpl
 from tracekit.registry import AttachPoint, CounterMap, Param, ProbeRegistry, ProbeSpec
@@ -51,6 +52,13 @@ SCHEMA = Schema(
     ),
 )
 
+
+def _draw_plot(trace: Any) -> Any:
+    from .plot import draw
+
+    return draw(trace)
+
+
 PROBE = ProbeSpec(
     name="txq-flip",
     description="netdev_pick_tx queue changes per CPU and socket, with skb->ooo_okay",
@@ -68,6 +76,7 @@ PROBE = ProbeSpec(
             doc="netdev_pick_tx calls, queue changes, skbs without a socket",
         ),
     ),
+    plot=_draw_plot,
     min_kernel="5.2",
     core=True,
 )
