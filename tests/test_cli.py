@@ -137,11 +137,29 @@ def test_run_without_bcc_says_so_in_one_line(tmp_path: Path) -> None:
     # A Python with tracekit but without the system's site-packages cannot see BCC.
     code = (
         "import sys; sys.modules['bcc'] = None; from tracekit.cli import main; "
-        "main(['run', 'txq-flip', '--duration', '1'])"
+        "main(['run', 'txq-flip', '--loader', 'bcc', '--duration', '1'])"
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.returncode in (3, 4), r.stderr  # no BCC, or (as a non-root user) not root
     assert r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
+    assert "BCC" in r.stderr or "root" in r.stderr
+
+
+def test_the_core_loader_never_imports_bcc() -> None:
+    """Where the probe's CO-RE object is built and the kernel has BTF, BCC is not
+    needed at all: the run gets past the point where the BCC path would stop."""
+    from tracekit.bus import build_bus
+    from tracekit.preflight import choose_loader
+
+    if choose_loader(build_bus().probes.get("txq-flip"))[0] != "core":
+        pytest.skip("no CO-RE object or no BTF here")
+    code = (
+        "import sys; sys.modules['bcc'] = None; from tracekit.cli import main; "
+        "main(['run', 'txq-flip', '--loader', 'core', '--duration', '1'])"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert "BCC" not in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert r.stderr.count("\n") == 1 or r.returncode == 0, r.stderr
 
 
 class CountSink:
