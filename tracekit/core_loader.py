@@ -16,7 +16,7 @@ from typing import Any
 
 from tracekit.btf import Btf
 from tracekit.errors import CompileError, TracekitError
-from tracekit.libbpf import LibbpfError, libbpf
+from tracekit.libbpf import BpfObject, LibbpfError, libbpf
 from tracekit.loader import layout_problems, online_cpus
 from tracekit.registry import AttachPoint, ProbeSpec
 from tracekit.ringbuf import HEADER, RingBuffer
@@ -100,49 +100,25 @@ class CoreProbe:
             "tk_wakeup_events": 64,
         }
         settings.update({f"tk_param_{p.name}": params[p.name] for p in spec.params})
-        with lib.call(f"probe {spec.name}: opening {obj_path}"):
-            obj = lib.check_ptr(lib.lib.bpf_object__open_file(str(obj_path).encode(), None), "open")
-        self._obj: int | None = obj
+        self._obj = BpfObject(str(obj_path))
         try:
-            with lib.call(f"probe {spec.name}: configuring"):
-                self._configure(syms, settings)
-            with lib.call(f"probe {spec.name}: loading into the kernel"):
-                lib.check_rc(lib.lib.bpf_object__load(obj), "load")
+            self._ring_size = max(1, self.page_cnt * 16) * 4096
+            self._obj.set_max_entries("tk_events", self._ring_size)
+            missing = [n[9:] for n in settings if n.startswith("tk_param_") and n not in syms]
+            if missing:
+                raise LibbpfError(f"parameter {missing[0]} is not declared with TK_PARAM()")
+            self._obj.set_rodata(syms, {k: v for k, v in settings.items() if k in syms})
+            self._obj.load()
+        except LibbpfError as exc:
+            self.close()
+            raise LibbpfError(f"probe {spec.name}: {exc}") from None
         except BaseException:
             self.close()
             raise
         self.decode_run = self._make_decoder(spec.schema)
 
-    # -- load ----------------------------------------------------------------------
-
     def _map(self, name: str) -> int:
-        # Map NAME of the probe's source is NAME__map in the object (tk_compat.h).
-        m = self.lib.lib.bpf_object__find_map_by_name(self._obj, f"{name}__map".encode())
-        if not m:
-            m = self.lib.lib.bpf_object__find_map_by_name(self._obj, name.encode())
-        if not m:
-            raise LibbpfError(f"no map {name} in the object")
-        return int(m)
-
-    def _configure(self, syms: dict[str, tuple[int, int]], settings: dict[str, int]) -> None:
-        lib = self.lib
-        ring = self._map("tk_events")
-        pages = max(1, self.page_cnt * 16)
-        lib.check_rc(lib.lib.bpf_map__set_max_entries(ring, pages * 4096), "ring buffer size")
-        self._ring_size = pages * 4096
-        rodata = lib.lib.bpf_object__find_map_by_name(self._obj, b".rodata")
-        if not rodata:
-            raise LibbpfError("the object has no .rodata (settings)")
-        size = ct.c_size_t()
-        ptr = lib.check_ptr(lib.lib.bpf_map__initial_value(rodata, ct.byref(size)), "rodata")
-        for name, value in settings.items():
-            if name not in syms:
-                if name.startswith("tk_param_"):
-                    raise LibbpfError(f"parameter {name[9:]} is not declared with TK_PARAM()")
-                continue
-            off, width = syms[name]
-            fmt = {4: "=i" if name.startswith("tk_param_") else "=I", 8: "=q"}[width]
-            ct.memmove(ptr + off, struct.pack(fmt, value), width)
+        return self._obj.map(name)
 
     @staticmethod
     def _make_decoder(schema: Schema) -> Any:
@@ -170,10 +146,11 @@ class CoreProbe:
     def attach(self, points: list[AttachPoint] | None = None) -> None:
         lib = self.lib
         for ap in points if points is not None else list(self.spec.attach):
-            prog = lib.lib.bpf_object__find_program_by_name(self._obj, ap.fn.encode())
-            if not prog:
+            try:
+                prog = self._obj.program(ap.fn)
+            except LibbpfError:
                 self.detach()
-                raise TracekitError(f"cannot attach {ap.describe()}: no program {ap.fn}")
+                raise TracekitError(f"cannot attach {ap.describe()}: no program {ap.fn}") from None
             with lib.call(f"cannot attach {ap.describe()}"):
                 try:
                     if ap.kind in ("kprobe", "kretprobe"):
@@ -206,9 +183,7 @@ class CoreProbe:
         if self._ring is not None:
             self._ring.close()
             self._ring = None
-        if self._obj:
-            self.lib.lib.bpf_object__close(self._obj)
-            self._obj = None
+        self._obj.close()
 
     # -- draining --------------------------------------------------------------------
 

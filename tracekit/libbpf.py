@@ -69,6 +69,8 @@ class Libbpf:
             ("bpf_map_delete_elem", i, [i, vp]),
             ("bpf_map_get_next_key", i, [i, vp, vp]),
             ("libbpf_num_possible_cpus", i, []),
+            ("bpf_program__fd", i, [vp]),
+            ("bpf_prog_test_run_opts", i, [i, vp]),
         ):
             f = getattr(L, fn)
             f.restype = res
@@ -124,6 +126,107 @@ class Libbpf:
 
     def possible_cpus(self) -> int:
         return int(self.check_rc(self.lib.libbpf_num_possible_cpus(), "possible CPUs"))
+
+
+class TestRunOpts(ct.Structure):
+    """struct bpf_test_run_opts (libbpf 1.x), for BPF_PROG_TEST_RUN."""
+
+    _fields_ = (
+        ("sz", ct.c_size_t),
+        ("data_in", ct.c_void_p),
+        ("data_out", ct.c_void_p),
+        ("data_size_in", ct.c_uint32),
+        ("data_size_out", ct.c_uint32),
+        ("ctx_in", ct.c_void_p),
+        ("ctx_out", ct.c_void_p),
+        ("ctx_size_in", ct.c_uint32),
+        ("ctx_size_out", ct.c_uint32),
+        ("retval", ct.c_uint32),
+        ("repeat", ct.c_int),
+        ("duration", ct.c_uint32),
+        ("flags", ct.c_uint32),
+        ("cpu", ct.c_uint32),
+        ("batch_size", ct.c_uint32),
+    )
+
+
+class BpfObject:
+    """One compiled object: opened, configured, loaded, closed (``with`` closes it).
+
+    Maps of a tracekit probe are named ``NAME__map`` in the object (tk_compat.h);
+    ``map("NAME")`` finds either spelling.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.lib = libbpf()
+        self.path = path
+        with self.lib.call(f"opening {path}"):
+            self.obj: int | None = self.lib.check_ptr(
+                self.lib.lib.bpf_object__open_file(path.encode(), None), "open"
+            )
+
+    def __enter__(self) -> BpfObject:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def map(self, name: str) -> int:
+        L = self.lib.lib
+        m = L.bpf_object__find_map_by_name(self.obj, f"{name}__map".encode()) or (
+            L.bpf_object__find_map_by_name(self.obj, name.encode())
+        )
+        if not m:
+            raise LibbpfError(f"no map {name} in {self.path}")
+        return int(m)
+
+    def map_fd(self, name: str) -> int:
+        return int(self.lib.check_rc(self.lib.lib.bpf_map__fd(self.map(name)), f"map {name}"))
+
+    def set_max_entries(self, name: str, n: int) -> None:
+        self.lib.check_rc(self.lib.lib.bpf_map__set_max_entries(self.map(name), n), name)
+
+    def set_rodata(self, offsets: dict[str, tuple[int, int]], values: dict[str, int]) -> None:
+        """Write integer globals of .rodata (name -> (offset, size)) before load."""
+        rodata = self.lib.lib.bpf_object__find_map_by_name(self.obj, b".rodata")
+        if not rodata:
+            raise LibbpfError(f"{self.path} has no .rodata")
+        size = ct.c_size_t()
+        ptr = self.lib.check_ptr(
+            self.lib.lib.bpf_map__initial_value(rodata, ct.byref(size)), "rodata"
+        )
+        for name, value in values.items():
+            off, width = offsets[name]
+            if off + width > size.value or width not in (1, 2, 4, 8):
+                raise LibbpfError(f"setting {name} does not fit .rodata")
+            ct.memmove(ptr + off, value.to_bytes(width, "little", signed=value < 0), width)
+
+    def load(self) -> None:
+        with self.lib.call(f"loading {self.path} into the kernel"):
+            self.lib.check_rc(self.lib.lib.bpf_object__load(self.obj), "load")
+
+    def program(self, name: str) -> int:
+        p = self.lib.lib.bpf_object__find_program_by_name(self.obj, name.encode())
+        if not p:
+            raise LibbpfError(f"no program {name} in {self.path}")
+        return int(p)
+
+    def test_run(self, prog: str, repeat: int, data: bytes = bytes(64)) -> None:
+        """Run a program ``repeat`` times in the kernel (BPF_PROG_TEST_RUN), no attach."""
+        buf = ct.create_string_buffer(data, len(data))
+        opts = TestRunOpts(
+            sz=ct.sizeof(TestRunOpts),
+            data_in=ct.cast(buf, ct.c_void_p),
+            data_size_in=len(data),
+            repeat=repeat,
+        )
+        fd = self.lib.lib.bpf_program__fd(self.program(prog))
+        self.lib.check_rc(self.lib.lib.bpf_prog_test_run_opts(fd, ct.byref(opts)), "test run")
+
+    def close(self) -> None:
+        if self.obj:
+            self.lib.lib.bpf_object__close(self.obj)
+            self.obj = None
 
 
 _LIB: Libbpf | None = None
