@@ -50,6 +50,9 @@ struct sk_buff {
     __u16 queue_mapping;
     __u8 ooo_okay : 1;
     __u8 l4_hash : 1;
+    __be16 protocol;
+    __u16 network_header;
+    unsigned char *head;
 };
 
 #pragma clang attribute pop

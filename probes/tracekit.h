@@ -42,19 +42,19 @@
 #endif
 
 /* Whether single events are wanted (with only aggregating sinks, such as hist, the
- * probe keeps counts in maps instead), and whether it also counts in `tk_agg`. */
-TK_SETTING(u32, tk_stream, TK_STREAM, 1);
-TK_SETTING(u32, tk_agg, TK_AGG, 0);
+ * probe keeps counts in maps instead), and whether it also counts in the `tk_agg` map. */
+TK_SETTING(u32, tk_cfg_stream, TK_STREAM, 1);
+TK_SETTING(u32, tk_cfg_agg, TK_AGG, 0);
 /* 1-in-N sampling of streamed events; counters are never sampled. */
-TK_SETTING(u32, tk_sample, TK_SAMPLE, 1);
+TK_SETTING(u32, tk_cfg_sample, TK_SAMPLE, 1);
 /* --max-events-per-sec (0: no limit), spread over this many CPUs. */
-TK_SETTING(u32, tk_max_events_per_sec, TK_MAX_EVENTS_PER_SEC, 0);
-TK_SETTING(u32, tk_ncpus, TK_NCPUS, 1);
-TK_SETTING(u32, tk_use_ringbuf, TK__RINGBUF, 1);
+TK_SETTING(u32, tk_cfg_max_events_per_sec, TK_MAX_EVENTS_PER_SEC, 0);
+TK_SETTING(u32, tk_cfg_ncpus, TK_NCPUS, 1);
+TK_SETTING(u32, tk_cfg_use_ringbuf, TK__RINGBUF, 1);
 /* Wake user space every this many events per CPU, not per event: a wakeup per
  * event costs several microseconds, more than the event itself. The loader's poll
  * timeout picks up whatever is left below the threshold. */
-TK_SETTING(u32, tk_wakeup_events, TK_WAKEUP_EVENTS, 64);
+TK_SETTING(u32, tk_cfg_wakeup_events, TK_WAKEUP_EVENTS, 64);
 
 /* Per-CPU loss counters kept in the kernel, read by the loader:
  *   slot 0: outputs that failed (ring buffer reserve or perf buffer full)
@@ -74,7 +74,7 @@ BPF_PERCPU_ARRAY(tk_ratelimit, struct tk_rl, 1);
 
 static __always_inline int tk_over_limit(void)
 {
-    if (tk_max_events_per_sec == 0)
+    if (tk_cfg_max_events_per_sec == 0)
         return 0;
     int zero = 0;
     struct tk_rl *rl = tk_ratelimit.lookup(&zero);
@@ -85,7 +85,7 @@ static __always_inline int tk_over_limit(void)
         rl->window_start = now;
         rl->count = 0;
     }
-    if (rl->count >= tk_max_events_per_sec / tk_ncpus + 1) {
+    if (rl->count >= tk_cfg_max_events_per_sec / tk_cfg_ncpus + 1) {
         int slot = 1;
         u64 *lost = tk_lost.lookup(&slot);
         if (lost)
@@ -99,13 +99,13 @@ static __always_inline int tk_over_limit(void)
 BPF_PERCPU_ARRAY(tk_sample_n, u64, 1);
 static __always_inline int tk_skip_sample(void)
 {
-    if (tk_sample <= 1)
+    if (tk_cfg_sample <= 1)
         return 0;
     int zero = 0;
     u64 *n = tk_sample_n.lookup(&zero);
     if (!n)
         return 0;
-    return (*n)++ % tk_sample != 0;
+    return (*n)++ % tk_cfg_sample != 0;
 }
 
 static __always_inline void tk_count_lost(int slot)
@@ -136,11 +136,11 @@ static __always_inline void tk_emit(void *ctx, struct tk_event *ev)
     if (tk_skip_sample() || tk_over_limit())
         return;
 #ifdef TK__HAS_RINGBUF
-    if (tk_use_ringbuf) {
+    if (tk_cfg_use_ringbuf) {
         int zero = 0;
         u64 flags = BPF_RB_NO_WAKEUP;
         u64 *n = tk_emitted.lookup(&zero);
-        if (n && ++(*n) % tk_wakeup_events == 0)
+        if (n && ++(*n) % tk_cfg_wakeup_events == 0)
             flags = BPF_RB_FORCE_WAKEUP;
         if (tk_events.ringbuf_output(ev, sizeof(*ev), flags) != 0)
             tk_count_lost(0);

@@ -44,7 +44,7 @@ def test_built_object_matches_the_schema_and_declares_every_setting(
         layout_problems([(m.name, m.offset) for m in st.members], st.size_or_type, txq.schema) == []
     )
     # Settings and the parameter are read-only globals the loader can find and set.
-    for name in ("tk_stream", "tk_sample", "tk_max_events_per_sec", "tk_param_ifindex"):
+    for name in ("tk_cfg_stream", "tk_cfg_sample", "tk_cfg_max_events_per_sec", "tk_param_ifindex"):
         assert name in syms, sorted(syms)
     assert cb.find_object(txq)[0] == path
     # Built once: a second build reuses it.
@@ -82,8 +82,8 @@ def test_the_loader_choice_says_why(cache: Path, txq: ProbeSpec) -> None:
     cb.build(spec)
     if Path("/sys/kernel/btf/vmlinux").exists():
         assert choose_loader(spec)[0] == "core"
-    assert choose_loader(spec, aggregate=True)[0] == "bcc"
+    assert choose_loader(spec, aggregate=True)[0] == choose_loader(spec)[0]
     assert "ring buffer only" in choose_loader(spec, output="perf")[1]
     assert choose_loader(spec, "bcc") == ("bcc", "asked for (--loader bcc)")
-    rss = build_bus().probes.get("rss-cpu")
-    assert choose_loader(rss) == ("bcc", "no CO-RE: the probe has no CO-RE build")
+    ooo = build_bus().probes.get("ooo-okay")
+    assert choose_loader(ooo) == ("bcc", "no CO-RE: the probe has no CO-RE build")

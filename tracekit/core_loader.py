@@ -16,7 +16,7 @@ from typing import Any
 
 from tracekit.btf import Btf
 from tracekit.errors import CompileError, TracekitError
-from tracekit.libbpf import BpfObject, LibbpfError, libbpf
+from tracekit.libbpf import BpfObject, LibbpfError, libbpf, map_items
 from tracekit.loader import layout_problems, online_cpus
 from tracekit.registry import AttachPoint, ProbeSpec
 from tracekit.ringbuf import HEADER, RingBuffer
@@ -45,6 +45,28 @@ def _elf(path: Path) -> tuple[dict[str, tuple[int, int]], bytes]:
         return syms, (btf.data() if btf is not None else b"")
 
 
+def _agg_key_decoder(btf: Btf, spec: ProbeSpec) -> tuple[struct.Struct, list[str]]:
+    """A struct reading ``struct tk_agg_key`` as clang laid it out (from the object's
+    BTF), and the schema fields its members are, in member order. Widths and
+    signedness come from the schema; members that are not schema fields (padding)
+    are skipped."""
+    st = btf.find_struct("tk_agg_key")
+    fmt, names, pos = "=", [], 0
+    for m in sorted(st.members, key=lambda m: m.offset):
+        if m.name not in spec.agg_fields:
+            continue
+        f = spec.schema.field(m.name)
+        fmt += "x" * (m.offset - pos) + f.struct_code
+        pos = m.offset + f.size
+        names.append(m.name)
+    fmt += "x" * (st.size_or_type - pos)
+    if sorted(names) != sorted(spec.agg_fields):
+        raise CompileError(
+            f"probe {spec.name}: struct tk_agg_key has {names}, agg_fields {list(spec.agg_fields)}"
+        )
+    return struct.Struct(fmt), names
+
+
 class CoreProbe:
     """A CO-RE object of one probe, loaded into the kernel."""
 
@@ -67,9 +89,7 @@ class CoreProbe:
         if self.output != "ringbuf":
             raise TracekitError("the CO-RE loader reads the ring buffer only (--output ringbuf)")
         self.stream = stream
-        if aggregate and spec.agg_fields:
-            raise TracekitError("the CO-RE loader does not read in-kernel aggregates yet")
-        self.aggregate = False
+        self.aggregate = aggregate and bool(spec.agg_fields)
         self.sample = max(1, int(sample))
         self.page_cnt = page_cnt
         self.attached: list[AttachPoint] = []
@@ -81,7 +101,9 @@ class CoreProbe:
         lib = self.lib = libbpf()
         self.ncpus_possible = lib.possible_cpus()
         syms, btf_data = _elf(obj_path)
-        st = Btf(btf_data).find_struct("tk_event")
+        btf = Btf(btf_data)
+        self._agg_key = _agg_key_decoder(btf, spec) if spec.agg_fields else None
+        st = btf.find_struct("tk_event")
         problems = layout_problems(
             [(m.name, m.offset) for m in st.members], st.size_or_type, spec.schema
         )
@@ -91,13 +113,13 @@ class CoreProbe:
                 + "; ".join(problems)
             )
         settings = {
-            "tk_stream": int(stream),
-            "tk_agg": int(self.aggregate),
-            "tk_sample": self.sample,
-            "tk_max_events_per_sec": int(max_events_per_sec),
-            "tk_ncpus": max(1, len(online_cpus())),
-            "tk_use_ringbuf": 1,
-            "tk_wakeup_events": 64,
+            "tk_cfg_stream": int(stream),
+            "tk_cfg_agg": int(self.aggregate),
+            "tk_cfg_sample": self.sample,
+            "tk_cfg_max_events_per_sec": int(max_events_per_sec),
+            "tk_cfg_ncpus": max(1, len(online_cpus())),
+            "tk_cfg_use_ringbuf": 1,
+            "tk_cfg_wakeup_events": 64,
         }
         settings.update({f"tk_param_{p.name}": params[p.name] for p in spec.params})
         self._obj = BpfObject(str(obj_path))
@@ -226,10 +248,31 @@ class CoreProbe:
         return out
 
     def read_agg(self) -> list[tuple[tuple[Any, ...], int]]:
-        return []  # aggregating runs use the BCC loader for now (see __init__)
+        """The in-kernel aggregate as (row, count): rows in schema order, zero-filled."""
+        if not self.aggregate or self._agg_key is None:
+            return []
+        key_struct, names = self._agg_key
+        m = self._map("tk_agg")
+        fd = self.lib.lib.bpf_map__fd(m)
+        schema = self.spec.schema
+        blank = [("" if f.is_str else 0) for f in schema.fields]
+        idx = [schema.index(n) for n in names]
+        out = []
+        for k, v in map_items(self.lib, fd, key_struct.size, 8):
+            row = list(blank)
+            for i, value in zip(idx, key_struct.unpack(k), strict=True):
+                row[i] = value
+            out.append((tuple(row), int.from_bytes(v, "little")))
+        return out
 
     def reset(self) -> None:
         """Zero the counters and losses: each run starts from nothing."""
+        if self.aggregate:
+            m = self._map("tk_agg")
+            fd = self.lib.lib.bpf_map__fd(m)
+            size = self.lib.lib.bpf_map__key_size(m)
+            for k, _ in list(map_items(self.lib, fd, size, 8)):
+                self.lib.lib.bpf_map_delete_elem(fd, k)
         slots = {cm.map: len(cm.labels) for cm in self.spec.counters}
         slots["tk_lost"] = 2
         zeros = (ct.c_uint64 * self.ncpus_possible)()

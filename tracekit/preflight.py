@@ -388,8 +388,8 @@ def choose_loader(
     """("core" or "bcc", why): which path loads ``spec`` here.
 
     The CO-RE path needs the probe's object built (``tracekit build``) and intact,
-    and the kernel's BTF; it streams through the ring buffer and does not read
-    in-kernel aggregates yet. BCC compiles per run against the kernel's headers.
+    and the kernel's BTF; it streams through the ring buffer. BCC compiles per run
+    against the kernel's headers.
     """
     from tracekit.core_build import find_object
 
@@ -401,8 +401,6 @@ def choose_loader(
         why = found
     elif not Path("/sys/kernel/btf/vmlinux").exists():
         why = "the kernel has no BTF (/sys/kernel/btf/vmlinux)"
-    elif aggregate:
-        why = "in-kernel aggregation (hist only) is BCC's for now"
     elif output == "perf":
         why = "the CO-RE loader reads the ring buffer only (--output perf)"
     if why is None:

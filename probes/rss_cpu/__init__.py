@@ -87,6 +87,7 @@ PROBE = ProbeSpec(
     min_kernel="5.8",
     agg_fields=("cpu", "ifindex", "saddr", "daddr", "sport", "dport", "rx_queue", "proto"),
     report=report,
+    core=True,
 )
 
 

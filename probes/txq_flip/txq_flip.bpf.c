@@ -110,7 +110,7 @@ TK_SEC("kretprobe") int tk_pick_tx_return(struct pt_regs *ctx)
     if (after == st->before)
         return 0;
     count(1);
-    if (!tk_stream)
+    if (!tk_cfg_stream)
         return 0;
     struct tk_event ev = {};
     struct sock *sk = st->sk;
