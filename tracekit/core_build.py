@@ -67,6 +67,7 @@ def build(spec: ProbeSpec) -> Path:
         raise TracekitError(f"probe {spec.name} has no CO-RE build (ProbeSpec.core)")
     out = object_path(spec)
     if verified(out) is None:
+        _remove_stale(spec, out)
         return out
     CACHE_DIR.mkdir(parents=True, exist_ok=True)
     os.chmod(CACHE_DIR, 0o755)
@@ -94,7 +95,15 @@ def build(spec: ProbeSpec) -> Path:
     Path(str(out) + ".sha256").write_text(digest + "\n")
     Path(str(out) + ".built-by").write_text(compiler_version() + "\n")
     os.replace(tmp, out)
+    _remove_stale(spec, out)
     return out
+
+
+def _remove_stale(spec: ProbeSpec, current: Path) -> None:
+    """Objects built from earlier sources of this probe can never be loaded again."""
+    for old in CACHE_DIR.glob(f"{spec.name}-*.bpf.o*"):
+        if not old.name.startswith(current.name):
+            old.unlink()
 
 
 def verified(path: Path) -> str | None:
