@@ -208,7 +208,7 @@ class LoadedProbe:
         """
         try:
             with bcc_guard(f"probe {self.spec.name}: reading struct tk_event"):
-                cls = self.bpf["tk_event_layout"].Leaf
+                cls = self.bpf[b"tk_event_layout"].Leaf
         except CompileError:
             self.close()
             raise
@@ -232,7 +232,7 @@ class LoadedProbe:
         if self.aggregate:
             names.append("tk_agg")
         for name in names:
-            self.bpf[name].clear()
+            self.bpf[name.encode()].clear()
         self.perf_records_lost.clear()
         self._reported.clear()
 
@@ -292,7 +292,7 @@ class LoadedProbe:
         """Open the ring or perf buffer; once per compiled probe, reused across runs."""
         if self._output_open:
             return
-        table = self.bpf["tk_events"]
+        table = self.bpf[b"tk_events"]
         decode, rows = self.decoder.decode, self._rows
         size = self.decoder.size
 
@@ -352,7 +352,7 @@ class LoadedProbe:
         self._output_open = False
 
     def _close_perf_readers(self, cpus: list[int]) -> None:
-        table = self.bpf["tk_events"]
+        table = self.bpf[b"tk_events"]
         for cpu in cpus:
             with contextlib.suppress(Exception):
                 del table[cpu]  # BCC frees the reader and its mmap
@@ -371,7 +371,7 @@ class LoadedProbe:
     # -- counters and losses -----------------------------------------------------
 
     def read_percpu(self, name: str, slots: int) -> list[dict[int, int]]:
-        table = self.bpf[name]
+        table = self.bpf[name.encode()]
         cpus = set(online_cpus())  # BCC returns a value per possible CPU; keep online ones
         out = []
         for i in range(slots):
@@ -387,7 +387,7 @@ class LoadedProbe:
         blank = [("" if f.is_str else 0) for f in schema.fields]
         idx = [schema.index(n) for n in self.spec.agg_fields]
         out = []
-        for k, v in self.bpf["tk_agg"].items():
+        for k, v in self.bpf[b"tk_agg"].items():
             row = list(blank)
             for name, i in zip(self.spec.agg_fields, idx, strict=True):
                 row[i] = getattr(k, name)
