@@ -34,8 +34,12 @@ def bus() -> Bus:
 
 @pytest.fixture(scope="session")
 def txq_compiled(bus: Bus) -> Compiled:
+    # txq-flip through BCC: the same source as its CO-RE object, which
+    # test_core_loader.py runs against the same oracles (rss-cpu's tests use the
+    # default loader, CO-RE wherever its object is built).
     spec = bus.probes.get("txq-flip")
-    compiled = compile_probe(spec, spec.resolve_params({}), RunOptions(quiet=True))
+    compiled = compile_probe(spec, spec.resolve_params({}), RunOptions(quiet=True, loader="bcc"))
+    assert compiled.loader == "bcc"
     yield compiled
     compiled.probe.close()
 
