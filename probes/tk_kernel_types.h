@@ -23,6 +23,9 @@ struct pt_regs {
     unsigned long orig_ax, ip, cs, flags, sp, ss;
 };
 
+/* Several sock members are macros for sock_common ones (sk_tx_queue_mapping is
+ * __sk_common.skc_tx_queue_mapping): declare and use the real names, which BCC's
+ * headers also have. */
 struct sock_common {
     __be32 skc_daddr;
     __be32 skc_rcv_saddr;
@@ -30,11 +33,11 @@ struct sock_common {
     __u16 skc_num;
     unsigned short skc_family;
     volatile unsigned char skc_state;
+    unsigned short skc_tx_queue_mapping;
 };
 
 struct sock {
     struct sock_common __sk_common;
-    unsigned short sk_tx_queue_mapping;
 };
 
 struct net_device {

@@ -87,3 +87,22 @@ def test_the_loader_choice_says_why(cache: Path, txq: ProbeSpec) -> None:
     assert choose_loader(spec, "bcc") == ("bcc", "asked for (--loader bcc)")
     ooo = build_bus().probes.get("ooo-okay")
     assert choose_loader(ooo) == ("bcc", "no CO-RE: the probe has no CO-RE build")
+
+
+@pytest.mark.parametrize("name", sorted(s.name for s in build_bus().probes if s.core))
+def test_every_core_object_loads_into_this_kernel(name: str) -> None:
+    """The object as setup built it, relocated against this kernel's own BTF and
+    through its verifier: the kernel types the probe declares exist here (this
+    once caught sk_tx_queue_mapping, a macro, declared as a member)."""
+    import os
+
+    from tracekit.core_loader import CoreProbe
+
+    if os.geteuid() != 0 or not Path("/sys/kernel/btf/vmlinux").exists():
+        pytest.skip("needs root and a kernel with BTF")
+    spec = build_bus().probes.get(name)
+    path, why = cb.find_object(spec)
+    if path is None:
+        pytest.skip(why)
+    for kw in ({}, {"stream": False, "aggregate": True}):
+        CoreProbe(spec, spec.resolve_params({}), path, **kw).close()

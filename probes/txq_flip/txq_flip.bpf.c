@@ -83,7 +83,7 @@ TK_SEC("kprobe") int tk_pick_tx_entry(struct pt_regs *ctx)
         return 0;
     }
     u16 before = 0xffff;
-    bpf_probe_read_kernel(&before, sizeof(before), &sk->sk_tx_queue_mapping);
+    bpf_probe_read_kernel(&before, sizeof(before), &sk->__sk_common.skc_tx_queue_mapping);
     st->sk = sk;
     st->dev = dev;
     st->before = before;
