@@ -12,9 +12,31 @@ from itertools import repeat
 from operator import itemgetter
 from typing import Any
 
+from tracekit.safe_text import printable
 from tracekit.schema import HistSpec, Schema, format_value
 
 BAR_WIDTH = 52
+
+# A linear histogram prints every bucket between the lowest and the highest it saw,
+# so its bucket count bounds the output and the time to print it. bpftrace's lhist
+# has no limit and a hostile 0:2^63:1 makes it print forever; 10,000 lines is more
+# than anyone reads. Bounds stay within 64-bit values, as fields are.
+MAX_LINEAR_BUCKETS = 10_000
+_BOUND = 1 << 64
+
+
+def check_hist_limits(spec: HistSpec) -> None:
+    """Raise ValueError for a histogram too large to keep or print (see above)."""
+    if spec.kind != "linear":
+        return
+    if not (-_BOUND <= spec.lo < spec.hi <= _BOUND) or spec.step <= 0:
+        raise ValueError("linear=LO:HI:STEP needs LO < HI within 64-bit values and STEP > 0")
+    buckets = -(-(spec.hi - spec.lo) // spec.step)
+    if buckets > MAX_LINEAR_BUCKETS:
+        raise ValueError(
+            f"linear={spec.lo}:{spec.hi}:{spec.step} makes {buckets} buckets "
+            f"(limit {MAX_LINEAR_BUCKETS}); use a larger STEP or log2"
+        )
 
 
 def log2_bucket(v: int) -> int:
@@ -45,6 +67,7 @@ class Histogram:
 
     def __init__(self, spec: HistSpec, schema: Schema) -> None:
         schema.check_hist(spec)
+        check_hist_limits(spec)
         self.spec = spec
         self.schema = schema
         self._vi = schema.index(spec.value) if spec.value else None
@@ -119,10 +142,12 @@ class Histogram:
         return "[" + ", ".join(parts) + "]"
 
     def render(self, symbols: dict[int, str] | None = None) -> str:
-        name = self.spec.title or (self.spec.value or "count")
+        # Titles, field names and units may come from a trace header: escaped. Keys
+        # are escaped by format_value.
+        name = printable(self.spec.title or (self.spec.value or "count"))
         unit = ""
         if self.spec.value:
-            u = self.schema.field(self.spec.value).unit
+            u = printable(self.schema.field(self.spec.value).unit)
             unit = f" ({u})" if u else ""
         lines: list[str] = []
         if not self.data:
@@ -180,4 +205,5 @@ def parse_hist_arg(arg: str, schema: Schema) -> HistSpec:
             raise ValueError(f"unknown histogram option {p!r} (by=, linear=LO:HI:STEP, log2)")
     spec = HistSpec(value=value, by=tuple(by), kind=kind, lo=lo, hi=hi, step=step)
     schema.check_hist(spec)
+    check_hist_limits(spec)
     return spec
