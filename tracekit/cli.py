@@ -52,6 +52,13 @@ sink_option = click.option(
 force_option = click.option("--force", is_flag=True, help="overwrite existing trace files")
 
 
+class OutputClosed(TracekitError):
+    """Standard output was closed by its reader: stop quietly, status 0."""
+
+    exit_code = 0
+    reported = True
+
+
 class TracekitGroup(click.Group):
     """Adds plugin commands lazily, so ``--help`` lists them."""
 
@@ -64,6 +71,15 @@ class TracekitGroup(click.Group):
         except TracekitError:
             return
         bus.pm.hook.tracekit_add_commands(cli=self)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except BrokenPipeError:
+            # Caught here, before click turns it into status 1: the reader of our
+            # output went away (``| head``), which is how a pipeline ends, not an error.
+            _quiet_after_broken_pipe()
+            raise OutputClosed() from None
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         self._load(ctx)
@@ -183,7 +199,9 @@ def run_cmd(
     sinks = sinks or ("console",)
     if duration is not None and not 0 < duration <= MAX_DURATION:
         # Also refuses nan and inf (click's float accepts them) and 1e309 (inf).
-        raise UsageError(f"--duration must be a number of seconds in (0, {MAX_DURATION:g}]")
+        raise UsageError(
+            f"--duration must be a number of seconds, above 0 and at most {MAX_DURATION:.0f}"
+        )
     if buffer_pages & (buffer_pages - 1):
         raise UsageError(f"--buffer-pages must be a power of two, not {buffer_pages}")
     # Validate sinks before the (slow) compile.

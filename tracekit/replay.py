@@ -36,6 +36,9 @@ def _refuse_own_input(path: str, sinks: dict[str, object]) -> None:
 
 
 def replay(bus: Bus, path: str, sink_args: tuple[str, ...], opts: SinkOptions) -> Summary:
+    # First pass: the file's structure, CRCs and every record but batch bodies, so a
+    # damaged file ends with one line before any sink prints (TraceReader.verify).
+    TraceReader(path).verify()
     reader = TraceReader(path)
     session = reader.session
     try:
@@ -44,9 +47,8 @@ def replay(bus: Bus, path: str, sink_args: tuple[str, ...], opts: SinkOptions) -
     except BaseException:
         reader.close()
         raise
-    # Every record is checked by the reader before it is yielded, so a corrupt file
-    # stops here with one line (status 2) before any sink sees the bad record; what
-    # sinks received up to then was valid.
+    # Every record is checked again, batch rows included, before it is yielded: a
+    # forged batch stops the replay with one line (status 2) before any sink sees it.
     with Pipeline(bus, session, sinks) as pipe:
         for rec in reader.records():
             if rec.kind == BATCH:

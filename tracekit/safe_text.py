@@ -14,8 +14,6 @@ of JSON wants the real string back.
 
 from __future__ import annotations
 
-from typing import Any
-
 
 def _escape_char(c: str) -> str:
     n = ord(c)
@@ -31,15 +29,10 @@ def _escape_char(c: str) -> str:
 def printable(text: str) -> str:
     """``text`` with every non-printable character escaped (``\\x1b``, ``\\u202e``).
 
-    A backslash is doubled only when something else had to be escaped, so ordinary
-    strings (the vast majority) come back unchanged at C speed, and an escaped string
-    cannot be confused with one that contained a literal ``\\x1b``.
+    Backslashes are doubled, so an escaped ESC cannot be confused with a string that
+    contained a literal ``\\x1b``. Ordinary strings (the vast majority) come back
+    unchanged after two C-speed scans.
     """
-    if text.isprintable():
+    if text.isprintable() and "\\" not in text:
         return text
     return "".join(c if c.isprintable() and c != "\\" else _escape_char(c) for c in text)
-
-
-def safe(value: Any) -> str:
-    """``str(value)`` made printable: for values that may be strings from a trace."""
-    return printable(value if isinstance(value, str) else str(value))

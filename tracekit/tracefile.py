@@ -329,9 +329,10 @@ class TraceReader:
                 f"cannot read {self._shown}: {exc.strerror or errno.errorcode.get(exc.errno or 0)}"
             ) from None
 
-    def _corrupt(self, why: str) -> TraceFileError:
+    def _corrupt(self, why: str, at: int | None = None) -> TraceFileError:
         self._f.close()
-        return TraceFileError(f"{self._shown}: corrupt at byte {self._offset}: {printable(why)}")
+        where = self._offset if at is None else at
+        return TraceFileError(f"{self._shown}: corrupt at byte {where}: {printable(why)}")
 
     def _frame(self) -> Any:
         while True:
@@ -354,8 +355,12 @@ class TraceReader:
             ) as exc:
                 raise self._corrupt(f"bad framing ({type(exc).__name__})") from None
 
-    def _next(self) -> Record | None:
-        """The next framed record, or None at the end (sets ``truncated`` if cut)."""
+    def _next(self, decode_batches: bool = True) -> Record | None:
+        """The next framed record, or None at the end (sets ``truncated`` if cut).
+
+        Without ``decode_batches`` a BATCH payload is its row count, read from the
+        msgpack array header, and the body is not decoded (see ``verify``).
+        """
         frame = self._frame()
         if frame is None:
             if self._unpacker.tell() + len(MAGIC) < self.size:
@@ -394,6 +399,8 @@ class TraceReader:
                 f"{_KIND_NAMES[kind]} record {seq} where record {self._seq} was due (records {how})"
             )
         self._seq += 1
+        if kind == BATCH and not decode_batches:
+            return Record(kind, _array_len(body), start)
         try:
             payload = msgpack.unpackb(body, use_list=False, strict_map_key=False, raw=False)
         except Exception as exc:  # noqa: BLE001 - any decode failure is corruption
@@ -402,12 +409,27 @@ class TraceReader:
             ) from None
         return Record(kind, payload, start)
 
-    def records(self) -> Iterator[Record]:
+    def verify(self) -> None:
+        """Read the whole file once without yielding, raising for any corruption.
+
+        Replay calls this before any sink starts, so a damaged file (a flipped bit,
+        a dropped, repeated or reordered record, a relabelled kind, a footer whose
+        counts disagree, data after the footer) is one line and status 2 with nothing
+        printed before it. Batch bodies are only CRC-checked and counted here (their
+        rows are checked, column by column, when ``records`` yields them): decoding
+        every batch twice would halve replay speed. So the one thing found only
+        during replay is a batch whose CRC is valid but whose values are not, which
+        takes a deliberately forged file; replay then stops there with one line.
+        """
+        for _ in self.records(decode_batches=False):
+            pass
+
+    def records(self, decode_batches: bool = True) -> Iterator[Record]:
         """Records after the header, each checked; see the class docstring."""
         session = self.session
         try:
             while True:
-                rec = self._next()
+                rec = self._next(decode_batches)
                 if rec is None:
                     if self.footer is None and not self.truncated:
                         # Ends on a record boundary but never got its footer: the
@@ -418,7 +440,7 @@ class TraceReader:
                 try:
                     self._check(rec, session)
                 except Invalid as exc:
-                    raise self._corrupt(str(exc)) from None
+                    raise self._corrupt(str(exc), rec.offset) from None
                 yield rec
                 if rec.kind == FOOTER:
                     self._after_footer()
@@ -429,9 +451,17 @@ class TraceReader:
     def _check(self, rec: Record, session: Session) -> None:
         kind, where = rec.kind, f"record {self._seq - 1} ({_KIND_NAMES[rec.kind]})"
         if kind == BATCH:
-            self._rows.check(rec.payload, where, MAX_BATCH)
+            if type(rec.payload) is int:  # verify(): counted, not decoded
+                if rec.payload < 0:
+                    raise Invalid(f"{where}: expected an array of rows")
+                if rec.payload > MAX_BATCH:
+                    raise Invalid(f"{where}: {rec.payload} rows (limit {MAX_BATCH})")
+                n = rec.payload
+            else:
+                self._rows.check(rec.payload, where, MAX_BATCH)
+                n = len(rec.payload)
             self.batches += 1
-            self.rows += len(rec.payload)
+            self.rows += n
         elif kind == SYMBOLS:
             syms, stacks = check_symbols(rec.payload, where)
             if len(session.symbols) + len(syms) > MAX_SYMBOLS:
@@ -482,6 +512,24 @@ class TraceReader:
 
     def close(self) -> None:
         self._f.close()
+
+
+def _array_len(body: bytes) -> int:
+    """Rows in a BATCH body from its msgpack array header; -1 if it is not an array.
+
+    -1 is then refused as not a batch when the body is decoded; here it only needs to
+    differ from any real count.
+    """
+    if not body:
+        return -1
+    b = body[0]
+    if 0x90 <= b <= 0x9F:
+        return b & 0x0F
+    if b == 0xDC and len(body) >= 3:
+        return int.from_bytes(body[1:3], "big")
+    if b == 0xDD and len(body) >= 5:
+        return int.from_bytes(body[1:5], "big")
+    return -1
 
 
 def read_symbols(payload: Any, session: Session) -> None:
