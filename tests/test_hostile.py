@@ -23,7 +23,7 @@ import tracefuzz
 from tracefuzz import base_records, serialize
 
 from tracekit.errors import SinkFailedError, TraceFileError
-from tracekit.session import Session
+from tracekit.session import Session, Summary
 from tracekit.testing import feed, synthetic_rows
 from tracekit.trace_checks import MAX_FIELDS
 from tracekit.tracefile import (
@@ -274,11 +274,12 @@ def test_a_record_at_the_cap_stays_within_the_documented_memory(tmp_path: Path) 
     row = tuple(["ab"] * 200)
     per_row = len(msgpack.packb(row))
     rows = [row] * min(8192, (MAX_RECORD - 64) // per_row)
-    recs[2:5] = [[BATCH, rows]]
-    recs[-1][1].update(events=len(rows), kernel_agg=[])
+    # Two in a row: the reader's buffer must hold a whole record plus a chunk.
+    recs[2:5] = [[BATCH, rows], [BATCH, rows]]
+    recs[-1][1].update(events=2 * len(rows), kernel_agg=[])
     p = forged(tmp_path, recs)
     size = p.stat().st_size
-    assert size > MAX_RECORD // 2
+    assert size > MAX_RECORD
     tracemalloc.start()
     try:
         r = TraceReader(str(p))
@@ -286,7 +287,7 @@ def test_a_record_at_the_cap_stays_within_the_documented_memory(tmp_path: Path) 
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
-    assert n == len(rows)
+    assert n == 2 * len(rows)
     assert peak < 25 * size + 16 * 2**20, (peak, size)
 
 
@@ -466,3 +467,22 @@ def test_disk_full_while_recording_is_one_line_and_the_file_replays(
     # Up to the last complete batch: the partial one after it is a cut, not corruption.
     assert r.truncated and r.footer is None
     assert got and got == [50] * len(got) and sum(got) < 200
+
+
+def test_writer_splits_symbols_so_every_record_is_readable(
+    tmp_path: Path, session: Session
+) -> None:
+    # 3,000 names of 4,000 characters: 12 MB of symbols, three times the record cap.
+    session.symbols.update({0xFFFF0000 + i: f"{i:04d}" + "x" * 3996 for i in range(3000)})
+    p = tmp_path / "syms.tkt"
+    w = TraceWriter(str(p), session)
+    w.write_symbols(session)
+    w.close(Summary())
+    r = TraceReader(str(p))
+    got: dict[int, str] = {}
+    records = 0
+    for rec in r.records():
+        if rec.payload is not None and rec.kind != FOOTER:
+            got.update(rec.payload[0])
+            records += 1
+    assert got == session.symbols and records >= 3 and r.footer is not None

@@ -78,6 +78,7 @@ FORMAT_1_WEAKNESSES = (
 # 4 MiB keeps one record under 100 MB; 8,192 rows of 512 bytes still fit.
 MAX_BATCH = 8192
 MAX_RECORD = 4 * 1024 * 1024
+_MAX_BODY = MAX_RECORD - 64  # room for the framing around a body
 # Totals over a whole file: symbols and stacks are kept for the whole replay.
 MAX_SYMBOLS = 1 << 20
 MAX_STACKS = 1 << 16
@@ -147,6 +148,16 @@ class TraceWriter:
 
     def _write(self, kind: int, payload: Any) -> None:
         body = _pack(payload)
+        if len(body) > _MAX_BODY:
+            # Readers refuse it; better one clear line now than an unreadable file.
+            # (Batches and symbols are split below; a header or footer this large
+            # would take a schema or an in-kernel aggregate far beyond any probe's.)
+            self.failed = True
+            raise TraceWriteError(
+                f"cannot write {self.path}: a {_KIND_NAMES[kind]} record of {len(body)} "
+                f"bytes exceeds the {MAX_RECORD // 2**20} MiB limit; the file replays up "
+                f"to its last complete batch ({self.rows} events)"
+            )
         self._raw(_pack([kind, self._seq, _crc(kind, self._seq, body), body]))
         self._seq += 1
 
@@ -159,14 +170,21 @@ class TraceWriter:
             return
         syms = list(session.symbols.items())[self._symbols_written :]
         stacks = list(session.stacks.items())[self._stacks_written :]
-        step = 20_000  # keeps each record far below MAX_RECORD
+        step = 20_000
         for i in range(0, max(len(syms), len(stacks)), step):
-            self._write(
-                SYMBOLS,
-                {"symbols": dict(syms[i : i + step]), "stacks": dict(stacks[i : i + step])},
-            )
+            self._write_symbols(syms[i : i + step], stacks[i : i + step])
         self._symbols_written = len(session.symbols)
         self._stacks_written = len(session.stacks)
+
+    def _write_symbols(self, syms: list[tuple[int, str]], stacks: list[tuple[int, Any]]) -> None:
+        payload = {"symbols": dict(syms), "stacks": dict(stacks)}
+        if len(syms) + len(stacks) > 1 and len(_pack(payload)) > _MAX_BODY:
+            # Long names or deep stacks: halve until each record fits.
+            hs, ht = (len(syms) + 1) // 2, (len(stacks) + 1) // 2
+            self._write_symbols(syms[:hs], stacks[:ht])
+            self._write_symbols(syms[hs:], stacks[ht:])
+            return
+        self._write(SYMBOLS, payload)
 
     def write_batch(self, rows: list[tuple[Any, ...]]) -> None:
         for i in range(0, len(rows), MAX_BATCH):
@@ -174,12 +192,14 @@ class TraceWriter:
 
     def _write_rows(self, rows: list[tuple[Any, ...]]) -> None:
         body = _pack(rows)
-        if len(body) > MAX_RECORD - 64 and len(rows) > 1:
+        if len(body) > _MAX_BODY and len(rows) > 1:
             # Wide rows: halve until a batch fits in one record the reader accepts.
             half = len(rows) // 2
             self._write_rows(rows[:half])
             self._write_rows(rows[half:])
             return
+        if len(body) > _MAX_BODY:
+            self._write(BATCH, rows)  # one row beyond the limit: refused, in one line
         self._raw(_pack([BATCH, self._seq, _crc(BATCH, self._seq, body), body]))
         self._seq += 1
         self.batches += 1
@@ -243,7 +263,8 @@ class TraceReader:
     for anything that is not a tracekit trace or is corrupt. A file that simply ends
     early sets ``truncated`` and ``truncated_at`` instead of raising. BATCH payloads
     are checked against the schema; SYMBOLS payloads become ``(symbols, stacks)``,
-    LOST payloads ``LostReport`` and the footer ``footer``.
+    LOST payloads ``LostReport`` and the footer ``footer``. A record's ``payload`` is
+    valid until the next record is read (keep the payload, not the record).
     """
 
     def __init__(self, path: str) -> None:
@@ -262,13 +283,16 @@ class TraceReader:
         if magic != MAGIC:
             raise TraceFileError(f"{self._shown}: not a tracekit trace file")
         self._unpacker = msgpack.Unpacker(
-            max_buffer_size=MAX_RECORD + 1024,
+            # Room for the largest record (body and framing) plus one chunk read.
+            max_buffer_size=MAX_RECORD + _READ_CHUNK + 1024,
             max_bin_len=MAX_RECORD,
             max_array_len=4,
             max_map_len=0,
             max_str_len=0,
             max_ext_len=0,
         )
+        self._chunk = bytearray(_READ_CHUNK)
+        self._chunk_view = memoryview(self._chunk)
         self._offset = len(MAGIC)
         self._eof = False
         self._seq = 0
@@ -329,6 +353,16 @@ class TraceReader:
                 f"cannot read {self._shown}: {exc.strerror or errno.errorcode.get(exc.errno or 0)}"
             ) from None
 
+    def _read_into(self, buf: bytearray) -> int:
+        # One buffer for every read (feed() copies what it needs): no 1 MiB bytes
+        # object allocated and freed per read.
+        try:
+            return self._f.readinto(buf)  # type: ignore[attr-defined,no-any-return]
+        except OSError as exc:
+            raise TraceFileError(
+                f"cannot read {self._shown}: {exc.strerror or errno.errorcode.get(exc.errno or 0)}"
+            ) from None
+
     def _corrupt(self, why: str, at: int | None = None) -> TraceFileError:
         self._f.close()
         where = self._offset if at is None else at
@@ -341,11 +375,18 @@ class TraceReader:
             except msgpack.OutOfData:
                 if self._eof:
                     return None
-                chunk = self._read(_READ_CHUNK)
-                if not chunk:
+                n = self._read_into(self._chunk)
+                if not n:
                     self._eof = True
-                else:
-                    self._unpacker.feed(chunk)
+                    continue
+                try:
+                    self._unpacker.feed(self._chunk_view[:n])
+                except msgpack.BufferFull:
+                    # The buffer holds one whole record and one chunk: a record that
+                    # still does not fit claims more than MAX_RECORD bytes.
+                    raise self._corrupt(
+                        f"a record longer than the {MAX_RECORD // 2**20} MiB limit"
+                    ) from None
             except (
                 ValueError,
                 msgpack.ExtraData,
@@ -445,6 +486,11 @@ class TraceReader:
                 if rec.kind == FOOTER:
                     self._after_footer()
                     return
+                # The caller's loop variable still holds this record while the next
+                # one decodes: dropping the payload here keeps one decoded record in
+                # memory, not two (a record's objects take up to ~25x its bytes).
+                rec.payload = None
+                del rec
         finally:
             self._f.close()
 
