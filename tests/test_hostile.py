@@ -265,8 +265,9 @@ def test_str100000000_is_refused(tmp_path: Path) -> None:
 def test_a_record_at_the_cap_stays_within_the_documented_memory(tmp_path: Path) -> None:
     """The worst record for memory: the most objects per byte (2-character strings).
 
-    docs/trace-format.md promises peak memory under 25 x the file's size plus 16 MiB
-    (and under 25 x MAX_RECORD plus 16 MiB whatever the size).
+    docs/trace-format.md promises peak RSS under 32 x the file's size plus 24 MiB
+    (about 20 MiB of it Python and tracekit); the Python allocations measured here
+    must stay under 25 x the size plus 16 MiB. bench/hostile_replay.py measures RSS.
     """
     recs = base_records(random.Random(1))
     fields = [{"name": f"s{i}", "type": "str2", "display": "str"} for i in range(200)]

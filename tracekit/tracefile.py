@@ -73,9 +73,10 @@ FORMAT_1_WEAKNESSES = (
 # Upper bounds on what a reader accepts, so that neither a corrupt length field nor
 # a forged but well-formed record can make it allocate much more than the file's
 # size. A batch is at most MAX_BATCH rows and a record at most MAX_RECORD bytes (the
-# writer splits larger ones). A decoded record takes at most about 20 times its size
-# in Python objects (a 3-byte string becomes a 59-byte str and its pointer), so
-# 4 MiB keeps one record under 100 MB; 8,192 rows of 512 bytes still fit.
+# writer splits larger ones). A decoded record takes up to about 30 times its size
+# in Python objects (a 3-byte string becomes a 51-byte str, its pointer, and its
+# share of the row tuples), so 4 MiB keeps one record near 120 MB; 8,192 rows of 512
+# bytes still fit, and rss-cpu's largest footer (16,384 aggregated flows) is ~1 MB.
 MAX_BATCH = 8192
 MAX_RECORD = 4 * 1024 * 1024
 _MAX_BODY = MAX_RECORD - 64  # room for the framing around a body
