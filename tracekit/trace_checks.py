@@ -134,10 +134,6 @@ def _kind(v: Any) -> str:
     return names.get(type(v), "an extension type")
 
 
-def _get(d: dict[Any, Any], key: str, default: Any) -> Any:
-    return d.get(key, default)
-
-
 def _str_map(
     v: Any, where: str, value: Callable[[Any, str], Any], limit: int = MAX_MAP_ITEMS
 ) -> dict[str, Any]:
@@ -158,45 +154,45 @@ def _per_cpu(v: Any, where: str) -> dict[int, int]:
 
 def check_field(d: Any, where: str) -> dict[str, Any]:
     d = _map(d, where, 32)
-    name = _str(_get(d, "name", None), f"{where}.name")
+    name = _str(d.get("name", None), f"{where}.name")
     where = f"{where} ({name!r})" if name.isprintable() else where
-    ftype = _str(_get(d, "type", None), f"{where}.type", 16)
+    ftype = _str(d.get("type", None), f"{where}.type", 16)
     if ftype.startswith("str"):
         digits = ftype[3:]
         if not (digits.isascii() and digits.isdigit()) or not 0 < int(digits) <= MAX_STR_WIDTH:
             raise Invalid(f"{where}.type: {ftype!r}: string widths are str1..str{MAX_STR_WIDTH}")
     elif ftype not in _INT_RANGES:
         raise Invalid(f"{where}.type: unknown type")
-    display = _str(_get(d, "display", "int"), f"{where}.display", 16)
+    display = _str(d.get("display", "int"), f"{where}.display", 16)
     if display not in DISPLAYS:
         raise Invalid(f"{where}.display: unknown display")
-    choices = _seq(_get(d, "choices", ()), f"{where}.choices", MAX_CHOICES)
+    choices = _seq(d.get("choices", ()), f"{where}.choices", MAX_CHOICES)
     return {
         "name": name,
         "type": ftype,
-        "unit": _str(_get(d, "unit", ""), f"{where}.unit"),
-        "key": _bool(_get(d, "key", False), f"{where}.key"),
+        "unit": _str(d.get("unit", ""), f"{where}.unit"),
+        "key": _bool(d.get("key", False), f"{where}.key"),
         "display": display,
-        "doc": _str(_get(d, "doc", ""), f"{where}.doc", MAX_TEXT),
+        "doc": _str(d.get("doc", ""), f"{where}.doc", MAX_TEXT),
         "choices": [_str(c, f"{where}.choices") for c in choices],
     }
 
 
 def check_histspec(d: Any, where: str) -> HistSpec:
     d = _map(d, where, 32)
-    value = _get(d, "value", None)
-    kind = _str(_get(d, "kind", "log2"), f"{where}.kind", 16)
+    value = d.get("value", None)
+    kind = _str(d.get("kind", "log2"), f"{where}.kind", 16)
     try:
         spec = HistSpec(
             value=None if value is None else _str(value, f"{where}.value"),
             by=tuple(
-                _str(b, f"{where}.by") for b in _seq(_get(d, "by", ()), f"{where}.by", MAX_FIELDS)
+                _str(b, f"{where}.by") for b in _seq(d.get("by", ()), f"{where}.by", MAX_FIELDS)
             ),
             kind=kind,
-            lo=_int(_get(d, "lo", 0), f"{where}.lo"),
-            hi=_int(_get(d, "hi", 0), f"{where}.hi"),
-            step=_int(_get(d, "step", 1), f"{where}.step"),
-            title=_str(_get(d, "title", ""), f"{where}.title"),
+            lo=_int(d.get("lo", 0), f"{where}.lo"),
+            hi=_int(d.get("hi", 0), f"{where}.hi"),
+            step=_int(d.get("step", 1), f"{where}.step"),
+            title=_str(d.get("title", ""), f"{where}.title"),
         )
         check_hist_limits(spec)
     except ValueError as exc:
@@ -206,7 +202,7 @@ def check_histspec(d: Any, where: str) -> HistSpec:
 
 def check_schema(d: Any, where: str = "header.schema") -> Schema:
     d = _map(d, where, 32)
-    fields = _seq(_get(d, "fields", None), f"{where}.fields", MAX_FIELDS)
+    fields = _seq(d.get("fields", None), f"{where}.fields", MAX_FIELDS)
     if not fields:
         raise Invalid(f"{where}.fields: no fields")
     checked = [check_field(f, f"{where}.fields[{i}]") for i, f in enumerate(fields)]
@@ -216,9 +212,7 @@ def check_schema(d: Any, where: str = "header.schema") -> Schema:
         raise Invalid(f"{where}.fields: {len(dupes)} duplicate field names")
     hists = [
         check_histspec(h, f"{where}.histograms[{i}]")
-        for i, h in enumerate(
-            _seq(_get(d, "histograms", ()), f"{where}.histograms", MAX_HISTOGRAMS)
-        )
+        for i, h in enumerate(_seq(d.get("histograms", ()), f"{where}.histograms", MAX_HISTOGRAMS))
     ]
     try:
         return Schema.from_dict({"fields": checked, "histograms": [h.to_dict() for h in hists]})
@@ -229,33 +223,31 @@ def check_schema(d: Any, where: str = "header.schema") -> Schema:
 def check_header(h: Any, newest: int) -> dict[str, Any]:
     """The header as the writer wrote it, every value checked; raises ``Invalid``."""
     h = _map(h, "header", 64)
-    fmt = _int(_get(h, "format", None), "header.format", 1, COUNT_MAX)
+    fmt = _int(h.get("format", None), "header.format", 1, COUNT_MAX)
     if fmt > newest:
         # Checked first: a newer file is not corrupt, and saying so helps more.
         return {"format": fmt}
-    schema = check_schema(_get(h, "schema", None))
+    schema = check_schema(h.get("schema", None))
     aggregated = [
         _str(a, "header.aggregated")
-        for a in _seq(_get(h, "aggregated", ()), "header.aggregated", MAX_FIELDS)
+        for a in _seq(h.get("aggregated", ()), "header.aggregated", MAX_FIELDS)
     ]
     for a in aggregated:
         if a not in schema.names:
             raise Invalid("header.aggregated: names a field the schema does not have")
     return {
         "format": fmt,
-        "tracekit_version": _str(_get(h, "tracekit_version", "?"), "header.tracekit_version"),
-        "probe": _str(_get(h, "probe", None), "header.probe"),
+        "tracekit_version": _str(h.get("tracekit_version", "?"), "header.tracekit_version"),
+        "probe": _str(h.get("probe", None), "header.probe"),
         "params": _str_map(
-            _get(h, "params", {}), "header.params", lambda v, w: _int(v, w), MAX_PARAMS
+            h.get("params", {}), "header.params", lambda v, w: _int(v, w), MAX_PARAMS
         ),
         "schema": schema,
-        "kernel": _str(_get(h, "kernel", "?"), "header.kernel"),
-        "ncpus": _int(_get(h, "ncpus", 0), "header.ncpus", 0, MAX_CPUS),
-        "hostname": _str(_get(h, "hostname", "?"), "header.hostname"),
-        "start_time": _num(_get(h, "start_time", 0.0), "header.start_time", 0.0, MAX_START_TIME),
-        "sample_every": _int(
-            _get(h, "sample_every", 1), "header.sample_every", 1, MAX_SAMPLE_EVERY
-        ),
+        "kernel": _str(h.get("kernel", "?"), "header.kernel"),
+        "ncpus": _int(h.get("ncpus", 0), "header.ncpus", 0, MAX_CPUS),
+        "hostname": _str(h.get("hostname", "?"), "header.hostname"),
+        "start_time": _num(h.get("start_time", 0.0), "header.start_time", 0.0, MAX_START_TIME),
+        "sample_every": _int(h.get("sample_every", 1), "header.sample_every", 1, MAX_SAMPLE_EVERY),
         "aggregated": aggregated,
     }
 
@@ -315,16 +307,14 @@ def check_symbols(
     p = _map(p, where, 8)
     syms = {
         _int(a, f"{where}: address", 0, U64_MAX): _str(n, f"{where}: symbol name", MAX_TEXT)
-        for a, n in _map(_get(p, "symbols", {}), f"{where}.symbols", MAX_SYMBOLS_PER_RECORD).items()
+        for a, n in _map(p.get("symbols", {}), f"{where}.symbols", MAX_SYMBOLS_PER_RECORD).items()
     }
     stacks = {
         _int(s, f"{where}: stack id", 0, U64_MAX): [
             _int(a, f"{where}: stack address", 0, U64_MAX)
             for a in _seq(addrs, f"{where}: stack", MAX_STACK_DEPTH)
         ]
-        for s, addrs in _map(
-            _get(p, "stacks", {}), f"{where}.stacks", MAX_SYMBOLS_PER_RECORD
-        ).items()
+        for s, addrs in _map(p.get("stacks", {}), f"{where}.stacks", MAX_SYMBOLS_PER_RECORD).items()
     }
     return syms, stacks
 
@@ -332,38 +322,38 @@ def check_symbols(
 def check_lost(p: Any, where: str = "lost-events record") -> tuple[str, dict[int, int]]:
     p = _map(p, where, 8)
     return (
-        _str(_get(p, "source", "?"), f"{where}.source"),
-        _per_cpu(_get(p, "per_cpu", {}), f"{where}.per_cpu"),
+        _str(p.get("source", "?"), f"{where}.source"),
+        _per_cpu(p.get("per_cpu", {}), f"{where}.per_cpu"),
     )
 
 
 def check_footer(p: Any, rows: RowCheck, where: str = "footer") -> tuple[Summary, dict[str, int]]:
     """The footer's summary and (format 2) the writer's own counts of what it wrote."""
     p = _map(p, where, 32)
-    agg = _seq(_get(p, "kernel_agg", ()), f"{where}.kernel_agg", 1 << 20)
+    agg = _seq(p.get("kernel_agg", ()), f"{where}.kernel_agg", 1 << 20)
     for i, pair in enumerate(agg):
         if type(pair) is not tuple or len(pair) != 2:
             raise Invalid(f"{where}.kernel_agg[{i}]: expected [row, count]")
     if agg:
         rows.check(tuple(r for r, _ in agg), f"{where}.kernel_agg", 1 << 20)
     summary = Summary(
-        events=_int(_get(p, "events", 0), f"{where}.events", 0, COUNT_MAX),
-        lost=_str_map(_get(p, "lost", {}), f"{where}.lost", _per_cpu, 64),
-        duration=_num(_get(p, "duration", 0.0), f"{where}.duration", 0.0, MAX_DURATION),
+        events=_int(p.get("events", 0), f"{where}.events", 0, COUNT_MAX),
+        lost=_str_map(p.get("lost", {}), f"{where}.lost", _per_cpu, 64),
+        duration=_num(p.get("duration", 0.0), f"{where}.duration", 0.0, MAX_DURATION),
         counters=_str_map(
-            _get(p, "counters", {}),
+            p.get("counters", {}),
             f"{where}.counters",
             lambda labels, w: _str_map(labels, w, _per_cpu, 1024),
             1024,
         ),
-        interrupted=_bool(_get(p, "interrupted", False), f"{where}.interrupted"),
+        interrupted=_bool(p.get("interrupted", False), f"{where}.interrupted"),
         kernel_agg=[(r, _int(n, f"{where}.kernel_agg count", 0, COUNT_MAX)) for r, n in agg],
         notes=[
             _str(n, f"{where}.notes", MAX_TEXT)
-            for n in _seq(_get(p, "notes", ()), f"{where}.notes", MAX_NOTES)
+            for n in _seq(p.get("notes", ()), f"{where}.notes", MAX_NOTES)
         ],
     )
     written = _str_map(
-        _get(p, "written", {}), f"{where}.written", lambda v, w: _int(v, w, 0, COUNT_MAX), 8
+        p.get("written", {}), f"{where}.written", lambda v, w: _int(v, w, 0, COUNT_MAX), 8
     )
     return summary, written

@@ -61,8 +61,13 @@ FORMAT_VERSION = 2
 
 HEADER, BATCH, LOST, SYMBOLS, FOOTER = 0, 1, 2, 3, 9
 _KINDS = {HEADER, BATCH, LOST, SYMBOLS, FOOTER}
-_KIND_NAMES = {HEADER: "header", BATCH: "batch", LOST: "lost-events", SYMBOLS: "symbols"}
-_KIND_NAMES[FOOTER] = "footer"
+_KIND_NAMES = {
+    HEADER: "header",
+    BATCH: "batch",
+    LOST: "lost-events",
+    SYMBOLS: "symbols",
+    FOOTER: "footer",
+}
 
 FORMAT_1_WEAKNESSES = (
     "format 1: the record kind is outside the CRC and records are not numbered, so a "
@@ -323,6 +328,7 @@ class TraceReader:
             header = check_header(raw, FORMAT_VERSION)
         except Invalid as exc:
             raise self._corrupt(f"bad header: {exc}") from None
+        # The checked header, as plain data (the schema as a dict, as in the file).
         self.header: dict[str, Any] = {**header, "schema": header["schema"].to_dict()}
         self.session = Session(
             probe=header["probe"],
