@@ -9,6 +9,8 @@ on each in a fresh process, reporting MB/s and peak RSS against the file's size:
 * ``tiny-records``: empty lost-event records (about 20 bytes each): the most
   records, and so the most per-record work, per byte;
 * ``many-symbols``: symbol records up to the file's 2^20 limit: what a replay keeps;
+* ``many-keys``: 8 header histograms keyed by a value unique to each row: the most
+  histogram counters (``hist.MAX_HIST_CELLS`` each) and printed lines;
 * ``valid``: a plain txq-flip recording, for comparison.
 
     .venv/bin/python bench/hostile_replay.py [--mb 40]
@@ -44,6 +46,20 @@ def forge(kind: str, target: int) -> bytes:
         rows = [row] * min(8192, (MAX_RECORD - 64) // len(msgpack.packb(row)))
         size = len(msgpack.packb(rows))
         body = [[BATCH, rows] for _ in range(max(1, target // size))]
+    elif kind == "many-keys":
+        # The most histogram counters per byte: 8 histograms (the header's limit),
+        # each keyed by a value that differs in every row, one with 10,000 buckets.
+        h = [{"value": "lat", "by": ["ts_ns"], "kind": "log2"} for _ in range(7)]
+        h.append(
+            {"value": "lat", "by": ["ts_ns"], "kind": "linear", "lo": 0, "hi": 10_000, "step": 1}
+        )
+        head[1]["schema"]["histograms"] = h
+        rng = random.Random(2)
+        n = 0
+        while n * 30 < target:
+            rows = [(n + i, 0, "", 0, 0, rng.randrange(10_000), "") for i in range(8192)]
+            n += len(rows)
+            body.append([BATCH, rows])
     elif kind == "tiny-records":
         body = [[LOST, {}] for _ in range(target // 20)]
     elif kind == "many-symbols":
@@ -88,6 +104,7 @@ def run(argv: list[str]) -> tuple[float, int, int]:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--mb", type=float, default=40.0, help="target file size")
+    ap.add_argument("--only", nargs="*", default=None, help="these files only")
     a = ap.parse_args()
     _, base_rss, _ = run(["--version"])
     print(f"baseline (python + tracekit imported): {base_rss / 2**20:.0f} MiB RSS")
@@ -96,7 +113,13 @@ def main() -> None:
         f"{'peak RSS MiB':>14}{'(RSS-base)/size':>17}"
     )
     with tempfile.TemporaryDirectory() as d:
-        for kind in ("valid", "wide-strings", "tiny-records", "many-symbols"):
+        for kind in a.only or (
+            "valid",
+            "wide-strings",
+            "tiny-records",
+            "many-symbols",
+            "many-keys",
+        ):
             p = Path(d, f"{kind}.tkt")
             p.write_bytes(forge(kind, int(a.mb * 1e6)))
             size = p.stat().st_size
