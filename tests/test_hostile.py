@@ -235,6 +235,11 @@ def test_format_1_still_replays_and_info_names_its_weaknesses(tmp_path: Path) ->
     assert len(r.stdout.splitlines()) == sum(len(x[1]) for x in recs if x[0] == BATCH) + 1
     info = cli("info", str(p)).stdout
     assert "(format 1," in info and "checks:    format 1: the record kind is outside" in info
+    assert "trailing:" not in info
+    # Format 1 cannot refuse data after the footer; info shows it.
+    p.write_bytes(p.read_bytes() + b"garbage")
+    info = cli("info", str(p)).stdout
+    assert "trailing:  7 bytes after the footer (ignored)" in info
     # What format 1 can still check: the footer's event total against the rows.
     total = sum(len(x[1]) for x in recs if x[0] == BATCH)
     held = total - len(recs[3][1])
