@@ -71,8 +71,9 @@ _KIND_NAMES = {
 
 FORMAT_1_WEAKNESSES = (
     "format 1: the record kind is outside the CRC and records are not numbered, so a "
-    "changed kind, a missing, repeated or reordered batch, or data after the footer "
-    "cannot be detected"
+    "changed kind, reordered batches, a missing lost-events or symbols record, or data "
+    "after the footer may go undetected; a missing or repeated batch shows only "
+    "against the footer's event total"
 )
 
 # Upper bounds on what a reader accepts, so that neither a corrupt length field nor
