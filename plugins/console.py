@@ -20,9 +20,15 @@ _WIDTH_BY_DISPLAY = {"ipv4": 15, "ip": 39, "queue": 5, "port": 5, "bool": 3, "ts
 _WIDTH_BY_TYPE = {"u8": 3, "s8": 4, "u16": 5, "s16": 6, "u32": 10, "s32": 11, "u64": 12, "s64": 12}
 
 
+# Columns are padded to this at most: a replayed schema may declare str4096 fields or
+# 256-character names, and padding every row to them turned a small file into
+# gigabytes of spaces. Longer values are printed whole, just not padded.
+MAX_COLUMN = 40
+
+
 def _width(f: Field) -> int:
     w = f.size if f.is_str else _WIDTH_BY_DISPLAY.get(f.display, _WIDTH_BY_TYPE.get(f.type, 10))
-    return max(w, len(_title(f)))
+    return min(max(w, len(_title(f))), MAX_COLUMN)
 
 
 def _title(f: Field) -> str:

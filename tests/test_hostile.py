@@ -492,3 +492,16 @@ def test_writer_splits_symbols_so_every_record_is_readable(
             got.update(rec.payload[0])
             records += 1
     assert got == session.symbols and records >= 3 and r.footer is not None
+
+
+def test_console_padding_is_bounded_whatever_the_schema_declares(tmp_path: Path) -> None:
+    recs = base_records(random.Random(1))
+    fields = recs[0][1]["schema"]["fields"]
+    fields[2]["type"] = "str4096"
+    fields[6]["name"] = "n" * 256
+    recs[0][1]["schema"]["histograms"][2]["by"] = ["n" * 256, "fn"]
+    r = cli("replay", str(forged(tmp_path, recs)))
+    assert r.status == 0, r.stderr
+    rows = r.stdout.splitlines()[1:]
+    # 7 columns of at most 40 characters (values here are short), one space apart.
+    assert rows and max(map(len, rows)) <= 7 * 41
