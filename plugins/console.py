@@ -63,7 +63,7 @@ class ConsoleSink:
             self._out.flush()
 
     def _cell(self, f: Field, v: Any, symbols: dict[int, str], terminal: bool = True) -> Any:
-        if f.display == "ts":
+        if f.display == "ts" and not f.is_str:
             if self.t0 is None:
                 self.t0 = int(v)
             return f"{(int(v) - self.t0) / 1e9:.6f}"

@@ -18,6 +18,7 @@ def test_structure_aware_fuzzer_finds_no_broken_promise() -> None:
     # The oracle can fail both ways: valid files (escapes included) must replay...
     assert tally.status[("valid", 0)] == runs and tally.status[("valid-v1", 0)] == runs
     assert tally.status[("escapes", 0)] > 0
+    assert tally.status[("display", 0)] == runs  # any display on any type still prints
     # ...and structural damage must be refused, every time, by every command.
     for name in ("structure", "rows", "rows-shape", "header-extreme", "v1-structure"):
         assert tally.status[(name, 2)] == runs, name

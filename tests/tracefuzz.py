@@ -43,7 +43,7 @@ from typing import Any
 import msgpack
 
 from tracekit.cli import main
-from tracekit.schema import Field, HistSpec, Schema
+from tracekit.schema import DISPLAYS, Field, HistSpec, Schema
 from tracekit.session import Session
 from tracekit.tracefile import BATCH, FOOTER, HEADER, LOST, MAGIC, SYMBOLS
 
@@ -382,6 +382,26 @@ def c_schema(rng: random.Random) -> Case:
     return Case(f"schema:{what}", serialize(recs), must_fail=must_fail)
 
 
+def c_display(rng: random.Random) -> Case:
+    """Any display on any type (ipv4 on an s64, ts on a string), at the type's limits."""
+    recs = base_records(rng)
+    fields = recs[0][1]["schema"]["fields"]
+    for f in fields:
+        f["display"] = rng.choice(DISPLAYS)
+    ranges = {
+        "u64": (0, 2**64 - 1),
+        "u32": (0, 2**32 - 1),
+        "u8": (0, 255),
+        "s64": (-(2**63), 2**63 - 1),
+    }
+    for i in (0, 1, 3, 4, 5):
+        t = rng.choice(sorted(ranges))
+        fields[i]["type"] = t
+        for b in (2, 3, 4):
+            recs[b][1] = [(*r[:i], rng.choice(ranges[t]), *r[i + 1 :]) for r in recs[b][1]]
+    return Case("display", serialize(recs))
+
+
 def c_rows(rng: random.Random) -> Case:
     """Rows of the schema's width with a value of the wrong type or out of range."""
     recs = base_records(rng)
@@ -585,6 +605,7 @@ CLASSES: dict[str, Callable[[random.Random], Case]] = {
     "header": c_header_value,
     "header-extreme": c_header_extreme,
     "schema": c_schema,
+    "display": c_display,
     "rows": c_rows,
     "rows-shape": c_rows_shape,
     "symbols-lost": c_symbols_lost,

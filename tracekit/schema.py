@@ -265,11 +265,16 @@ def format_value(
     if value is None:
         return "-"
     d = f.display
+    # A replayed schema may pair any display with any type (ipv4 on an s64): a value
+    # that is no address is shown as a number rather than failing the sink.
     if d == "ipv4":
-        return str(ipaddress.IPv4Address(int(value).to_bytes(4, "little")))
+        v = int(value)
+        return str(ipaddress.IPv4Address(v.to_bytes(4, "little"))) if 0 <= v < 1 << 32 else str(v)
     if d == "ip":
-        v = value if isinstance(value, bytes) else int(value).to_bytes(16, "little")
-        return str(ipaddress.ip_address(v))
+        if isinstance(value, bytes):
+            return str(ipaddress.ip_address(value)) if len(value) in (4, 16) else value.hex()
+        v = int(value)
+        return str(ipaddress.ip_address(v.to_bytes(16, "little"))) if 0 <= v < 1 << 128 else str(v)
     if d == "hex":
         return hex(int(value))
     if d == "queue":
