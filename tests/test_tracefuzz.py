@@ -1,7 +1,7 @@
 """The structure-aware trace fuzzer (tests/tracefuzz.py), bounded for the host tests.
 
 A long run's counts are in docs/reliability.md; this runs every class a few times
-(about 10 s on the 2-core CI machine) with a fixed seed, so a failure reproduces.
+(90 cases, about 10 s on the 2-core CI machine) with a fixed seed, so a failure reproduces.
 """
 
 from __future__ import annotations
