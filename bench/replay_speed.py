@@ -3,7 +3,7 @@
 Writes a trace of N synthetic txq-flip events, then times, alternating rounds:
   * plain msgpack.Unpacker iterating the same file's records (the floor: no CRC,
     no body decode, no dispatch),
-  * tracekit's reader (CRC check + body decode into row tuples),
+  * tracekit's reader (CRC check + body decode into row tuples + row checks),
   * `replay` through the bus into a sink that does nothing,
   * `replay` into the hist sink.
 Prints events per second for each and the ratio to plain msgpack.
@@ -60,7 +60,7 @@ def plain_unpacker(path: Path) -> int:
     n = 0
     with open(path, "rb") as f:
         f.read(8)
-        for kind, _crc, body in msgpack.Unpacker(f, max_buffer_size=1 << 27):
+        for kind, _seq, _crc, body in msgpack.Unpacker(f, max_buffer_size=1 << 27):
             if kind == BATCH:
                 n += len(msgpack.unpackb(body))
     return n

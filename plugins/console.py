@@ -12,6 +12,7 @@ from typing import Any, TextIO
 from tracekit import hookimpl
 from tracekit.errors import UsageError
 from tracekit.registry import SinkRegistry, SinkSpec
+from tracekit.safe_text import printable
 from tracekit.schema import Field, format_value
 from tracekit.session import EventBatch, LostReport, Session, Summary
 
@@ -19,13 +20,20 @@ _WIDTH_BY_DISPLAY = {"ipv4": 15, "ip": 39, "queue": 5, "port": 5, "bool": 3, "ts
 _WIDTH_BY_TYPE = {"u8": 3, "s8": 4, "u16": 5, "s16": 6, "u32": 10, "s32": 11, "u64": 12, "s64": 12}
 
 
+# Columns are padded to this at most: a replayed schema may declare str4096 fields or
+# 256-character names, and padding every row to them turned a small file into
+# gigabytes of spaces. Longer values are printed whole, just not padded.
+MAX_COLUMN = 40
+
+
 def _width(f: Field) -> int:
     w = f.size if f.is_str else _WIDTH_BY_DISPLAY.get(f.display, _WIDTH_BY_TYPE.get(f.type, 10))
-    return max(w, len(_title(f)))
+    return min(max(w, len(_title(f))), MAX_COLUMN)
 
 
 def _title(f: Field) -> str:
-    return f"{f.name}({f.unit})" if f.unit else f.name
+    # Names and units come from the trace header when replaying: escaped.
+    return printable(f"{f.name}({f.unit})" if f.unit else f.name)
 
 
 class ConsoleSink:
@@ -54,12 +62,12 @@ class ConsoleSink:
             self._out.write(" ".join(cells).rstrip() + "\n")
             self._out.flush()
 
-    def _cell(self, f: Field, v: Any, symbols: dict[int, str]) -> Any:
-        if f.display == "ts":
+    def _cell(self, f: Field, v: Any, symbols: dict[int, str], terminal: bool = True) -> Any:
+        if f.display == "ts" and not f.is_str:
             if self.t0 is None:
                 self.t0 = int(v)
             return f"{(int(v) - self.t0) / 1e9:.6f}"
-        return format_value(f, v, symbols)
+        return format_value(f, v, symbols, terminal)
 
     @hookimpl
     def tracekit_events(self, session: Session, batch: EventBatch) -> None:
@@ -68,12 +76,16 @@ class ConsoleSink:
         lines = []
         if self.json:
             names = [f.name for f in fields]
+            # Strings go to json.dumps as they are: it escapes them by JSON's rules
+            # (control characters become \u001b), and a JSON reader gets them back.
             raw_ok = {
-                i for i, f in enumerate(fields) if f.display in ("int", "port", "bool", "queue")
+                i
+                for i, f in enumerate(fields)
+                if f.display in ("int", "port", "bool", "queue", "str")
             }
             for r in batch.rows:
                 obj = {
-                    n: (v if i in raw_ok else self._cell(f, v, syms))
+                    n: (v if i in raw_ok else self._cell(f, v, syms, terminal=False))
                     for i, (n, f, v) in enumerate(zip(names, fields, r, strict=True))
                 }
                 lines.append(json.dumps(obj))
@@ -91,7 +103,8 @@ class ConsoleSink:
     @hookimpl
     def tracekit_lost_events(self, session: Session, lost: LostReport) -> None:
         per = ", ".join(f"cpu{c}: {n}" for c, n in sorted(lost.per_cpu.items()) if n)
-        print(f"tracekit: lost {lost.total} events ({lost.source}; {per})", file=sys.stderr)
+        source = printable(lost.source)
+        print(f"tracekit: lost {lost.total} events ({source}; {per})", file=sys.stderr)
 
     @hookimpl
     def tracekit_session_end(self, session: Session, summary: Summary) -> None:

@@ -14,6 +14,7 @@ from tracekit import hookimpl
 from tracekit.errors import UsageError
 from tracekit.hist import Histogram, parse_hist_arg
 from tracekit.registry import SinkRegistry, SinkSpec
+from tracekit.safe_text import printable
 from tracekit.schema import HistSpec, Schema
 from tracekit.session import EventBatch, Session, Summary
 
@@ -62,12 +63,14 @@ class HistSink:
     def tracekit_session_end(self, session: Session, summary: Summary) -> None:
         out = self.out or sys.stdout
         if session.aggregated:
-            out.write(f"# counted in the kernel by {', '.join(session.aggregated)}\n")
+            by = printable(", ".join(session.aggregated))
+            out.write(f"# counted in the kernel by {by}\n")
             for h in self.hists:
                 missing = h.fields() - set(session.aggregated)
                 if missing:
                     raise UsageError(
-                        f"histogram {h.spec.name} needs {', '.join(sorted(missing))}, which the "
+                        f"histogram {printable(h.spec.name)} needs "
+                        f"{printable(', '.join(sorted(missing)))}, which the "
                         "kernel did not aggregate; add a streaming sink (console, msgpack)"
                     )
                 h.add_weighted(summary.kernel_agg)
@@ -79,9 +82,10 @@ class HistSink:
             out.write("\n")
             for label, per_cpu in labels.items():
                 cells = "  ".join(f"cpu{c}={n}" for c, n in sorted(per_cpu.items()))
-                out.write(f"@{mapname}.{label}: total={sum(per_cpu.values())}  {cells}\n")
+                name = printable(f"{mapname}.{label}")
+                out.write(f"@{name}: total={sum(per_cpu.values())}  {cells}\n")
         if summary.notes:
-            out.write("\n" + "\n".join(summary.notes) + "\n")
+            out.write("\n" + "\n".join(map(printable, summary.notes)) + "\n")
         out.flush()
 
 

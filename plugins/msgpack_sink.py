@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 
 from tracekit import hookimpl
 from tracekit.errors import UsageError
@@ -25,9 +26,9 @@ class MsgpackSink:
 
     def configure(self, opts: SinkOptions) -> None:
         self.force = opts.force
-        # Refuse before the probe compiles, not minutes later when the session starts.
-        if os.path.exists(self.path) and not self.force:
-            raise UsageError(f"{self.path} exists; pass --force to overwrite it")
+        # Refuse before the probe compiles, not minutes later when the session starts
+        # (and not as a "sink failed" after the fact).
+        check_writable(self.path, self.force)
 
     @hookimpl
     def tracekit_session_start(self, session: Session) -> None:
@@ -49,6 +50,31 @@ class MsgpackSink:
         if self.writer is not None:
             self.writer.write_symbols(session)
             self.writer.close(summary)
+
+
+def check_writable(path: str, force: bool) -> None:
+    """Raise UsageError unless the trace can be created (or, with force, replaced) at path.
+
+    Only regular files: a directory cannot be one, ``/dev/full`` takes the header and
+    fails later, and a FIFO blocks until someone reads it.
+    """
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        parent = os.path.dirname(os.path.abspath(path))
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise UsageError(f"--sink msgpack={path}: cannot create files in {parent}") from None
+        return
+    except OSError as exc:
+        raise UsageError(f"--sink msgpack={path}: {exc.strerror}") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise UsageError(f"--sink msgpack={path}: is a directory")
+    if not stat.S_ISREG(st.st_mode):
+        raise UsageError(f"--sink msgpack={path}: not a regular file")
+    if not force:
+        raise UsageError(f"{path} exists; pass --force to overwrite it")
+    if not os.access(path, os.W_OK):
+        raise UsageError(f"--sink msgpack={path}: not writable")
 
 
 @hookimpl

@@ -28,7 +28,7 @@ PROGRAMS=(
   qemu-system-x86_64 busybox
   ip tc ss ethtool iperf3 taskset nsenter setpriv unshare flock mount sysctl
   modprobe rmmod bpftool bpftrace stress-ng
-  clang sh cat awk grep sed dpkg dpkg-query
+  clang sh cat cp awk grep sed dpkg dpkg-query
 )
 
 SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"

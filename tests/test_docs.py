@@ -20,3 +20,17 @@ def test_every_hook_is_documented_with_its_signature() -> None:
         heading = f"### `{name}({params}) -> {sig.return_annotation}`"
         assert heading in text, heading
         assert getattr(hookspecs, name).__doc__, f"{name} has no docstring"
+
+
+def test_trace_format_doc_states_the_limits_the_reader_enforces() -> None:
+    from tracekit import hist, trace_checks, tracefile
+
+    text = (DOC.parent / "trace-format.md").read_text()
+    assert f"{tracefile.MAX_BATCH:,} rows" in text
+    assert f"**{tracefile.MAX_RECORD // 2**20} MiB**" in text
+    assert f"**{hist.MAX_LINEAR_BUCKETS:,} buckets**" in text
+    assert f"1..{trace_checks.MAX_FIELDS} entries" in text
+    assert f"1 ≤ N ≤ {trace_checks.MAX_STR_WIDTH}" in text
+    assert f"2^{tracefile.MAX_SYMBOLS.bit_length() - 1} symbols" in text
+    assert f"2^{tracefile.MAX_STACKS.bit_length() - 1} stacks" in text
+    assert f"| `format` | int | 1..{tracefile.FORMAT_VERSION} " in text

@@ -147,7 +147,7 @@ def test_no_kernel_headers_is_one_line_with_its_own_status() -> None:
     if os.geteuid() != 0 or Path(f"/lib/modules/{release}/build").exists():
         pytest.skip("needs root on a kernel without headers (this machine's, in CI)")
     r = subprocess.run(
-        [sys.executable, "-m", "tracekit", "run", "rss-cpu", "--duration", "1"],
+        [sys.executable, "-m", "tracekit", "run", "rss-cpu", "--loader", "bcc", "--duration", "1"],
         capture_output=True,
         text=True,
         timeout=120,

@@ -141,3 +141,31 @@ def test_hist_field_missing_from_a_precompiled_aggregate_is_a_usage_error() -> N
     probe: Any = SimpleNamespace(aggregate=True, stream=False, params={})
     with pytest.raises(UsageError, match=r"wmem: not in ooo-okay's in-kernel aggregate"):
         run_probe(bus, spec, {}, ("hist=wmem",), RunOptions(), compiled=Compiled(probe, []))
+
+def test_keys_beyond_the_counter_limit_are_folded_and_said(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import tracekit.hist as hist
+
+    monkeypatch.setattr(hist, "MAX_HIST_CELLS", 3)
+    h = Histogram(HistSpec(value="lat", by=("cpu",)), S)
+    h.add_rows([(cpu, 5, 0) for cpu in range(10)])  # 10 keys, one bucket each
+    h.add_rows([(0, 5, 0), (0, 100, 0)])  # an old cell, then a new cell of an old key
+    assert h.cells == 3 and h.folded == 8
+    assert sum(sum(b.values()) for b in h.data.values()) == 12  # nothing lost
+    out = h.render()
+    assert "# @lat: 8 events with keys seen after 3 counters" in out
+    assert out.index("@lat[2]") < out.index("@lat[other keys]")
+
+
+def test_sparse_wide_histograms_leave_out_empty_buckets(monkeypatch: pytest.MonkeyPatch) -> None:
+    import tracekit.hist as hist
+
+    spec = HistSpec(value="lat", by=("cpu",), kind="linear", lo=0, hi=10_000, step=1)
+    h = Histogram(spec, S)
+    h.add_rows([(0, 0, 0), (0, 9_999, 0)])
+    assert len(h.render().splitlines()) == 10_000 + 1  # dense: every bucket, like bpftrace
+    monkeypatch.setattr(hist, "MAX_DENSE_LINES", 100)
+    out = h.render().splitlines()
+    assert out[0] == "# @lat: empty buckets left out (too many to print)"
+    assert [ln.split()[0] for ln in out[2:]] == ["[0,", "[9999,"]

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from tracekit.errors import TraceFileError, UsageError
 from tracekit.probes.txq_flip import SCHEMA
+from tracekit.schema import Field
 from tracekit.session import LostReport, Session, Summary
 from tracekit.tracefile import BATCH, MAGIC, MAX_BATCH, TraceReader, TraceWriter
 
@@ -51,7 +52,14 @@ def test_round_trip_with_header_and_footer(tmp_path: Path, session: Session, row
     assert not r.truncated
 
 
-_u = st.integers(min_value=0, max_value=2**16 - 1)
+def _value(f: Field) -> st.SearchStrategy[object]:
+    # Any value the field's type can hold (the reader refuses the others).
+    if f.is_str:
+        return st.text(max_size=f.size)
+    bits = f.size * 8
+    if f.type.startswith("s"):
+        return st.integers(-(1 << (bits - 1)), (1 << (bits - 1)) - 1)
+    return st.integers(0, (1 << bits) - 1)
 
 
 @settings(
@@ -59,7 +67,7 @@ _u = st.integers(min_value=0, max_value=2**16 - 1)
 )
 @given(
     batches=st.lists(
-        st.lists(st.tuples(*([_u] * 14), st.text(max_size=15), st.text(max_size=15)), max_size=30),
+        st.lists(st.tuples(*(_value(f) for f in SCHEMA.fields)), max_size=30),
         max_size=8,
     )
 )

@@ -22,6 +22,7 @@ import pluggy
 from tracekit import __version__, hookspecs
 from tracekit.errors import TracekitError
 from tracekit.registry import PlotRegistry, ProbeRegistry, SinkRegistry
+from tracekit.safe_text import printable
 
 ENTRY_POINT_GROUP = "tracekit"
 
@@ -59,6 +60,8 @@ class Bus:
     plots: PlotRegistry = field(default_factory=PlotRegistry)
     # Names of session plugins that raised, with their first error.
     failures: dict[str, str] = field(default_factory=dict)
+    # The failures that were TracekitErrors, already printed in one line each.
+    explained: dict[str, TracekitError] = field(default_factory=dict)
     warn: Callable[[str], None] = _warn
 
     def call(self, hook: str, **kwargs: Any) -> None:
@@ -74,10 +77,22 @@ class Bus:
                 continue
             try:
                 impl.function(*[kwargs[a] for a in impl.argnames])
+            except BrokenPipeError:
+                # The reader of our output went away (``| head``): not a sink bug.
+                # Unix tools stop quietly; the CLI does, from wherever this lands.
+                raise
+            except TracekitError as exc:
+                # A failure the sink explained (disk full while recording): its own
+                # line, once, and the run ends with that error's status.
+                self.failures[impl.plugin_name] = str(exc)
+                self.explained[impl.plugin_name] = exc
+                print(f"tracekit: {printable(str(exc))}", file=sys.stderr)
             except Exception as exc:  # noqa: BLE001 - any sink bug is reported, not raised
                 msg = f"{type(exc).__name__}: {exc}"
                 self.failures[impl.plugin_name] = msg
-                self.warn(f"sink {impl.plugin_name} failed in {hook} and was stopped: {msg}")
+                self.warn(
+                    printable(f"sink {impl.plugin_name} failed in {hook} and was stopped: {msg}")
+                )
 
     def implements(self, hook: str) -> bool:
         """Whether any registered plugin (session sinks included) implements ``hook``."""

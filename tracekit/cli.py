@@ -6,7 +6,6 @@ a traceback; click's own usage errors are folded into the same one-line form.
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import sys
 from typing import Any
@@ -17,6 +16,12 @@ from tracekit import __version__
 from tracekit.bus import Bus, build_bus
 from tracekit.errors import TracekitError, UsageError
 from tracekit.pipeline import SinkOptions
+from tracekit.safe_text import printable
+
+# Bounds on numbers from the command line: finite, and small enough for the kernel
+# side (a u32 rate) and for timers (a year).
+MAX_DURATION = 366 * 24 * 3600.0
+MAX_EVENTS_PER_SEC = (1 << 32) - 1
 
 
 def _bus(ctx: click.Context) -> Bus:
@@ -47,6 +52,13 @@ sink_option = click.option(
 force_option = click.option("--force", is_flag=True, help="overwrite existing trace files")
 
 
+class OutputClosed(TracekitError):
+    """Standard output was closed by its reader: stop quietly, status 0."""
+
+    exit_code = 0
+    reported = True
+
+
 class TracekitGroup(click.Group):
     """Adds plugin commands lazily, so ``--help`` lists them."""
 
@@ -59,6 +71,15 @@ class TracekitGroup(click.Group):
         except TracekitError:
             return
         bus.pm.hook.tracekit_add_commands(cli=self)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except BrokenPipeError:
+            # Caught here, before click turns it into status 1: the reader of our
+            # output went away (``| head``), which is how a pipeline ends, not an error.
+            _quiet_after_broken_pipe()
+            raise OutputClosed() from None
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         self._load(ctx)
@@ -142,7 +163,7 @@ def list_cmd(ctx: click.Context, as_json: bool) -> None:
 )
 @click.option(
     "--max-events-per-sec",
-    type=int,
+    type=click.IntRange(min=0, max=MAX_EVENTS_PER_SEC),
     default=0,
     help="drop events above this rate in the kernel, counted as lost (0: no limit)",
 )
@@ -184,8 +205,11 @@ def run_cmd(
     spec = bus.probes.get(probe)
     values = spec.resolve_params(_parse_params(params))
     sinks = sinks or ("console",)
-    if duration is not None and duration <= 0:
-        raise UsageError("--duration must be positive")
+    if duration is not None and not 0 < duration <= MAX_DURATION:
+        # Also refuses nan and inf (click's float accepts them) and 1e309 (inf).
+        raise UsageError(
+            f"--duration must be a number of seconds, above 0 and at most {MAX_DURATION:.0f}"
+        )
     if buffer_pages & (buffer_pages - 1):
         raise UsageError(f"--buffer-pages must be a power of two, not {buffer_pages}")
     # Validate sinks before the (slow) compile.
@@ -219,55 +243,14 @@ def replay_cmd(ctx: click.Context, file: str, sinks: tuple[str, ...], force: boo
     replay(_bus(ctx), file, sinks or ("console",), SinkOptions(force=force))
 
 
-def _when(ts: float) -> str:
-    return dt.datetime.fromtimestamp(ts, tz=dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-
-
 @cli.command("info")
 @click.argument("file", type=click.Path(dir_okay=False))
 def info_cmd(file: str) -> None:
     """Describe a trace FILE: its header and footer in words."""
-    from tracekit.tracefile import BATCH, SYMBOLS, TraceReader, read_symbols
+    from tracekit.info import describe
 
-    reader = TraceReader(file)
-    h, s = reader.header, reader.session
-    batches = rows = 0
-    for rec in reader.records():
-        if rec.kind == BATCH:
-            batches += 1
-            rows += len(rec.payload)
-        elif rec.kind == SYMBOLS:
-            read_symbols(rec.payload, s)
-    params = ", ".join(f"{k}={v}" for k, v in s.params.items()) or "none"
-    click.echo(
-        f"file:      {file} (format {h['format']}, written by tracekit {s.tracekit_version})"
-    )
-    click.echo(f"probe:     {s.probe} (parameters: {params})")
-    click.echo(
-        f"recorded:  {_when(s.start_time)} on {s.hostname}, kernel {s.kernel}, {s.ncpus} CPUs"
-    )
-    click.echo(f"fields:    {', '.join(s.schema.names)}")
-    if s.sample_every > 1:
-        click.echo(f"sampling:  1 in {s.sample_every} events")
-    click.echo(
-        f"contents:  {rows} events in {batches} batches, {len(s.symbols)} kernel symbols, "
-        f"{len(s.stacks)} stacks"
-    )
-    f = reader.footer
-    if f is None:
-        click.echo(f"footer:    missing: the recording was cut short at byte {reader.truncated_at}")
-        return
-    how = "interrupted (Ctrl-C/SIGTERM)" if f.interrupted else "completed"
-    click.echo(f"ended:     {how} after {f.duration:.1f}s, {f.events} events")
-    if f.lost_total:
-        for source, per in f.lost.items():
-            cells = ", ".join(f"cpu{c}={n}" for c, n in sorted(per.items()))
-            click.echo(f"lost:      {sum(per.values())} ({source}: {cells})")
-    else:
-        click.echo("lost:      none")
-    for m, labels in f.counters.items():
-        for label, per in labels.items():
-            click.echo(f"counter:   {m}.{label} = {sum(per.values())}")
+    for line in describe(file):
+        click.echo(line)
 
 
 @cli.command("check")
@@ -357,7 +340,9 @@ def main(argv: list[str] | None = None) -> Any:
             sys.exit(rv)
         return None
     except TracekitError as exc:
-        click.echo(f"tracekit: {exc}", err=True)
+        # Messages quote paths, arguments and values read from trace files: escaped.
+        if not exc.reported:
+            click.echo(f"tracekit: {printable(str(exc))}", err=True)
         sys.exit(exc.exit_code)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
@@ -365,10 +350,27 @@ def main(argv: list[str] | None = None) -> Any:
         click.echo("tracekit: interrupted", err=True)
         sys.exit(130)
     except click.ClickException as exc:
-        click.echo(f"tracekit: {exc.format_message()}", err=True)
+        click.echo(f"tracekit: {printable(exc.format_message())}", err=True)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         click.echo("tracekit: interrupted", err=True)
         sys.exit(130)
     except BrokenPipeError:
+        _quiet_after_broken_pipe()
         sys.exit(0)
+
+
+def _quiet_after_broken_pipe() -> None:
+    """The reader of stdout went away (``| head``): stop quietly, as Unix tools do.
+
+    Python would flush stdout again at exit and print "Exception ignored ... Broken
+    pipe"; pointing the descriptor at /dev/null makes that flush harmless.
+    """
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass

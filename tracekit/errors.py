@@ -12,6 +12,9 @@ class TracekitError(Exception):
     """Base class: a problem to report in one line, not a bug."""
 
     exit_code = 1
+    # Set when the message was already printed (a sink that failed mid-run says why
+    # at once); the CLI then exits with the status without a second line.
+    reported = False
 
 
 class UsageError(TracekitError):

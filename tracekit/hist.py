@@ -12,9 +12,53 @@ from itertools import repeat
 from operator import itemgetter
 from typing import Any
 
+from tracekit.safe_text import printable
 from tracekit.schema import HistSpec, Schema, format_value
 
 BAR_WIDTH = 52
+
+# A linear histogram prints every bucket between the lowest and the highest it saw,
+# so its bucket count bounds the output and the time to print it. bpftrace's lhist
+# has no limit and a hostile 0:2^63:1 makes it print forever; 10,000 lines is more
+# than anyone reads. Bounds stay within 64-bit values, as fields are.
+MAX_LINEAR_BUCKETS = 10_000
+_BOUND = 1 << 64
+
+
+# Counters one histogram keeps: one per (key, bucket) seen. Each row can add one, so a
+# file could otherwise make a histogram as large as its rows times ~400 bytes (a key
+# costs a dict of buckets); keys seen after this many counters are counted together
+# under OTHER_KEYS (and said so). 8 histograms (a header's limit) x 20,000 counters
+# stay under ~70 MB. Shipped probes use tens (CPUs x paths, queues x log2 buckets).
+MAX_HIST_CELLS = 20_000
+# Lines one histogram prints with every empty bucket between each key's lowest and
+# highest; beyond it, empty buckets are left out (sparse keys of a wide histogram
+# would otherwise print up to MAX_LINEAR_BUCKETS lines per key).
+MAX_DENSE_LINES = 200_000
+
+
+class _OtherKeys:
+    """Stands for every key that came after MAX_HIST_CELLS counters."""
+
+    def __repr__(self) -> str:
+        return "other keys"
+
+
+OTHER_KEYS: tuple[Any, ...] = (_OtherKeys(),)
+
+
+def check_hist_limits(spec: HistSpec) -> None:
+    """Raise ValueError for a histogram too large to keep or print (see above)."""
+    if spec.kind != "linear":
+        return
+    if not (-_BOUND <= spec.lo < spec.hi <= _BOUND) or spec.step <= 0:
+        raise ValueError("linear=LO:HI:STEP needs LO < HI within 64-bit values and STEP > 0")
+    buckets = -(-(spec.hi - spec.lo) // spec.step)
+    if buckets > MAX_LINEAR_BUCKETS:
+        raise ValueError(
+            f"linear={spec.lo}:{spec.hi}:{spec.step} makes {buckets} buckets "
+            f"(limit {MAX_LINEAR_BUCKETS}); use a larger STEP or log2"
+        )
 
 
 def log2_bucket(v: int) -> int:
@@ -45,11 +89,14 @@ class Histogram:
 
     def __init__(self, spec: HistSpec, schema: Schema) -> None:
         schema.check_hist(spec)
+        check_hist_limits(spec)
         self.spec = spec
         self.schema = schema
         self._vi = schema.index(spec.value) if spec.value else None
         self._ki = tuple(schema.index(k) for k in spec.by)
         self.data: dict[tuple[Any, ...], dict[int, int]] = defaultdict(lambda: defaultdict(int))
+        self.cells = 0
+        self.folded = 0  # events counted under OTHER_KEYS
 
     def bucket(self, v: int) -> int:
         s = self.spec
@@ -83,19 +130,38 @@ class Histogram:
         else:
             values = map(itemgetter(self._vi), rows)
             counted = Counter(zip(keys, map(self.bucket, values), strict=True))
-        data = self.data
+        # Inlined _add: with keys unique to each row this runs once per event.
+        data, cap = self.data, MAX_HIST_CELLS
         for (key, b), n in counted.items():
-            data[key][b] += n
+            buckets = data.get(key)
+            if buckets is None or b not in buckets:
+                if self.cells >= cap:
+                    key = OTHER_KEYS
+                    self.folded += n
+                else:
+                    self.cells += 1
+                buckets = data[key]
+            buckets[b] += n
+
+    def _add(self, key: tuple[Any, ...], b: int, n: int) -> None:
+        buckets = self.data.get(key)
+        if buckets is None or b not in buckets:
+            if self.cells >= MAX_HIST_CELLS:
+                key = OTHER_KEYS
+                self.folded += n
+            else:
+                self.cells += 1
+            buckets = self.data[key]
+        buckets[b] += n
 
     def fields(self) -> set[str]:
         return set(self.spec.by) | ({self.spec.value} if self.spec.value else set())
 
     def add_weighted(self, pairs: Iterable[tuple[tuple[Any, ...], int]]) -> None:
         """Add (row, count) pairs counted elsewhere (in the kernel)."""
-        vi, ki, data, bucket = self._vi, self._ki, self.data, self.bucket
+        vi, ki, add, bucket = self._vi, self._ki, self._add, self.bucket
         for r, n in pairs:
-            key = tuple(r[i] for i in ki)
-            data[key][bucket(r[vi]) if vi is not None else 0] += n
+            add(tuple(r[i] for i in ki), bucket(r[vi]) if vi is not None else 0, n)
 
     def _label(self, b: int) -> str:
         s = self.spec
@@ -112,6 +178,8 @@ class Histogram:
     def _key_text(self, key: tuple[Any, ...], symbols: dict[int, str] | None) -> str:
         if not key:
             return ""
+        if key is OTHER_KEYS:
+            return "[other keys]"
         parts = [
             format_value(self.schema.field(n), v, symbols)
             for n, v in zip(self.spec.by, key, strict=True)
@@ -119,14 +187,24 @@ class Histogram:
         return "[" + ", ".join(parts) + "]"
 
     def render(self, symbols: dict[int, str] | None = None) -> str:
-        name = self.spec.title or (self.spec.value or "count")
+        # Titles, field names and units may come from a trace header: escaped. Keys
+        # are escaped by format_value.
+        name = printable(self.spec.title or (self.spec.value or "count"))
         unit = ""
         if self.spec.value:
-            u = self.schema.field(self.spec.value).unit
+            u = printable(self.schema.field(self.spec.value).unit)
             unit = f" ({u})" if u else ""
         lines: list[str] = []
         if not self.data:
             return f"@{name}{unit}: no events\n"
+        if self.folded:
+            lines.append(
+                f"# @{name}: {self.folded} events with keys seen after {MAX_HIST_CELLS} "
+                "counters are counted under [other keys]"
+            )
+        dense = sum(max(b) - min(b) + 1 for b in self.data.values()) <= MAX_DENSE_LINES
+        if not dense:
+            lines.append(f"# @{name}: empty buckets left out (too many to print)")
         for key in sorted(self.data, key=_sort_key):
             buckets = self.data[key]
             head = f"@{name}{self._key_text(key, symbols)}"
@@ -138,7 +216,7 @@ class Histogram:
             if self.spec.kind == "log2" and lo > 0:
                 lo = max(lo, 0)
             peak = max(buckets.values())
-            for b in range(lo, hi + 1):
+            for b in range(lo, hi + 1) if dense else sorted(buckets):
                 n = buckets.get(b, 0)
                 bar = "@" * (n * BAR_WIDTH // peak) if peak else ""
                 lines.append(f"{self._label(b):<16}{n:>8} |{bar:<{BAR_WIDTH}}|")
@@ -147,7 +225,10 @@ class Histogram:
 
 
 def _sort_key(key: tuple[Any, ...]) -> tuple[tuple[int, Any], ...]:
-    # Keys mix ints and strings (interface names); sort ints numerically first.
+    # Keys mix ints and strings (interface names); sort ints numerically first, and
+    # the keys folded together last.
+    if key is OTHER_KEYS:
+        return ((2, ""),)
     return tuple((0, k) if isinstance(k, int) else (1, str(k)) for k in key)
 
 
@@ -180,4 +261,5 @@ def parse_hist_arg(arg: str, schema: Schema) -> HistSpec:
             raise ValueError(f"unknown histogram option {p!r} (by=, linear=LO:HI:STEP, log2)")
     spec = HistSpec(value=value, by=tuple(by), kind=kind, lo=lo, hi=hi, step=step)
     schema.check_hist(spec)
+    check_hist_limits(spec)
     return spec

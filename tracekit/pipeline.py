@@ -77,6 +77,7 @@ class Pipeline:
         # Failures are per session: a sink that failed in an earlier run of this
         # process (tests, labs running a probe twice) is a new object now.
         self.bus.failures.clear()
+        self.bus.explained.clear()
         self._ctx = self.bus.session_plugins(self.sinks)
         self._ctx.__enter__()
         self._started = time.monotonic()
@@ -114,6 +115,17 @@ class Pipeline:
         self._ctx.__exit__(*exc)
 
     def raise_if_sink_failed(self) -> None:
-        if self.bus.failures:
-            names = ", ".join(sorted(self.bus.failures))
-            raise SinkFailedError(f"sink failed: {names}")
+        raise_if_sink_failed(self.bus)
+
+
+def raise_if_sink_failed(bus: Bus) -> None:
+    """End the command with status 10 if a sink failed during the session."""
+    if bus.failures:
+        names = ", ".join(sorted(bus.failures))
+        err = SinkFailedError(f"sink failed: {names}")
+        if bus.explained.keys() == bus.failures.keys():
+            # Each failure already said why in its own line (a full disk while
+            # recording): the command ends with that error's status, no second line.
+            err.exit_code = next(iter(bus.explained.values())).exit_code
+            err.reported = True
+        raise err

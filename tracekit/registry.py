@@ -66,6 +66,10 @@ class Param:
             value = int(text, 0)
         except ValueError:
             raise UsageError(f"parameter {self.name}: {text!r} is not an integer") from None
+        # Passed to C as -D<macro>=<value>: beyond 64 bits the compiler truncates it
+        # (or refuses it after a slow start), so a parameter of 10**22 stops here.
+        if not -(1 << 63) <= value < (1 << 64):
+            raise UsageError(f"parameter {self.name}: {value} does not fit in 64 bits")
         if self.minimum is not None and value < self.minimum:
             raise UsageError(f"parameter {self.name}: {value} is below {self.minimum}")
         if self.maximum is not None and value > self.maximum:

@@ -2,22 +2,53 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 from tracekit.bus import Bus
+from tracekit.errors import UsageError
 from tracekit.pipeline import Pipeline, SinkOptions, make_sinks
+from tracekit.safe_text import printable
 from tracekit.session import Summary
 from tracekit.tracefile import BATCH, LOST, SYMBOLS, TraceReader, read_lost, read_symbols
 
 
+def _refuse_own_input(path: str, sinks: dict[str, object]) -> None:
+    """A sink that writes a file (``msgpack=PATH``) must not write over the input.
+
+    With ``--force`` the writer would truncate the file being replayed before the
+    first record is read. Compared by device and inode, so another name for the
+    same file (a hard link, ``./x``) is caught too.
+    """
+    for name, sink in sinks.items():
+        out = getattr(sink, "path", None)
+        if not isinstance(out, str):
+            continue
+        try:
+            same = os.path.samefile(out, path)
+        except OSError:
+            continue  # the output does not exist yet: it cannot be the input
+        if same:
+            raise UsageError(
+                f"--{name.replace(':', ' ')}: {printable(out)} is the trace being replayed; "
+                "write to another file"
+            )
+
+
 def replay(bus: Bus, path: str, sink_args: tuple[str, ...], opts: SinkOptions) -> Summary:
+    # First pass: the file's structure, CRCs and every record but batch bodies, so a
+    # damaged file ends with one line before any sink prints (TraceReader.verify).
+    TraceReader(path).verify()
     reader = TraceReader(path)
     session = reader.session
     try:
         sinks = make_sinks(bus, sink_args, opts, session.schema)
+        _refuse_own_input(path, sinks)
     except BaseException:
         reader.close()
         raise
+    # Every record is checked again, batch rows included, before it is yielded: a
+    # forged batch stops the replay with one line (status 2) before any sink sees it.
     with Pipeline(bus, session, sinks) as pipe:
         for rec in reader.records():
             if rec.kind == BATCH:
@@ -28,8 +59,9 @@ def replay(bus: Bus, path: str, sink_args: tuple[str, ...], opts: SinkOptions) -
                 pipe.lost(read_lost(rec.payload))
         if reader.truncated:
             print(
-                f"tracekit: warning: {path} ends early (cut at byte {reader.truncated_at}); "
-                f"replayed {pipe.summary.events} events up to its last complete batch",
+                f"tracekit: warning: {printable(path)} ends early (cut at byte "
+                f"{reader.truncated_at}); replayed {pipe.summary.events} events up to its "
+                "last complete batch",
                 file=sys.stderr,
             )
         footer = reader.footer

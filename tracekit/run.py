@@ -8,9 +8,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from tracekit.bus import Bus
-from tracekit.errors import InterruptedBeforeStart, SinkFailedError, UsageError
+from tracekit.errors import InterruptedBeforeStart, UsageError
 from tracekit.loader import LoadedProbe, StopSignals, drain_for, remove_stale_bcc_events
-from tracekit.pipeline import Pipeline, SinkOptions, make_sinks, sinks_stream
+from tracekit.pipeline import (
+    Pipeline,
+    SinkOptions,
+    make_sinks,
+    raise_if_sink_failed,
+    sinks_stream,
+)
 from tracekit.preflight import choose_loader, preflight
 from tracekit.registry import AttachPoint, ProbeSpec
 from tracekit.session import Session, Summary
@@ -225,8 +231,7 @@ def run_probe(
         )
     if not opts.quiet:
         report_summary(summary)
-    if bus.failures:
-        raise SinkFailedError(f"sink failed: {', '.join(sorted(bus.failures))}")
+    raise_if_sink_failed(bus)
     return summary
 
 

@@ -13,9 +13,12 @@ from __future__ import annotations
 
 import ipaddress
 import struct
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+from tracekit.safe_text import printable
 
 # Field types and their struct codes (little endian, x86_64 BPF).
 _STRUCT_CODES: dict[str, str] = {
@@ -165,7 +168,9 @@ class Schema:
 
     def __post_init__(self) -> None:
         names = [f.name for f in self.fields]
-        dupes = {n for n in names if names.count(n) > 1}
+        # Counted once, not names.count() per name: a schema read from a trace may be
+        # long, and a quadratic check is a way to make a small file take minutes.
+        dupes = {n for n, c in Counter(names).items() if c > 1}
         if dupes:
             raise ValueError(f"duplicate field names: {sorted(dupes)}")
         self._index.update({n: i for i, n in enumerate(names)})
@@ -246,16 +251,30 @@ class Decoder:
         return tuple(out)
 
 
-def format_value(f: Field, value: Any, symbols: dict[int, str] | None = None) -> str:
-    """Render one raw value the way a person reads it."""
+def format_value(
+    f: Field, value: Any, symbols: dict[int, str] | None = None, terminal: bool = True
+) -> str:
+    """Render one raw value the way a person reads it.
+
+    Strings (``comm``, interface names, symbol and enum names) come from the kernel
+    or a trace file: with ``terminal`` they are escaped for printing; JSON output
+    passes ``terminal=False`` and escapes by its own rules.
+    """
+    if isinstance(value, str):
+        return printable(value) if terminal else value
     if value is None:
         return "-"
     d = f.display
+    # A replayed schema may pair any display with any type (ipv4 on an s64): a value
+    # that is no address is shown as a number rather than failing the sink.
     if d == "ipv4":
-        return str(ipaddress.IPv4Address(int(value).to_bytes(4, "little")))
+        v = int(value)
+        return str(ipaddress.IPv4Address(v.to_bytes(4, "little"))) if 0 <= v < 1 << 32 else str(v)
     if d == "ip":
-        v = value if isinstance(value, bytes) else int(value).to_bytes(16, "little")
-        return str(ipaddress.ip_address(v))
+        if isinstance(value, bytes):
+            return str(ipaddress.ip_address(value)) if len(value) in (4, 16) else value.hex()
+        v = int(value)
+        return str(ipaddress.ip_address(v.to_bytes(16, "little"))) if 0 <= v < 1 << 128 else str(v)
     if d == "hex":
         return hex(int(value))
     if d == "queue":
@@ -263,7 +282,9 @@ def format_value(f: Field, value: Any, symbols: dict[int, str] | None = None) ->
         return "none" if int(value) in (0xFFFF, -1) else str(value)
     if d == "enum":
         i = int(value)
-        return f.choices[i] if 0 <= i < len(f.choices) else str(i)
+        if 0 <= i < len(f.choices):
+            return printable(f.choices[i]) if terminal else f.choices[i]
+        return str(i)
     if d == "ts":
         return f"{int(value) / 1e9:.6f}"
     if d == "port":
@@ -272,12 +293,16 @@ def format_value(f: Field, value: Any, symbols: dict[int, str] | None = None) ->
         return "1" if value else "0"
     if d == "ksym":
         if symbols and int(value) in symbols:
-            return symbols[int(value)]
+            name = symbols[int(value)]
+            return printable(name) if terminal else name
         return hex(int(value))
     return str(value)
 
 
 def format_row(
-    schema: Schema, row: Sequence[Any], symbols: dict[int, str] | None = None
+    schema: Schema,
+    row: Sequence[Any],
+    symbols: dict[int, str] | None = None,
+    terminal: bool = True,
 ) -> list[str]:
-    return [format_value(f, v, symbols) for f, v in zip(schema.fields, row, strict=False)]
+    return [format_value(f, v, symbols, terminal) for f, v in zip(schema.fields, row, strict=False)]

@@ -1,9 +1,9 @@
 """The trace file: a versioned msgpack stream that replays anywhere.
 
-Layout::
+Layout (format 2; docs/trace-format.md specifies it field by field)::
 
     MAGIC (8 bytes)
-    record*            each a msgpack array [kind, crc32(body), body]
+    record*            each a msgpack array [kind, seq, crc32(kind, seq, body), body]
 
 ``body`` is itself msgpack. Kinds:
 
@@ -15,16 +15,28 @@ Layout::
 * ``SYMBOLS``: kernel addresses -> names (and stack ids -> addresses) that events
   refer to, written before the first batch that needs them, so replay never asks
   the machine it runs on.
-* ``FOOTER`` (last): event totals, losses per CPU, duration, in-kernel counters.
+* ``FOOTER`` (last): event totals, losses per CPU, duration, in-kernel counters, and
+  the writer's own count of the records, batches and rows it wrote.
 
-Each record carries a CRC32 of its body, so a bit flip is reported as corruption
-instead of replaying wrong numbers. Records are flushed one by one: a recording cut
-short by a crash replays up to its last complete batch.
+The CRC covers the kind and the sequence number as well as the body, so one changed
+byte cannot turn a record into another kind; ``seq`` counts records from 0 (the
+header), so a missing, repeated or reordered record is detected; the footer's counts
+are checked against what was read, and nothing may follow it. Records are flushed
+one by one: a recording cut short by a crash or a full disk replays up to its last
+complete batch.
+
+Format 1 (``[kind, crc32(body), body]``, no sequence numbers, no counts in the
+footer) is still read; what it cannot detect is listed in ``FORMAT_1_WEAKNESSES``.
+Every payload of either format is checked by ``tracekit.trace_checks`` before use.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
+import stat
+import struct
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -32,25 +44,67 @@ from typing import IO, Any
 
 import msgpack
 
-from tracekit.errors import TraceFileError, UsageError
+from tracekit.errors import TraceFileError, TracekitError, UsageError
+from tracekit.safe_text import printable
 from tracekit.session import LostReport, Session, Summary
+from tracekit.trace_checks import (
+    Invalid,
+    RowCheck,
+    check_footer,
+    check_header,
+    check_lost,
+    check_symbols,
+)
 
 MAGIC = b"\x89TKT\r\n\x1a\n"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 HEADER, BATCH, LOST, SYMBOLS, FOOTER = 0, 1, 2, 3, 9
 _KINDS = {HEADER, BATCH, LOST, SYMBOLS, FOOTER}
+_KIND_NAMES = {
+    HEADER: "header",
+    BATCH: "batch",
+    LOST: "lost-events",
+    SYMBOLS: "symbols",
+    FOOTER: "footer",
+}
 
-# Upper bounds on what a reader accepts, so a corrupt length field cannot make it
-# allocate gigabytes. A batch is at most MAX_BATCH rows (the writer splits larger
-# ones); 64 MiB leaves room for wide rows.
+FORMAT_1_WEAKNESSES = (
+    "format 1: the record kind is outside the CRC and records are not numbered, so a "
+    "changed kind, reordered batches, a missing lost-events or symbols record, or data "
+    "after the footer may go undetected; a missing or repeated batch shows only "
+    "against the footer's event total"
+)
+
+# Upper bounds on what a reader accepts, so that neither a corrupt length field nor
+# a forged but well-formed record can make it allocate much more than the file's
+# size. A batch is at most MAX_BATCH rows and a record at most MAX_RECORD bytes (the
+# writer splits larger ones). A decoded record takes up to about 30 times its size
+# in Python objects (a 3-byte string becomes a 51-byte str, its pointer, and its
+# share of the row tuples), so 4 MiB keeps one record near 120 MB; 8,192 rows of 512
+# bytes still fit, and rss-cpu's largest footer (16,384 aggregated flows) is ~1 MB.
 MAX_BATCH = 8192
-MAX_RECORD = 64 * 1024 * 1024
+MAX_RECORD = 4 * 1024 * 1024
+_MAX_BODY = MAX_RECORD - 64  # room for the framing around a body
+# Totals over a whole file: symbols and stacks are kept for the whole replay.
+MAX_SYMBOLS = 1 << 20
+MAX_STACKS = 1 << 16
 _READ_CHUNK = 1024 * 1024
+_MAX_SEQ = (1 << 63) - 1
 
 
 def _pack(obj: Any) -> bytes:
     return msgpack.packb(obj, use_bin_type=True)  # type: ignore[no-any-return]
+
+
+def _crc(kind: int, seq: int, body: bytes) -> int:
+    return zlib.crc32(body, zlib.crc32(struct.pack("<BQ", kind, seq)))
+
+
+class TraceWriteError(TracekitError):
+    """Writing the trace failed (disk full, I/O error): one line, the file stays readable."""
+
+    exit_code = 10
 
 
 class TraceWriter:
@@ -62,23 +116,57 @@ class TraceWriter:
         try:
             # Mode 0o666 filtered by the user's umask: traces carry addresses and host
             # names, so a restrictive umask must apply as it does to any other file.
-            fd = os.open(path, flags, 0o666)
+            # O_NONBLOCK: a FIFO without a reader fails (ENXIO) instead of blocking.
+            fd = os.open(path, flags | os.O_NONBLOCK, 0o666)
         except FileExistsError:
             raise UsageError(f"{path} exists; pass --force to overwrite it") from None
         except OSError as exc:
             raise UsageError(f"cannot write {path}: {exc.strerror}") from None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise UsageError(f"cannot write {path}: not a regular file")
+        os.set_blocking(fd, True)
         self._f: IO[bytes] = os.fdopen(fd, "wb")
-        self._f.write(MAGIC)
-        header = {"format": FORMAT_VERSION, **session.header()}
-        self._write(HEADER, header)
+        self._seq = 0
+        self.batches = 0
+        self.rows = 0
         self._symbols_written = 0
         self._stacks_written = 0
         self.closed = False
+        self.failed = False
+        self._raw(MAGIC)
+        header = {"format": FORMAT_VERSION, **session.header()}
+        self._write(HEADER, header)
+
+    def _raw(self, data: bytes) -> None:
+        if self.failed:
+            return
+        try:
+            self._f.write(data)
+            self._f.flush()
+        except OSError as exc:
+            # A full disk leaves at most one partial record at the end, which the
+            # reader treats as a cut: the file replays up to its last complete batch.
+            self.failed = True
+            raise TraceWriteError(
+                f"cannot write {self.path}: {exc.strerror or exc}; the recording stops "
+                f"there and replays up to its last complete batch ({self.rows} events)"
+            ) from None
 
     def _write(self, kind: int, payload: Any) -> None:
         body = _pack(payload)
-        self._f.write(_pack([kind, zlib.crc32(body), body]))
-        self._f.flush()
+        if len(body) > _MAX_BODY:
+            # Readers refuse it; better one clear line now than an unreadable file.
+            # (Batches and symbols are split below; a header or footer this large
+            # would take a schema or an in-kernel aggregate far beyond any probe's.)
+            self.failed = True
+            raise TraceWriteError(
+                f"cannot write {self.path}: a {_KIND_NAMES[kind]} record of {len(body)} "
+                f"bytes exceeds the {MAX_RECORD // 2**20} MiB limit; the file replays up "
+                f"to its last complete batch ({self.rows} events)"
+            )
+        self._raw(_pack([kind, self._seq, _crc(kind, self._seq, body), body]))
+        self._seq += 1
 
     def write_symbols(self, session: Session) -> None:
         """Write symbols and stacks the session learnt since the last call."""
@@ -87,15 +175,42 @@ class TraceWriter:
             and len(session.stacks) == self._stacks_written
         ):
             return
-        syms = dict(list(session.symbols.items())[self._symbols_written :])
-        stacks = dict(list(session.stacks.items())[self._stacks_written :])
-        self._write(SYMBOLS, {"symbols": syms, "stacks": stacks})
+        syms = list(session.symbols.items())[self._symbols_written :]
+        stacks = list(session.stacks.items())[self._stacks_written :]
+        step = 20_000
+        for i in range(0, max(len(syms), len(stacks)), step):
+            self._write_symbols(syms[i : i + step], stacks[i : i + step])
         self._symbols_written = len(session.symbols)
         self._stacks_written = len(session.stacks)
 
+    def _write_symbols(self, syms: list[tuple[int, str]], stacks: list[tuple[int, Any]]) -> None:
+        payload = {"symbols": dict(syms), "stacks": dict(stacks)}
+        if len(syms) + len(stacks) > 1 and len(_pack(payload)) > _MAX_BODY:
+            # Long names or deep stacks: halve until each record fits.
+            hs, ht = (len(syms) + 1) // 2, (len(stacks) + 1) // 2
+            self._write_symbols(syms[:hs], stacks[:ht])
+            self._write_symbols(syms[hs:], stacks[ht:])
+            return
+        self._write(SYMBOLS, payload)
+
     def write_batch(self, rows: list[tuple[Any, ...]]) -> None:
         for i in range(0, len(rows), MAX_BATCH):
-            self._write(BATCH, rows[i : i + MAX_BATCH])
+            self._write_rows(rows[i : i + MAX_BATCH])
+
+    def _write_rows(self, rows: list[tuple[Any, ...]]) -> None:
+        body = _pack(rows)
+        if len(body) > _MAX_BODY and len(rows) > 1:
+            # Wide rows: halve until a batch fits in one record the reader accepts.
+            half = len(rows) // 2
+            self._write_rows(rows[:half])
+            self._write_rows(rows[half:])
+            return
+        if len(body) > _MAX_BODY:
+            self._write(BATCH, rows)  # one row beyond the limit: refused, in one line
+        self._raw(_pack([BATCH, self._seq, _crc(BATCH, self._seq, body), body]))
+        self._seq += 1
+        self.batches += 1
+        self.rows += len(rows)
 
     def write_lost(self, lost: LostReport) -> None:
         self._write(LOST, {"source": lost.source, "per_cpu": lost.per_cpu})
@@ -105,10 +220,18 @@ class TraceWriter:
             return
         self.closed = True
         try:
-            if summary is not None:
-                self._write(FOOTER, summary.to_dict())
+            if summary is not None and not self.failed:
+                footer = summary.to_dict()
+                footer["written"] = {
+                    "records": self._seq,
+                    "batches": self.batches,
+                    "rows": self.rows,
+                }
+                self._write(FOOTER, footer)
         finally:
-            self._f.close()
+            # A failure was reported by _raw already; closing cannot lose more.
+            with contextlib.suppress(OSError):
+                self._f.close()
 
 
 @dataclass
@@ -118,108 +241,244 @@ class Record:
     offset: int
 
 
+def _open_regular(path: str) -> IO[bytes]:
+    """Open ``path`` for reading without ever blocking; refuse non-regular files.
+
+    A FIFO with no writer would block ``open()`` forever and a device may never end;
+    O_NONBLOCK makes the open return at once so fstat can refuse them.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
+    except OSError as exc:
+        raise TraceFileError(f"cannot read {path}: {exc.strerror}") from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            what = "a directory" if stat.S_ISDIR(mode) else "not a regular file"
+            raise TraceFileError(f"cannot read {path}: {what}")
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return os.fdopen(fd, "rb")
+
+
 class TraceReader:
     """Reads a trace file; ``session`` comes from the header, records stream after it.
 
-    Raises ``TraceFileError`` (one line, naming the file) for anything that is not a
-    tracekit trace or is corrupt. A file that simply ends early sets ``truncated``
-    and ``truncated_at`` instead of raising.
+    Raises ``TraceFileError`` (one line, naming the file, the record and the field)
+    for anything that is not a tracekit trace or is corrupt. A file that simply ends
+    early sets ``truncated`` and ``truncated_at`` instead of raising. BATCH payloads
+    are checked against the schema; SYMBOLS payloads become ``(symbols, stacks)``,
+    LOST payloads ``LostReport`` and the footer ``footer``. A record's ``payload`` is
+    valid until the next record is read (keep the payload, not the record).
     """
 
     def __init__(self, path: str) -> None:
         self.path = path
+        self._shown = printable(path)
+        self._f = _open_regular(path)
         try:
-            self._f: IO[bytes] = open(path, "rb")  # noqa: SIM115 - closed by close()
-        except OSError as exc:
-            raise TraceFileError(f"cannot read {path}: {exc.strerror}") from None
-        self.size = os.fstat(self._f.fileno()).st_size
-        magic = self._f.read(len(MAGIC))
-        if magic != MAGIC:
+            self._start()
+        except BaseException:
             self._f.close()
-            raise TraceFileError(f"{path}: not a tracekit trace file")
+            raise
+
+    def _start(self) -> None:
+        self.size = os.fstat(self._f.fileno()).st_size
+        magic = self._read(len(MAGIC))
+        if magic != MAGIC:
+            raise TraceFileError(f"{self._shown}: not a tracekit trace file")
         self._unpacker = msgpack.Unpacker(
-            max_buffer_size=MAX_RECORD + 1024,
+            # Room for the largest record (body and framing) plus one chunk read.
+            max_buffer_size=MAX_RECORD + _READ_CHUNK + 1024,
             max_bin_len=MAX_RECORD,
-            max_array_len=3,
+            max_array_len=4,
             max_map_len=0,
             max_str_len=0,
             max_ext_len=0,
         )
+        self._chunk = bytearray(_READ_CHUNK)
+        self._chunk_view = memoryview(self._chunk)
         self._offset = len(MAGIC)
         self._eof = False
+        self._seq = 0
+        self.format = FORMAT_VERSION  # until the first record's framing says otherwise
         self.truncated = False
         self.truncated_at = 0
         self.footer: Summary | None = None
+        self.batches = 0
+        self.rows = 0
+        self.trailing = 0
         first = self._next()
         if first is None or first.kind != HEADER:
-            self._f.close()
-            raise TraceFileError(f"{path}: no header: not a tracekit trace or cut short")
-        header = first.payload
-        if not isinstance(header, dict) or not isinstance(header.get("format"), int):
-            self._f.close()
-            raise TraceFileError(f"{path}: corrupt header")
-        if header["format"] > FORMAT_VERSION:
-            self._f.close()
-            raise TraceFileError(
-                f"{path}: format version {header['format']} is newer than this tracekit "
-                f"reads ({FORMAT_VERSION}); upgrade tracekit"
-            )
-        self.header: dict[str, Any] = header
+            raise TraceFileError(f"{self._shown}: no header: not a tracekit trace or cut short")
+        raw = first.payload
+        if type(raw) is dict and type(raw.get("format")) is int:
+            if raw["format"] > FORMAT_VERSION:
+                raise TraceFileError(
+                    f"{self._shown}: format version {raw['format']} is newer than this "
+                    f"tracekit reads ({FORMAT_VERSION}); upgrade tracekit"
+                )
+            if raw["format"] != self.format:
+                raise self._corrupt(
+                    f"header says format {raw['format']} but records are framed as "
+                    f"format {self.format}"
+                )
         try:
-            self.session = Session.from_header(header)
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            self._f.close()
-            raise TraceFileError(f"{path}: corrupt header ({exc})") from None
-        self._width = len(self.session.schema.fields)
+            header = check_header(raw, FORMAT_VERSION)
+        except Invalid as exc:
+            raise self._corrupt(f"bad header: {exc}") from None
+        # The checked header, as plain data (the schema as a dict, as in the file).
+        self.header: dict[str, Any] = {**header, "schema": header["schema"].to_dict()}
+        self.session = Session(
+            probe=header["probe"],
+            schema=header["schema"],
+            params=header["params"],
+            mode="replay",
+            kernel=header["kernel"],
+            ncpus=header["ncpus"],
+            hostname=header["hostname"],
+            start_time=header["start_time"],
+            tracekit_version=header["tracekit_version"],
+            sample_every=header["sample_every"],
+            aggregated=tuple(header["aggregated"]),
+        )
+        self._rows = RowCheck(self.session.schema)
+        self._width = self._rows.width
 
-    def _corrupt(self, why: str) -> TraceFileError:
+    @property
+    def weaknesses(self) -> str | None:
+        """What this file's format cannot detect, or None."""
+        return FORMAT_1_WEAKNESSES if self.format == 1 else None
+
+    def _read(self, n: int) -> bytes:
+        try:
+            return self._f.read(n)
+        except OSError as exc:
+            # /proc/self/mem gives EIO; a failing disk too.
+            raise TraceFileError(
+                f"cannot read {self._shown}: {exc.strerror or errno.errorcode.get(exc.errno or 0)}"
+            ) from None
+
+    def _read_into(self, buf: bytearray) -> int:
+        # One buffer for every read (feed() copies what it needs): no 1 MiB bytes
+        # object allocated and freed per read.
+        try:
+            return self._f.readinto(buf)  # type: ignore[attr-defined,no-any-return]
+        except OSError as exc:
+            raise TraceFileError(
+                f"cannot read {self._shown}: {exc.strerror or errno.errorcode.get(exc.errno or 0)}"
+            ) from None
+
+    def _corrupt(self, why: str, at: int | None = None) -> TraceFileError:
         self._f.close()
-        return TraceFileError(f"{self.path}: corrupt at byte {self._offset}: {why}")
+        where = self._offset if at is None else at
+        return TraceFileError(f"{self._shown}: corrupt at byte {where}: {printable(why)}")
 
-    def _next(self) -> Record | None:
-        """The next framed record, or None at the end (sets ``truncated`` if cut)."""
+    def _frame(self) -> Any:
         while True:
             try:
-                frame = self._unpacker.unpack()
-                break
+                return self._unpacker.unpack()
             except msgpack.OutOfData:
                 if self._eof:
-                    if self._unpacker.tell() + len(MAGIC) < self.size:
-                        self.truncated = True
-                        self.truncated_at = self._offset
                     return None
-                chunk = self._f.read(_READ_CHUNK)
-                if not chunk:
+                n = self._read_into(self._chunk)
+                if not n:
                     self._eof = True
-                else:
-                    self._unpacker.feed(chunk)
-            except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
+                    continue
+                try:
+                    self._unpacker.feed(self._chunk_view[:n])
+                except msgpack.BufferFull:
+                    # The buffer holds one whole record and one chunk: a record that
+                    # still does not fit claims more than MAX_RECORD bytes.
+                    raise self._corrupt(
+                        f"a record longer than the {MAX_RECORD // 2**20} MiB limit"
+                    ) from None
+            except (
+                ValueError,
+                msgpack.ExtraData,
+                msgpack.FormatError,
+                msgpack.StackError,
+                msgpack.BufferFull,
+            ) as exc:
                 raise self._corrupt(f"bad framing ({type(exc).__name__})") from None
+
+    def _next(self, decode_batches: bool = True) -> Record | None:
+        """The next framed record, or None at the end (sets ``truncated`` if cut).
+
+        Without ``decode_batches`` a BATCH payload is its row count, read from the
+        msgpack array header, and the body is not decoded (see ``verify``).
+        """
+        frame = self._frame()
+        if frame is None:
+            if self._unpacker.tell() + len(MAGIC) < self.size:
+                self.truncated = True
+                self.truncated_at = self._offset
+            return None
         start = self._offset
         self._offset = len(MAGIC) + self._unpacker.tell()
+        if type(frame) is not list or len(frame) not in (3, 4):
+            raise self._corrupt("not a record")
+        if start == len(MAGIC):
+            # The first record's framing says which format the file is.
+            self.format = 1 if len(frame) == 3 else 2
+        if len(frame) != (3 if self.format == 1 else 4):
+            raise self._corrupt("record framed for another format version")
+        if self.format == 1:
+            kind, crc, body = frame
+            seq = self._seq
+        else:
+            kind, seq, crc, body = frame
         if (
-            not isinstance(frame, list)
-            or len(frame) != 3
-            or not isinstance(frame[0], int)
-            or frame[0] not in _KINDS
-            or not isinstance(frame[1], int)
-            or not isinstance(frame[2], bytes)
+            type(kind) is not int
+            or kind not in _KINDS
+            or type(seq) is not int
+            or not 0 <= seq <= _MAX_SEQ
+            or type(crc) is not int
+            or type(body) is not bytes
         ):
             raise self._corrupt("not a record")
-        kind, crc, body = frame
-        if zlib.crc32(body) != crc:
+        ok = zlib.crc32(body) == crc if self.format == 1 else _crc(kind, seq, body) == crc
+        if not ok:
             raise self._corrupt("checksum mismatch")
+        if seq != self._seq:
+            how = "repeated or out of order" if seq < self._seq else "missing before it"
+            raise self._corrupt(
+                f"{_KIND_NAMES[kind]} record {seq} where record {self._seq} was due (records {how})"
+            )
+        self._seq += 1
+        if kind == BATCH and not decode_batches:
+            return Record(kind, _array_len(body), start)
         try:
             payload = msgpack.unpackb(body, use_list=False, strict_map_key=False, raw=False)
         except Exception as exc:  # noqa: BLE001 - any decode failure is corruption
-            raise self._corrupt(f"bad record body ({type(exc).__name__})") from None
+            raise self._corrupt(
+                f"bad {_KIND_NAMES[kind]} record body ({type(exc).__name__})"
+            ) from None
         return Record(kind, payload, start)
 
-    def records(self) -> Iterator[Record]:
-        """Records after the header; BATCH payloads are tuples of row tuples."""
+    def verify(self) -> None:
+        """Read the whole file once without yielding, raising for any corruption.
+
+        Replay calls this before any sink starts, so a damaged file (a flipped bit,
+        a dropped, repeated or reordered record, a relabelled kind, a footer whose
+        counts disagree, data after the footer) is one line and status 2 with nothing
+        printed before it. Batch bodies are only CRC-checked and counted here (their
+        rows are checked, column by column, when ``records`` yields them): decoding
+        every batch twice would halve replay speed. So the one thing found only
+        during replay is a batch whose CRC is valid but whose values are not, which
+        takes a deliberately forged file; replay then stops there with one line.
+        """
+        for _ in self.records(decode_batches=False):
+            pass
+
+    def records(self, decode_batches: bool = True) -> Iterator[Record]:
+        """Records after the header, each checked; see the class docstring."""
+        session = self.session
         try:
             while True:
-                rec = self._next()
+                rec = self._next(decode_batches)
                 if rec is None:
                     if self.footer is None and not self.truncated:
                         # Ends on a record boundary but never got its footer: the
@@ -227,56 +486,115 @@ class TraceReader:
                         self.truncated = True
                         self.truncated_at = self._offset
                     return
-                if rec.kind == BATCH:
-                    rows = rec.payload
-                    # Whole-batch checks at C speed: every row a tuple of schema width.
-                    if not isinstance(rows, tuple) or (
-                        rows
-                        and (
-                            set(map(type, rows)) != {tuple} or set(map(len, rows)) != {self._width}
-                        )
-                    ):
-                        raise self._corrupt("batch does not match the schema")
-                elif rec.kind == FOOTER:
-                    try:
-                        self.footer = Summary.from_dict(_to_dict(rec.payload))
-                    except (TypeError, ValueError, AttributeError) as exc:
-                        raise self._corrupt(f"bad footer ({exc})") from None
-                elif rec.kind == HEADER:
-                    raise self._corrupt("second header")
+                try:
+                    self._check(rec, session)
+                except Invalid as exc:
+                    raise self._corrupt(str(exc), rec.offset) from None
                 yield rec
                 if rec.kind == FOOTER:
+                    self._after_footer()
                     return
+                # The caller's loop variable still holds this record while the next
+                # one decodes: dropping the payload here keeps one decoded record in
+                # memory, not two (a record's objects take up to ~25x its bytes).
+                rec.payload = None
+                del rec
         finally:
             self._f.close()
+
+    def _check(self, rec: Record, session: Session) -> None:
+        kind, where = rec.kind, f"record {self._seq - 1} ({_KIND_NAMES[rec.kind]})"
+        if kind == BATCH:
+            if type(rec.payload) is int:  # verify(): counted, not decoded
+                if rec.payload < 0:
+                    raise Invalid(f"{where}: expected an array of rows")
+                if rec.payload > MAX_BATCH:
+                    raise Invalid(f"{where}: {rec.payload} rows (limit {MAX_BATCH})")
+                n = rec.payload
+            else:
+                self._rows.check(rec.payload, where, MAX_BATCH)
+                n = len(rec.payload)
+            self.batches += 1
+            self.rows += n
+        elif kind == SYMBOLS:
+            syms, stacks = check_symbols(rec.payload, where)
+            if len(session.symbols) + len(syms) > MAX_SYMBOLS:
+                raise Invalid(f"{where}: more than {MAX_SYMBOLS} symbols in the file")
+            if len(session.stacks) + len(stacks) > MAX_STACKS:
+                raise Invalid(f"{where}: more than {MAX_STACKS} stacks in the file")
+            rec.payload = (syms, stacks)
+        elif kind == LOST:
+            source, per_cpu = check_lost(rec.payload, where)
+            rec.payload = LostReport(source, per_cpu)
+        elif kind == FOOTER:
+            summary, written = check_footer(rec.payload, self._rows, where)
+            if self.format >= 2:
+                self._check_counts(written, where)
+            elif summary.events != self.rows:
+                # Format 1 has no record counts, but its writer always wrote the events
+                # it streamed: a dropped or repeated batch shows here.
+                raise Invalid(f"{where}: says {summary.events} events, the file holds {self.rows}")
+            self.footer = summary
+            rec.payload = summary
+        else:
+            raise Invalid(f"{where}: a second header")
+
+    def _check_counts(self, written: dict[str, int], where: str) -> None:
+        read = {"records": self._seq - 1, "batches": self.batches, "rows": self.rows}
+        for name, n in read.items():
+            if name not in written:
+                raise Invalid(f"{where}.written: no {name} count")
+            if written[name] != n:
+                raise Invalid(
+                    f"{where}: the writer wrote {written[name]} {name}, the file holds {n}"
+                )
+
+    def _after_footer(self) -> None:
+        """Nothing may follow the footer (format 2); format 1 only counts it."""
+        buffered = len(MAGIC) + self._unpacker.tell()
+        extra = self.size - buffered
+        if extra <= 0 and self._eof:
+            return
+        if extra <= 0:
+            # The size from fstat may be stale (a file still growing): look.
+            if not self._read(1):
+                return
+            extra = 1
+        self.trailing = extra
+        if self.format >= 2:
+            raise self._corrupt(f"{extra} bytes after the footer")
 
     def close(self) -> None:
         self._f.close()
 
 
-def _to_dict(obj: Any) -> Any:
-    """msgpack gives tuples for arrays (use_list=False); footers want plain dicts/lists."""
-    if isinstance(obj, dict):
-        return {k: _to_dict(v) for k, v in obj.items()}
-    if isinstance(obj, tuple):
-        return [_to_dict(v) for v in obj]
-    return obj
+def _array_len(body: bytes) -> int:
+    """Rows in a BATCH body from its msgpack array header; -1 if it is not an array.
+
+    -1 is then refused as not a batch when the body is decoded; here it only needs to
+    differ from any real count.
+    """
+    if not body:
+        return -1
+    b = body[0]
+    if 0x90 <= b <= 0x9F:
+        return b & 0x0F
+    if b == 0xDC and len(body) >= 3:
+        return int.from_bytes(body[1:3], "big")
+    if b == 0xDD and len(body) >= 5:
+        return int.from_bytes(body[1:5], "big")
+    return -1
 
 
 def read_symbols(payload: Any, session: Session) -> None:
-    """Merge a SYMBOLS record into the session."""
-    if not isinstance(payload, dict):
-        raise TraceFileError("corrupt symbols record")
-    for addr, name in dict(payload.get("symbols", {})).items():
-        session.symbols[int(addr)] = str(name)
-    for sid, addrs in dict(payload.get("stacks", {})).items():
-        session.stacks[int(sid)] = [int(a) for a in addrs]
+    """Merge a (checked) SYMBOLS record into the session."""
+    syms, stacks = payload
+    session.symbols.update(syms)
+    session.stacks.update(stacks)
 
 
 def read_lost(payload: Any) -> LostReport:
-    if not isinstance(payload, dict):
-        raise TraceFileError("corrupt lost-events record")
-    return LostReport(
-        source=str(payload.get("source", "?")),
-        per_cpu={int(c): int(n) for c, n in dict(payload.get("per_cpu", {})).items()},
-    )
+    """The (checked) LOST record as a report."""
+    if not isinstance(payload, LostReport):
+        raise TraceFileError("lost-events record read without TraceReader.records()")
+    return payload
