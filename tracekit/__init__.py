@@ -59,15 +59,22 @@ _LAZY: dict[str, str] = {
     "feed": "tracekit.testing",
     "synthetic_rows": "tracekit.testing",
     "Output": "tracekit.testing",
+    "FeedFixture": "tracekit.testing",
+    "ReplayFixture": "tracekit.testing",
+    "RunProbeFixture": "tracekit.testing",
     "NetnsLab": "tracekit.lab.netns",
+    "build_bus": "tracekit.bus",
+    "Bus": "tracekit.bus",
 }
 
 # Written out (not derived from _LAZY) so linters and mypy read it; a test checks
 # the two agree.
 __all__ = [
     "AttachPoint",
+    "Bus",
     "CounterMap",
     "EventBatch",
+    "FeedFixture",
     "Field",
     "HistSpec",
     "KernelAggregate",
@@ -81,6 +88,8 @@ __all__ = [
     "PluginError",
     "ProbeRegistry",
     "ProbeSpec",
+    "ReplayFixture",
+    "RunProbeFixture",
     "Schema",
     "Session",
     "Sink",
@@ -91,6 +100,7 @@ __all__ = [
     "TracekitError",
     "UsageError",
     "__version__",
+    "build_bus",
     "feed",
     "format_row",
     "format_value",
@@ -115,6 +125,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # what mypy and editors see; at run time __getattr__ imports them
+    from tracekit.bus import Bus, build_bus
     from tracekit.contract import KernelAggregate, Sink, SinkOptions
     from tracekit.errors import LabError, PluginError, TracekitError, UsageError
     from tracekit.lab.netns import NetnsLab
@@ -133,4 +144,11 @@ if TYPE_CHECKING:  # what mypy and editors see; at run time __getattr__ imports 
     from tracekit.schema import Field, HistSpec, Schema, format_row, format_value
     from tracekit.session import EventBatch, LostReport, Session, Summary
     from tracekit.stacks import resolve_stack
-    from tracekit.testing import Output, feed, synthetic_rows
+    from tracekit.testing import (
+        FeedFixture,
+        Output,
+        ReplayFixture,
+        RunProbeFixture,
+        feed,
+        synthetic_rows,
+    )

@@ -17,7 +17,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pytest
 
@@ -110,6 +110,40 @@ class Output:
     stdout: str
 
 
+class FeedFixture(Protocol):
+    """The type of the ``tracekit_feed`` fixture (annotate the test's argument with it)."""
+
+    def __call__(
+        self,
+        session: Session,
+        sinks: Sequence[str],
+        batches: Iterable[list[tuple[Any, ...]]],
+        *,
+        lost: Iterable[LostReport] = (),
+        counters: dict[str, dict[str, dict[int, int]]] | None = None,
+        force: bool = False,
+        kernel_agg: KernelAggregate | None = None,
+    ) -> Output: ...
+
+
+class ReplayFixture(Protocol):
+    """The type of the ``tracekit_replay`` fixture."""
+
+    def __call__(self, path: str | Path, sinks: Sequence[str] = ("hist",)) -> Output: ...
+
+
+class RunProbeFixture(Protocol):
+    """The type of the ``tracekit_run_probe`` fixture."""
+
+    def __call__(
+        self,
+        name: str,
+        action: Callable[[], None],
+        sinks: Sequence[str] = ("hist",),
+        params: dict[str, str] | None = None,
+    ) -> Output: ...
+
+
 @pytest.fixture
 def tracekit_bus() -> Bus:
     """The plugin bus with every installed plugin (built-ins and entry points)."""
@@ -117,22 +151,38 @@ def tracekit_bus() -> Bus:
 
 
 @pytest.fixture
-def tracekit_feed(tracekit_bus: Bus) -> Callable[..., Output]:
+def tracekit_feed(tracekit_bus: Bus) -> FeedFixture:
     """``tracekit_feed(session, ["csv=out.csv"], [rows, ...])``: drive sinks like a run."""
 
     def run(
-        session: Session, sinks: Sequence[str], batches: Iterable[list[tuple[Any, ...]]], **kw: Any
+        session: Session,
+        sinks: Sequence[str],
+        batches: Iterable[list[tuple[Any, ...]]],
+        *,
+        lost: Iterable[LostReport] = (),
+        counters: dict[str, dict[str, dict[int, int]]] | None = None,
+        force: bool = False,
+        kernel_agg: KernelAggregate | None = None,
     ) -> Output:
         buf = io.StringIO()
         with contextlib.redirect_stdout(buf):
-            summary = feed(tracekit_bus, session, sinks, batches, **kw)
+            summary = feed(
+                tracekit_bus,
+                session,
+                sinks,
+                batches,
+                lost=lost,
+                counters=counters,
+                force=force,
+                kernel_agg=kernel_agg,
+            )
         return Output(summary, buf.getvalue())
 
     return run
 
 
 @pytest.fixture
-def tracekit_replay(tracekit_bus: Bus) -> Callable[..., Output]:
+def tracekit_replay(tracekit_bus: Bus) -> ReplayFixture:
     """``tracekit_replay(path, ["hist"])``: replay a trace file through sinks."""
     from tracekit.replay import replay
 
@@ -146,7 +196,7 @@ def tracekit_replay(tracekit_bus: Bus) -> Callable[..., Output]:
 
 
 @pytest.fixture
-def tracekit_run_probe(tracekit_bus: Bus) -> Iterator[Callable[..., Output]]:
+def tracekit_run_probe(tracekit_bus: Bus) -> Iterator[RunProbeFixture]:
     """In the VM: ``tracekit_run_probe("tcp-retrans", action, sinks=["hist"])`` compiles
     the probe, attaches it, then runs ``action()`` (the traffic) in a thread while the
     probe drains, and stops when ``action`` returns; an exception in it is raised here.
