@@ -112,7 +112,7 @@ def test_misspelt_sink_method_is_refused_not_ignored() -> None:
         extra_plugins=(("p", sink_plugin(SinkSpec("typo", "t", Typo))),),
         load_entry_points=False,
     )
-    with pytest.raises(PluginError, match="'check_shema' is never called.*'check_schema'"):
+    with pytest.raises(PluginError, match=r"'check_shema' is never called.*'check_schema'"):
         feed(bus, Session(probe="x", schema=S), ["typo"], [])
     assert PluginError.exit_code == 14
 
@@ -206,5 +206,5 @@ def test_min_kernel_is_checked_and_names_both_versions() -> None:
         assert r.ok, ok
     from dataclasses import replace
 
-    with pytest.raises(ValueError, match="min_kernel must be MAJOR.MINOR"):
+    with pytest.raises(ValueError, match=r"min_kernel must be MAJOR\.MINOR"):
         replace(spec, min_kernel="five")
