@@ -208,3 +208,11 @@ def test_min_kernel_is_checked_and_names_both_versions() -> None:
 
     with pytest.raises(ValueError, match=r"min_kernel must be MAJOR\.MINOR"):
         replace(spec, min_kernel="five")
+
+
+def test_event_struct_other_than_tk_event_is_refused() -> None:
+    from dataclasses import replace
+
+    spec = build_bus(load_entry_points=False).probes.get("txq-flip")
+    with pytest.raises(ValueError, match="event_struct must be 'tk_event'"):
+        replace(spec, event_struct="my_event")

@@ -13,7 +13,7 @@ from importlib.abc import Traversable
 from typing import Any, Generic, TypeVar
 
 from tracekit.errors import DuplicateError, UsageError
-from tracekit.schema import HistSpec, Schema
+from tracekit.schema import Schema
 
 
 @dataclass(frozen=True)
@@ -172,6 +172,13 @@ class ProbeSpec:
 
     def __post_init__(self) -> None:
         min_kernel_version(self.min_kernel)  # a typo fails at registration
+        # Both loaders find the event layout by the name tk_event (tracekit.h's
+        # tk_event_layout map): another name would be ignored, so it is refused.
+        if self.event_struct != "tk_event":
+            raise ValueError(
+                f"probe {self.name}: event_struct must be 'tk_event' (the loaders read "
+                f"only struct tk_event), not {self.event_struct!r}"
+            )
 
     def param(self, name: str) -> Param:
         for p in self.params:
@@ -185,9 +192,6 @@ class ProbeSpec:
         for k, v in given.items():
             values[k] = self.param(k).parse(v)
         return values
-
-    def default_histograms(self) -> tuple[HistSpec, ...]:
-        return self.schema.histograms
 
     def resolved(self) -> ProbeSpec:
         """The spec as the running machine loads it: counter labels computed."""
