@@ -2,7 +2,8 @@
 
 ``--sink hist`` prints the probe's default histograms; ``--sink
 hist=FIELD[,by=KEY...][,linear=LO:HI:STEP]`` prints that one instead (``;`` separates
-several). Counters the probe keeps in the kernel are printed after the histograms.
+several). Counters the probe keeps in the kernel are printed after the histograms,
+those at zero only as their number.
 """
 
 from __future__ import annotations
@@ -80,10 +81,20 @@ class HistSink:
             out.write("\n" + h.render(session.symbols))
         for mapname, labels in sorted(summary.counters.items()):
             out.write("\n")
+            # Counters with a slot per kernel enum value (drop reasons: ~70) are zero
+            # for most labels: print the ones that counted and say how many did not.
+            zero = 0
             for label, per_cpu in labels.items():
+                total = sum(per_cpu.values())
+                if total == 0:
+                    zero += 1
+                    continue
                 cells = "  ".join(f"cpu{c}={n}" for c, n in sorted(per_cpu.items()))
                 name = printable(f"{mapname}.{label}")
-                out.write(f"@{name}: total={sum(per_cpu.values())}  {cells}\n")
+                out.write(f"@{name}: total={total}  {cells}\n")
+            if zero:
+                what = "counter" if zero == 1 else "counters"
+                out.write(f"# {printable(mapname)}: {zero} {what} at zero not shown\n")
         if summary.notes:
             out.write("\n" + "\n".join(map(printable, summary.notes)) + "\n")
         out.flush()

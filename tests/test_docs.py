@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import inspect
+import re
 from pathlib import Path
 
+import tracekit
 from tracekit import hookspecs
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "writing-plugins.md"
@@ -20,6 +22,51 @@ def test_every_hook_is_documented_with_its_signature() -> None:
         heading = f"### `{name}({params}) -> {sig.return_annotation}`"
         assert heading in text, heading
         assert getattr(hookspecs, name).__doc__, f"{name} has no docstring"
+
+
+def test_every_hook_is_typed() -> None:
+    for name, f in vars(hookspecs).items():
+        if name.startswith("tracekit_") and callable(f):
+            sig = inspect.signature(f)
+            assert sig.return_annotation == "None", name
+            for p in sig.parameters.values():
+                assert p.annotation is not inspect.Parameter.empty, f"{name}({p.name})"
+                assert "Any" not in str(p.annotation), f"{name}({p.name}): {p.annotation}"
+
+
+def test_every_public_name_is_documented() -> None:
+    """What ``from tracekit import ...`` offers, the plugin guide explains (by name)."""
+    text = DOC.read_text()
+    missing = [n for n in tracekit.__all__ if f"`{n}`" not in text]
+    assert not missing, f"in tracekit.__all__ but not in {DOC.name}: {missing}"
+
+
+def test_guide_examples_use_one_import() -> None:
+    """The guide's Python examples import tracekit's API from ``tracekit`` only
+    (``tracekit.plot`` is the one exception: it needs the fleet extra)."""
+    text = DOC.read_text()
+    for line in text.splitlines():
+        if line.startswith("from tracekit.") or line.startswith("import tracekit."):
+            assert line.startswith("from tracekit.plot import"), line
+
+
+def test_fixtures_display_kinds_and_c_helpers_are_documented() -> None:
+    from tracekit import schema, testing
+
+    text = DOC.read_text()
+    fixtures = [n for n, f in vars(testing).items() if n.startswith("tracekit_") and callable(f)]
+    assert {"tracekit_feed", "tracekit_replay", "tracekit_run_probe"} <= set(fixtures)
+    for name in fixtures:
+        assert f"`{name}`" in text, name
+    for kind in schema.DISPLAYS:
+        assert f"| `{kind}` |" in text, kind
+    header = (DOC.parents[1] / "probes" / "tracekit.h").read_text()
+    helpers = re.findall(r"static __always_inline \w+ (tk_read_\w+)\(", header)
+    assert helpers, "tracekit.h has no tk_read_* helper"
+    for h in helpers:
+        assert f"`{h}`" in text, h
+    for attr in ("enrich", "kernel_agg", "labels_from", "min_kernel"):
+        assert attr in text, attr
 
 
 def test_trace_format_doc_states_the_limits_the_reader_enforces() -> None:

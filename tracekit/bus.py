@@ -20,7 +20,7 @@ from typing import Any
 import pluggy
 
 from tracekit import __version__, hookspecs
-from tracekit.errors import TracekitError
+from tracekit.errors import PluginError, TracekitError
 from tracekit.registry import PlotRegistry, ProbeRegistry, SinkRegistry
 from tracekit.safe_text import printable
 
@@ -69,7 +69,9 @@ class Bus:
 
         pluggy stops at the first implementation that raises; a sink that fails must
         not take the others (or the run) down, so the bus walks the implementations
-        itself, in pluggy's order, and reports each failing plugin once.
+        itself, in pluggy's order, and reports each failing plugin once. Walking them
+        by hand skips pluggy's wrapper machinery, which is why ``_refuse_wrappers``
+        refuses hookwrappers when a plugin registers instead of ignoring them.
         """
         caller = getattr(self.pm.hook, hook)
         for impl in reversed(caller.get_hookimpls()):
@@ -105,6 +107,7 @@ class Bus:
         try:
             for name, obj in objs.items():
                 self.pm.register(obj, name=name)
+                _refuse_wrappers(self.pm, obj, name)  # unregisters it when refused
                 registered.append(obj)
             self.pm.check_pending()
             yield
@@ -118,13 +121,32 @@ def _disabled() -> set[str]:
     return {n.strip() for n in raw.split(",") if n.strip()}
 
 
+def _refuse_wrappers(pm: pluggy.PluginManager, plugin: object, name: str) -> None:
+    """Refuse ``hookwrapper=True`` / ``wrapper=True`` implementations of ``plugin``.
+
+    Every hook is called implementation by implementation (``Bus.call`` isolates a
+    failing sink; registration names the plugin adding each probe): a wrapper would
+    be called as a plain function, its code after ``yield`` never run. Refused
+    loudly rather than half-run silently.
+    """
+    for caller in pm.get_hookcallers(plugin) or ():
+        for impl in caller.get_hookimpls():
+            if impl.plugin is plugin and (impl.hookwrapper or impl.wrapper):
+                pm.unregister(plugin)
+                raise PluginError(
+                    f"plugin {name}: {caller.name} is a hookwrapper; tracekit calls each "
+                    "implementation on its own and does not support wrappers"
+                )
+
+
 def _register(pm: pluggy.PluginManager, plugin: object, name: str) -> None:
     pm.register(plugin, name=name)
     try:
         pm.check_pending()
     except pluggy.PluginValidationError as exc:
         pm.unregister(plugin)
-        raise TracekitError(f"plugin {name}: {exc}") from None
+        raise PluginError(f"plugin {name}: {exc}") from None
+    _refuse_wrappers(pm, plugin, name)
 
 
 def build_bus(

@@ -109,3 +109,15 @@ class ExtraMissingError(TracekitError):
     """A command needs the optional ``fleet`` extra (pyarrow, matplotlib, ...)."""
 
     exit_code = 13
+
+
+class PluginError(TracekitError):
+    """A plugin breaks the contract: an unknown hook, a hookwrapper, a misspelt method."""
+
+    exit_code = 14
+
+
+class KernelTooOldError(TracekitError):
+    """The running kernel is older than the probe's ``min_kernel``."""
+
+    exit_code = 15

@@ -17,7 +17,10 @@ Two kinds of hooks:
   with the plugin's name and keeps calling the others; the command then exits with
   a non-zero status.
 
-Every hook returns ``None``; return values are ignored.
+Every hook returns ``None``; return values are ignored. Each implementation is called
+on its own, so pluggy hookwrappers cannot work: registering one raises
+``PluginError``. What a sink object may define besides hooks (``configure``,
+``check_schema``, ``fields_needed``) is ``tracekit.Sink`` (tracekit/contract.py).
 """
 
 from __future__ import annotations
@@ -54,6 +57,8 @@ def tracekit_register_sinks(registry: SinkRegistry) -> None:
     Called once per process when plugins are loaded. ``SinkSpec.factory(arg)`` is
     called later, once per session that names the sink, with the text after ``=``
     in ``--sink NAME=ARG``; it raises ``UsageError`` for an argument it cannot use.
+    The object it returns derives from ``tracekit.Sink``, whose ``check_schema``
+    refuses a field the probe lacks, before anything compiles.
     """
 
 

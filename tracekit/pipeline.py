@@ -7,21 +7,15 @@ Live runs (``tracekit.loader``) and replays (``tracekit.replay``) both drive a
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from typing import Any
 
 from tracekit.bus import Bus
+from tracekit.contract import SinkOptions, configure_sink
 from tracekit.errors import SinkFailedError, UsageError
 from tracekit.schema import Schema
 from tracekit.session import EventBatch, LostReport, Session, Summary
 
-
-@dataclass(frozen=True)
-class SinkOptions:
-    """Options from the command line that every sink may honour."""
-
-    force: bool = False
-
+__all__ = ["Pipeline", "SinkOptions", "make_sinks", "parse_sink_arg", "raise_if_sink_failed"]
 
 def parse_sink_arg(text: str) -> tuple[str, str | None]:
     name, sep, arg = text.partition("=")
@@ -37,17 +31,15 @@ def make_sinks(
     """Build one sink object per ``--sink``, validating names and arguments.
 
     Runs before a probe is compiled, so a typo costs nothing. Sinks may define
-    ``configure(opts)`` and ``check_schema(schema)`` to refuse early.
+    ``configure(opts)`` and ``check_schema(schema)`` (``tracekit.Sink``) to refuse
+    early; a misspelt one is refused rather than silently never called.
     """
     out: dict[str, object] = {}
     for text in sink_args:
         name, arg = parse_sink_arg(text)
         spec = bus.sinks.get(name)
         obj = spec.factory(arg)
-        if hasattr(obj, "configure"):
-            obj.configure(opts)
-        if hasattr(obj, "check_schema"):
-            obj.check_schema(schema)
+        configure_sink(name, obj, opts, schema)
         key = f"sink:{name}"
         n = 2
         while key in out:

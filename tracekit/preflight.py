@@ -21,11 +21,12 @@ from tracekit.errors import (
     BccMissingError,
     BtfMissingError,
     HeadersMissingError,
+    KernelTooOldError,
     ModuleNotLoadedError,
     PermissionProblem,
     TracekitError,
 )
-from tracekit.registry import AttachPoint, ProbeSpec
+from tracekit.registry import AttachPoint, ProbeSpec, kernel_version, min_kernel_version
 
 # Suffixes GCC gives to specialised or split copies of a function. A kprobe on the
 # plain name does not exist when only these do.
@@ -124,6 +125,26 @@ def check_headers(report: Report, release: str | None = None) -> None:
             f"no kernel headers for {release} in {build}: install linux-headers-{release}",
             HeadersMissingError,
         )
+
+
+def check_kernel_version(report: Report, spec: ProbeSpec, release: str | None = None) -> None:
+    """The running kernel is at least ``spec.min_kernel`` (what the probe's C needs)."""
+    release = release or platform.release()
+    running = kernel_version(release)
+    if running is None:
+        # A release string we cannot read (a custom build's name): the attach and
+        # compile checks still stop a probe this kernel cannot run.
+        report.add("kernel version", True, f"{release}: not a version, not checked")
+    elif running < min_kernel_version(spec.min_kernel):
+        report.add(
+            "kernel version",
+            False,
+            f"probe {spec.name} needs Linux {spec.min_kernel} or later; "
+            f"this kernel is {release}",
+            KernelTooOldError,
+        )
+    else:
+        report.add("kernel version", True, f"{release} >= {spec.min_kernel}")
 
 
 def check_btf(report: Report) -> None:
@@ -412,6 +433,7 @@ def choose_loader(
 
 def preflight(spec: ProbeSpec, loader: str = "bcc") -> tuple[Report, list[AttachPoint]]:
     report = Report()
+    check_kernel_version(report, spec)
     check_privileges(report)
     if loader == "bcc":
         check_bcc(report)

@@ -7,13 +7,13 @@ each call) so a clash names both plugins.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
 from importlib.abc import Traversable
 from typing import Any, Generic, TypeVar
 
 from tracekit.errors import DuplicateError, UsageError
-from tracekit.schema import HistSpec, Schema
+from tracekit.schema import Schema
 
 
 @dataclass(frozen=True)
@@ -81,17 +81,57 @@ class Param:
 class CounterMap:
     """An in-kernel per-CPU counter array read when the run ends.
 
-    ``map`` names a ``BPF_PERCPU_ARRAY`` in the probe; ``labels`` names its slots.
+    ``map`` names a ``BPF_PERCPU_ARRAY`` in the probe; ``labels`` names its slots
+    (slot i is ``labels[i]``). When the names depend on the running kernel (drop
+    reasons, whose numbers differ between releases), give ``labels_from`` instead: a
+    function returning the names, called once when the probe loads, on the machine
+    that runs it. A trace stores the names it used, so a replay needs neither.
     """
 
     map: str
-    labels: tuple[str, ...]
+    labels: tuple[str, ...] = ()
     doc: str = ""
+    labels_from: Callable[[], Sequence[str]] | None = None
+
+    def __post_init__(self) -> None:
+        if not self.labels and self.labels_from is None:
+            raise ValueError(f"counter map {self.map}: give labels or labels_from")
+
+    def resolved(self) -> CounterMap:
+        """This map with ``labels`` computed by ``labels_from`` (itself without one)."""
+        if self.labels_from is None:
+            return self
+        labels = tuple(str(n) for n in self.labels_from())
+        if not labels:
+            raise UsageError(f"counter map {self.map}: labels_from returned no labels")
+        if len(set(labels)) != len(labels):
+            raise UsageError(f"counter map {self.map}: labels_from returned duplicate labels")
+        return replace(self, labels=labels, labels_from=None)
+
+
+def kernel_version(release: str) -> tuple[int, ...] | None:
+    """``(6, 1, 0)`` from a release such as ``6.1.0-18-amd64``; None if it has none."""
+    parts = release.split("-", 1)[0].split("+", 1)[0].split(".")
+    if len(parts) >= 2 and all(p.isdigit() for p in parts[:3]):
+        return tuple(int(p) for p in parts[:3])
+    return None
+
+
+def min_kernel_version(text: str) -> tuple[int, ...]:
+    """A ``ProbeSpec.min_kernel`` as a tuple; ValueError for a malformed one."""
+    v = kernel_version(text)
+    if v is None:
+        raise ValueError(f"min_kernel must be MAJOR.MINOR[.PATCH]: {text!r}")
+    return v
 
 
 @dataclass(frozen=True)
 class ProbeSpec:
-    """Everything tracekit needs to compile, attach and decode one probe."""
+    """Everything tracekit needs to compile, attach and decode one probe.
+
+    ``min_kernel`` (``"5.8"``) is checked before compiling: an older running kernel
+    is one ``tracekit:`` line naming both versions (status 15).
+    """
 
     name: str
     description: str
@@ -130,6 +170,16 @@ class ProbeSpec:
     # the tracekit_register_plots hook.
     plot: Callable[[Any], Any] | None = None
 
+    def __post_init__(self) -> None:
+        min_kernel_version(self.min_kernel)  # a typo fails at registration
+        # Both loaders find the event layout by the name tk_event (tracekit.h's
+        # tk_event_layout map): another name would be ignored, so it is refused.
+        if self.event_struct != "tk_event":
+            raise ValueError(
+                f"probe {self.name}: event_struct must be 'tk_event' (the loaders read "
+                f"only struct tk_event), not {self.event_struct!r}"
+            )
+
     def param(self, name: str) -> Param:
         for p in self.params:
             if p.name == name:
@@ -143,8 +193,11 @@ class ProbeSpec:
             values[k] = self.param(k).parse(v)
         return values
 
-    def default_histograms(self) -> tuple[HistSpec, ...]:
-        return self.schema.histograms
+    def resolved(self) -> ProbeSpec:
+        """The spec as the running machine loads it: counter labels computed."""
+        if all(c.labels_from is None for c in self.counters):
+            return self
+        return replace(self, counters=tuple(c.resolved() for c in self.counters))
 
     @property
     def kernel_aggregation(self) -> bool:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tracekit.bus import Bus
+from tracekit.contract import sink_fields_needed
 from tracekit.errors import InterruptedBeforeStart, UsageError
 from tracekit.loader import LoadedProbe, StopSignals, drain_for, remove_stale_bcc_events
 from tracekit.pipeline import (
@@ -52,12 +53,10 @@ class Compiled:
 
 
 def fields_needed(sinks: dict[str, object], spec: ProbeSpec) -> frozenset[str]:
-    """The fields the run's sinks read from events (sinks say so with ``fields_needed``)."""
+    """The fields the run's sinks read from events (``tracekit.Sink.fields_needed``)."""
     out: set[str] = set()
     for obj in sinks.values():
-        need = getattr(obj, "fields_needed", None)
-        if need is not None:
-            out.update(need(spec.schema))
+        out.update(sink_fields_needed(obj, spec.schema))
     return frozenset(out)
 
 
@@ -98,6 +97,9 @@ def compile_probe(
     aggregate: bool = False,
 ) -> Compiled:
     """Preflight (raising the first problem) and compile (BCC) or load (CO-RE)."""
+    # Counter labels computed on this machine (CounterMap.labels_from), once: the
+    # loader reads as many slots as there are labels.
+    spec = spec.resolved()
     loader, why = choose_loader(spec, opts.loader, aggregate=aggregate, output=opts.output)
     report, points = preflight(spec, loader)
     report.raise_first()

@@ -1,7 +1,10 @@
-"""Helpers for testing sinks and trace files without a kernel.
+"""Helpers for testing sinks and trace files without a kernel, and the pytest fixtures.
 
-Plugin authors can feed synthetic batches through a sink and record or replay trace
-files with these, on any machine.
+Plugin authors can feed synthetic batches (and in-kernel aggregates) through a sink
+and record or replay trace files with these, on any machine. Installed with
+tracekit as a pytest plugin (entry point ``pytest11``), so a plugin's tests get the
+fixtures ``tracekit_bus``, ``tracekit_feed``, ``tracekit_replay`` and
+``tracekit_run_probe`` without a conftest.py (docs/writing-plugins.md).
 """
 
 from __future__ import annotations
@@ -10,15 +13,17 @@ import contextlib
 import io
 import os
 import random
+import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pytest
 
 from tracekit.bus import Bus, build_bus
-from tracekit.pipeline import Pipeline, SinkOptions, make_sinks
+from tracekit.contract import KernelAggregate, SinkOptions
+from tracekit.pipeline import Pipeline, make_sinks
 from tracekit.schema import Schema
 from tracekit.session import LostReport, Session, Summary
 
@@ -51,16 +56,26 @@ def feed(
     lost: Iterable[LostReport] = (),
     counters: dict[str, dict[str, dict[int, int]]] | None = None,
     force: bool = False,
+    kernel_agg: KernelAggregate | None = None,
 ) -> Summary:
-    """Drive sinks exactly as a live run does: start, batches, losses, end."""
+    """Drive sinks exactly as a live run does: start, batches, losses, end.
+
+    ``kernel_agg`` plays a run whose probe counted in the kernel: the session says
+    which fields were aggregated (``session.aggregated``) and the summary carries the
+    rows, as a live run's would (stream no ``batches`` with it, as such a run has none).
+    """
     bus = bus or build_bus()
     sinks = make_sinks(bus, tuple(sink_args), SinkOptions(force=force), session.schema)
+    if kernel_agg is not None:
+        session.aggregated = kernel_agg.fields
     with Pipeline(bus, session, sinks) as pipe:
         for b in batches:
             pipe.batch(b)
         for report in lost:
             pipe.lost(report)
         pipe.summary.counters = counters or {}
+        if kernel_agg is not None:
+            pipe.summary.kernel_agg = list(kernel_agg.rows)
         summary = pipe.end()
     pipe.raise_if_sink_failed()
     return summary
@@ -89,8 +104,44 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 @dataclass
 class Output:
+    """What the fixtures return: the session's summary and what the sinks printed."""
+
     summary: Summary
     stdout: str
+
+
+class FeedFixture(Protocol):
+    """The type of the ``tracekit_feed`` fixture (annotate the test's argument with it)."""
+
+    def __call__(
+        self,
+        session: Session,
+        sinks: Sequence[str],
+        batches: Iterable[list[tuple[Any, ...]]],
+        *,
+        lost: Iterable[LostReport] = (),
+        counters: dict[str, dict[str, dict[int, int]]] | None = None,
+        force: bool = False,
+        kernel_agg: KernelAggregate | None = None,
+    ) -> Output: ...
+
+
+class ReplayFixture(Protocol):
+    """The type of the ``tracekit_replay`` fixture."""
+
+    def __call__(self, path: str | Path, sinks: Sequence[str] = ("hist",)) -> Output: ...
+
+
+class RunProbeFixture(Protocol):
+    """The type of the ``tracekit_run_probe`` fixture."""
+
+    def __call__(
+        self,
+        name: str,
+        action: Callable[[], None],
+        sinks: Sequence[str] = ("hist",),
+        params: dict[str, str] | None = None,
+    ) -> Output: ...
 
 
 @pytest.fixture
@@ -100,22 +151,38 @@ def tracekit_bus() -> Bus:
 
 
 @pytest.fixture
-def tracekit_feed(tracekit_bus: Bus) -> Callable[..., Output]:
+def tracekit_feed(tracekit_bus: Bus) -> FeedFixture:
     """``tracekit_feed(session, ["csv=out.csv"], [rows, ...])``: drive sinks like a run."""
 
     def run(
-        session: Session, sinks: Sequence[str], batches: Iterable[list[tuple[Any, ...]]], **kw: Any
+        session: Session,
+        sinks: Sequence[str],
+        batches: Iterable[list[tuple[Any, ...]]],
+        *,
+        lost: Iterable[LostReport] = (),
+        counters: dict[str, dict[str, dict[int, int]]] | None = None,
+        force: bool = False,
+        kernel_agg: KernelAggregate | None = None,
     ) -> Output:
         buf = io.StringIO()
         with contextlib.redirect_stdout(buf):
-            summary = feed(tracekit_bus, session, sinks, batches, **kw)
+            summary = feed(
+                tracekit_bus,
+                session,
+                sinks,
+                batches,
+                lost=lost,
+                counters=counters,
+                force=force,
+                kernel_agg=kernel_agg,
+            )
         return Output(summary, buf.getvalue())
 
     return run
 
 
 @pytest.fixture
-def tracekit_replay(tracekit_bus: Bus) -> Callable[..., Output]:
+def tracekit_replay(tracekit_bus: Bus) -> ReplayFixture:
     """``tracekit_replay(path, ["hist"])``: replay a trace file through sinks."""
     from tracekit.replay import replay
 
@@ -129,9 +196,10 @@ def tracekit_replay(tracekit_bus: Bus) -> Callable[..., Output]:
 
 
 @pytest.fixture
-def tracekit_run_probe(tracekit_bus: Bus) -> Iterator[Callable[..., Output]]:
+def tracekit_run_probe(tracekit_bus: Bus) -> Iterator[RunProbeFixture]:
     """In the VM: ``tracekit_run_probe("tcp-retrans", action, sinks=["hist"])`` compiles
-    the probe, attaches it, calls ``action()`` (the traffic), drains, detaches.
+    the probe, attaches it, then runs ``action()`` (the traffic) in a thread while the
+    probe drains, and stops when ``action`` returns; an exception in it is raised here.
     """
     from tracekit.run import RunOptions, run_probe
 
@@ -146,23 +214,38 @@ def tracekit_run_probe(tracekit_bus: Bus) -> Iterator[Callable[..., Output]]:
     ) -> Output:
         spec = tracekit_bus.probes.get(name)
         values = spec.resolve_params(params or {})
-        done: list[bool] = []
+        done = threading.Event()
+        failed: list[BaseException] = []
 
-        def start() -> None:
-            action()
-            done.append(True)
+        def traffic() -> None:
+            try:
+                action()
+            except BaseException as exc:  # noqa: BLE001 - re-raised in the test's thread
+                failed.append(exc)
+            finally:
+                done.set()
 
+        # The traffic runs beside the drain loop, not before it: events it causes are
+        # read as they come (a buffer the size of a second of traffic would overflow
+        # if the whole action ran before the first drain).
+        worker = threading.Thread(target=traffic, name=f"tracekit-action-{name}", daemon=True)
         buf = io.StringIO()
-        with contextlib.redirect_stdout(buf):
-            summary = run_probe(
-                tracekit_bus,
-                spec,
-                values,
-                tuple(sinks),
-                RunOptions(duration=3600, quiet=True, force=True),
-                until=lambda: bool(done),
-                on_attached=start,
-            )
+        try:
+            with contextlib.redirect_stdout(buf):
+                summary = run_probe(
+                    tracekit_bus,
+                    spec,
+                    values,
+                    tuple(sinks),
+                    RunOptions(duration=3600, quiet=True, force=True),
+                    until=done.is_set,
+                    on_attached=worker.start,
+                )
+        finally:
+            if worker.is_alive():
+                worker.join()
+        if failed:
+            raise failed[0]
         return Output(summary, buf.getvalue())
 
     yield run

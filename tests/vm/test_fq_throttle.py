@@ -15,6 +15,7 @@ from tracekit.lab.scenarios import LabResult, lab_fq_throttle
 from tracekit.run import Compiled
 
 from .conftest import attached_residue, trace_rows
+from .helpers import replay
 
 pytestmark = pytest.mark.vm
 
@@ -64,20 +65,7 @@ def test_events_carry_queue_and_flow(run: tuple[LabResult, str], out_dir: Path) 
 def test_live_hist_replays_identically(run: tuple[LabResult, str], out_dir: Path) -> None:
     _, live = run
     assert "@throttle_delay[tk0," in live
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "tracekit",
-            "replay",
-            str(out_dir / "fq-throttle.tkt"),
-            "--sink",
-            "hist",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    r = replay(out_dir / "fq-throttle.tkt", "hist")
     assert r.returncode == 0 and r.stdout == live
 
 

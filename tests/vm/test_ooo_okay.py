@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -19,6 +17,7 @@ from tracekit.run import Compiled
 from tracekit.session import Session
 
 from .conftest import attached_residue, trace_rows
+from .helpers import replay
 
 pytestmark = pytest.mark.vm
 
@@ -133,20 +132,7 @@ def test_replay_prints_what_the_live_lab_printed(rate_runs: tuple, out_dir: Path
     _, _, live = rate_runs
     outs = []
     for part in ("unlimited", "limited"):
-        r = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "tracekit",
-                "replay",
-                str(out_dir / f"ooo-okay.{part}.tkt"),
-                "--sink",
-                "hist",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        r = replay(out_dir / f"ooo-okay.{part}.tkt", "hist")
         assert r.returncode == 0, r.stderr
         outs.append(r.stdout)
     assert "".join(outs) == live

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -19,6 +17,7 @@ from tracekit.run import Compiled
 from tracekit.stats import imbalance
 
 from .conftest import attached_residue, trace_rows
+from .helpers import replay
 
 pytestmark = pytest.mark.vm
 
@@ -83,20 +82,7 @@ def test_kernel_aggregate_and_streamed_events_agree(runs: dict, out_dir: Path) -
 def test_live_output_names_the_busiest_cpu_and_replays_the_same(runs: dict, out_dir: Path) -> None:
     _, live = runs["none"]
     assert "busiest CPU: cpu0" in live and "imbalance" in live
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "tracekit",
-            "replay",
-            str(out_dir / "rss-cpu.none.tkt"),
-            "--sink",
-            "hist",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    r = replay(out_dir / "rss-cpu.none.tkt", "hist")
     assert r.returncode == 0 and r.stdout == live
 
 

@@ -6,7 +6,6 @@ import contextlib
 import io
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -16,9 +15,10 @@ from tracekit.bus import Bus
 from tracekit.lab.netns import parse_tc_queue_packets
 from tracekit.lab.scenarios import LabResult, lab_txq_flip
 from tracekit.run import Compiled
-from tracekit.tracefile import BATCH, TraceReader
+from tracekit.tracefile import TraceReader
 
 from .conftest import attached_residue
+from .helpers import replay, run_then_signal, trace_batch_rows, trace_events, tracekit
 
 
 def tc_of(ns: str) -> str:
@@ -52,15 +52,7 @@ def lab_run(bus: Bus, txq_compiled: Compiled, out_dir: Path) -> tuple[LabResult,
     return res, live, trace
 
 
-def events(trace: Path) -> list[dict[str, object]]:
-    r = TraceReader(str(trace))
-    names = r.session.schema.names
-    return [
-        dict(zip(names, row, strict=True))
-        for rec in r.records()
-        if rec.kind == BATCH
-        for row in rec.payload
-    ]
+events = trace_events
 
 
 def test_flips_between_the_two_cpus_queues(lab_run: tuple[LabResult, str, Path]) -> None:
@@ -91,8 +83,7 @@ def test_flip_queues_are_exactly_the_queues_tc_counted(
 
 def test_kernel_counters_agree_with_streamed_events(lab_run: tuple[LabResult, str, Path]) -> None:
     _, _, trace = lab_run
-    r = TraceReader(str(trace))
-    n = sum(len(rec.payload) for rec in r.records() if rec.kind == BATCH)
+    r, n = trace_batch_rows(trace)
     footer = r.footer
     assert footer is not None and footer.lost_total == 0
     changes = footer.counters["txq_counts"]["changes"]
@@ -102,12 +93,7 @@ def test_kernel_counters_agree_with_streamed_events(lab_run: tuple[LabResult, st
 
 def test_replay_in_the_vm_prints_the_live_histogram(lab_run: tuple[LabResult, str, Path]) -> None:
     _, live, trace = lab_run
-    r = subprocess.run(
-        [sys.executable, "-m", "tracekit", "replay", str(trace), "--sink", "hist"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    r = replay(trace, "hist")
     assert r.returncode == 0, r.stderr
     assert r.stdout == live
 
@@ -119,11 +105,17 @@ def test_nothing_left_attached_after_the_lab(lab_run: tuple[LabResult, str, Path
 def test_cli_lab_ctrl_c_prints_histogram_and_detaches(out_dir: Path) -> None:
     """The headline command through the real CLI, stopped with Ctrl-C mid-run."""
     trace = out_dir / "txq-flip-sigint.tkt"
-    p = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "tracekit",
+
+    def traffic_flows(p: subprocess.Popen[str]) -> None:
+        # Readiness, not a guess: iperf3's traffic is flowing through the lab's qdisc.
+        ns = f"tklab{p.pid}a"
+        deadline = time.monotonic() + 300
+        while sum(parse_tc_queue_packets(tc_of(ns)).values()) < 2000:
+            assert p.poll() is None and time.monotonic() < deadline, "no traffic in the lab"
+            time.sleep(0.2)
+
+    p, out, err = run_then_signal(
+        (
             "lab",
             "txq-flip",
             "--duration",
@@ -133,55 +125,26 @@ def test_cli_lab_ctrl_c_prints_histogram_and_detaches(out_dir: Path) -> None:
             "--sink",
             f"msgpack={trace}",
             "--force",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+        ),
+        "attached",
+        signal.SIGINT,
+        wait=traffic_flows,
     )
-    assert p.stderr is not None
-    for line in p.stderr:
-        if "attached" in line:
-            break
-    # Readiness, not a guess: iperf3's traffic is flowing through the lab's qdisc.
-    ns = f"tklab{p.pid}a"
-    deadline = time.monotonic() + 300
-    while sum(parse_tc_queue_packets(tc_of(ns)).values()) < 2000:
-        assert p.poll() is None and time.monotonic() < deadline, "no traffic in the lab"
-        time.sleep(0.2)
-    p.send_signal(signal.SIGINT)
-    out, err = p.communicate(timeout=120)
     assert p.returncode == 0, err
     assert "@queue_after[" in out and "iperf3:" in out
-    r = TraceReader(str(trace))
-    n = sum(len(rec.payload) for rec in r.records() if rec.kind == BATCH)
+    r, n = trace_batch_rows(trace)
     assert r.footer is not None and r.footer.interrupted and r.footer.events == n > 0
     assert attached_residue() == []
 
 
 def test_sigterm_during_run_detaches_and_file_replays(out_dir: Path) -> None:
     trace = out_dir / "txq-flip-sigterm.tkt"
-    p = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "tracekit",
-            "run",
-            "txq-flip",
-            "--sink",
-            f"msgpack={trace}",
-            "--force",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+    p, _, err = run_then_signal(
+        ("run", "txq-flip", "--sink", f"msgpack={trace}", "--force"),
+        "attached",
+        signal.SIGTERM,
+        wait=lambda p: time.sleep(1),
     )
-    assert p.stderr is not None
-    for line in p.stderr:
-        if "attached" in line:
-            break
-    time.sleep(1)
-    p.send_signal(signal.SIGTERM)
-    _, err = p.communicate(timeout=120)
     assert p.returncode == 0, err
     r = TraceReader(str(trace))
     list(r.records())
@@ -190,12 +153,7 @@ def test_sigterm_during_run_detaches_and_file_replays(out_dir: Path) -> None:
 
 
 def test_check_reports_attach_points() -> None:
-    r = subprocess.run(
-        [sys.executable, "-m", "tracekit", "check", "txq-flip"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    r = tracekit("check", "txq-flip")
     assert r.returncode == 0, r.stdout + r.stderr
     # In kallsyms is not enough: the kernel takes kprobes and ftrace can trace it.
     assert (
@@ -206,19 +164,13 @@ def test_check_reports_attach_points() -> None:
 
 def test_ctrl_c_during_compile_leaves_nothing(out_dir: Path) -> None:
     """SIGINT while BCC compiles (the lab's namespaces already exist)."""
-    p = subprocess.Popen(
-        [sys.executable, "-m", "tracekit", "lab", "txq-flip", "--duration", "60"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+    p, _, err = run_then_signal(
+        ("lab", "txq-flip", "--duration", "60"),
+        "compiling",
+        signal.SIGINT,
+        wait=lambda p: time.sleep(3),
+        timeout=600,
     )
-    assert p.stderr is not None
-    for line in p.stderr:
-        if "compiling" in line:
-            break
-    time.sleep(3)
-    p.send_signal(signal.SIGINT)
-    _, err = p.communicate(timeout=600)
     assert p.returncode == 130, err
     assert err.strip().splitlines()[-1] == (
         "tracekit: interrupted before tracing started: nothing attached, nothing recorded"

@@ -111,6 +111,8 @@ class NetnsLab:
         self.qdisc_args = tuple(qdisc_args)
         self.ns_a = f"{PREFIX}{os.getpid()}a"
         self.ns_b = f"{PREFIX}{os.getpid()}b"
+        # The interface names, for a test's tc/ethtool commands without a second import.
+        self.dev_a, self.dev_b = DEV_A, DEV_B
         self.ifindex_a = 0
         self._procs: list[subprocess.Popen[str]] = []
 

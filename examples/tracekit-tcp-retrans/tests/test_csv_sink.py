@@ -5,14 +5,12 @@ from __future__ import annotations
 import csv
 import subprocess
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from tracekit_tcp_retrans import SCHEMA
 
-from tracekit.session import Session
-from tracekit.testing import synthetic_rows
+from tracekit import FeedFixture, ReplayFixture, Session, synthetic_rows
 
 
 @pytest.fixture
@@ -21,7 +19,7 @@ def session() -> Session:
 
 
 def test_csv_rows_follow_the_schema(
-    tracekit_feed: Callable, session: Session, tmp_path: Path
+    tracekit_feed: FeedFixture, session: Session, tmp_path: Path
 ) -> None:
     out = tmp_path / "r.csv"
     rows = synthetic_rows(SCHEMA, 250, seed=3)
@@ -32,7 +30,7 @@ def test_csv_rows_follow_the_schema(
     assert got[1][SCHEMA.index("saddr")].count(".") == 3  # shown as an address
 
 
-def test_csv_to_stdout(tracekit_feed: Callable, session: Session) -> None:
+def test_csv_to_stdout(tracekit_feed: FeedFixture, session: Session) -> None:
     out = tracekit_feed(session, ["csv"], [synthetic_rows(SCHEMA, 3)])
     assert out.stdout.splitlines()[0].startswith("ts_ns,cpu,saddr")
     assert len(out.stdout.splitlines()) == 4
@@ -62,7 +60,7 @@ def test_registered_through_the_entry_point() -> None:
 
 
 def test_replay_into_csv(
-    tracekit_feed: Callable, tracekit_replay: Callable, session: Session, tmp_path: Path
+    tracekit_feed: FeedFixture, tracekit_replay: ReplayFixture, session: Session, tmp_path: Path
 ) -> None:
     trace = tmp_path / "t.tkt"
     tracekit_feed(session, [f"msgpack={trace}"], [synthetic_rows(SCHEMA, 10)])

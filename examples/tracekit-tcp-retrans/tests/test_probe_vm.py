@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 
 import pytest
 
-from tracekit.lab.netns import DEV_A, NetnsLab
+from tracekit import NetnsLab, RunProbeFixture
 
 pytestmark = pytest.mark.vm
 
@@ -33,10 +32,10 @@ def snmp(lab: NetnsLab) -> dict[str, int]:
     return out
 
 
-def test_segments_match_tcp_retrans_segs(tracekit_run_probe: Callable) -> None:
+def test_segments_match_tcp_retrans_segs(tracekit_run_probe: RunProbeFixture) -> None:
     with NetnsLab(txqueues=1, qdisc="pfifo_fast") as lab:
         # Lose 3% of what A sends: TCP retransmits, and the kernel counts it.
-        lab.ns(lab.ns_a, "tc", "qdisc", "replace", "dev", DEV_A, "root", "netem", "loss", "3%")
+        lab.ns(lab.ns_a, "tc", "qdisc", "replace", "dev", lab.dev_a, "root", "netem", "loss", "3%")
         lab.start_server(1)
         snap: dict[str, dict[str, int]] = {}
 

@@ -2,7 +2,7 @@
 
 An example of a third-party plugin: installed with pip, found through the
 ``tracekit`` entry-point group, registered through the same hooks as tracekit's
-built-ins, with one import from tracekit for its hooks.
+built-ins, with one import from tracekit for everything it uses.
 """
 
 from __future__ import annotations
@@ -12,18 +12,24 @@ import sys
 from importlib.resources import files
 from typing import IO
 
-from tracekit import hookimpl
-from tracekit.errors import UsageError
-from tracekit.registry import (
+from tracekit import (
     AttachPoint,
     CounterMap,
+    EventBatch,
+    Field,
+    HistSpec,
     ProbeRegistry,
     ProbeSpec,
+    Schema,
+    Session,
+    Sink,
     SinkRegistry,
     SinkSpec,
+    Summary,
+    UsageError,
+    format_value,
+    hookimpl,
 )
-from tracekit.schema import Field, HistSpec, Schema, format_value
-from tracekit.session import EventBatch, Session, Summary
 
 __version__ = "0.1.0"
 
@@ -61,7 +67,7 @@ PROBE = ProbeSpec(
 )
 
 
-class CsvSink:
+class CsvSink(Sink):
     """``--sink csv=PATH``: one CSV row per event, values shown as the console shows them."""
 
     def __init__(self, arg: str | None) -> None:
