@@ -9,9 +9,7 @@ from pathlib import Path
 import pytest
 
 import tracekit.core_build as cb
-from tracekit.btf import Btf
 from tracekit.bus import build_bus
-from tracekit.core_loader import _elf
 from tracekit.errors import TracekitError
 from tracekit.loader import layout_problems
 from tracekit.preflight import choose_loader
@@ -37,15 +35,13 @@ def test_built_object_matches_the_schema_and_declares_every_setting(
 ) -> None:
     path = cb.build(txq)
     assert path.parent == cache and path.exists()
-    syms, btf = _elf(path)
-    st = Btf(btf).find_struct("tk_event")
+    desc = cb.manifest(path)
+    st = desc["structs"]["tk_event"]
     # The struct clang compiled is the schema, member by member.
-    assert (
-        layout_problems([(m.name, m.offset) for m in st.members], st.size_or_type, txq.schema) == []
-    )
+    assert layout_problems([(n, o) for n, o in st["members"]], st["size"], txq.schema) == []
     # Settings and the parameter are read-only globals the loader can find and set.
     for name in ("tk_cfg_stream", "tk_cfg_sample", "tk_cfg_max_events_per_sec", "tk_param_ifindex"):
-        assert name in syms, sorted(syms)
+        assert name in desc["rodata"], sorted(desc["rodata"])
     assert cb.find_object(txq)[0] == path
     # Built once: a second build reuses it.
     mtime = path.stat().st_mtime_ns
@@ -61,7 +57,14 @@ def test_a_tampered_or_exposed_object_is_never_loaded(cache: Path, txq: ProbeSpe
     assert why and "does not match its recorded hash" in why
     found, reason = cb.find_object(txq)
     assert found is None and "tampered" in reason
-    # Rebuilt (the hash mismatch makes build compile again), then exposed.
+    # Rebuilt (the hash mismatch makes build compile again); then its manifest
+    # (what the loader trusts for offsets) is altered.
+    path.unlink()
+    path = cb.build(txq)
+    m = Path(str(path) + ".json")
+    m.write_bytes(m.read_bytes().replace(b'"size": ', b'"size": 1'))
+    assert "manifest does not match" in (cb.verified(path) or "")
+    # Rebuilt again, then exposed.
     path.unlink()
     path = cb.build(txq)
     assert cb.verified(path) is None

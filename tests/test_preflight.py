@@ -77,7 +77,7 @@ def test_kallsyms_is_not_enough_for_a_kprobe(kprobe_kernel: Path) -> None:
     r = Report()
     assert not check_attach_point(r, AttachPoint("kprobe", "netdev_pick_tx", "f"), syms)
     assert "cannot attach kprobes" in r.checks[0].message
-    pf.traceable_functions.cache_clear()
+    pf._text.cache_clear()
 
 
 def test_check_on_this_machines_own_kernel() -> None:

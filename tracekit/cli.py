@@ -59,8 +59,28 @@ class OutputClosed(TracekitError):
     reported = True
 
 
+# Built-in commands whose modules load only when the command runs: `tracekit run`
+# starts in about a second only if it does not import the labs, export and plot
+# (under emulation every imported module costs tens of milliseconds).
+LAZY_COMMANDS: dict[str, tuple[str, str]] = {
+    "lab": ("tracekit.lab.cli", "lab"),
+    "export": ("tracekit.export", "export_cmd"),
+    "plot": ("tracekit.plot", "plot_cmd"),
+}
+
+
 class TracekitGroup(click.Group):
     """Adds plugin commands lazily, so ``--help`` lists them."""
+
+    def _lazy(self, name: str) -> click.Command | None:
+        if name not in LAZY_COMMANDS or name in self.commands:
+            return None
+        import importlib
+
+        module, attr = LAZY_COMMANDS[name]
+        cmd: click.Command = getattr(importlib.import_module(module), attr)
+        self.add_command(cmd, name)
+        return cmd
 
     def _load(self, ctx: click.Context) -> None:
         if getattr(self, "_plugins_added", False):
@@ -83,10 +103,10 @@ class TracekitGroup(click.Group):
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         self._load(ctx)
-        return super().list_commands(ctx)
+        return sorted(set(super().list_commands(ctx)) | set(LAZY_COMMANDS))
 
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
-        cmd = super().get_command(ctx, name)
+        cmd = super().get_command(ctx, name) or self._lazy(name)
         if cmd is None:
             self._load(ctx)
             cmd = super().get_command(ctx, name)
@@ -312,25 +332,6 @@ def new_cmd(kind: str, name: str, where: str) -> None:
     click.echo(f"created {root}: pip install {root}, then python -m pytest {root}")
 
 
-def _register_lab() -> None:
-    from tracekit.lab.cli import lab
-
-    cli.add_command(lab)
-
-
-_register_lab()
-
-
-def _register_fleet() -> None:
-    # Their modules import pyarrow/matplotlib only when a command runs.
-    from tracekit.export import export_cmd
-    from tracekit.plot import plot_cmd
-
-    cli.add_command(export_cmd)
-    cli.add_command(plot_cmd)
-
-
-_register_fleet()
 
 
 def main(argv: list[str] | None = None) -> Any:

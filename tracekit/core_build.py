@@ -13,6 +13,7 @@ check` says why.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import stat
@@ -20,6 +21,7 @@ import subprocess
 import tempfile
 from importlib.resources import as_file, files
 from pathlib import Path
+from typing import Any
 
 from tracekit.errors import CompileError, TracekitError
 from tracekit.registry import ProbeSpec
@@ -90,9 +92,14 @@ def build(spec: ProbeSpec) -> Path:
             os.unlink(tmp)
             first = next((ln for ln in p.stderr.splitlines() if "error" in ln), p.stderr.strip())
             raise CompileError(f"probe {spec.name}: CO-RE build failed: {first[:300]}")
+    manifest = json.dumps(describe(Path(tmp)), sort_keys=True).encode()
     digest = hashlib.sha256(Path(tmp).read_bytes()).hexdigest()
     os.chmod(tmp, 0o644)
-    Path(str(out) + ".sha256").write_text(digest + "\n")
+    Path(str(out) + ".json").write_bytes(manifest)
+    os.chmod(str(out) + ".json", 0o644)
+    Path(str(out) + ".sha256").write_text(
+        f"{digest}  object\n{hashlib.sha256(manifest).hexdigest()}  manifest\n"
+    )
     Path(str(out) + ".built-by").write_text(compiler_version() + "\n")
     os.replace(tmp, out)
     _remove_stale(spec, out)
@@ -119,12 +126,56 @@ def verified(path: Path) -> str | None:
         if s.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
             return f"the CO-RE {what} is writable by others ({path})"
     try:
-        want = Path(str(path) + ".sha256").read_text().strip()
+        want = Path(str(path) + ".sha256").read_text().split()
+        manifest = Path(str(path) + ".json").read_bytes()
     except OSError:
-        return f"the CO-RE object has no recorded hash ({path})"
-    if hashlib.sha256(path.read_bytes()).hexdigest() != want:
+        return f"the CO-RE object has no recorded hash or manifest ({path})"
+    if want[0:1] != [hashlib.sha256(path.read_bytes()).hexdigest()]:
         return f"the CO-RE object does not match its recorded hash: tampered? ({path})"
+    if want[2:3] != [hashlib.sha256(manifest).hexdigest()]:
+        return f"the CO-RE object's manifest does not match its recorded hash ({path})"
     return None
+
+
+def describe(obj: Path) -> dict[str, Any]:
+    """What the loader needs to know of an object, read once at build time: the
+    offsets of its read-only settings, and struct tk_event and tk_agg_key as clang
+    laid them out (name and offset of each member, size). At run time the loader
+    then reads this small manifest instead of parsing ELF and BTF (seconds under
+    emulation)."""
+    from elftools.elf.elffile import ELFFile
+    from elftools.elf.sections import SymbolTableSection
+
+    from tracekit.btf import Btf
+
+    with open(obj, "rb") as f:
+        elf = ELFFile(f)
+        idx = elf.get_section_index(".rodata") if elf.get_section_by_name(".rodata") else -1
+        rodata: dict[str, list[int]] = {}
+        symtab = elf.get_section_by_name(".symtab")
+        if isinstance(symtab, SymbolTableSection):
+            for sym in symtab.iter_symbols():
+                if sym["st_shndx"] == idx and sym.name:
+                    rodata[sym.name] = [int(sym["st_value"]), int(sym["st_size"])]
+        btf_sec = elf.get_section_by_name(".BTF")
+        btf = Btf(btf_sec.data() if btf_sec is not None else b"")
+    structs: dict[str, Any] = {}
+    for name in ("tk_event", "tk_agg_key"):
+        try:
+            st = btf.find_struct(name)
+        except TracekitError:
+            continue
+        structs[name] = {
+            "size": st.size_or_type,
+            "members": [[m.name, m.offset] for m in st.members],
+        }
+    return {"rodata": rodata, "structs": structs}
+
+
+def manifest(obj: Path) -> dict[str, Any]:
+    """The manifest ``describe`` wrote beside a verified object."""
+    data: dict[str, Any] = json.loads(Path(str(obj) + ".json").read_bytes())
+    return data
 
 
 def find_object(spec: ProbeSpec) -> tuple[Path | None, str]:

@@ -14,7 +14,7 @@ import struct
 from pathlib import Path
 from typing import Any
 
-from tracekit.btf import Btf
+from tracekit.core_build import manifest
 from tracekit.errors import CompileError, TracekitError
 from tracekit.libbpf import BpfObject, LibbpfError, libbpf, map_items
 from tracekit.loader import layout_problems, online_cpus
@@ -26,40 +26,20 @@ from tracekit.session import LostReport
 POLL_MS = 100
 
 
-def _elf(path: Path) -> tuple[dict[str, tuple[int, int]], bytes]:
-    """The object's .rodata symbols (name -> offset, size) and its .BTF section."""
-    from elftools.elf.elffile import ELFFile
-    from elftools.elf.sections import SymbolTableSection
-
-    with open(path, "rb") as f:
-        elf = ELFFile(f)
-        rodata = elf.get_section_by_name(".rodata")
-        idx = elf.get_section_index(".rodata") if rodata is not None else -1
-        syms: dict[str, tuple[int, int]] = {}
-        symtab = elf.get_section_by_name(".symtab")
-        if isinstance(symtab, SymbolTableSection):
-            for s in symtab.iter_symbols():
-                if s["st_shndx"] == idx and s.name:
-                    syms[s.name] = (int(s["st_value"]), int(s["st_size"]))
-        btf = elf.get_section_by_name(".BTF")
-        return syms, (btf.data() if btf is not None else b"")
-
-
-def _agg_key_decoder(btf: Btf, spec: ProbeSpec) -> tuple[struct.Struct, list[str]]:
-    """A struct reading ``struct tk_agg_key`` as clang laid it out (from the object's
-    BTF), and the schema fields its members are, in member order. Widths and
+def _agg_key_decoder(st: dict[str, Any], spec: ProbeSpec) -> tuple[struct.Struct, list[str]]:
+    """A struct reading ``struct tk_agg_key`` as clang laid it out (from the build's
+    manifest), and the schema fields its members are, in member order. Widths and
     signedness come from the schema; members that are not schema fields (padding)
     are skipped."""
-    st = btf.find_struct("tk_agg_key")
     fmt, names, pos = "=", [], 0
-    for m in sorted(st.members, key=lambda m: m.offset):
-        if m.name not in spec.agg_fields:
+    for name, offset in sorted(st["members"], key=lambda m: int(m[1])):
+        if name not in spec.agg_fields:
             continue
-        f = spec.schema.field(m.name)
-        fmt += "x" * (m.offset - pos) + f.struct_code
-        pos = m.offset + f.size
-        names.append(m.name)
-    fmt += "x" * (st.size_or_type - pos)
+        f = spec.schema.field(name)
+        fmt += "x" * (offset - pos) + f.struct_code
+        pos = offset + f.size
+        names.append(name)
+    fmt += "x" * (int(st["size"]) - pos)
     if sorted(names) != sorted(spec.agg_fields):
         raise CompileError(
             f"probe {spec.name}: struct tk_agg_key has {names}, agg_fields {list(spec.agg_fields)}"
@@ -100,12 +80,19 @@ class CoreProbe:
         self.bpf = None  # no BCC object: probes with an `enrich` need the BCC loader
         lib = self.lib = libbpf()
         self.ncpus_possible = lib.possible_cpus()
-        syms, btf_data = _elf(obj_path)
-        btf = Btf(btf_data)
-        self._agg_key = _agg_key_decoder(btf, spec) if spec.agg_fields else None
-        st = btf.find_struct("tk_event")
+        desc = manifest(obj_path)
+        syms = {k: (int(v[0]), int(v[1])) for k, v in desc["rodata"].items()}
+        structs = desc["structs"]
+        if "tk_event" not in structs:
+            raise CompileError(f"probe {spec.name}: {obj_path.name} has no struct tk_event")
+        self._agg_key = (
+            _agg_key_decoder(structs["tk_agg_key"], spec)
+            if spec.agg_fields and "tk_agg_key" in structs
+            else None
+        )
+        st = structs["tk_event"]
         problems = layout_problems(
-            [(m.name, m.offset) for m in st.members], st.size_or_type, spec.schema
+            [(str(n), int(o)) for n, o in st["members"]], int(st["size"]), spec.schema
         )
         if problems:
             raise CompileError(

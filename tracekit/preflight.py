@@ -250,20 +250,36 @@ def kprobes_supported(pmu: Path | None = None, root: Path | None = None) -> str 
     return None
 
 
-@lru_cache(maxsize=4)
-def traceable_functions(root: Path | None) -> frozenset[str] | None:
-    """Names in tracefs's available_filter_functions (``name [module]`` kept as name).
+@lru_cache(maxsize=8)
+def _text(path: str) -> str | None:
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return None
 
-    None where it cannot be read (tracefs not mounted, no CONFIG_DYNAMIC_FTRACE): a
-    missing file says nothing about a function, so callers then skip this check.
+
+def traceable(root: Path | None, name: str) -> bool | None:
+    """Whether ``name`` is in tracefs's available_filter_functions (``name`` or
+    ``name [module]`` lines); None where the file cannot be read (tracefs not
+    mounted, no CONFIG_DYNAMIC_FTRACE): a missing file says nothing about a function.
+
+    One regular-expression search over the file's text: building a set of its tens
+    of thousands of names costs seconds under emulation, on every run.
     """
     if root is None:
         return None
-    try:
-        with open(root / "available_filter_functions") as f:
-            return frozenset(line.split(maxsplit=1)[0] for line in f if line.strip())
-    except OSError:
+    text = _text(str(root / "available_filter_functions"))
+    if text is None:
         return None
+    return re.search(rf"^{re.escape(name)}(?: \[[^\]\n]*\])?$", text, re.M) is not None
+
+
+def in_kallsyms(name: str) -> bool:
+    """Whether /proc/kallsyms has ``name`` as a text symbol (module or not)."""
+    text = _text("/proc/kallsyms") or ""
+    pattern = rf"^\S+ [tT] {re.escape(name)}(?:\t\[[^\]\n]*\])?$"
+    return re.search(pattern, text, re.M) is not None
 
 
 @lru_cache(maxsize=2)
@@ -301,8 +317,8 @@ def check_kprobe_target(
     if target in kprobe_blacklist(blacklist):
         report.add(label, False, f"{target} is on the kernel's kprobe blacklist", AttachPointError)
         return False
-    funcs = traceable_functions(root)
-    if funcs is not None and target not in funcs:
+    listed = traceable(root, target)
+    if listed is False:
         report.add(
             label,
             False,
@@ -311,7 +327,7 @@ def check_kprobe_target(
             AttachPointError,
         )
         return False
-    where = "kallsyms and available_filter_functions" if funcs is not None else "kallsyms"
+    where = "kallsyms and available_filter_functions" if listed else "kallsyms"
     report.add(label, True, f"present in {where}; kprobes via {how}")
     return True
 
@@ -327,7 +343,12 @@ def check_attach_point(report: Report, ap: AttachPoint, syms: frozenset[str] | N
             label, ok, "present" if ok else "no such tracepoint in this kernel", AttachPointError
         )
         return ok
-    syms = kallsyms() if syms is None else syms
+    if syms is None:
+        # available_filter_functions lists every traceable function (a tenth of
+        # kallsyms' size): kallsyms is read only when it cannot answer.
+        if traceable(tracefs(), ap.target) or in_kallsyms(ap.target):
+            return check_kprobe_target(report, label, ap.target)
+        syms = kallsyms()  # the slow path, only to name what exists instead
     if ap.target in syms:
         return check_kprobe_target(report, label, ap.target)
     if ap.module and not module_loaded(ap.module):
