@@ -150,7 +150,9 @@ class EventBatch:
         if all(b._array is not None for b in batches):
             import numpy as np
 
-            array = np.concatenate([b._array for b in batches])
+            # As bytes: numpy copies a structured dtype field by field (6x slower).
+            raw = np.concatenate([b._array.view(np.uint8) for b in batches])
+            array = raw.view(first._array.dtype)
             return cls(first.probe, schema=first.schema, array=array)
         rows = [r for b in batches for r in b.rows]
         return cls(first.probe, rows, schema=first.schema)
