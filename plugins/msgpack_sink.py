@@ -38,7 +38,7 @@ class MsgpackSink:
     def tracekit_events(self, session: Session, batch: EventBatch) -> None:
         assert self.writer is not None
         self.writer.write_symbols(session)
-        self.writer.write_batch(batch.rows)
+        self.writer.write_batch(batch)  # packed records: no per-event work
 
     @hookimpl
     def tracekit_lost_events(self, session: Session, lost: LostReport) -> None:

@@ -137,7 +137,9 @@ def test_bad_rows_are_a_corrupt_trace_not_a_sink_failure(
     row = list(recs[3][1][0])
     row[col] = value
     recs[3][1][0] = tuple(row)
-    p = forged(tmp_path, recs)
+    # Rows of values are format 1's batches; format 2's packed records cannot hold
+    # a value outside its field (test_a_packed_batch_of_another_length_is_refused).
+    p = forged(tmp_path, recs, fmt=1)
     for sink in ("console", "hist", "console=json"):
         r = cli("replay", str(p), "--sink", sink)
         err = one_line_status_2(r)
@@ -150,9 +152,35 @@ def test_forged_rows_reach_no_sink(tmp_path: Path) -> None:
     """The bad batch is refused whole: sinks see the batches before it, never it."""
     recs = base_records(random.Random(1))
     recs[3][1][-1] = (*recs[3][1][-1][:4], 999, *recs[3][1][-1][5:])
-    r = cli("replay", str(forged(tmp_path, recs)), "--sink", "console=json")
+    r = cli("replay", str(forged(tmp_path, recs, fmt=1)), "--sink", "console=json")
     one_line_status_2(r)
     assert len(r.stdout.splitlines()) == len(recs[2][1])
+
+
+@pytest.mark.parametrize("cut", [1, 60, -1])
+def test_a_packed_batch_of_another_length_is_refused_before_any_sink_prints(
+    tmp_path: Path, cut: int
+) -> None:
+    """Format 2: a batch body is whole records or corrupt, found by the verify pass."""
+    recs = base_records(random.Random(1))
+    body = tracefuzz.packed(tracefuzz.SCHEMA, recs[3][1])
+    recs[3][1] = body[:-cut] if cut > 0 else body + b"\0"
+    r = cli("replay", str(forged(tmp_path, recs)), "--sink", "console")
+    err = one_line_status_2(r)
+    assert "record 3 (batch)" in err and "not a whole number of the schema's 61-byte" in err
+    assert r.stdout == ""
+
+
+def test_any_bytes_in_a_packed_batch_replay_escaped(tmp_path: Path) -> None:
+    """Every packed record is valid: invalid UTF-8, NULs and escapes in strings too."""
+    recs = base_records(random.Random(1))
+    raw = [b"\x1b[2Jab", b"\xff\xfe", b"a\0\x1b]0;x", b"\xc3"]
+    recs[3][1] = [(*r[:2], raw[i % 4], *r[3:6], raw[(i + 1) % 4]) for i, r in enumerate(recs[3][1])]
+    recs[3][1] = tracefuzz.packed(tracefuzz.SCHEMA, recs[3][1])
+    r = cli("replay", str(forged(tmp_path, recs)), "--sink", "console")
+    assert r.status == 0, r.stderr
+    assert "\\x1b[2Jab" in r.stdout and "\ufffd" in r.stdout
+    assert not tracefuzz.CONTROL.search(r.stdout)
 
 
 # -- structure: format 2 ---------------------------------------------------------------
@@ -289,7 +317,8 @@ def test_a_record_at_the_cap_stays_within_the_documented_memory(tmp_path: Path) 
     tracemalloc.start()
     try:
         r = TraceReader(str(p))
-        n = sum(len(rec.payload) for rec in r.records() if rec.kind == BATCH)
+        # Rows built from the packed records: the most objects a batch can become.
+        n = sum(len(rec.payload.rows) for rec in r.records() if rec.kind == BATCH)
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()

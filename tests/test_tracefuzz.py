@@ -19,6 +19,9 @@ def test_structure_aware_fuzzer_finds_no_broken_promise() -> None:
     assert tally.status[("valid", 0)] == runs and tally.status[("valid-v1", 0)] == runs
     assert tally.status[("escapes", 0)] > 0
     assert tally.status[("display", 0)] == runs  # any display on any type still prints
+    # Packed batches: any bytes of whole records replay; a body of another length is refused.
+    assert tally.status[("packed", 0)] > 0 and tally.status[("packed", 2)] > 0
+    assert set(tally.status) & {("packed", s) for s in range(3, 256)} == set()
     # ...and structural damage must be refused, every time, by every command.
     for name in ("structure", "rows", "rows-shape", "header-extreme", "v1-structure"):
         assert tally.status[(name, 2)] == runs, name

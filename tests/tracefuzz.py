@@ -202,9 +202,42 @@ def base_records(rng: random.Random, strings: Callable[[], str] | None = None) -
 
 def written_of(recs: list[list[Any]]) -> dict[str, int]:
     """The counts the writer puts in the footer of ``recs`` (before any damage)."""
-    batches = [r[1] for r in recs if r[0] == BATCH and isinstance(r[1], list)]
+    batches = [r[1] for r in recs if r[0] == BATCH and isinstance(r[1], list | bytes)]
     footer_at = next((i for i, r in enumerate(recs) if r[0] == FOOTER), len(recs))
-    return {"records": footer_at, "batches": len(batches), "rows": sum(map(len, batches))}
+    rows = sum(len(b) // SCHEMA.size if isinstance(b, bytes) else len(b) for b in batches)
+    return {"records": footer_at, "batches": len(batches), "rows": rows}
+
+
+def packed(schema: Schema, rows: list[Any]) -> bytes:
+    """A format-2 batch body: ``rows`` as packed records of ``schema``'s layout.
+
+    Built with ``struct``, not with tracekit's own code, so a layout mistake in
+    tracekit shows up here. Strings are UTF-8, cut to the field's bytes.
+    """
+    st = struct.Struct("<" + schema.struct_format[1:])
+    strs = [i for i, f in enumerate(schema.fields) if f.is_str]
+    out = []
+    for r in rows:
+        vals = list(r)
+        for i in strs:
+            if isinstance(vals[i], str):
+                vals[i] = vals[i].encode()[: schema.fields[i].size]
+        out.append(st.pack(*vals))
+    return b"".join(out)
+
+
+def _batch_body(header: Any, rows: list[Any]) -> bytes:
+    # The header's schema when it is one (c_display changes field types); the
+    # fuzzer's own when the case broke it (the file is refused before any batch).
+    try:
+        if len(header["schema"]["fields"]) > 256:  # refused by the reader: don't build it
+            raise ValueError
+        return packed(Schema.from_dict(header["schema"]), rows)
+    except Exception:  # noqa: BLE001 - any broken schema or value: the base layout
+        try:
+            return packed(SCHEMA, rows)
+        except Exception:  # noqa: BLE001 - values that no layout holds: wrong size
+            return b"\x01" * (SCHEMA.size + 1)
 
 
 def serialize(
@@ -229,7 +262,13 @@ def serialize(
         if kind == HEADER and isinstance(payload, dict) and fmt == 1 and payload.get("format") == 2:
             payload = {**payload, "format": 1}
         number = rec[2] if len(rec) > 2 else seq
-        out.append(frame(kind, number, pack(payload, raw), fmt))
+        if kind == BATCH and fmt == 2 and isinstance(payload, list):
+            body = _batch_body(recs[0][1], payload)
+        elif kind == BATCH and isinstance(payload, bytes):
+            body = payload  # a raw body, as a case built it
+        else:
+            body = pack(payload, raw)
+        out.append(frame(kind, number, body, fmt))
     return b"".join(out)
 
 
@@ -420,7 +459,8 @@ def c_rows(rng: random.Random) -> Case:
     }
     row[col] = rng.choice(bad_by_col[col])
     batch[at] = tuple(row)
-    return Case(f"rows:{SCHEMA.fields[col].name}", serialize(recs), must_fail=True)
+    # Rows of values are format 1's batch body (format 2 packs records: c_packed).
+    return Case(f"rows:{SCHEMA.fields[col].name}", serialize(recs, fmt=1), must_fail=True)
 
 
 def c_rows_shape(rng: random.Random) -> Case:
@@ -437,7 +477,52 @@ def c_rows_shape(rng: random.Random) -> Case:
         recs[2][1] = {"rows": b}
     else:
         recs[2][1] = [b[0]] * 8193
-    return Case(f"rows-shape:{what}", serialize(recs), must_fail=True)
+    return Case(f"rows-shape:{what}", serialize(recs, fmt=1), must_fail=True)
+
+
+def c_packed(rng: random.Random) -> Case:
+    """Format 2 batch bodies: any bytes of whole records replay; others are refused."""
+    recs = base_records(rng)
+    at = rng.choice([2, 3, 4])
+    size = SCHEMA.size
+    what = rng.choice(
+        ["random-records", "escapes", "short", "long", "empty", "too-many", "not-bin"]
+    )
+    must_fail = True
+    if what == "random-records":
+        # Any bytes at all: every integer is in its type's range, every string is
+        # bytes to decode safely (invalid UTF-8, NULs, 0xff...). Must replay.
+        n = rng.randrange(1, 50)
+        recs[at][1] = bytes(rng.randrange(256) for _ in range(n * size))
+        must_fail = False
+    elif what == "escapes":
+        raw = [e.encode("utf-8", "surrogatepass")[:16] for e in ESCAPES] + [
+            b"\xff\xfe\xc3",
+            b"a\0b",
+        ]
+        rows = [(*r[:2], rng.choice(raw), *r[3:6], rng.choice(raw)) for r in recs[at][1]]
+        recs[at][1] = packed(SCHEMA, rows)
+        must_fail = False
+    elif what == "short":
+        recs[at][1] = packed(SCHEMA, recs[at][1])[: -rng.randrange(1, size)]
+    elif what == "long":
+        recs[at][1] = packed(SCHEMA, recs[at][1]) + b"\0" * rng.randrange(1, size)
+    elif what == "empty":
+        recs[at][1] = b""
+        must_fail = False  # a batch of no events: counted as such in the footer
+    elif what == "too-many":
+        recs[at][1] = b"\0" * (size * 8193)
+    else:
+        # The body must be bin; a msgpack string or array of rows is "not a record".
+        recs[at][1] = rng.choice(["text", (1, 2), 7])
+    if what == "not-bin":
+        # serialize would pack the value into a bin body: frame it by hand.
+        data = serialize(recs[:at])
+        kind, seq = BATCH, at
+        crc = zlib.crc32(b"x", zlib.crc32(struct.pack("<BQ", kind, seq)))
+        data += pack([kind, seq, crc, recs[at][1]])
+        return Case("packed:not-bin", data, must_fail=True)
+    return Case(f"packed:{what}", serialize(recs), must_fail=must_fail)
 
 
 def _ok_int(v: Any, hi: int) -> bool:
@@ -608,6 +693,7 @@ CLASSES: dict[str, Callable[[random.Random], Case]] = {
     "display": c_display,
     "rows": c_rows,
     "rows-shape": c_rows_shape,
+    "packed": c_packed,
     "symbols-lost": c_symbols_lost,
     "footer": c_footer,
     "structure": c_structure,

@@ -169,7 +169,7 @@ def batches(run: Run, reader: TraceReader) -> Iterator[list[tuple[Any, ...]]]:
     for rec in reader.records():
         if rec.kind == BATCH and rec.payload:
             run.events += len(rec.payload)
-            yield rec.payload
+            yield rec.payload.rows
     run.footer = reader.footer
     if reader.truncated:
         run.truncated_at = reader.truncated_at

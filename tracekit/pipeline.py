@@ -76,13 +76,17 @@ class Pipeline:
         self.bus.call("tracekit_session_start", session=self.session)
         return self
 
-    def batch(self, rows: list[tuple[Any, ...]]) -> None:
-        if not rows:
+    def batch(self, rows: list[tuple[Any, ...]] | EventBatch) -> None:
+        """Deliver one batch: rows from a loader, or an ``EventBatch`` (a replay's
+        packed records, or a loader's raw buffer through ``EventBatch.from_records``)."""
+        if not len(rows):
             return
-        self.summary.events += len(rows)
-        self.bus.call(
-            "tracekit_events", session=self.session, batch=EventBatch(self.session.probe, rows)
-        )
+        if isinstance(rows, EventBatch):
+            batch = rows
+        else:
+            batch = EventBatch(self.session.probe, rows, schema=self.session.schema)
+        self.summary.events += len(batch)
+        self.bus.call("tracekit_events", session=self.session, batch=batch)
 
     def lost(self, report: LostReport) -> None:
         if report.total == 0:

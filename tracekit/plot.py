@@ -82,7 +82,7 @@ class Trace:
         reader = TraceReader(self.path)
         for rec in reader.records():
             if rec.kind == BATCH and rec.payload:
-                yield rec.payload
+                yield rec.payload.rows
         self.footer = reader.footer
 
     def column(self, rows: list[tuple[Any, ...]], name: str) -> Any:

@@ -16,6 +16,7 @@ import struct
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from tracekit.safe_text import printable
@@ -30,6 +31,16 @@ _STRUCT_CODES: dict[str, str] = {
     "s16": "h",
     "s32": "i",
     "s64": "q",
+}
+_NUMPY_CODES: dict[str, str] = {
+    "u8": "u1",
+    "u16": "<u2",
+    "u32": "<u4",
+    "u64": "<u8",
+    "s8": "i1",
+    "s16": "<i2",
+    "s32": "<i4",
+    "s64": "<i8",
 }
 _SIZES: dict[str, int] = {k: struct.calcsize("<" + v) for k, v in _STRUCT_CODES.items()}
 
@@ -205,6 +216,28 @@ class Schema:
     @property
     def size(self) -> int:
         return struct.calcsize(self.struct_format)
+
+    @cached_property
+    def dtype(self) -> Any:
+        """The record layout as a numpy structured dtype (a trace batch, a kernel buffer).
+
+        Fields are named ``f0``, ``f1``... in schema order, not by their names: names
+        read from a trace may be anything (empty, or clashing with numpy's own
+        ``f0`` defaults), positions cannot. Integers are little endian, as the BPF
+        target and the trace file are; strings are ``S<N>`` raw bytes.
+        """
+        import numpy as np
+
+        return np.dtype(
+            {
+                "names": [f"f{i}" for i in range(len(self.fields))],
+                "formats": [
+                    f"S{f.size}" if f.is_str else _NUMPY_CODES[f.type] for f in self.fields
+                ],
+                "offsets": list(self.offsets().values()),
+                "itemsize": self.size,
+            }
+        )
 
     def offsets(self) -> dict[str, int]:
         off, out = 0, {}

@@ -6,6 +6,7 @@ import os
 import platform
 import socket
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -81,15 +82,173 @@ class Session:
         )
 
 
-@dataclass
 class EventBatch:
-    """Events from one probe, each a tuple in schema order."""
+    """Events from one probe, as rows (tuples in schema order) and as columns.
 
-    probe: str
-    rows: list[tuple[Any, ...]]
+    A batch is built from rows (``EventBatch(probe, rows)``: what the loaders deliver
+    today) or from packed records in the schema's struct layout
+    (``EventBatch.from_records``: a format-2 trace batch, or a kernel buffer). Either
+    way it offers both views, each built on first use and kept:
+
+    * ``rows``: a list of tuples, strings decoded (cut at the first NUL, UTF-8 with
+      replacement), as sinks that work event by event want them;
+    * ``array``: a numpy structured array (fields ``f0``, ``f1``... in schema order,
+      strings as raw ``S<N>`` bytes), and ``column(name)``: one field as a numpy
+      array (integers) or a list of decoded strings, for sinks that count a whole
+      batch at once.
+
+    Rows built from records and records built from rows cost one pass over the
+    batch; a sink that uses the view the batch was built with pays nothing.
+    """
+
+    __slots__ = ("_array", "_rows", "_strings", "probe", "schema")
+
+    def __init__(
+        self,
+        probe: str,
+        rows: list[tuple[Any, ...]] | None = None,
+        *,
+        schema: Schema | None = None,
+        array: Any = None,
+    ) -> None:
+        if (rows is None) == (array is None):
+            raise ValueError("an EventBatch is built from rows or from an array, not both")
+        if array is not None and schema is None:
+            raise ValueError("an EventBatch built from an array needs its schema")
+        self.probe = probe
+        self.schema = schema
+        self._rows = rows
+        self._array = array
+        self._strings: dict[int, list[str]] = {}
+
+    @classmethod
+    def from_records(
+        cls, probe: str, schema: Schema, data: bytes | bytearray | memoryview
+    ) -> EventBatch:
+        """A batch over ``data``: whole records packed as ``schema.struct_format``.
+
+        No copy is made: the batch reads ``data``, which must not change while the
+        batch is in use. Raises ``ValueError`` unless ``data`` is a whole number of
+        records. Every value packed this way is valid for its field by construction
+        (an ``u8`` holds 0..255, a ``str16`` 16 bytes), so nothing else is checked.
+        """
+        import numpy as np
+
+        dtype = schema.dtype
+        if len(data) % dtype.itemsize:
+            raise ValueError(
+                f"{len(data)} bytes are not a whole number of {dtype.itemsize}-byte records"
+            )
+        return cls(probe, schema=schema, array=np.frombuffer(data, dtype=dtype))
+
+    @classmethod
+    def concat(cls, batches: list[EventBatch]) -> EventBatch:
+        """One batch holding ``batches`` in order (packed if they all are)."""
+        if len(batches) == 1:
+            return batches[0]
+        first = batches[0]
+        if all(b._array is not None for b in batches):
+            import numpy as np
+
+            # As bytes: numpy copies a structured dtype field by field (6x slower).
+            raw = np.concatenate([b._array.view(np.uint8) for b in batches])
+            array = raw.view(first._array.dtype)
+            return cls(first.probe, schema=first.schema, array=array)
+        rows = [r for b in batches for r in b.rows]
+        return cls(first.probe, rows, schema=first.schema)
 
     def __len__(self) -> int:
-        return len(self.rows)
+        return len(self._rows) if self._rows is not None else len(self._array)
+
+    def __iter__(self) -> Iterator[tuple[Any, ...]]:
+        return iter(self.rows)
+
+    @property
+    def packed(self) -> bool:
+        """Whether the batch holds records (``array`` costs nothing)."""
+        return self._array is not None
+
+    @property
+    def rows(self) -> list[tuple[Any, ...]]:
+        if self._rows is None:
+            assert self.schema is not None
+            n = len(self.schema.fields)
+            # Column by column, then zip: each column converts in one C call
+            # (ndarray.tolist), and zip builds the tuples; no Python step per event.
+            cols = [self.column_values(i) for i in range(n)]
+            self._rows = list(zip(*cols, strict=True)) if len(self._array) else []
+        return self._rows
+
+    @property
+    def array(self) -> Any:
+        """The batch as a numpy structured array of ``schema.dtype``."""
+        if self._array is None:
+            if self.schema is None:
+                raise ValueError("an EventBatch built from rows without a schema has no array")
+            self._array = rows_to_array(self.schema, self._rows or [])
+        return self._array
+
+    def column(self, name: str) -> Any:
+        """One field: a numpy array of integers, or a list of decoded strings."""
+        if self.schema is None:
+            raise ValueError("an EventBatch built from rows without a schema has no columns")
+        i = self.schema.index(name)
+        if self.schema.fields[i].is_str:
+            return self.column_values(i)
+        return self.array[f"f{i}"]
+
+    @property
+    def columns(self) -> dict[str, Any]:
+        """Every field by name, as ``column`` gives it."""
+        assert self.schema is not None
+        return {f.name: self.column(f.name) for f in self.schema.fields}
+
+    def column_values(self, i: int) -> list[Any]:
+        """Field ``i`` as a list of Python values (decoded strings, ints)."""
+        if self._rows is not None and self._array is None:
+            return [r[i] for r in self._rows]
+        assert self.schema is not None
+        col = self._array[f"f{i}"]
+        if not self.schema.fields[i].is_str:
+            return col.tolist()  # type: ignore[no-any-return]
+        got = self._strings.get(i)
+        if got is None:
+            got = self._strings[i] = decode_strings(col.tolist())
+        return got
+
+    def records(self) -> bytes:
+        """The batch as packed records (what a trace file stores)."""
+        return bytes(self.array.tobytes())
+
+
+def decode_strings(raw: list[bytes]) -> list[str]:
+    """Kernel char arrays as text: cut at the first NUL, UTF-8 with replacement.
+
+    Each distinct value is decoded once (a ``comm`` or interface name repeats across
+    a batch) and the list is mapped through a dict in C.
+    """
+    memo = {b: b.split(b"\0", 1)[0].decode("utf-8", "replace") for b in set(raw)}
+    return list(map(memo.__getitem__, raw))
+
+
+def rows_to_array(schema: Schema, rows: list[tuple[Any, ...]]) -> Any:
+    """Rows as a structured array of ``schema.dtype`` (for rows from the loaders).
+
+    Integers convert a column at a time; strings are UTF-8 encoded and cut to the
+    field's bytes (a row decoded with replacement characters may lose its tail, as
+    the kernel's own bytes would have been kept by a packed batch).
+    """
+    import numpy as np
+
+    out = np.zeros(len(rows), dtype=schema.dtype)
+    if not rows:
+        return out
+    for i, (f, col) in enumerate(zip(schema.fields, zip(*rows, strict=True), strict=True)):
+        if f.is_str:
+            out[f"f{i}"] = [s.encode("utf-8")[: f.size] for s in col]
+        else:
+            out[f"f{i}"] = np.array(col, dtype=out.dtype[i])
+    return out
 
 
 @dataclass

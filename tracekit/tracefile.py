@@ -46,7 +46,7 @@ import msgpack
 
 from tracekit.errors import TraceFileError, TracekitError, UsageError
 from tracekit.safe_text import printable
-from tracekit.session import LostReport, Session, Summary
+from tracekit.session import EventBatch, LostReport, Session, Summary
 from tracekit.trace_checks import (
     Invalid,
     RowCheck,
@@ -127,6 +127,7 @@ class TraceWriter:
             raise UsageError(f"cannot write {path}: not a regular file")
         os.set_blocking(fd, True)
         self._f: IO[bytes] = os.fdopen(fd, "wb")
+        self._session = session
         self._seq = 0
         self.batches = 0
         self.rows = 0
@@ -193,24 +194,23 @@ class TraceWriter:
             return
         self._write(SYMBOLS, payload)
 
-    def write_batch(self, rows: list[tuple[Any, ...]]) -> None:
-        for i in range(0, len(rows), MAX_BATCH):
-            self._write_rows(rows[i : i + MAX_BATCH])
-
-    def _write_rows(self, rows: list[tuple[Any, ...]]) -> None:
-        body = _pack(rows)
-        if len(body) > _MAX_BODY and len(rows) > 1:
-            # Wide rows: halve until a batch fits in one record the reader accepts.
-            half = len(rows) // 2
-            self._write_rows(rows[:half])
-            self._write_rows(rows[half:])
+    def write_batch(self, batch: list[tuple[Any, ...]] | EventBatch) -> None:
+        """Write events as BATCH records of packed records (rows are packed first)."""
+        if not isinstance(batch, EventBatch):
+            batch = EventBatch(self._session.probe, batch, schema=self._session.schema)
+        if not len(batch):
             return
-        if len(body) > _MAX_BODY:
-            self._write(BATCH, rows)  # one row beyond the limit: refused, in one line
-        self._raw(_pack([BATCH, self._seq, _crc(BATCH, self._seq, body), body]))
-        self._seq += 1
-        self.batches += 1
-        self.rows += len(rows)
+        data = memoryview(batch.records())
+        size = self._session.schema.size
+        # At most MAX_BATCH records and _MAX_BODY bytes each; a record is at most
+        # MAX_FIELDS x MAX_STR_WIDTH = 1 MiB, so at least one always fits.
+        step = max(1, min(MAX_BATCH, _MAX_BODY // size)) * size
+        for i in range(0, len(data), step):
+            body = bytes(data[i : i + step])
+            self._raw(_pack([BATCH, self._seq, _crc(BATCH, self._seq, body), body]))
+            self._seq += 1
+            self.batches += 1
+            self.rows += len(body) // size
 
     def write_lost(self, lost: LostReport) -> None:
         self._write(LOST, {"source": lost.source, "per_cpu": lost.per_cpu})
@@ -345,7 +345,7 @@ class TraceReader:
             aggregated=tuple(header["aggregated"]),
         )
         self._rows = RowCheck(self.session.schema)
-        self._width = self._rows.width
+        self._record_size = self.session.schema.size
 
     @property
     def weaknesses(self) -> str | None:
@@ -448,6 +448,9 @@ class TraceReader:
                 f"{_KIND_NAMES[kind]} record {seq} where record {self._seq} was due (records {how})"
             )
         self._seq += 1
+        if kind == BATCH and self.format >= 2:
+            # Packed records: nothing to decode (see _check); the bytes are the batch.
+            return Record(kind, body if decode_batches else _Count(body), start)
         if kind == BATCH and not decode_batches:
             return Record(kind, _array_len(body), start)
         try:
@@ -504,7 +507,25 @@ class TraceReader:
 
     def _check(self, rec: Record, session: Session) -> None:
         kind, where = rec.kind, f"record {self._seq - 1} ({_KIND_NAMES[rec.kind]})"
-        if kind == BATCH:
+        if kind == BATCH and self.format >= 2:
+            body = rec.payload.body if type(rec.payload) is _Count else rec.payload
+            size = self._record_size
+            if len(body) % size:
+                raise Invalid(
+                    f"{where}: {len(body)} bytes are not a whole number of the schema's "
+                    f"{size}-byte records"
+                )
+            n = len(body) // size
+            if n > MAX_BATCH:
+                raise Invalid(f"{where}: {n} rows (limit {MAX_BATCH})")
+            if type(rec.payload) is not _Count:
+                # Every value of a packed record is valid for its field: an integer
+                # field holds exactly its type's range, a strN field N bytes that
+                # are decoded safely when a sink asks for them (EventBatch).
+                rec.payload = EventBatch.from_records(session.probe, session.schema, body)
+            self.batches += 1
+            self.rows += n
+        elif kind == BATCH:
             if type(rec.payload) is int:  # verify(): counted, not decoded
                 if rec.payload < 0:
                     raise Invalid(f"{where}: expected an array of rows")
@@ -514,6 +535,7 @@ class TraceReader:
             else:
                 self._rows.check(rec.payload, where, MAX_BATCH)
                 n = len(rec.payload)
+                rec.payload = EventBatch(session.probe, list(rec.payload), schema=session.schema)
             self.batches += 1
             self.rows += n
         elif kind == SYMBOLS:
@@ -566,6 +588,15 @@ class TraceReader:
 
     def close(self) -> None:
         self._f.close()
+
+
+class _Count:
+    """A format-2 batch body that ``verify`` only counts (no EventBatch is built)."""
+
+    __slots__ = ("body",)
+
+    def __init__(self, body: bytes) -> None:
+        self.body = body
 
 
 def _array_len(body: bytes) -> int:
