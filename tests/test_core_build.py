@@ -109,3 +109,55 @@ def test_every_core_object_loads_into_this_kernel(name: str) -> None:
         pytest.skip(why)
     for kw in ({}, {"stream": False, "aggregate": True}):
         CoreProbe(spec, spec.resolve_params({}), path, **kw).close()
+
+
+def test_core_decode_strips_ring_headers_in_one_step() -> None:
+    """A run of ring buffer records (8-byte header, record, padding to 8) becomes a
+    packed batch whose rows are the records, strings cut at NUL and decoded."""
+    import os
+    import struct
+
+    from tracekit.core_loader import CoreProbe
+
+    if os.geteuid() != 0 or not Path("/sys/kernel/btf/vmlinux").exists():
+        pytest.skip("needs root and a kernel with BTF")
+    spec = build_bus().probes.get("txq-flip")
+    path, why = cb.find_object(spec)
+    if path is None:
+        pytest.skip(why)
+    probe = CoreProbe(spec, spec.resolve_params({}), path)
+    try:
+        schema = spec.schema
+        rows = [
+            (
+                i,
+                0xFFFF_8880_0000_0000 + i,
+                i % 2,
+                100 + i,
+                3,
+                0x0100007F,
+                0x0200007F,
+                40000 + i,
+                5201,
+                2,
+                0xFFFF,
+                i % 4,
+                1,
+                0,
+                "tk0",
+                "iperf3",
+            )
+            for i in range(5)
+        ]
+        stride = (8 + schema.size + 7) & ~7
+        run = bytearray()
+        for r in rows:
+            raw = struct.pack(
+                schema.struct_format, *[v.encode() if isinstance(v, str) else v for v in r]
+            )
+            run += struct.pack("=II", schema.size, 0) + raw + bytes(stride - 8 - schema.size)
+        batch = probe.decode_run(memoryview(bytes(run)), len(rows))
+        assert batch.packed and len(batch) == 5
+        assert batch.rows == rows
+    finally:
+        probe.close()

@@ -73,10 +73,16 @@ def counts(obj: BpfObject) -> tuple[int, int]:
     return out[0], out[1]
 
 
-def decode(run: memoryview) -> list[tuple[int, ...]]:
+def decode(run: memoryview, n: int) -> list[tuple[int, ...]]:
     stride = (HEADER + REC.size + 7) & ~7
     fmt = struct.Struct("=I4x" + REC.format[1:] + "x" * (stride - HEADER - REC.size))
-    return [r[1:] for r in fmt.iter_unpack(run)]
+    rows = [r[1:] for r in fmt.iter_unpack(run)]
+    assert len(rows) == n
+    return rows
+
+
+def drained(ring: RingBuffer) -> list[tuple[int, ...]]:
+    return [r for batch in ring.drain(decode, REC.size) for r in batch]
 
 
 def test_records_in_order_across_wraparound_and_none_lost(feed: BpfObject) -> None:
@@ -88,7 +94,7 @@ def test_records_in_order_across_wraparound_and_none_lost(feed: BpfObject) -> No
         for _ in range(7):
             feed.test_run("tk_feed", per_round)
             assert ring.pending() == per_round * stride
-            rows = ring.drain(decode, REC.size)
+            rows = drained(ring)
             assert all(r[2] == b"tracekit\0\0\0\0" for r in rows)
             seen += [r[0] for r in rows]
             assert ring.pending() == 0
@@ -99,7 +105,7 @@ def test_records_in_order_across_wraparound_and_none_lost(feed: BpfObject) -> No
         # takes exactly what was accepted.
         base = written
         feed.test_run("tk_feed", SIZE // stride + 50)
-        rows = ring.drain(decode, REC.size)
+        rows = drained(ring)
         written, refused = counts(feed)
         assert refused > 0 and len(rows) + refused == written - base
         assert [r[0] for r in rows] == list(range(base, base + len(rows)))

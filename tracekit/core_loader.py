@@ -21,7 +21,7 @@ from tracekit.loader import layout_problems, online_cpus
 from tracekit.registry import AttachPoint, ProbeSpec
 from tracekit.ringbuf import HEADER, RingBuffer
 from tracekit.schema import Schema
-from tracekit.session import LostReport
+from tracekit.session import EventBatch, LostReport
 
 POLL_MS = 100
 
@@ -129,24 +129,23 @@ class CoreProbe:
     def _map(self, name: str) -> int:
         return self._obj.map(name)
 
-    @staticmethod
-    def _make_decoder(schema: Schema) -> Any:
-        size = schema.size
-        pad = ((HEADER + size + 7) & ~7) - HEADER - size
-        rec = struct.Struct("=I4x" + schema.struct_format[1:] + ("x" * pad))
-        str_idx = [i for i, f in enumerate(schema.fields) if f.is_str]
+    def _make_decoder(self, schema: Schema) -> Any:
+        """``decode(run, n)``: an EventBatch of the ``n`` records in ``run`` (each
+        behind an 8-byte ring buffer header, padded to 8), copied out of the buffer
+        in one numpy operation: no Python step per event."""
+        import numpy as np
 
-        def decode(run: memoryview) -> list[tuple[Any, ...]]:
-            rows = [r[1:] for r in rec.iter_unpack(run)]
-            if str_idx:
-                out = []
-                for r in rows:
-                    lst = list(r)
-                    for i in str_idx:
-                        lst[i] = lst[i].split(b"\0", 1)[0].decode("utf-8", "replace")
-                    out.append(tuple(lst))
-                return out
-            return rows
+        size = schema.size
+        stride = (HEADER + size + 7) & ~7
+        ring = np.dtype(
+            {"names": ["ev"], "formats": [f"V{size}"], "offsets": [HEADER], "itemsize": stride}
+        )
+        dtype = schema.dtype
+        probe = self.spec.name
+
+        def decode(run: memoryview, n: int) -> EventBatch:
+            events = np.frombuffer(run, dtype=ring, count=n)["ev"]
+            return EventBatch(probe, schema=schema, array=np.ascontiguousarray(events).view(dtype))
 
         return decode
 
@@ -204,11 +203,13 @@ class CoreProbe:
     def close_output(self) -> None:
         """The ring buffer is a map: it lives as long as the loaded object."""
 
-    def poll(self, timeout_ms: int = POLL_MS) -> list[tuple[Any, ...]]:
+    def poll(self, timeout_ms: int = POLL_MS) -> EventBatch | list[tuple[Any, ...]]:
+        """Everything now in the ring buffer, as one packed batch (or [] if empty)."""
         if self._ring is None:
             return []
         self._ring.wait(timeout_ms)
-        return self._ring.drain(self.decode_run, self.spec.schema.size)
+        batches = self._ring.drain(self.decode_run, self.spec.schema.size)
+        return EventBatch.concat(batches) if batches else []
 
     # -- maps --------------------------------------------------------------------------
 

@@ -53,40 +53,37 @@ class RingBuffer:
         self._poll.poll(timeout_ms)
 
     def pending(self) -> int:
-        return int(
-            _U64.unpack_from(self._producer, 0)[0] - _U64.unpack_from(self._consumer, 0)[0]
-        )
+        return int(_U64.unpack_from(self._producer, 0)[0] - _U64.unpack_from(self._consumer, 0)[0])
 
-    def drain(
-        self, decode: Callable[[memoryview], list[tuple[Any, ...]]], record: int
-    ) -> list[tuple[Any, ...]]:
+    def drain(self, decode: Callable[[memoryview, int], Any], record: int) -> list[Any]:
         """Decode every complete record now in the buffer; advance the consumer once.
 
-        ``record`` is the size of the fixed event struct; ``decode`` turns a run of
-        ``n`` records laid out at a stride of ``HEADER + record`` (rounded up to 8)
-        into rows in one call. A record still being written stops the batch there.
+        ``record`` is the size of the fixed event struct; ``decode(run, n)`` turns a
+        run of ``n`` records laid out at a stride of ``HEADER + record`` (rounded up
+        to 8) into one batch, copying it out of the buffer. A record still being
+        written stops the batch there. Returns the batches.
         """
+        import numpy as np
+
         cons = _U64.unpack_from(self._consumer, 0)[0]
         prod = _U64.unpack_from(self._producer, 0)[0]
         if prod <= cons:
             return []
         stride = (HEADER + record + 7) & ~7
         view = self._view
-        rows: list[tuple[Any, ...]] = []
+        out: list[Any] = []
         while cons < prod:
             start = self._data + (cons & self.mask)
             n = min(prod - cons, self.size) // stride
-            # Records of a tracekit probe are all `record` bytes: a run of them is
-            # decoded at once. Anything else (busy, discarded, another size) is
-            # handled one record at a time below.
-            run = 0
-            while run < n:
-                hdr = _U32.unpack_from(view, start + run * stride)[0]
-                if hdr != record:
-                    break
-                run += 1
+            # Records of a tracekit probe are all `record` bytes: the headers of a
+            # run are checked at once (a strided view, no copy), and the run is
+            # decoded in one call. Anything else (busy, discarded, another size)
+            # is handled one record at a time below.
+            headers = np.ndarray((n,), dtype="<u4", buffer=view, offset=start, strides=(stride,))
+            other = np.flatnonzero(headers != record)
+            run = int(other[0]) if other.size else n
             if run:
-                rows.extend(decode(view[start : start + run * stride]))
+                out.append(decode(view[start : start + run * stride], run))
                 cons += run * stride
                 continue
             hdr = _U32.unpack_from(view, start)[0]
@@ -95,7 +92,7 @@ class RingBuffer:
             length = hdr & ~(BUSY | DISCARD)
             cons += (HEADER + length + 7) & ~7
         self._consumer[0:8] = _U64.pack(cons)
-        return rows
+        return out
 
     def close(self) -> None:
         self._view.release()

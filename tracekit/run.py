@@ -20,7 +20,7 @@ from tracekit.pipeline import (
 )
 from tracekit.preflight import choose_loader, preflight
 from tracekit.registry import AttachPoint, ProbeSpec
-from tracekit.session import Session, Summary
+from tracekit.session import EventBatch, Session, Summary
 
 
 @dataclass
@@ -181,9 +181,11 @@ def run_probe(
             session.aggregated = (spec.agg_fields + spec.enriched_fields) if probe.aggregate else ()
             enrich = spec.enrich
 
-            def deliver(rows: list[tuple[Any, ...]]) -> None:
-                if rows and enrich is not None:
-                    rows = enrich(probe.bpf, session, rows)
+            def deliver(rows: list[tuple[Any, ...]] | EventBatch) -> None:
+                if len(rows) and enrich is not None:
+                    rows = enrich(
+                        probe.bpf, session, rows.rows if isinstance(rows, EventBatch) else rows
+                    )
                 pipe.batch(rows)
 
             with signals.held():
