@@ -18,10 +18,11 @@ from tracekit.core_build import manifest
 from tracekit.errors import CompileError, TracekitError
 from tracekit.libbpf import BpfObject, LibbpfError, libbpf, map_items
 from tracekit.loader import layout_problems, online_cpus
+from tracekit.probe_base import KernelProbe
 from tracekit.registry import AttachPoint, ProbeSpec
 from tracekit.ringbuf import HEADER, RingBuffer
 from tracekit.schema import Schema
-from tracekit.session import EventBatch, LostReport
+from tracekit.session import EventBatch
 
 POLL_MS = 100
 
@@ -47,7 +48,7 @@ def _agg_key_decoder(st: dict[str, Any], spec: ProbeSpec) -> tuple[struct.Struct
     return struct.Struct(fmt), names
 
 
-class CoreProbe:
+class CoreProbe(KernelProbe):
     """A CO-RE object of one probe, loaded into the kernel."""
 
     def __init__(
@@ -228,30 +229,20 @@ class CoreProbe:
             out.append({c: int(vals[c]) for c in online if c < n})
         return out
 
-    def read_counters(self) -> dict[str, dict[str, dict[int, int]]]:
-        out: dict[str, dict[str, dict[int, int]]] = {}
-        for cm in self.spec.counters:
-            slots = self.read_percpu(cm.map, len(cm.labels))
-            out[cm.map] = dict(zip(cm.labels, slots, strict=True))
-        return out
-
     def read_agg(self) -> list[tuple[tuple[Any, ...], int]]:
         """The in-kernel aggregate as (row, count): rows in schema order, zero-filled."""
         if not self.aggregate or self._agg_key is None:
             return []
         key_struct, names = self._agg_key
+        # The key struct's members may come in another order than agg_fields.
+        order = [names.index(n) for n in self.spec.agg_fields]
         m = self._map("tk_agg")
         fd = self.lib.lib.bpf_map__fd(m)
-        schema = self.spec.schema
-        blank = [("" if f.is_str else 0) for f in schema.fields]
-        idx = [schema.index(n) for n in names]
-        out = []
-        for k, v in map_items(self.lib, fd, key_struct.size, 8):
-            row = list(blank)
-            for i, value in zip(idx, key_struct.unpack(k), strict=True):
-                row[i] = value
-            out.append((tuple(row), int.from_bytes(v, "little")))
-        return out
+        return self.agg_rows(
+            ([vals[i] for i in order], int.from_bytes(v, "little"))
+            for k, v in map_items(self.lib, fd, key_struct.size, 8)
+            for vals in (key_struct.unpack(k),)
+        )
 
     def reset(self) -> None:
         """Zero the counters and losses: each run starts from nothing."""
@@ -274,17 +265,3 @@ class CoreProbe:
                     f"zeroing {name}",
                 )
         self._reported.clear()
-
-    def kretprobe_misses(self) -> int:
-        return 0
-
-    def new_losses(self) -> list[LostReport]:
-        buffer, rl = self.read_percpu("tk_lost", 2)
-        reports = []
-        for source, per in (("ringbuf", buffer), ("ratelimit", rl)):
-            seen = self._reported.setdefault(source, {})
-            delta = {c: n - seen.get(c, 0) for c, n in per.items() if n - seen.get(c, 0) > 0}
-            if delta:
-                reports.append(LostReport(source, delta))
-                seen.update(per)
-        return reports

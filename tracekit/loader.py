@@ -24,6 +24,7 @@ from typing import Any
 
 from tracekit.errors import BccMissingError, CompileError, ResourceError, TracekitError
 from tracekit.preflight import tracefs
+from tracekit.probe_base import KernelProbe
 from tracekit.registry import AttachPoint, ProbeSpec
 from tracekit.schema import Decoder
 from tracekit.session import LostReport
@@ -131,7 +132,7 @@ def online_cpus() -> list[int]:
     return cpus
 
 
-class LoadedProbe:
+class LoadedProbe(KernelProbe):
     """A compiled probe and its attachment state."""
 
     def __init__(
@@ -383,23 +384,10 @@ class LoadedProbe:
         """The in-kernel aggregate as (row, count): rows in schema order, zero-filled."""
         if not self.aggregate:
             return []
-        schema = self.spec.schema
-        blank = [("" if f.is_str else 0) for f in schema.fields]
-        idx = [schema.index(n) for n in self.spec.agg_fields]
-        out = []
-        for k, v in self.bpf[b"tk_agg"].items():
-            row = list(blank)
-            for name, i in zip(self.spec.agg_fields, idx, strict=True):
-                row[i] = getattr(k, name)
-            out.append((tuple(row), int(v.value)))
-        return out
-
-    def read_counters(self) -> dict[str, dict[str, dict[int, int]]]:
-        out: dict[str, dict[str, dict[int, int]]] = {}
-        for cm in self.spec.counters:
-            slots = self.read_percpu(cm.map, len(cm.labels))
-            out[cm.map] = dict(zip(cm.labels, slots, strict=True))
-        return out
+        names = self.spec.agg_fields
+        return self.agg_rows(
+            ([getattr(k, n) for n in names], int(v.value)) for k, v in self.bpf[b"tk_agg"].items()
+        )
 
     def kretprobe_misses(self) -> int:
         root = tracefs()
@@ -415,25 +403,6 @@ class LoadedProbe:
         except OSError:
             return 0
         return total
-
-    def new_losses(self) -> list[LostReport]:
-        """Losses since the last call, one report per mechanism."""
-        current: dict[str, dict[int, int]] = {}
-        # Slot 0: outputs that failed (buffer full), counted in the kernel at the
-        # failing call, for the perf buffer as for the ring buffer.
-        buffer, rl = self.read_percpu("tk_lost", 2)
-        current[self.output] = buffer
-        current["ratelimit"] = rl
-        if self.attached and any(a.kind == "kretprobe" for a in self.attached):
-            current["kretprobe"] = {-1: self.kretprobe_misses()}
-        reports = []
-        for source, per in current.items():
-            seen = self._reported.setdefault(source, {})
-            delta = {c: n - seen.get(c, 0) for c, n in per.items() if n - seen.get(c, 0) > 0}
-            if delta:
-                reports.append(LostReport(source, delta))
-                seen.update(per)
-        return reports
 
 
 def remove_stale_bcc_events() -> list[str]:

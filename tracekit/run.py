@@ -47,7 +47,7 @@ def say(msg: str) -> None:
 
 @dataclass
 class Compiled:
-    probe: Any  # LoadedProbe (BCC) or CoreProbe (CO-RE): the same methods
+    probe: Any  # LoadedProbe (BCC) or CoreProbe (CO-RE): both KernelProbe
     points: list[AttachPoint]
     loader: str = "bcc"
 

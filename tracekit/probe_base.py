@@ -1,0 +1,74 @@
+"""What both loaders share: a loaded probe's counters, losses and aggregate rows.
+
+``LoadedProbe`` (BCC, compiled per run) and ``CoreProbe`` (a CO-RE object loaded by
+libbpf) differ in how they reach the kernel; what they report from its maps is the
+same, written once here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from tracekit.registry import AttachPoint, ProbeSpec
+from tracekit.session import LostReport
+
+
+class KernelProbe:
+    """The reporting half of a loaded probe; subclasses read the maps."""
+
+    spec: ProbeSpec
+    params: dict[str, int]
+    output: str
+    stream: bool
+    aggregate: bool
+    sample: int
+    page_cnt: int
+    attached: list[AttachPoint]
+    _reported: dict[str, dict[int, int]]
+
+    def read_percpu(self, name: str, slots: int) -> list[dict[int, int]]:
+        raise NotImplementedError
+
+    def kretprobe_misses(self) -> int:
+        return 0
+
+    def read_counters(self) -> dict[str, dict[str, dict[int, int]]]:
+        out: dict[str, dict[str, dict[int, int]]] = {}
+        for cm in self.spec.counters:
+            slots = self.read_percpu(cm.map, len(cm.labels))
+            out[cm.map] = dict(zip(cm.labels, slots, strict=True))
+        return out
+
+    def new_losses(self) -> list[LostReport]:
+        """Losses since the last call, one report per mechanism."""
+        # Slot 0: outputs that failed (buffer full), counted in the kernel at the
+        # failing call, for the perf buffer as for the ring buffer.
+        buffer, rl = self.read_percpu("tk_lost", 2)
+        current: dict[str, dict[int, int]] = {self.output: buffer, "ratelimit": rl}
+        if any(a.kind == "kretprobe" for a in self.attached):
+            current["kretprobe"] = {-1: self.kretprobe_misses()}
+        reports = []
+        for source, per in current.items():
+            seen = self._reported.setdefault(source, {})
+            delta = {c: n - seen.get(c, 0) for c, n in per.items() if n - seen.get(c, 0) > 0}
+            if delta:
+                reports.append(LostReport(source, delta))
+                seen.update(per)
+        return reports
+
+    def agg_rows(
+        self, pairs: Iterable[tuple[Iterable[Any], int]]
+    ) -> list[tuple[tuple[Any, ...], int]]:
+        """(key values in ``agg_fields`` order, count) -> (full row in schema order,
+        zero-filled, count): the documented shape of an in-kernel aggregate."""
+        schema = self.spec.schema
+        blank = [("" if f.is_str else 0) for f in schema.fields]
+        idx = [schema.index(n) for n in self.spec.agg_fields]
+        out = []
+        for values, n in pairs:
+            row = list(blank)
+            for i, v in zip(idx, values, strict=True):
+                row[i] = v
+            out.append((tuple(row), n))
+        return out
