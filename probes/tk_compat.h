@@ -90,7 +90,14 @@ typedef __s64 s64;
             vtype one;                                                                    \
             __builtin_memset(&one, 0, sizeof(one));                                       \
             *(u8 *)&one = 1; /* little-endian: the integer 1 */                           \
-            bpf_map_update_elem(&name##__map, &key, &one, BPF_NOEXIST);                   \
+            /* Another CPU may have inserted the key meanwhile: count on its entry. */   \
+            if (bpf_map_update_elem(&name##__map, &key, &one, BPF_NOEXIST) != 0) {        \
+                v = bpf_map_lookup_elem(&name##__map, &key);                              \
+                if (v && sizeof(vtype) == 8)                                              \
+                    __sync_fetch_and_add((u64 *)v, 1);                                    \
+                else if (v)                                                               \
+                    __sync_fetch_and_add((u32 *)v, 1);                                    \
+            }                                                                             \
         }                                                                                 \
     }                                                                                     \
     static const struct {                                                                 \

@@ -153,8 +153,15 @@ class CoreProbe(KernelProbe):
     # -- attach / detach -------------------------------------------------------------
 
     def attach(self, points: list[AttachPoint] | None = None) -> None:
+        # Each run of a loaded object starts from zero counters, losses and aggregate
+        # (labs and tests attach one object several times), as the BCC loader does.
+        self.reset()
         lib = self.lib
-        for ap in points if points is not None else list(self.spec.attach):
+        # Tracepoints first: they are stable, and a kretprobe attached before its
+        # kprobe would see returns without entries.
+        order = {"tracepoint": 0, "raw_tracepoint": 0, "kprobe": 1, "kretprobe": 2}
+        chosen = list(self.spec.attach) if points is None else points
+        for ap in sorted(chosen, key=lambda p: order[p.kind]):
             try:
                 prog = self._obj.program(ap.fn)
             except LibbpfError:
