@@ -17,6 +17,7 @@ APT_PACKAGES=(
   iperf3 iproute2 ethtool util-linux procps kmod  # the labs
   python3-venv python3-pip
   stress-ng                  # keeps the host's cores busy for the under-load VM runs
+  mmdebstrap                 # vm/guest-root: the other kernels' guest roots (vm/run --kernel)
 )
 
 missing=()
