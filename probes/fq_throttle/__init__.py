@@ -93,7 +93,7 @@ PROBE = ProbeSpec(
             "fq_counts", ("throttled", "flow_limit_drops", "empty_dequeues", "dequeues", "enqueues")
         ),
     ),
-    min_kernel="5.8",
+    min_kernel="5.11",  # module BTF (sch_fq's struct offsets)
     needs_btf=True,
     prepare=prepare,
     report=report,
