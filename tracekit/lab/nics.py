@@ -56,9 +56,8 @@ def rx_queue_irqs(virtio: str, interrupts: str) -> dict[int, int]:
 
 
 def parse_rx_queue_packets(ethtool_s: str) -> dict[int, int]:
-    """RX queue -> packets, from virtio_net's ``ethtool -S``: ``rx_queue_N_packets``
-    up to 6.9, ``rxN_packets`` since (6.12, 7.2)."""
+    """RX queue -> packets, from virtio_net's ``ethtool -S`` (``rx_queue_N_packets``)."""
     return {
         int(m.group(1)): int(m.group(2))
-        for m in re.finditer(r"^\s*rx(?:_queue_)?(\d+)_packets:\s*(\d+)", ethtool_s, re.M)
+        for m in re.finditer(r"^\s*rx_queue_(\d+)_packets:\s*(\d+)", ethtool_s, re.M)
     }
