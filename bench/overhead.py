@@ -56,7 +56,7 @@ def bpftrace(script: str) -> subprocess.Popen[str]:
         ["bpftrace", "-e", script], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
     assert p.stdout is not None
-    # bpftrace up to 0.2x prints "Attaching N probes..." just before the probes are live,
+    # bpftrace 0.17 to 0.23 print "Attaching N probes..." just before the probes are live,
     # 0.27 "Attached N probes" just after; the sleep covers the difference.
     for line in p.stdout:
         if line.startswith(("Attaching", "Attached")):
