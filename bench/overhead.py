@@ -56,8 +56,10 @@ def bpftrace(script: str) -> subprocess.Popen[str]:
         ["bpftrace", "-e", script], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
     assert p.stdout is not None
-    for line in p.stdout:  # "Attaching N probes..." comes before the probes are live
-        if line.startswith("Attaching"):
+    # bpftrace 0.17 to 0.23 print "Attaching N probes..." just before the probes are live,
+    # 0.27 "Attached N probes" just after; the sleep covers the difference.
+    for line in p.stdout:
+        if line.startswith(("Attaching", "Attached")):
             break
     time.sleep(1.0)
     return p

@@ -19,6 +19,7 @@ APT_PACKAGES=(
   clang libbpf-dev linux-libc-dev  # builds the CO-RE probe objects (tracekit build), once
   libbpf1                    # loads them (ctypes): no BCC, no kernel headers at run time
   stress-ng                  # keeps the host's cores busy for the under-load VM runs
+  mmdebstrap                 # vm/guest-root: the other kernels' guest roots (vm/run --kernel)
 )
 
 # Every program the project runs (scripts, vm/, tracekit, tests, bench), each from a
@@ -28,7 +29,8 @@ PROGRAMS=(
   qemu-system-x86_64 busybox
   ip tc ss ethtool iperf3 taskset nsenter setpriv unshare flock mount sysctl
   modprobe rmmod bpftool bpftrace stress-ng
-  clang sh cat cp awk grep sed dpkg dpkg-query
+  clang sh bash cat cp awk grep sed dpkg dpkg-query
+  mmdebstrap chroot           # vm/guest-root: a Debian root per kernel of the matrix
 )
 
 SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"

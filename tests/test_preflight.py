@@ -264,6 +264,7 @@ def test_missing_headers_and_btf_are_named(monkeypatch: pytest.MonkeyPatch, tmp_
     assert r.checks[0].error is HeadersMissingError
     assert "install linux-headers-0.0.0-nonexistent" in r.checks[0].message
     monkeypatch.setattr(btf, "BTF_DIR", tmp_path)
+    monkeypatch.setattr(btf, "MODULE_DIR", tmp_path / "module")
     with pytest.raises(BtfMissingError, match="no BTF"):
         btf.module_btf("sch_fq")
     (tmp_path / "vmlinux").write_bytes(b"")

@@ -16,6 +16,7 @@ from pathlib import Path
 from tracekit.errors import BtfMissingError, ModuleNotLoadedError, TracekitError
 
 BTF_DIR = Path("/sys/kernel/btf")
+MODULE_DIR = Path("/sys/module")
 _MAGIC = 0xEB9F
 
 # kind -> bytes of kind-specific data after the 12-byte btf_type, per vlen item or fixed.
@@ -169,6 +170,11 @@ def module_btf(module: str) -> Btf:
         raise BtfMissingError("the kernel has no BTF (/sys/kernel/btf/vmlinux)")
     path = BTF_DIR / module
     if not path.exists():
+        if (MODULE_DIR / module).exists():
+            raise BtfMissingError(
+                f"module {module} is loaded but has no BTF ({path}): this kernel has no "
+                "module BTF (CONFIG_DEBUG_INFO_BTF_MODULES, Linux 5.11 and later)"
+            )
         raise ModuleNotLoadedError(
             f"module {module} is not loaded (no {path}): configure the qdisc first or "
             f"modprobe {module}"

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
-from importlib.abc import Traversable
+from importlib.resources.abc import Traversable
 from typing import Any, Generic, TypeVar
 
 from tracekit.errors import DuplicateError, UsageError

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import re
-from importlib.abc import Traversable
 from importlib.resources import files
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from string import Template
 

@@ -91,6 +91,9 @@ IN_VM_ENV = "TRACEKIT_IN_VM"
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "vm: needs a kernel with BPF; runs inside tracekit's VM")
+    # BCC's modules warn about themselves on newer Pythons (on 3.14, bcc.disassembler's
+    # ctypes structures with _pack_ and no _layout_): nothing a test can act on.
+    config.addinivalue_line("filterwarnings", r"ignore::DeprecationWarning:bcc(\..*)?")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -101,7 +101,7 @@ PROBE = ProbeSpec(
         ),
     ),
     plot=_draw_plot,
-    min_kernel="5.8",
+    min_kernel="5.11",  # module BTF (sch_fq's struct offsets)
     needs_btf=True,
     prepare=prepare,
     report=report,
