@@ -272,13 +272,15 @@ def traceable(root: Path | None, name: str) -> bool | None:
     text = _text(str(root / "available_filter_functions"))
     if text is None:
         return None
-    return re.search(rf"^{re.escape(name)}(?: \[[^\]\n]*\])?$", text, re.M) is not None
+    # A module's functions are listed as "name\t[module]" (a tab on 6.1, a space in
+    # older kernels): any blank run before the bracket.
+    return re.search(rf"^{re.escape(name)}(?:[ \t]+\[[^\]\n]*\])?[ \t]*$", text, re.M) is not None
 
 
 def in_kallsyms(name: str) -> bool:
     """Whether /proc/kallsyms has ``name`` as a text symbol (module or not)."""
     text = _text("/proc/kallsyms") or ""
-    pattern = rf"^\S+ [tT] {re.escape(name)}(?:\t\[[^\]\n]*\])?$"
+    pattern = rf"^\S+ [tT] {re.escape(name)}(?:[ \t]+\[[^\]\n]*\])?[ \t]*$"
     return re.search(pattern, text, re.M) is not None
 
 

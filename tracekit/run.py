@@ -182,11 +182,15 @@ def run_probe(
             enrich = spec.enrich
 
             def deliver(rows: list[tuple[Any, ...]] | EventBatch) -> None:
-                if len(rows) and enrich is not None:
-                    rows = enrich(
-                        probe.bpf, session, rows.rows if isinstance(rows, EventBatch) else rows
-                    )
-                pipe.batch(rows)
+                # A batch is delivered whole: Ctrl-C in the middle would leave it
+                # counted in the summary but missing from the sinks' output (a
+                # trace's footer then names events its batches do not hold).
+                with signals.held():
+                    if len(rows) and enrich is not None:
+                        rows = enrich(
+                            probe.bpf, session, rows.rows if isinstance(rows, EventBatch) else rows
+                        )
+                    pipe.batch(rows)
 
             with signals.held():
                 probe.open_output()
