@@ -19,7 +19,7 @@ def resolve_stack(bpf: Any, table: str, stack_id: int, session: Session) -> list
     addrs = session.stacks.get(stack_id)
     if addrs is None:
         try:
-            addrs = [int(a) for a in bpf[table].walk(stack_id)]
+            addrs = [int(a) for a in bpf[table.encode()].walk(stack_id)]
         except KeyError:
             return []
         session.stacks[stack_id] = addrs
