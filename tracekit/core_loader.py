@@ -145,8 +145,11 @@ class CoreProbe(KernelProbe):
         probe = self.spec.name
 
         def decode(run: memoryview, n: int) -> EventBatch:
+            # Always a copy: the kernel reuses the ring once the consumer moves on, and
+            # numpy would hand back a view where the field happens to be contiguous
+            # (a run of one record).
             events = np.frombuffer(run, dtype=ring, count=n)["ev"]
-            return EventBatch(probe, schema=schema, array=np.ascontiguousarray(events).view(dtype))
+            return EventBatch(probe, schema=schema, array=events.copy(order="C").view(dtype))
 
         return decode
 
