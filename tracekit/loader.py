@@ -27,7 +27,7 @@ from tracekit.preflight import tracefs
 from tracekit.probe_base import KernelProbe
 from tracekit.registry import AttachPoint, ProbeSpec
 from tracekit.schema import Decoder
-from tracekit.session import LostReport
+from tracekit.session import EventBatch, LostReport
 
 POLL_MS = 100
 # Wake user space after this many events per CPU (perf buffer); the poll timeout
@@ -505,8 +505,8 @@ class StopSignals:
 
 
 def drain_for(
-    probe: LoadedProbe,
-    on_batch: Callable[[list[tuple[Any, ...]]], None],
+    probe: KernelProbe,
+    on_batch: Callable[[list[tuple[Any, ...]] | EventBatch], None],
     on_lost: Callable[[LostReport], None],
     duration: float | None,
     until: Callable[[], bool] | None = None,

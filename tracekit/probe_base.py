@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from tracekit.registry import AttachPoint, ProbeSpec
-from tracekit.session import LostReport
+from tracekit.session import EventBatch, LostReport
 
 
 class KernelProbe:
@@ -26,9 +26,40 @@ class KernelProbe:
     page_cnt: int
     attached: list[AttachPoint]
     _reported: dict[str, dict[int, int]]
+    # BCC's BPF object (the BCC loader), for probes whose `enrich` reads its tables;
+    # None on the CO-RE path.
+    bpf: Any
+
+    # -- what each loader implements --------------------------------------------------
+
+    def open_output(self) -> None:
+        raise NotImplementedError
+
+    def close_output(self) -> None:
+        raise NotImplementedError
+
+    def attach(self, points: list[AttachPoint] | None = None) -> None:
+        raise NotImplementedError
+
+    def detach(self) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def reset(self) -> None:
+        raise NotImplementedError
+
+    def poll(self, timeout_ms: int = 100) -> list[tuple[Any, ...]] | EventBatch:
+        raise NotImplementedError
+
+    def read_agg(self) -> list[tuple[tuple[Any, ...], int]]:
+        raise NotImplementedError
 
     def read_percpu(self, name: str, slots: int) -> list[dict[int, int]]:
         raise NotImplementedError
+
+    # -- shared ---------------------------------------------------------------------
 
     def kretprobe_misses(self) -> int:
         return 0

@@ -19,6 +19,7 @@ from tracekit.pipeline import (
     sinks_stream,
 )
 from tracekit.preflight import choose_loader, preflight
+from tracekit.probe_base import KernelProbe
 from tracekit.registry import AttachPoint, ProbeSpec
 from tracekit.session import EventBatch, Session, Summary
 
@@ -47,7 +48,7 @@ def say(msg: str) -> None:
 
 @dataclass
 class Compiled:
-    probe: Any  # LoadedProbe (BCC) or CoreProbe (CO-RE): both KernelProbe
+    probe: KernelProbe  # LoadedProbe (BCC) or CoreProbe (CO-RE)
     points: list[AttachPoint]
     loader: str = "bcc"
 
@@ -243,7 +244,7 @@ def run_probe(
     return summary
 
 
-def _enriched_agg(probe: LoadedProbe, session: Session) -> list[tuple[tuple[Any, ...], int]]:
+def _enriched_agg(probe: KernelProbe, session: Session) -> list[tuple[tuple[Any, ...], int]]:
     agg = probe.read_agg()
     enrich = probe.spec.enrich
     if not agg or enrich is None:
