@@ -17,6 +17,7 @@ APT_PACKAGES=(
   iperf3 iproute2 ethtool util-linux procps kmod  # the labs
   python3-venv python3-pip
   clang libbpf-dev linux-libc-dev  # builds the CO-RE probe objects (tracekit build), once
+  gcc                        # bench/drain.py builds its C consumer (libbpf)
   libbpf1                    # loads them (ctypes): no BCC, no kernel headers at run time
   stress-ng                  # keeps the host's cores busy for the under-load VM runs
   mmdebstrap                 # vm/guest-root: the other kernels' guest roots (vm/run --kernel)
@@ -29,7 +30,7 @@ PROGRAMS=(
   qemu-system-x86_64 busybox
   ip tc ss ethtool iperf3 taskset nsenter setpriv unshare flock mount sysctl
   modprobe rmmod bpftool bpftrace stress-ng
-  clang sh bash cat cp awk grep sed dpkg dpkg-query
+  clang gcc sh bash cat cp awk grep sed dpkg dpkg-query
   mmdebstrap chroot           # vm/guest-root: a Debian root per kernel of the matrix
 )
 
