@@ -271,3 +271,25 @@ def test_missing_headers_and_btf_are_named(monkeypatch: pytest.MonkeyPatch, tmp_
     (tmp_path / "vmlinux").write_bytes(b"")
     with pytest.raises(ModuleNotLoadedError, match="module sch_fq is not loaded"):
         btf.module_btf("sch_fq")
+
+
+def test_each_preflight_reads_the_kernels_lists_afresh(kprobe_kernel: Path) -> None:
+    """A module loaded between two runs in one process (the VM suite loads sch_fq after
+    other probes ran) must be seen: the function lists are not cached across runs."""
+    import tracekit.preflight as pf
+    from tracekit.registry import ProbeSpec
+    from tracekit.schema import Field, Schema
+
+    spec = ProbeSpec(
+        name="x",
+        description="x",
+        source=kprobe_kernel,
+        schema=Schema((Field("a", "u8"),)),
+        attach=(AttachPoint("kprobe", "late_fn", "f"),),
+    )
+    pf.preflight(spec, "core")  # reads the lists: late_fn is in neither yet
+    funcs = kprobe_kernel / "available_filter_functions"
+    funcs.write_text(funcs.read_text() + "late_fn\t[late_mod]\n")
+    assert pf.traceable(kprobe_kernel, "late_fn") is False  # within one preflight: cached
+    report, points = pf.preflight(spec, "core")
+    assert [p.target for p in points] == ["late_fn"], report.render()

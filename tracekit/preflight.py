@@ -455,6 +455,10 @@ def choose_loader(
 
 
 def preflight(spec: ProbeSpec, loader: str = "bcc") -> tuple[Report, list[AttachPoint]]:
+    # Kernel lists are read afresh for each preflight: a module loaded since the last
+    # one (sch_fq, loaded by configuring the qdisc) adds functions to both.
+    _text.cache_clear()
+    kallsyms.cache_clear()
     report = Report()
     check_kernel_version(report, spec)
     check_privileges(report)
