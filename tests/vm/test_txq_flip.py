@@ -165,7 +165,7 @@ def test_check_reports_attach_points() -> None:
 def test_ctrl_c_during_compile_leaves_nothing(out_dir: Path) -> None:
     """SIGINT while BCC compiles (the lab's namespaces already exist)."""
     p, _, err = run_then_signal(
-        ("lab", "txq-flip", "--duration", "60"),
+        ("lab", "txq-flip", "--duration", "60", "--loader", "bcc"),
         "compiling",
         signal.SIGINT,
         wait=lambda p: time.sleep(3),

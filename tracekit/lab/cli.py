@@ -28,6 +28,13 @@ sink_option = click.option(
     help="as for tracekit run (default: hist)",
 )
 force_option = click.option("--force", is_flag=True, help="overwrite existing trace files")
+loader_option = click.option(
+    "--loader",
+    type=click.Choice(["auto", "core", "bcc"]),
+    default="auto",
+    show_default=True,
+    help="as for tracekit run",
+)
 
 
 def _check(duration: float) -> None:
@@ -60,13 +67,28 @@ def lab() -> None:
 @click.option("--qdisc", type=click.Choice(["fq", "pfifo_fast"]), default="fq", show_default=True)
 @sink_option
 @force_option
+@loader_option
 @click.pass_context
 def txq_flip_cmd(
-    ctx: click.Context, duration: float, qdisc: str, sinks: tuple[str, ...], force: bool
+    ctx: click.Context,
+    duration: float,
+    qdisc: str,
+    sinks: tuple[str, ...],
+    force: bool,
+    loader: str,
 ) -> None:
     """XPS queue flips: veth with 4 TX queues, iperf3 client on CPU 0, receiver on CPU 1."""
+    from tracekit.run import RunOptions
+
     _check(duration)
-    res = lab_txq_flip(_bus(ctx), sinks or ("hist",), duration, qdisc, force=force)
+    res = lab_txq_flip(
+        _bus(ctx),
+        sinks or ("hist",),
+        duration,
+        qdisc,
+        force=force,
+        run_opts=RunOptions(loader=loader),
+    )
     _out(f"\niperf3: {res.iperf_mbit:.1f} Mbit/s, {res.retransmits} retransmits ({qdisc})")
     cells = "  ".join(f"q{q}={n}" for q, n in sorted(res.queue_delta.items()))
     _out(f"tc -s qdisc (tk0 mq children), packets sent during the run: {cells}")
