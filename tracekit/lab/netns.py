@@ -14,6 +14,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -233,6 +234,33 @@ class NetnsLab:
             mask = (1 << q) if q < ncpus else 0
             self.ns(a, "sh", "-c", f"echo {mask:x} > /sys/class/net/{DEV_A}/queues/tx-{q}/xps_cpus")
         self.ifindex_a = int(self.ns(a, "cat", f"/sys/class/net/{DEV_A}/ifindex").strip())
+        self.wait_reachable()
+
+    def wait_reachable(self, timeout: float = 60.0) -> None:
+        """Wait until A has resolved B's address over the link (ARP answered).
+
+        A link set up is not yet a link that passes traffic: the VM's NIC pair goes
+        through taps and a bridge outside the guest, and a client started too early
+        fails with "No route to host" (which the lab used to hide as a run with no
+        traffic). A datagram to B makes A ask; B's hardware address in A's neighbour
+        table means the path works both ways.
+        """
+        poke = (
+            "import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
+            f"s.sendto(b'tracekit', ('{ADDR_B}', 9))"
+        )
+        deadline = time.monotonic() + timeout
+        while True:
+            self.ns(self.ns_a, sys.executable, "-c", poke, check=False)
+            neigh = self.ns(self.ns_a, "ip", "neigh", "show", ADDR_B, "dev", DEV_A, check=False)
+            if "lladdr" in neigh:
+                return
+            if time.monotonic() > deadline:
+                raise LabError(
+                    f"{ADDR_B} did not answer ARP from {DEV_A} within {timeout:.0f}s: "
+                    "the link passes no traffic"
+                )
+            time.sleep(0.1)
 
     def teardown(self) -> None:
         for p in self._procs:
