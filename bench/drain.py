@@ -28,6 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from tracekit.core_build import compile_core
 from tracekit.libbpf import BpfObject
 from tracekit.ringbuf import HEADER, RingBuffer
 from tracekit.schema import Field, Schema
@@ -60,24 +61,7 @@ int main(int argc, char **argv) {
 
 def build(tmp: Path) -> tuple[Path, Path]:
     obj = tmp / "ringfeed.o"
-    subprocess.run(
-        [
-            "clang",
-            "-O2",
-            "-g",
-            "-target",
-            "bpf",
-            "-D__TARGET_ARCH_x86",
-            "-DTK_CORE",
-            f"-I{ROOT / 'probes'}",
-            "-I/usr/include/x86_64-linux-gnu",
-            "-c",
-            str(ROOT / "tests" / "bpf" / "ringfeed.bpf.c"),
-            "-o",
-            str(obj),
-        ],
-        check=True,
-    )
+    compile_core(ROOT / "tests" / "bpf" / "ringfeed.bpf.c", obj, [ROOT / "probes"])
     src = tmp / "consume.c"
     src.write_text(C_CONSUMER)
     exe = tmp / "consume"

@@ -10,11 +10,11 @@ from __future__ import annotations
 import os
 import shutil
 import struct
-import subprocess
 from pathlib import Path
 
 import pytest
 
+from tracekit.core_build import compile_core
 from tracekit.errors import TracekitError
 from tracekit.libbpf import BpfObject
 from tracekit.ringbuf import HEADER, RingBuffer
@@ -30,26 +30,7 @@ def feed(tmp_path_factory: pytest.TempPathFactory) -> BpfObject:
     if os.geteuid() != 0 or shutil.which("clang") is None:
         pytest.skip("needs root and clang")
     out = tmp_path_factory.mktemp("bpf") / "ringfeed.o"
-    subprocess.run(
-        [
-            "clang",
-            "-O2",
-            "-g",
-            "-target",
-            "bpf",
-            "-D__TARGET_ARCH_x86",
-            "-DTK_CORE",
-            f"-I{PROBES}",
-            "-I/usr/include/x86_64-linux-gnu",
-            "-c",
-            str(HERE / "bpf" / "ringfeed.bpf.c"),
-            "-o",
-            str(out),
-        ],
-        check=True,
-        capture_output=True,
-        timeout=300,
-    )
+    compile_core(HERE / "bpf" / "ringfeed.bpf.c", out, [PROBES])
     obj = BpfObject(str(out))
     obj.set_max_entries("feed", SIZE)
     try:

@@ -76,22 +76,11 @@ def build(spec: ProbeSpec) -> Path:
     with as_file(files("tracekit.probes")) as inc, as_file(spec.source) as src:
         fd, tmp = tempfile.mkstemp(dir=CACHE_DIR, suffix=".tmp")
         os.close(fd)
-        cmd = [
-            _clang(),
-            *CFLAGS,
-            f"-I{inc}",
-            f"-I{Path(src).parent}",
-            "-I/usr/include/x86_64-linux-gnu",
-            "-c",
-            str(src),
-            "-o",
-            tmp,
-        ]
-        p = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-        if p.returncode != 0:
+        try:
+            compile_core(Path(src), Path(tmp), [Path(inc), Path(src).parent])
+        except CompileError as exc:
             os.unlink(tmp)
-            first = next((ln for ln in p.stderr.splitlines() if "error" in ln), p.stderr.strip())
-            raise CompileError(f"probe {spec.name}: CO-RE build failed: {first[:300]}")
+            raise CompileError(f"probe {spec.name}: CO-RE build failed: {exc}") from None
     manifest = json.dumps(describe(Path(tmp)), sort_keys=True).encode()
     digest = hashlib.sha256(Path(tmp).read_bytes()).hexdigest()
     os.chmod(tmp, 0o644)
@@ -111,6 +100,18 @@ def _remove_stale(spec: ProbeSpec, current: Path) -> None:
     for old in CACHE_DIR.glob(f"{spec.name}-*.bpf.o*"):
         if not old.name.startswith(current.name):
             old.unlink()
+
+
+def compile_core(src: Path, out: Path, include: list[Path]) -> None:
+    """clang ``src`` into a CO-RE object ``out`` with tracekit's flags (one place for
+    the command: ``tracekit build``, the ring buffer tests and bench/drain.py)."""
+    cmd = [_clang(), *CFLAGS, *(f"-I{d}" for d in include), "-I/usr/include/x86_64-linux-gnu"]
+    p = subprocess.run(
+        [*cmd, "-c", str(src), "-o", str(out)], capture_output=True, text=True, timeout=600
+    )
+    if p.returncode != 0:
+        first = next((ln for ln in p.stderr.splitlines() if "error" in ln), p.stderr.strip())
+        raise CompileError(first[:300])
 
 
 def verified(path: Path) -> str | None:

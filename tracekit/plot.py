@@ -24,7 +24,7 @@ import click
 
 from tracekit.errors import UsageError
 from tracekit.fleet import need, printable
-from tracekit.schema import format_value
+from tracekit.schema import _NUMPY_CODES, format_value
 from tracekit.session import Session, Summary
 from tracekit.tracefile import BATCH, TraceReader
 
@@ -34,16 +34,6 @@ FORMATS = (".png", ".svg", ".pdf")
 _NICE_WIDTHS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30, 60, 300)
 MAX_BINS = 150
 
-_NUMPY_INTS = {
-    "u8": "uint8",
-    "u16": "uint16",
-    "u32": "uint32",
-    "u64": "uint64",
-    "s8": "int8",
-    "s16": "int16",
-    "s32": "int32",
-    "s64": "int64",
-}
 
 
 @dataclass
@@ -92,7 +82,7 @@ class Trace:
         values = map(itemgetter(self.schema.index(name)), rows)
         if f.is_str:
             return np.array(list(values), dtype=object)
-        return np.fromiter(values, dtype=_NUMPY_INTS[f.type], count=len(rows))
+        return np.fromiter(values, dtype=_NUMPY_CODES[f.type], count=len(rows))
 
     def columns(self, *names: str) -> Iterator[dict[str, Any]]:
         """Per batch, the named fields as arrays, plus ``t``: seconds since ``span().t0``."""
