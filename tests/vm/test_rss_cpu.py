@@ -100,7 +100,7 @@ def nic_runs(bus: Bus, rss_compiled: Compiled, out_dir: Path) -> dict[str, LabRe
                 ("hist", f"msgpack={out_dir / 'rss-cpu-nic.tkt'}"),
                 4,
                 spread,
-                rate="3M",
+                rate="1M",
                 flows=16,
                 compiled=rss_compiled,
                 link="nics",

@@ -21,7 +21,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tracekit.errors import LabError
-from tracekit.lab.nics import NicPair, find_nic_pair, parse_rx_queue_packets, rx_queue_irqs
+from tracekit.lab.nics import (
+    NicPair,
+    find_nic_pair,
+    parse_rx_queue_packets,
+    parse_rx_ring,
+    rx_queue_irqs,
+)
 
 PREFIX = "tklab"
 ADDR_A, ADDR_B = "10.201.0.1", "10.201.0.2"
@@ -163,11 +169,35 @@ class NetnsLab:
             self.ns(ns, "ip", "link", "set", dev, "name", name)
         # Take the NIC's hash (virtio hash report) into skb->hash, as real NICs do.
         self.ns(self.ns_b, "ethtool", "-K", DEV_B, "rxhash", "on")
+        self._reset_rx_rings()
         # Each RX queue's interrupt on its own CPU (the NIC driver only hints at
         # this): which queue RSS picks then decides which CPU does the receive work.
         ncpus = os.cpu_count() or 1
         for q, irq in rx_queue_irqs(virtio, Path("/proc/interrupts").read_text()).items():
             Path(f"/proc/irq/{irq}/smp_affinity_list").write_text(f"{q % ncpus}\n")
+
+    def _reset_rx_rings(self) -> None:
+        """Resize the RSS NIC's RX rings and back: the device starts over on every queue.
+
+        Why: QEMU (7.2) steers a packet read from one tap queue into another RX
+        queue by its RSS hash; when that queue has no free buffers, QEMU parks the
+        packet on the *first* queue and stops reading that tap queue until the guest
+        posts buffers there, which it never does when that queue is idle and full.
+        One lab that overran an RX queue (the seed's one-CPU pile-up does exactly
+        that under emulation) then left a link that drops everything arriving on
+        that tap queue. A ring resize resets each queue and refills it, and the
+        refill wakes the parked packets. Kernels or devices without ring resize
+        (no VIRTIO_F_RING_RESET) keep their rings.
+        """
+        ring = parse_rx_ring(self.ns(self.ns_b, "ethtool", "-g", DEV_B, check=False))
+        if ring is None or ring[1] < 2:
+            return
+        current = ring[1]
+        try:
+            self.ns(self.ns_b, "ethtool", "-G", DEV_B, "rx", str(current // 2))
+        except LabError:
+            return  # no ring resize here: nothing to undo
+        self.ns(self.ns_b, "ethtool", "-G", DEV_B, "rx", str(current))
 
     def _add_veth(self) -> None:
         a, b = self.ns_a, self.ns_b
@@ -256,9 +286,14 @@ class NetnsLab:
             if "lladdr" in neigh:
                 return
             if time.monotonic() > deadline:
+                hint = (
+                    " (the VM's NIC pair: see docs/reliability.md, 'NIC pair stalls')"
+                    if self.nics is not None
+                    else ""
+                )
                 raise LabError(
                     f"{ADDR_B} did not answer ARP from {DEV_A} within {timeout:.0f}s: "
-                    "the link passes no traffic"
+                    f"the link passes no traffic{hint}"
                 )
             time.sleep(0.1)
 
@@ -399,13 +434,48 @@ def parse_iperf(stdout: str) -> IperfResult:
         raise LabError(f"iperf3 gave no result: {stdout.strip()[:200]!r}") from None
 
 
-def finish_client(proc: subprocess.Popen[str], timeout: float = 30) -> IperfResult:
+def server_words(server: subprocess.Popen[str] | None) -> str:
+    """The last lines an iperf3 server printed (it is stopped first if still running).
+
+    When a client fails, the cause is often only on the server's side ("control
+    socket has closed unexpectedly" says nothing about why the server closed it).
+    """
+    if server is None:
+        return ""
+    if server.poll() is None:
+        server.terminate()
+    try:
+        out, err = server.communicate(timeout=5)
+    except (subprocess.TimeoutExpired, ValueError, OSError):
+        server.kill()
+        return ""
+    lines = [ln.strip() for ln in f"{out or ''}\n{err or ''}".splitlines() if ln.strip()]
+    lines = [ln for ln in lines if not ln.startswith("-----")]
+    return " | ".join(lines[-3:])[:400]
+
+
+def finish_client(
+    proc: subprocess.Popen[str],
+    timeout: float = 30,
+    server: subprocess.Popen[str] | None = None,
+) -> IperfResult:
     """Wait for an iperf3 client and check that it moved traffic.
 
     A client that failed (its exit status, its JSON ``error``), sent nothing, or
-    whose UDP datagrams never reached the server is a lab error naming the cause:
-    a lab that measured no workload must not report a result.
+    whose UDP datagrams never reached the server is a lab error naming the cause
+    (and what the server said, when ``server`` is given): a lab that measured no
+    workload must not report a result.
     """
+    try:
+        return _finish_client(proc, timeout)
+    except LabError as exc:
+        said = server_words(server)
+        if said:
+            raise LabError(f"{exc} (server: {said})") from None
+        raise
+
+
+def _finish_client(proc: subprocess.Popen[str], timeout: float) -> IperfResult:
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:

@@ -172,7 +172,7 @@ def traced_iperf(
             server.kill()
             raise LabError(f"iperf3 client did not finish within {opts.duration:.0f}s")
         try:
-            r = finish_client(proc)
+            r = finish_client(proc, server=server)
         finally:
             if server.poll() is None:
                 server.kill()
