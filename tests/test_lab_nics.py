@@ -10,7 +10,6 @@ from tracekit.lab.nics import (
     NicPair,
     find_nic_pair,
     parse_rx_queue_packets,
-    parse_rx_ring,
     rx_queue_irqs,
 )
 
@@ -56,24 +55,3 @@ def test_nic_pair_is_found_by_mac_or_not_at_all(tmp_path: Path) -> None:
     assert find_nic_pair(tmp_path) == NicPair(tx="eth0", rss="eth2")
     assert find_nic_pair(tmp_path / "absent") is None
 
-
-# `ethtool -g` as ethtool 6.1 prints it for the guest's RSS NIC (rx_queue_size=1024).
-RING = """Ring parameters for tk1:
-Pre-set maximums:
-RX:\t\t\t1024
-RX Mini:\t\tn/a
-RX Jumbo:\t\tn/a
-TX:\t\t\t256
-Current hardware settings:
-RX:\t\t\t512
-RX Mini:\t\tn/a
-RX Jumbo:\t\tn/a
-TX:\t\t\t256
-RX Buf Len:\t\tn/a
-"""
-
-
-def test_rx_ring_maximum_and_current_from_ethtool() -> None:
-    assert parse_rx_ring(RING) == (1024, 512)
-    unsupported = "Ring parameters for lo:\nnetlink error: Operation not supported\n"
-    assert parse_rx_ring(unsupported) is None

@@ -25,7 +25,6 @@ from tracekit.lab.nics import (
     NicPair,
     find_nic_pair,
     parse_rx_queue_packets,
-    parse_rx_ring,
     rx_queue_irqs,
 )
 
@@ -169,35 +168,11 @@ class NetnsLab:
             self.ns(ns, "ip", "link", "set", dev, "name", name)
         # Take the NIC's hash (virtio hash report) into skb->hash, as real NICs do.
         self.ns(self.ns_b, "ethtool", "-K", DEV_B, "rxhash", "on")
-        self._reset_rx_rings()
         # Each RX queue's interrupt on its own CPU (the NIC driver only hints at
         # this): which queue RSS picks then decides which CPU does the receive work.
         ncpus = os.cpu_count() or 1
         for q, irq in rx_queue_irqs(virtio, Path("/proc/interrupts").read_text()).items():
             Path(f"/proc/irq/{irq}/smp_affinity_list").write_text(f"{q % ncpus}\n")
-
-    def _reset_rx_rings(self) -> None:
-        """Resize the RSS NIC's RX rings and back: the device starts over on every queue.
-
-        Why: QEMU (7.2) steers a packet read from one tap queue into another RX
-        queue by its RSS hash; when that queue has no free buffers, QEMU parks the
-        packet on the *first* queue and stops reading that tap queue until the guest
-        posts buffers there, which it never does when that queue is idle and full.
-        One lab that overran an RX queue (the seed's one-CPU pile-up does exactly
-        that under emulation) then left a link that drops everything arriving on
-        that tap queue. A ring resize resets each queue and refills it, and the
-        refill wakes the parked packets. Kernels or devices without ring resize
-        (no VIRTIO_F_RING_RESET) keep their rings.
-        """
-        ring = parse_rx_ring(self.ns(self.ns_b, "ethtool", "-g", DEV_B, check=False))
-        if ring is None or ring[1] < 2:
-            return
-        current = ring[1]
-        try:
-            self.ns(self.ns_b, "ethtool", "-G", DEV_B, "rx", str(current // 2))
-        except LabError:
-            return  # no ring resize here: nothing to undo
-        self.ns(self.ns_b, "ethtool", "-G", DEV_B, "rx", str(current))
 
     def _add_veth(self) -> None:
         a, b = self.ns_a, self.ns_b

@@ -62,14 +62,3 @@ def parse_rx_queue_packets(ethtool_s: str) -> dict[int, int]:
         for m in re.finditer(r"^\s*rx_queue_(\d+)_packets:\s*(\d+)", ethtool_s, re.M)
     }
 
-
-def parse_rx_ring(ethtool_g: str) -> tuple[int, int] | None:
-    """(maximum, current) RX ring size from ``ethtool -g``, or None if it says neither.
-
-    ethtool prints the pre-set maximums first, then the current settings, each
-    with an ``RX:`` line.
-    """
-    sizes = [int(m) for m in re.findall(r"^RX:\s+(\d+)\s*$", ethtool_g, re.M)]
-    if len(sizes) < 2:
-        return None
-    return sizes[0], sizes[1]
