@@ -97,6 +97,20 @@ def trace_events(trace: Path) -> list[dict[str, object]]:
     ]
 
 
+def read_trace(trace: Path) -> tuple[TraceReader, list[dict[str, object]]]:
+    """The reader and the trace's events; the reader's footer is read (it is known
+    only once the records have been walked)."""
+    r = TraceReader(str(trace))
+    names = r.session.schema.names
+    rows = [
+        dict(zip(names, row, strict=True))
+        for rec in r.records()
+        if rec.kind == BATCH
+        for row in rec.payload
+    ]
+    return r, rows
+
+
 def trace_batch_rows(trace: Path) -> tuple[TraceReader, int]:
     """The reader (footer read) and the number of rows in the trace's batches."""
     r = TraceReader(str(trace))
@@ -110,8 +124,7 @@ def trace_batch_rows(trace: Path) -> tuple[TraceReader, int]:
 def check_txq_flip_against_tc(res: LabResult, trace: Path) -> None:
     """The queues txq-flip saw sockets move to and from are the queues whose packet
     counters grew in `tc -s qdisc`, and it lost nothing on the way."""
-    r = TraceReader(str(trace))
-    evs = trace_events(trace)
+    r, evs = read_trace(trace)
     assert res.iperf_mbit > 1, res.iperf_mbit
     # XPS maps CPU n to queue n: every pick lands on the picking CPU's queue.
     assert evs and all(e["queue_after"] == e["cpu"] for e in evs), evs[:5]
@@ -160,8 +173,7 @@ def check_ooo_okay_runs(full: LabResult, limited: LabResult, limited_trace: Path
     recomputed from the socket."""
     assert full.iperf_mbit > 5 * limited.iperf_mbit > 0, (full.iperf_mbit, limited.iperf_mbit)
     assert ooo_okay_share(limited) > ooo_okay_share(full)
-    r = TraceReader(str(limited_trace))
-    rows = trace_events(limited_trace)
+    r, rows = read_trace(limited_trace)
     f = r.footer
     assert r.session.params == {"all": 1}  # what the probe was loaded with
     assert f is not None and f.lost_total == 0, f

@@ -55,11 +55,26 @@ def sch_fq() -> None:
 
 
 def test_check_says_core_and_asks_for_no_headers() -> None:
+    # Every probe installed is checked; third-party ones that ship only BCC C (the
+    # tcp-retrans example) rightly fail for want of headers, so the status is not
+    # asserted: each built-in probe's own section is.
     r = without_headers("-m", "tracekit", "check", timeout=300)
-    assert r.returncode == 0, r.stdout + r.stderr
+    sections = _sections(r.stdout)
     for name in ORACLES:
-        assert f"{name}:\n  loader: core (CO-RE object" in r.stdout, r.stdout
-    assert "kernel headers" not in r.stdout
+        text = sections.get(name, "")
+        assert text.startswith(f"{name}:\n  loader: core (CO-RE object"), r.stdout
+        assert "FAIL" not in text and "kernel headers" not in text, text
+
+
+def _sections(out: str) -> dict[str, str]:
+    """`tracekit check` output, per probe (a line `NAME:` starts each)."""
+    found: dict[str, list[str]] = {}
+    current: list[str] = []
+    for line in out.splitlines():
+        if line and not line.startswith(" ") and line.endswith(":"):
+            current = found.setdefault(line[:-1], [])
+        current.append(line)
+    return {k: "\n".join(v) for k, v in found.items()}
 
 
 @pytest.mark.parametrize("probe", sorted(ORACLES))
@@ -70,9 +85,14 @@ def test_oracle_on_btf_alone(probe: str, out_dir: Path) -> None:
 
 
 def test_every_builtin_probe_is_covered() -> None:
+    """Every probe tracekit ships (not third-party plugins, which may be BCC-only)."""
+    from importlib.resources import files
+
     from tracekit.bus import build_bus
 
-    assert sorted(s.name for s in build_bus().probes) == sorted(ORACLES)
+    builtin = Path(str(files("tracekit.probes")))
+    names = [s.name for s in build_bus().probes if Path(str(s.source)).is_relative_to(builtin)]
+    assert sorted(names) == sorted(ORACLES)
 
 
 def _child(probe: str, out: Path) -> None:
