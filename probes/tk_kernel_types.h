@@ -36,19 +36,46 @@ struct sock_common {
     unsigned short skc_tx_queue_mapping;
 };
 
+typedef struct {
+    int counter;
+} atomic_t;
+
+typedef struct refcount_struct {
+    atomic_t refs;
+} refcount_t;
+
+struct rb_node;
+struct rb_root {
+    struct rb_node *rb_node;
+};
+
+/* sk_protocol was a bitfield before 5.6 (read it with BPF_CORE_READ_BITFIELD_PROBED,
+ * which serves both layouts); tcp_rtx_queue sits in an anonymous union, which
+ * relocation finds by name. */
 struct sock {
     struct sock_common __sk_common;
+    u16 sk_protocol;
+    refcount_t sk_wmem_alloc;
+    struct rb_root tcp_rtx_queue;
 };
+
+struct netdev_queue;
 
 struct net_device {
     char name[16];
     int ifindex;
+    struct netdev_queue *_tx;
+};
+
+struct netdev_queue {
+    struct net_device *dev;
 };
 
 struct sk_buff {
     struct sock *sk;
     struct net_device *dev;
     unsigned int len;
+    unsigned int truesize;
     __u32 hash;
     __u16 queue_mapping;
     __u8 ooo_okay : 1;
@@ -56,6 +83,33 @@ struct sk_buff {
     __be16 protocol;
     __u16 network_header;
     unsigned char *head;
+};
+
+/* Only its size is used (SKB_TRUESIZE): bpf_core_type_size() relocates it. */
+struct skb_shared_info {
+    __u8 flags;
+};
+
+/* The qdisc (include/net/sch_generic.h); its private data (qdisc_priv()) is the
+ * flexible array at its end, `privdata` in every kernel of the matrix (5.10+). */
+struct qdisc_skb_head {
+    __u32 qlen;
+};
+
+struct Qdisc {
+    struct netdev_queue *dev_queue;
+    struct qdisc_skb_head q;
+    long privdata[];
+};
+
+/* sch_fq's private data (net/sched/sch_fq.c): in no header, only in the sch_fq
+ * module's BTF, which libbpf relocates against like vmlinux's. Widths are the
+ * kernel's business: read with BPF_CORE_READ_BITFIELD_PROBED, which takes the
+ * member's size from BTF too. */
+struct fq_sched_data {
+    __u64 stat_throttled;
+    __u64 stat_flows_plimit;
+    __u64 time_next_delayed_flow;
 };
 
 #pragma clang attribute pop

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from tracekit.core_build import manifest
+from tracekit.core_stacks import CoreTables
 from tracekit.errors import CompileError, TracekitError
 from tracekit.libbpf import BpfObject, LibbpfError, libbpf, map_items
 from tracekit.loader import layout_problems, online_cpus
@@ -78,7 +79,8 @@ class CoreProbe(KernelProbe):
         self._reported: dict[str, dict[int, int]] = {}
         self.perf_records_lost: dict[int, int] = {}
         self._ring: RingBuffer | None = None
-        self.bpf = None  # no BCC object: probes with an `enrich` need the BCC loader
+        # What an `enrich` reads of BCC's object (stack tables, kernel symbols), once loaded.
+        self.bpf: CoreTables | None = None
         lib = self.lib = libbpf()
         self.ncpus_possible = lib.possible_cpus()
         desc = manifest(obj_path)
@@ -119,6 +121,7 @@ class CoreProbe(KernelProbe):
                 raise LibbpfError(f"parameter {missing[0]} is not declared with TK_PARAM()")
             self._obj.set_rodata(syms, {k: v for k, v in settings.items() if k in syms})
             self._obj.load()
+            self.bpf = CoreTables(self._obj)
         except LibbpfError as exc:
             self.close()
             raise LibbpfError(f"probe {spec.name}: {exc}") from None

@@ -426,6 +426,34 @@ def usable_attach_points(spec: ProbeSpec, report: Report) -> list[AttachPoint]:
     return chosen
 
 
+# Modules' own BTF (/sys/kernel/btf/MODULE), which CO-RE relocates module types
+# against, arrived in 5.11 (CONFIG_DEBUG_INFO_BTF_MODULES).
+MODULE_BTF_SINCE = (5, 11)
+
+
+def module_btf_problem(spec: ProbeSpec, release: str | None = None) -> str | None:
+    """Why the CO-RE object of a probe attaching in a module cannot be relocated
+    here (its module's types are in that module's BTF only), or None.
+
+    A module not loaded yet says nothing either way: the attach point checks then
+    ask for it to be loaded, and the next check knows.
+    """
+    modules = sorted({ap.module for ap in spec.attach if ap.module})
+    if not modules:
+        return None
+    release = release or platform.release()
+    running = kernel_version(release)
+    if running is not None and running < MODULE_BTF_SINCE:
+        return (
+            f"kernel {release} has no module BTF (5.11+), which relocating "
+            f"{', '.join(modules)}'s types needs"
+        )
+    for m in modules:
+        if module_loaded(m) and not Path("/sys/kernel/btf", m).exists():
+            return f"module {m} has no BTF (/sys/kernel/btf/{m}: CONFIG_DEBUG_INFO_BTF_MODULES)"
+    return None
+
+
 def choose_loader(
     spec: ProbeSpec, wanted: str = "auto", *, aggregate: bool = False, output: str = "auto"
 ) -> tuple[str, str]:
@@ -447,7 +475,14 @@ def choose_loader(
         why = "the kernel has no BTF (/sys/kernel/btf/vmlinux)"
     elif output == "perf":
         why = "the CO-RE loader reads the ring buffer only (--output perf)"
+    else:
+        why = module_btf_problem(spec)
     if why is None:
+        modules = sorted({ap.module for ap in spec.attach if ap.module})
+        if modules:
+            found += "; module types relocated against " + ", ".join(
+                f"/sys/kernel/btf/{m}" for m in modules
+            )
         return "core", found
     if wanted == "core":
         raise TracekitError(f"probe {spec.name} cannot use the CO-RE loader: {why}")

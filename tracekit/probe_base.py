@@ -27,7 +27,7 @@ class KernelProbe:
     attached: list[AttachPoint]
     _reported: dict[str, dict[int, int]]
     # BCC's BPF object (the BCC loader), for probes whose `enrich` reads its tables;
-    # None on the CO-RE path.
+    # on the CO-RE path a stand-in answering the same calls (tracekit/core_stacks.py).
     bpf: Any
 
     # -- what each loader implements --------------------------------------------------

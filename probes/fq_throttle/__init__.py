@@ -105,6 +105,7 @@ PROBE = ProbeSpec(
     needs_btf=True,
     prepare=prepare,
     report=report,
+    core=True,
 )
 
 

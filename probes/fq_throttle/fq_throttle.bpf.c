@@ -5,13 +5,18 @@
  * the qdisc's private struct fq_sched_data (stat_throttled, stat_flows_plimit),
  * the ones `tc -s qdisc` prints as `throttled` and `flows_plimit`. We read them on
  * entry and return of fq_dequeue()/fq_enqueue() and report each change with its
- * context. struct fq_sched_data is in no header: its member offsets come from the
- * running kernel's BTF for sch_fq (TK_FQ_OFF_* below, checked by the loader).
+ * context. struct fq_sched_data is in no header, only in the sch_fq module's BTF:
+ * the CO-RE object declares it (tk_kernel_types.h) and libbpf relocates each read
+ * against the module's BTF at load; under BCC its member offsets come from that BTF
+ * too (TK_FQ_OFF_*, passed by the probe's prepare()).
  */
+#include "tk_compat.h"
+#ifndef TK_CORE
 #include <net/sch_generic.h>
 #include <net/pkt_sched.h>
 #include <linux/netdevice.h>
 #include <net/sock.h>
+#endif
 
 struct tk_event {
     u64 ts_ns;
@@ -57,16 +62,40 @@ static __always_inline void count(int slot, u64 n)
         *v += n;
 }
 
+/* One member of struct fq_sched_data as a u64 (0 if the read fails). */
+#ifdef TK_CORE
+#define FQ_STAT(priv, member)                                                             \
+    ((u64)BPF_CORE_READ_BITFIELD_PROBED((struct fq_sched_data *)(priv), member))
+#else
 static __always_inline u64 read_u64(void *base, u64 off)
 {
     u64 v = 0;
     bpf_probe_read_kernel(&v, sizeof(v), base + off);
     return v;
 }
+#define FQ_STAT_stat_throttled TK_FQ_OFF_STAT_THROTTLED
+#define FQ_STAT_stat_flows_plimit TK_FQ_OFF_STAT_FLOWS_PLIMIT
+#define FQ_STAT_time_next_delayed_flow TK_FQ_OFF_TIME_NEXT_DELAYED_FLOW
+#define FQ_STAT(priv, member) read_u64((priv), FQ_STAT_##member)
+#endif
 
+/* qdisc_priv(): the qdisc's private data, the flexible array at its end. */
 static __always_inline void *fq_priv(struct Qdisc *sch)
 {
+#ifdef TK_CORE
+    return (void *)sch + bpf_core_field_offset(struct Qdisc, privdata);
+#else
     return qdisc_priv(sch);
+#endif
+}
+
+static __always_inline u64 netdev_queue_size(void)
+{
+#ifdef TK_CORE
+    return bpf_core_type_size(struct netdev_queue);
+#else
+    return sizeof(struct netdev_queue);
+#endif
 }
 
 static __always_inline void fill_common(struct tk_event *ev, struct Qdisc *sch)
@@ -83,14 +112,16 @@ static __always_inline void fill_common(struct tk_event *ev, struct Qdisc *sch)
         bpf_probe_read_kernel_str(&ev->ifname, sizeof(ev->ifname), dev->name);
     }
     if (txq && tx0)
-        ev->queue = ((u64)txq - (u64)tx0) / sizeof(struct netdev_queue);
+        ev->queue = ((u64)txq - (u64)tx0) / netdev_queue_size();
     bpf_probe_read_kernel(&ev->qlen, sizeof(ev->qlen), &sch->q.qlen);
     ev->ts_ns = bpf_ktime_get_ns();
     ev->cpu = bpf_get_smp_processor_id();
 }
 
-int tk_fq_enqueue(struct pt_regs *ctx, struct sk_buff *skb, struct Qdisc *sch)
+TK_SEC("kprobe") int tk_fq_enqueue(struct pt_regs *ctx)
 {
+    struct sk_buff *skb = (struct sk_buff *)PT_REGS_PARM1(ctx);
+    struct Qdisc *sch = (struct Qdisc *)PT_REGS_PARM2(ctx);
     int zero = 0;
     struct call_state *st = fq_enq_state.lookup(&zero);
     if (!st)
@@ -99,23 +130,24 @@ int tk_fq_enqueue(struct pt_regs *ctx, struct sk_buff *skb, struct Qdisc *sch)
     st->sch = sch;
     st->sk = NULL;
     bpf_probe_read_kernel(&st->sk, sizeof(st->sk), &skb->sk);
-    st->stat = read_u64(fq_priv(sch), TK_FQ_OFF_STAT_FLOWS_PLIMIT);
+    st->stat = FQ_STAT(fq_priv(sch), stat_flows_plimit);
     st->valid = 1;
     return 0;
 }
 
-int tk_fq_enqueue_ret(struct pt_regs *ctx)
+TK_SEC("kretprobe") int tk_fq_enqueue_ret(struct pt_regs *ctx)
 {
     int zero = 0;
     struct call_state *st = fq_enq_state.lookup(&zero);
     if (!st || !st->valid)
         return 0;
     st->valid = 0;
-    u64 now = read_u64(fq_priv(st->sch), TK_FQ_OFF_STAT_FLOWS_PLIMIT);
+    u64 now = FQ_STAT(fq_priv(st->sch), stat_flows_plimit);
     if (now == st->stat)
         return 0;
     count(1, now - st->stat);
-#if TK_STREAM
+    if (!tk_cfg_stream)
+        return 0;
     struct tk_event ev = {};
     fill_common(&ev, st->sch);
     ev.kind = KIND_FLOW_LIMIT_DROP;
@@ -126,24 +158,24 @@ int tk_fq_enqueue_ret(struct pt_regs *ctx)
         tk_read_flow(sk, &ev.saddr, &ev.daddr, &ev.sport, &ev.dport);
     }
     tk_emit(ctx, &ev);
-#endif
     return 0;
 }
 
-int tk_fq_dequeue(struct pt_regs *ctx, struct Qdisc *sch)
+TK_SEC("kprobe") int tk_fq_dequeue(struct pt_regs *ctx)
 {
+    struct Qdisc *sch = (struct Qdisc *)PT_REGS_PARM1(ctx);
     int zero = 0;
     struct call_state *st = fq_deq_state.lookup(&zero);
     if (!st)
         return 0;
     count(3, 1);
     st->sch = sch;
-    st->stat = read_u64(fq_priv(sch), TK_FQ_OFF_STAT_THROTTLED);
+    st->stat = FQ_STAT(fq_priv(sch), stat_throttled);
     st->valid = 1;
     return 0;
 }
 
-int tk_fq_dequeue_ret(struct pt_regs *ctx)
+TK_SEC("kretprobe") int tk_fq_dequeue_ret(struct pt_regs *ctx)
 {
     int zero = 0;
     struct call_state *st = fq_deq_state.lookup(&zero);
@@ -151,7 +183,7 @@ int tk_fq_dequeue_ret(struct pt_regs *ctx)
         return 0;
     st->valid = 0;
     void *priv = fq_priv(st->sch);
-    u64 now_stat = read_u64(priv, TK_FQ_OFF_STAT_THROTTLED);
+    u64 now_stat = FQ_STAT(priv, stat_throttled);
     u32 qlen = 0;
     bpf_probe_read_kernel(&qlen, sizeof(qlen), &st->sch->q.qlen);
     int empty = PT_REGS_RC(ctx) == 0 && qlen > 0;
@@ -159,7 +191,8 @@ int tk_fq_dequeue_ret(struct pt_regs *ctx)
         count(0, now_stat - st->stat);
     if (empty)
         count(2, 1);
-#if TK_STREAM
+    if (!tk_cfg_stream)
+        return 0;
     if (now_stat != st->stat) {
         struct tk_event ev = {};
         fill_common(&ev, st->sch);
@@ -167,7 +200,7 @@ int tk_fq_dequeue_ret(struct pt_regs *ctx)
         ev.count = now_stat - st->stat;
         /* The earliest time a throttled flow may send again: when the qdisc's
          * watchdog fires. fq keeps no per-event record of which flow it was. */
-        u64 next = read_u64(priv, TK_FQ_OFF_TIME_NEXT_DELAYED_FLOW);
+        u64 next = FQ_STAT(priv, time_next_delayed_flow);
         u64 t = bpf_ktime_get_ns();
         ev.delay_us = next > t ? (next - t) / 1000 : 0;
         tk_emit(ctx, &ev);
@@ -179,6 +212,5 @@ int tk_fq_dequeue_ret(struct pt_regs *ctx)
         ev.count = 1;
         tk_emit(ctx, &ev);
     }
-#endif
     return 0;
 }

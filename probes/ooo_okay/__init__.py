@@ -195,6 +195,7 @@ PROBE = ProbeSpec(
     enriched_fields=("path",),
     agg_fields=("cpu", "stack_id", "ooo_okay", "wmem_low", "rtx_empty"),
     report=report,
+    core=True,
 )
 
 

@@ -9,8 +9,19 @@
  * it to see the value the kernel tested. The retransmit queue is unchanged until
  * after the transmit, so reading it here gives the value the kernel tested too.
  */
+#include "tk_compat.h"
+#ifdef TK_CORE
+#include <linux/in.h> /* IPPROTO_TCP: user-space API, the same on every kernel */
+/* SKB_TRUESIZE(1) of the running kernel: both struct sizes come from its BTF
+ * (relocated at load), each rounded up to the cache line as SKB_DATA_ALIGN does. */
+#define TK_CACHE_ALIGN(x) (((x) + 63) & ~63)
+#define SKB_TRUESIZE(x)                                                                   \
+    ((x) + TK_CACHE_ALIGN(bpf_core_type_size(struct sk_buff)) +                           \
+     TK_CACHE_ALIGN(bpf_core_type_size(struct skb_shared_info)))
+#else
 #include <linux/skbuff.h>
 #include <net/sock.h>
+#endif
 
 struct tk_event {
     u64 ts_ns;
@@ -34,12 +45,13 @@ struct tk_event {
 
 #include "tracekit.h"
 
+TK_PARAM(all); /* 1: stream every TCP skb, not only those with ooo_okay */
+
 /* Per-CPU counters: [0] TCP skbs transmitted, [1] with ooo_okay,
  * [2] ooo_okay with wmem low (condition 1), [3] ooo_okay with rtx queue empty. */
 BPF_PERCPU_ARRAY(ooo_counts, u64, 4);
 BPF_STACK_TRACE(tk_stacks, 2048);
 
-#if TK_AGG
 struct tk_agg_key {
     u32 cpu;
     s32 stack_id;
@@ -49,7 +61,6 @@ struct tk_agg_key {
     u8 pad;
 };
 BPF_HASH(tk_agg, struct tk_agg_key, u64, 4096);
-#endif
 
 static __always_inline void count(int slot)
 {
@@ -58,26 +69,37 @@ static __always_inline void count(int slot)
         (*v)++;
 }
 
-int tk_queue_xmit(struct pt_regs *ctx, struct sock *sk, struct sk_buff *skb)
+TK_SEC("kprobe") int tk_queue_xmit(struct pt_regs *ctx)
 {
+    struct sock *sk = (struct sock *)PT_REGS_PARM1(ctx);
+    struct sk_buff *skb = (struct sk_buff *)PT_REGS_PARM2(ctx);
+    u16 proto = 0;
+    u8 ooo = 0;
+    unsigned int truesize = 0;
+#ifdef TK_CORE
+    proto = BPF_CORE_READ_BITFIELD_PROBED(sk, sk_protocol);
+    ooo = BPF_CORE_READ_BITFIELD_PROBED(skb, ooo_okay);
+    bpf_probe_read_kernel(&truesize, sizeof(truesize), &skb->truesize);
+#else
+    /* A probe read cannot take a bitfield's address: copy the skb, let clang extract. */
     struct sk_buff s = {};
     bpf_probe_read_kernel(&s, sizeof(s), skb);
-    u16 proto = 0;
     bpf_probe_read_kernel(&proto, sizeof(proto), &sk->sk_protocol);
+    ooo = s.ooo_okay;
+    truesize = s.truesize;
+#endif
     if (proto != IPPROTO_TCP)
         return 0;
     count(0);
-    u8 ooo = s.ooo_okay;
-#if !TK_PARAM_ALL
-    if (!ooo)
+    if (!tk_param_all && !ooo)
         return 0;
-#endif
     int wmem = 0;
-    bpf_probe_read_kernel(&wmem, sizeof(wmem), &sk->sk_wmem_alloc);
-    wmem -= s.truesize;
+    bpf_probe_read_kernel(&wmem, sizeof(wmem), &sk->sk_wmem_alloc.refs.counter);
+    wmem -= truesize;
     void *rtx = NULL;
     bpf_probe_read_kernel(&rtx, sizeof(rtx), &sk->tcp_rtx_queue.rb_node);
-    u8 wmem_low = wmem < (int)SKB_TRUESIZE(1);
+    u32 threshold = SKB_TRUESIZE(1);
+    u8 wmem_low = wmem < (int)threshold;
     u8 rtx_empty = rtx == NULL;
     if (ooo) {
         count(1);
@@ -87,8 +109,7 @@ int tk_queue_xmit(struct pt_regs *ctx, struct sock *sk, struct sk_buff *skb)
             count(3);
     }
     s32 stack_id = tk_stacks.get_stackid(ctx, 0);
-#if TK_AGG
-    if (ooo) {
+    if (tk_cfg_agg && ooo) {
         struct tk_agg_key key = {};
         key.cpu = bpf_get_smp_processor_id();
         key.stack_id = stack_id;
@@ -97,8 +118,8 @@ int tk_queue_xmit(struct pt_regs *ctx, struct sock *sk, struct sk_buff *skb)
         key.rtx_empty = rtx_empty;
         tk_agg.increment(key);
     }
-#endif
-#if TK_STREAM
+    if (!tk_cfg_stream)
+        return 0;
     struct tk_event ev = {};
     ev.ts_ns = bpf_ktime_get_ns();
     ev.sk = (u64)sk;
@@ -106,13 +127,12 @@ int tk_queue_xmit(struct pt_regs *ctx, struct sock *sk, struct sk_buff *skb)
     ev.pid = bpf_get_current_pid_tgid() >> 32;
     tk_read_flow(sk, &ev.saddr, &ev.daddr, &ev.sport, &ev.dport);
     ev.wmem = wmem;
-    ev.threshold = SKB_TRUESIZE(1);
+    ev.threshold = threshold;
     ev.stack_id = stack_id;
     ev.ooo_okay = ooo;
     ev.wmem_low = wmem_low;
     ev.rtx_empty = rtx_empty;
     bpf_get_current_comm(&ev.comm, sizeof(ev.comm));
     tk_emit(ctx, &ev);
-#endif
     return 0;
 }

@@ -1,7 +1,10 @@
-"""What the VM tests share: tracekit as a subprocess, replays, run-then-signal.
+"""What the VM tests share: tracekit as a subprocess, replays, run-then-signal, and
+each probe's oracle check.
 
-Only mechanics live here (how to start tracekit, wait for a line, signal it, read a
-trace); every test keeps its own assertions.
+Mechanics live here (how to start tracekit, wait for a line, signal it, read a
+trace), and the one comparison per probe of what it counted with what the kernel
+counted itself (``ORACLES``): the probe's own tests and the no-headers test run the
+same check, whichever loader loaded the probe.
 """
 
 from __future__ import annotations
@@ -12,7 +15,20 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from tracekit.bus import Bus
+from tracekit.lab.scenarios import (
+    LabResult,
+    lab_fq_throttle,
+    lab_ooo_okay,
+    lab_rss_cpu,
+    lab_txq_flip,
+)
+from tracekit.run import Compiled
 from tracekit.tracefile import BATCH, TraceReader
+
+# Packets the kernel may process between reading softnet_stat and the probe's
+# counters (a straggling ACK or FIN): per CPU, at most this many.
+SOFTNET_TOLERANCE = 8
 
 
 def tracekit(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -81,8 +97,140 @@ def trace_events(trace: Path) -> list[dict[str, object]]:
     ]
 
 
+def read_trace(trace: Path) -> tuple[TraceReader, list[dict[str, object]]]:
+    """The reader and the trace's events; the reader's footer is read (it is known
+    only once the records have been walked)."""
+    r = TraceReader(str(trace))
+    names = r.session.schema.names
+    rows = [
+        dict(zip(names, row, strict=True))
+        for rec in r.records()
+        if rec.kind == BATCH
+        for row in rec.payload
+    ]
+    return r, rows
+
+
 def trace_batch_rows(trace: Path) -> tuple[TraceReader, int]:
     """The reader (footer read) and the number of rows in the trace's batches."""
     r = TraceReader(str(trace))
     n = sum(len(rec.payload) for rec in r.records() if rec.kind == BATCH)
     return r, n
+
+
+# -- each probe against what the kernel counted itself ---------------------------------
+
+
+def check_txq_flip_against_tc(res: LabResult, trace: Path) -> None:
+    """The queues txq-flip saw sockets move to and from are the queues whose packet
+    counters grew in `tc -s qdisc`, and it lost nothing on the way."""
+    r, evs = read_trace(trace)
+    assert res.iperf_mbit > 1, res.iperf_mbit
+    # XPS maps CPU n to queue n: every pick lands on the picking CPU's queue.
+    assert evs and all(e["queue_after"] == e["cpu"] for e in evs), evs[:5]
+    in_events = {e["queue_after"] for e in evs} | {e["queue_before"] for e in evs}
+    in_events.discard(0xFFFF)
+    grew = {q for q, n in res.queue_delta.items() if n > 0}
+    assert in_events == grew, (in_events, res.queue_delta)
+    # The kernel's count of changes is the number of events that reached the trace.
+    footer = r.footer
+    assert footer is not None and footer.lost_total == 0, footer
+    changes = sum(footer.counters["txq_counts"]["changes"].values())
+    assert changes == len(evs) == footer.events, (changes, len(evs), footer.events)
+    assert {e["ifname"] for e in evs} == {"tk0"}
+
+
+def check_rss_cpu_against_softnet(res: LabResult) -> None:
+    """Packets per CPU as rss-cpu counted them, against /proc/net/softnet_stat."""
+    probe = res.counter_delta("rss_counts", "packets")
+    assert sum(probe.values()) > 1000, probe
+    for cpu, n in res.softnet_delta.items():
+        assert abs(probe.get(cpu, 0) - n) <= SOFTNET_TOLERANCE, (cpu, probe, res.softnet_delta)
+
+
+def check_fq_throttle_against_tc(res: LabResult) -> None:
+    """fq-throttle's throttles and flow_limit drops are tc's `throttled` and
+    `flows_plimit`, exactly."""
+    tc_throttled = sum(v["throttled"] for v in res.fq_delta.values())
+    tc_plimit = sum(v["flows_plimit"] for v in res.fq_delta.values())
+    assert tc_throttled > 0 and tc_plimit > 0, res.tc_after
+    # The probe reads fq's own counters around each enqueue/dequeue: every change
+    # it saw is one tc shows, and nothing else touches these qdiscs.
+    throttled = sum(res.counter_delta("fq_counts", "throttled").values())
+    drops = sum(res.counter_delta("fq_counts", "flow_limit_drops").values())
+    assert (throttled, drops) == (tc_throttled, tc_plimit), res.tc_after
+
+
+def ooo_okay_share(r: LabResult) -> float:
+    tx = sum(r.counter_delta("ooo_counts", "transmitted").values())
+    return sum(r.counter_delta("ooo_counts", "ooo_okay").values()) / tx
+
+
+def check_ooo_okay_runs(full: LabResult, limited: LabResult, limited_trace: Path) -> None:
+    """The seed's experiment: rate-limited, a larger share of skbs may change queue;
+    with all=1 every TCP skb the kernel sent is one event, and on 6.1 (before the
+    retransmit queue condition) ooo_okay is exactly the wmem condition the probe
+    recomputed from the socket."""
+    assert full.iperf_mbit > 5 * limited.iperf_mbit > 0, (full.iperf_mbit, limited.iperf_mbit)
+    assert ooo_okay_share(limited) > ooo_okay_share(full)
+    r, rows = read_trace(limited_trace)
+    f = r.footer
+    assert r.session.params == {"all": 1}  # what the probe was loaded with
+    assert f is not None and f.lost_total == 0, f
+    c = f.counters["ooo_counts"]
+    assert sum(c["transmitted"].values()) == len(rows)
+    assert sum(c["ooo_okay"].values()) == sum(1 for e in rows if e["ooo_okay"])
+    if r.session.kernel.startswith("6.1."):
+        assert all(e["ooo_okay"] == e["wmem_low"] for e in rows)
+    assert {e["path"] for e in rows if e["ooo_okay"]} - {0, 5}, "no stack classified"
+
+
+def _oracle_txq_flip(bus: Bus, compiled: Compiled, out: Path) -> None:
+    trace = out / "txq-flip.oracle.tkt"
+    res = lab_txq_flip(
+        bus, (f"msgpack={trace}",), 4, "fq", compiled=compiled, force=True, quiet=True
+    )
+    check_txq_flip_against_tc(res, trace)
+
+
+def _oracle_rss_cpu(bus: Bus, compiled: Compiled, out: Path) -> None:
+    res = lab_rss_cpu(
+        bus,
+        (f"msgpack={out / 'rss-cpu.oracle.tkt'}",),
+        4,
+        "none",
+        compiled=compiled,
+        link="veth",
+        force=True,
+        quiet=True,
+    )
+    check_rss_cpu_against_softnet(res)
+
+
+def _oracle_fq_throttle(bus: Bus, compiled: Compiled, out: Path) -> None:
+    res = lab_fq_throttle(
+        bus,
+        (f"msgpack={out / 'fq-throttle.oracle.tkt'}",),
+        4,
+        compiled=compiled,
+        force=True,
+        quiet=True,
+    )
+    check_fq_throttle_against_tc(res)
+
+
+def _oracle_ooo_okay(bus: Bus, compiled: Compiled, out: Path) -> None:
+    trace = out / "ooo-okay.oracle.tkt"
+    full, limited = lab_ooo_okay(
+        bus, (f"msgpack={trace}",), 4, None, compiled=compiled, force=True, quiet=True
+    )
+    check_ooo_okay_runs(full, limited, out / "ooo-okay.oracle.limited.tkt")
+
+
+# Probe -> (params, keep the in-kernel aggregate too, lab run + oracle check).
+ORACLES: dict[str, tuple[dict[str, str], bool, Callable[[Bus, Compiled, Path], None]]] = {
+    "txq-flip": ({}, False, _oracle_txq_flip),
+    "rss-cpu": ({}, True, _oracle_rss_cpu),
+    "fq-throttle": ({}, False, _oracle_fq_throttle),
+    "ooo-okay": ({"all": "1"}, True, _oracle_ooo_okay),
+}

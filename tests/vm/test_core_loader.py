@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,9 +11,9 @@ import pytest
 from tracekit.bus import Bus
 from tracekit.lab.scenarios import LabResult, lab_txq_flip
 from tracekit.run import Compiled, RunOptions, compile_probe
-from tracekit.tracefile import BATCH, TraceReader
 
 from .conftest import attached_residue
+from .helpers import check_txq_flip_against_tc
 
 pytestmark = pytest.mark.vm
 
@@ -40,60 +37,10 @@ def test_core_flips_are_the_queues_tc_counted(
     core_run: tuple[LabResult, str, Path, Compiled],
 ) -> None:
     res, live, trace, _ = core_run
-    r = TraceReader(str(trace))
-    names = r.session.schema.names
-    evs = [
-        dict(zip(names, row, strict=True))
-        for rec in r.records()
-        if rec.kind == BATCH
-        for row in rec.payload
-    ]
-    assert res.iperf_mbit > 1
-    # XPS maps CPU n to queue n: every pick lands on the picking CPU's queue.
-    assert evs and all(e["queue_after"] == e["cpu"] for e in evs)
-    in_events = {e["queue_after"] for e in evs} | {e["queue_before"] for e in evs}
-    in_events.discard(0xFFFF)
-    grew = {q for q, n in res.queue_delta.items() if n > 0}
-    assert in_events == grew, (in_events, res.queue_delta)
-    # The ring buffer read from its pages lost nothing: the kernel's count of
-    # changes is the number of events that reached the trace.
-    footer = r.footer
-    assert footer is not None and footer.lost_total == 0
-    assert sum(footer.counters["txq_counts"]["changes"].values()) == len(evs) == footer.events
-    # Strings decoded as the BCC path does.
-    assert {e["ifname"] for e in evs} == {"tk0"}
+    check_txq_flip_against_tc(res, trace)
     assert "@queue_after[" in live
 
 
 def test_core_detach_leaves_nothing(core_run: tuple[LabResult, str, Path, Compiled]) -> None:
     core_run[3].probe.detach()
     assert attached_residue() == []
-
-
-def _without_headers(*args: str) -> subprocess.CompletedProcess[str]:
-    """Run tracekit in a mount namespace where the kernel's headers are hidden."""
-    release = os.uname().release
-    hide = " && ".join(
-        f"mount -t tmpfs none {d}"
-        for d in (f"/lib/modules/{release}/build", "/usr/src")
-        if Path(d).exists()
-    )
-    cmd = " ".join([sys.executable, "-m", "tracekit", *args])
-    return subprocess.run(
-        ["unshare", "-m", "sh", "-c", f"{hide} && ls /usr/src | wc -l && {cmd}"],
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-
-
-def test_no_headers_check_and_lab_run_on_btf_alone() -> None:
-    r = _without_headers("check", "txq-flip")
-    assert r.returncode == 0, r.stdout + r.stderr
-    assert r.stdout.startswith("0\n")  # the headers really are gone in there
-    assert "loader: core (CO-RE object" in r.stdout
-    assert "kernel headers" not in r.stdout
-    r = _without_headers("lab", "txq-flip", "--duration", "4", "--sink", "hist")
-    assert r.returncode == 0, r.stderr
-    assert "loading txq-flip (CO-RE object" in r.stderr
-    assert "@queue_after[" in r.stdout and "tc -s qdisc" in r.stdout

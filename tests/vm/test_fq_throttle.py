@@ -15,7 +15,7 @@ from tracekit.lab.scenarios import LabResult, lab_fq_throttle
 from tracekit.run import Compiled
 
 from .conftest import attached_residue, trace_rows
-from .helpers import replay
+from .helpers import check_fq_throttle_against_tc, replay
 
 pytestmark = pytest.mark.vm
 
@@ -36,14 +36,7 @@ def run(bus: Bus, fq_compiled: Compiled, out_dir: Path) -> tuple[LabResult, str]
 
 
 def test_counts_equal_the_qdisc_counters(run: tuple[LabResult, str]) -> None:
-    res, _ = run
-    tc_throttled = sum(v["throttled"] for v in res.fq_delta.values())
-    tc_plimit = sum(v["flows_plimit"] for v in res.fq_delta.values())
-    assert tc_throttled > 0 and tc_plimit > 0, res.tc_after
-    # The probe reads fq's own counters around each enqueue/dequeue: every change
-    # it saw is one tc shows, and nothing else touches these qdiscs.
-    assert sum(res.counter_delta("fq_counts", "throttled").values()) == tc_throttled
-    assert sum(res.counter_delta("fq_counts", "flow_limit_drops").values()) == tc_plimit
+    check_fq_throttle_against_tc(run[0])
 
 
 def test_events_carry_queue_and_flow(run: tuple[LabResult, str], out_dir: Path) -> None:

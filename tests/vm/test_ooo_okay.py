@@ -17,7 +17,7 @@ from tracekit.run import Compiled
 from tracekit.session import Session
 
 from .conftest import attached_residue, trace_rows
-from .helpers import replay
+from .helpers import check_ooo_okay_runs, replay
 
 pytestmark = pytest.mark.vm
 
@@ -86,30 +86,11 @@ def rate_runs(bus: Bus, ooo_compiled: Compiled, out_dir: Path) -> tuple[LabResul
     return full, limited, buf.getvalue()
 
 
-def share(r: LabResult) -> float:
-    tx = sum(r.counter_delta("ooo_counts", "transmitted").values())
-    return sum(r.counter_delta("ooo_counts", "ooo_okay").values()) / tx
-
-
-def test_rate_limited_run_has_a_higher_ooo_okay_share(rate_runs: tuple) -> None:
+def test_counters_match_streamed_skbs_and_the_rate_limit_raises_the_share(
+    rate_runs: tuple, out_dir: Path
+) -> None:
     full, limited, _ = rate_runs
-    assert full.iperf_mbit > 5 * limited.iperf_mbit > 0, (full.iperf_mbit, limited.iperf_mbit)
-    assert share(limited) > share(full), (share(limited), share(full))
-
-
-def test_counters_match_streamed_skbs(rate_runs: tuple, out_dir: Path) -> None:
-    reader, rows = trace_rows(out_dir / "ooo-okay.limited.tkt")
-    f = reader.footer
-    assert reader.session.params == {"all": 1}  # what the shared probe was compiled with
-    assert f is not None and f.lost_total == 0
-    c = f.counters["ooo_counts"]
-    assert sum(c["transmitted"].values()) == len(rows)  # all=1 streams every TCP skb
-    assert sum(c["ooo_okay"].values()) == sum(1 for r in rows if r["ooo_okay"])
-    # 6.1 sets ooo_okay exactly when wmem is below one truesize (the rtx condition
-    # arrived in 6.6): the probe's own view of the condition must agree.
-    if reader.session.kernel.startswith("6.1."):
-        assert all(r["ooo_okay"] == r["wmem_low"] for r in rows)
-    assert {r["path"] for r in rows if r["ooo_okay"]} - {0, 5}, "no stack classified"
+    check_ooo_okay_runs(full, limited, out_dir / "ooo-okay.limited.tkt")
 
 
 def test_kernel_aggregate_and_streamed_events_give_the_same_histogram(
