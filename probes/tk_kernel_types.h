@@ -34,15 +34,29 @@ struct sock_common {
     unsigned short skc_family;
     volatile unsigned char skc_state;
     unsigned short skc_tx_queue_mapping;
+    struct {
+        struct net *net;
+    } skc_net; /* possible_net_t */
+};
+
+/* 6.19+ (the TX-queue reselection): absent before, tested with bpf_core_field_exists. */
+struct netns_core {
+    int sysctl_txq_reselection;
+};
+
+struct net {
+    struct netns_core core;
 };
 
 struct sock {
     struct sock_common __sk_common;
+    unsigned long sk_tx_queue_mapping_jiffies;
 };
 
 struct net_device {
     char name[16];
     int ifindex;
+    unsigned int real_num_tx_queues;
 };
 
 struct sk_buff {
