@@ -3,7 +3,10 @@
 From 6.19 a busy socket may leave its queue without ``ooo_okay`` once its mapping is
 older than ``net.core.txq_reselection_ms``. The lab's socket sends from two CPUs
 (the client's, and the receiver's through ACK processing) with XPS mapping each to
-its own queue, so a short timer moves it often. Checked against what the kernel
+its own queue, so a short timer moves it often. fq paces it (maxrate) so that its
+packets wait in the qdisc: ``ooo_okay`` is then rarely set (on 7.2 under TCG an
+unpaced socket drains so often that every move had ``ooo_okay``), and what moves
+the socket is the timer. Checked against what the kernel
 decides by (the sysctl as it reads it back, in its jiffies) and counts (``tc -s
 qdisc`` per queue, the probe's in-kernel counters). Runs on the 7.2 row.
 """
@@ -53,6 +56,7 @@ def runs(bus: Bus, out_dir: Path) -> dict[int, tuple[LabResult, Path]]:
                     "fq",
                     compiled=compiled,
                     reselection_ms=ms,
+                    qdisc_args=("maxrate", "20mbit"),
                     force=True,
                     quiet=True,
                 )

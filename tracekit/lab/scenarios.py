@@ -240,6 +240,7 @@ def lab_txq_flip(
     qdisc: str = "fq",
     compiled: Compiled | None = None,
     reselection_ms: int | None = None,
+    qdisc_args: Sequence[str] = (),
     **kw: Any,
 ) -> LabResult:
     """The seed's XPS set-up: client pinned to CPU 0, receiver to CPU 1.
@@ -250,7 +251,7 @@ def lab_txq_flip(
     from 6.19 whenever its mapping is older than ``net.core.txq_reselection_ms``
     (``reselection_ms`` sets it in the sender's namespace; 0 turns it off).
     """
-    with NetnsLab(txqueues=4, qdisc=qdisc) as lab:
+    with NetnsLab(txqueues=4, qdisc=qdisc, qdisc_args=qdisc_args) as lab:
         if reselection_ms is not None:
             set_txq_reselection(lab, reselection_ms)
         return traced_iperf(
