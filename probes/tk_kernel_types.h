@@ -34,6 +34,18 @@ struct sock_common {
     unsigned short skc_family;
     volatile unsigned char skc_state;
     unsigned short skc_tx_queue_mapping;
+    struct {
+        struct net *net;
+    } skc_net; /* possible_net_t */
+};
+
+/* 6.19+ (the TX-queue reselection): absent before, tested with bpf_core_field_exists. */
+struct netns_core {
+    int sysctl_txq_reselection;
+};
+
+struct net {
+    struct netns_core core;
 };
 
 typedef struct {
@@ -57,6 +69,7 @@ struct sock {
     u16 sk_protocol;
     refcount_t sk_wmem_alloc;
     struct rb_root tcp_rtx_queue;
+    unsigned long sk_tx_queue_mapping_jiffies;
 };
 
 struct netdev_queue;
@@ -65,6 +78,7 @@ struct net_device {
     char name[16];
     int ifindex;
     struct netdev_queue *_tx;
+    unsigned int real_num_tx_queues;
 };
 
 struct netdev_queue {

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
 from pathlib import Path
 
 import pytest
 
+from tracekit.btf import vmlinux_btf
 from tracekit.errors import BtfMissingError, ModuleNotLoadedError
 
 
@@ -24,3 +27,45 @@ def test_a_loaded_module_without_btf_is_named_as_such(
     (tmp_path / "module" / "sch_fq").mkdir(parents=True)
     with pytest.raises(BtfMissingError, match=r"no module BTF .*5\.11"):
         btf.module_btf("sch_fq")
+
+
+@pytest.mark.skipif(not Path("/sys/kernel/btf/vmlinux").exists(), reason="kernel without BTF")
+def test_enum_values_are_those_bpftool_reads_from_the_same_btf() -> None:
+    """Drop reasons move between kernels (SKB_DROP_REASON_FQ_FLOW_LIMIT is 60 on
+    Debian's 6.12, 70 on 6.18): fq-throttle takes them from BTF, read here two ways."""
+    dump = subprocess.run(
+        ["bpftool", "-j", "btf", "dump", "file", "/sys/kernel/btf/vmlinux"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    types = json.loads(dump.stdout)["types"]
+    ours = vmlinux_btf()
+    for name in ("skb_drop_reason", "sock_shutdown_cmd"):
+        theirs = next(t for t in types if t["kind"] == "ENUM" and t["name"] == name)
+        # bpftool 7.1 prints an unsigned 32-bit value with its sign extended to 64 bits
+        # (SKB_DROP_REASON_SUBSYS_MASK 0xffff0000): compare the 32 bits BTF holds.
+        assert ours.enum_values(name) == {v["name"]: v["val"] % 2**32 for v in theirs["values"]}
+    assert ours.enum_values("no_such_enum_in_any_kernel") == {}
+
+
+def test_drop_reason_defines_name_each_kernels_values() -> None:
+    from tracekit.probes.fq_throttle import NO_REASON, drop_reason_defines
+
+    # Debian 6.12.117 (its BTF): reasons in skb_drop_reason; no qdisc_drop_reason.
+    d612 = drop_reason_defines(
+        {
+            "skb_drop_reason": {
+                "SKB_DROP_REASON_FQ_BAND_LIMIT": 58,
+                "SKB_DROP_REASON_FQ_HORIZON_LIMIT": 59,
+                "SKB_DROP_REASON_FQ_FLOW_LIMIT": 60,
+            }
+        }
+    )
+    assert "-DTK_SKB_FQ_FLOW_LIMIT=60" in d612 and "-DTK_SKB_FQ_BAND_LIMIT=58" in d612
+    assert f"-DTK_QDISC_FQ_FLOW_LIMIT={NO_REASON}" in d612
+    # Debian 7.2.13: qdisc_drop_reason (subsystem 3 in the high bits).
+    d72 = drop_reason_defines({"qdisc_drop_reason": {"QDISC_DROP_FLOW_LIMIT": 196616}})
+    assert "-DTK_QDISC_FQ_FLOW_LIMIT=196616" in d72
+    assert f"-DTK_SKB_FQ_FLOW_LIMIT={NO_REASON}" in d72
+    assert len(d72) == len(d612) == 6

@@ -64,6 +64,7 @@ class BtfType:
     size_or_type: int
     members: tuple[Member, ...] = ()
     array: tuple[int, int] | None = None  # (element type, count)
+    enumerators: tuple[tuple[str, int], ...] = ()  # ENUM: (name, value)
 
 
 class Btf:
@@ -95,6 +96,7 @@ class Btf:
             name = self._str(name_off)
             members: tuple[Member, ...] = ()
             array = None
+            enumerators: tuple[tuple[str, int], ...] = ()
             if kind in (STRUCT, UNION):
                 ms = []
                 for i in range(vlen):
@@ -107,9 +109,15 @@ class Btf:
             elif kind == ARRAY:
                 elem, _index, nelems = struct.unpack_from("<III", data, pos)
                 array = (elem, nelems)
+            elif kind == ENUM:
+                fmt = "<Ii" if kind_flag else "<II"  # kind_flag: signed values
+                enumerators = tuple(
+                    (self._str(n), v)
+                    for n, v in (struct.unpack_from(fmt, data, pos + 8 * i) for i in range(vlen))
+                )
             pos += _FIXED.get(kind, 0) + _PER_ITEM.get(kind, 0) * vlen
             self._by_name.setdefault((kind, name), len(self.types))
-            self.types.append(BtfType(kind, name, size_or_type, members, array))
+            self.types.append(BtfType(kind, name, size_or_type, members, array, enumerators))
 
     def _str(self, off: int) -> str:
         end = self._strings.index(b"\0", off)
@@ -161,6 +169,20 @@ class Btf:
         if m.bitfield_size:
             raise TracekitError(f"{struct_name}.{member} is a bitfield")
         return bits // 8, self.size_of(m.type_id)
+
+
+    def enum_values(self, enum_name: str) -> dict[str, int]:
+        """The enumerators of ``enum enum_name``; {} if the kernel has no such enum."""
+        tid = self._by_name.get((ENUM, enum_name))
+        return dict(self.types[tid].enumerators) if tid is not None else {}
+
+
+def vmlinux_btf() -> Btf:
+    """The running kernel's own BTF."""
+    vmlinux = BTF_DIR / "vmlinux"
+    if not vmlinux.exists():
+        raise BtfMissingError("the kernel has no BTF (/sys/kernel/btf/vmlinux)")
+    return Btf(vmlinux.read_bytes())
 
 
 def module_btf(module: str) -> Btf:

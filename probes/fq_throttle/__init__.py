@@ -12,7 +12,7 @@ from importlib.resources import files
 from typing import Any
 
 from tracekit import hookimpl
-from tracekit.btf import module_btf, struct_offsets
+from tracekit.btf import module_btf, struct_offsets, vmlinux_btf
 from tracekit.errors import AttachPointError, TracekitError
 from tracekit.registry import AttachPoint, CounterMap, ProbeRegistry, ProbeSpec
 from tracekit.schema import Field, HistSpec, Schema
@@ -58,24 +58,54 @@ SCHEMA = Schema(
 )
 
 
+# The drop reasons fq gives, by the names each kernel's BTF has them under (their
+# values move between kernels): skb:kfree_skb's from 6.14, qdisc:qdisc_drop's in 7.x.
+DROP_REASONS = {
+    "SKB": ("skb_drop_reason", "SKB_DROP_REASON_FQ_"),
+    "QDISC": ("qdisc_drop_reason", "QDISC_DROP_"),
+}
+DROP_SLOTS = ("FLOW_LIMIT", "BAND_LIMIT", "HORIZON_LIMIT")
+NO_REASON = 0xFFFFFFFF
+
+
+def drop_reason_defines(enums: dict[str, dict[str, int]]) -> list[str]:
+    """-D values of the reasons the BPF code compares with (NO_REASON where absent)."""
+    out = []
+    for tag, (enum, prefix) in DROP_REASONS.items():
+        values = enums.get(enum, {})
+        for slot in DROP_SLOTS:
+            out.append(f"-DTK_{tag}_FQ_{slot}={values.get(prefix + slot, NO_REASON)}")
+    return out
+
+
 def prepare(params: dict[str, int]) -> list[str]:
     try:
         offs = struct_offsets(module_btf("sch_fq"), "fq_sched_data", FQ_MEMBERS)
+        vmlinux = vmlinux_btf()
     except TracekitError as exc:
         if type(exc) is TracekitError:
             raise AttachPointError(f"sch_fq: {exc}") from None
         raise
-    return [f"-DTK_FQ_OFF_{name.upper()}={off}" for name, off in offs.items()]
+    enums = {enum: vmlinux.enum_values(enum) for enum, _ in DROP_REASONS.values()}
+    return [
+        f"-DTK_FQ_OFF_{name.upper()}={off}" for name, off in offs.items()
+    ] + drop_reason_defines(enums)
 
 
 def report(summary: Summary) -> list[str]:
     c = summary.counters.get("fq_counts", {})
     tot = {k: sum(v.values()) for k, v in c.items()}
-    return [
+    lines = [
         f"fq: {tot.get('throttled', 0)} flows throttled, {tot.get('flow_limit_drops', 0)} "
         f"flow_limit drops, {tot.get('empty_dequeues', 0)} empty dequeues in "
         f"{tot.get('dequeues', 0)} dequeues"
     ]
+    drops = {k: sum(v.values()) for k, v in summary.counters.get("fq_drops", {}).items()}
+    if any(drops.values()):
+        lines.append(
+            "fq drops by the kernel's reason: " + ", ".join(f"{k} {n}" for k, n in drops.items())
+        )
+    return lines
 
 
 def _draw_plot(trace: Any) -> Any:
@@ -94,10 +124,18 @@ PROBE = ProbeSpec(
         AttachPoint("kretprobe", "fq_enqueue", "tk_fq_enqueue_ret", module="sch_fq"),
         AttachPoint("kprobe", "fq_dequeue", "tk_fq_dequeue", module="sch_fq"),
         AttachPoint("kretprobe", "fq_dequeue", "tk_fq_dequeue_ret", module="sch_fq"),
+        # Drop reasons (see DROP_REASONS): the first the kernel has.
+        AttachPoint("raw_tracepoint", "qdisc:qdisc_drop", "tk_fq_qdisc_drop", group="drops"),
+        AttachPoint("raw_tracepoint", "skb:kfree_skb", "tk_fq_kfree_skb", group="drops"),
     ),
     counters=(
         CounterMap(
             "fq_counts", ("throttled", "flow_limit_drops", "empty_dequeues", "dequeues", "enqueues")
+        ),
+        CounterMap(
+            "fq_drops",
+            ("flow_limit", "band_limit", "horizon"),
+            doc="fq's drops by the reason the kernel gives (6.14+; none counted before)",
         ),
     ),
     plot=_draw_plot,

@@ -214,3 +214,42 @@ TK_SEC("kretprobe") int tk_fq_dequeue_ret(struct pt_regs *ctx)
     }
     return 0;
 }
+
+/* Drops by the reason the kernel gives them. sch_fq names its drops from 6.14
+ * (Debian's 6.12 has it too) in skb:kfree_skb's reason (SKB_DROP_REASON_FQ_*), and
+ * from 7.x in qdisc:qdisc_drop's (QDISC_DROP_*, an enum of its own); the loader
+ * attaches whichever the kernel has (qdisc_drop first). The values differ between
+ * kernels: prepare() reads them from the kernel's BTF (NO_REASON: this kernel has
+ * no such reason, nothing is counted). Slots: flow_limit, band_limit, horizon. */
+#define NO_REASON 0xffffffff
+TK_SETTING(u32, tk_skb_fq_flow, TK_SKB_FQ_FLOW_LIMIT, NO_REASON);
+TK_SETTING(u32, tk_skb_fq_band, TK_SKB_FQ_BAND_LIMIT, NO_REASON);
+TK_SETTING(u32, tk_skb_fq_horizon, TK_SKB_FQ_HORIZON_LIMIT, NO_REASON);
+TK_SETTING(u32, tk_qdisc_fq_flow, TK_QDISC_FQ_FLOW_LIMIT, NO_REASON);
+TK_SETTING(u32, tk_qdisc_fq_band, TK_QDISC_FQ_BAND_LIMIT, NO_REASON);
+TK_SETTING(u32, tk_qdisc_fq_horizon, TK_QDISC_FQ_HORIZON_LIMIT, NO_REASON);
+BPF_PERCPU_ARRAY(fq_drops, u64, 3);
+
+static __always_inline void count_drop(u32 reason, u32 flow, u32 band, u32 horizon)
+{
+    int slot = reason == flow ? 0 : reason == band ? 1 : reason == horizon ? 2 : -1;
+    if (slot < 0 || reason == NO_REASON)
+        return;
+    u64 *v = fq_drops.lookup(&slot);
+    if (v)
+        (*v)++;
+}
+
+/* skb:kfree_skb(skb, location, reason, ...) */
+TK_SEC("raw_tp") int tk_fq_kfree_skb(struct bpf_raw_tracepoint_args *ctx)
+{
+    count_drop((u32)ctx->args[2], tk_skb_fq_flow, tk_skb_fq_band, tk_skb_fq_horizon);
+    return 0;
+}
+
+/* qdisc:qdisc_drop(qdisc, txq, dev, skb, reason) */
+TK_SEC("raw_tp") int tk_fq_qdisc_drop(struct bpf_raw_tracepoint_args *ctx)
+{
+    count_drop((u32)ctx->args[4], tk_qdisc_fq_flow, tk_qdisc_fq_band, tk_qdisc_fq_horizon);
+    return 0;
+}

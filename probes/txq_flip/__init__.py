@@ -13,6 +13,11 @@ from tracekit import hookimpl
 from tracekit.registry import AttachPoint, CounterMap, Param, ProbeRegistry, ProbeSpec
 from tracekit.schema import Field, HistSpec, Schema
 
+# Why the socket could move (txq_flip.bpf.c's CAUSE_*, same order): "other" when
+# none of netdev_pick_tx's own conditions held, "reselect" the 6.19+ timer
+# (net.core.txq_reselection_ms) alone, without ooo_okay.
+CAUSES = ("other", "first", "ooo_okay", "reselect", "out_of_range")
+
 SCHEMA = Schema(
     fields=(
         Field("ts_ns", "u64", unit="ns", display="ts", doc="monotonic time of the pick"),
@@ -34,7 +39,14 @@ SCHEMA = Schema(
         ),
         Field("queue_after", "u16", key=True, display="queue", doc="queue picked"),
         Field("ooo_okay", "u8", key=True, display="bool", doc="skb->ooo_okay of the skb"),
-        Field("pad", "u8"),
+        Field(
+            "cause",
+            "u8",
+            key=True,
+            display="enum",
+            choices=CAUSES,
+            doc="what let it move: first pick, ooo_okay, reselection timer, queue out of range",
+        ),
         Field("ifname", "str16", key=True),
         Field("comm", "str16"),
     ),
@@ -61,7 +73,7 @@ def _draw_plot(trace: Any) -> Any:
 
 PROBE = ProbeSpec(
     name="txq-flip",
-    description="netdev_pick_tx queue changes per CPU and socket, with skb->ooo_okay",
+    description="netdev_pick_tx queue changes per CPU and socket, and what let each happen",
     source=files(__package__).joinpath("txq_flip.bpf.c"),
     schema=SCHEMA,
     attach=(

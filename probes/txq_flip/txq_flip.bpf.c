@@ -1,17 +1,32 @@
-/* txq-flip: when netdev_pick_tx() moves a socket to another transmit queue.
+/* txq-flip: when netdev_pick_tx() moves a socket to another transmit queue, and why.
  *
  * netdev_pick_tx() (net/core/dev.c) keeps a socket on the queue stored in
- * sk->sk_tx_queue_mapping unless the mapping is unset, out of range, or the skb
- * has ooo_okay set; then XPS (or the tx hash) picks again, and the socket may
- * move. We remember the socket's queue at entry and compare it with the queue
- * returned, emitting an event only when they differ.
+ * sk->sk_tx_queue_mapping unless sk_tx_queue_get() gives none, the skb has
+ * ooo_okay set, or the queue is out of range; then XPS (or the tx hash) picks
+ * again, and the socket may move. sk_tx_queue_get() gives none for a socket never
+ * mapped and, from 6.19, for a full socket whose mapping is older than
+ * net.core.txq_reselection_ms (sk_tx_queue_mapping_jiffies + the netns's
+ * sysctl_txq_reselection, in jiffies, before now). We read those at entry, compare
+ * the socket's queue with the queue returned, and emit an event only when they
+ * differ, with the condition that let it move (CAUSE_*).
  */
 #include "tk_compat.h"
 #ifndef TK_CORE
+#include <linux/version.h>
 #include <linux/skbuff.h>
 #include <linux/netdevice.h>
 #include <net/sock.h>
 #endif
+
+/* Why the socket could move (the schema's CAUSES, same order). ooo_okay comes
+ * before the timer: with it set the move was safe whatever the timer said, so
+ * "reselect" means the timer alone moved a socket that could have packets in flight. */
+#define CAUSE_OTHER 0    /* none of netdev_pick_tx's conditions: not its choice */
+#define CAUSE_FIRST 1    /* the socket had no queue yet */
+#define CAUSE_OOO_OKAY 2 /* skb->ooo_okay */
+#define CAUSE_RESELECT 3 /* 6.19+: the mapping outlived net.core.txq_reselection_ms */
+#define CAUSE_RANGE 4    /* the queue is beyond the device's real_num_tx_queues */
+#define NO_QUEUE 0xffff
 
 /* The one declaration of the event layout; tracekit checks its Python schema
  * against this struct as BCC compiled it. Explicit padding, no holes. */
@@ -29,7 +44,7 @@ struct tk_event {
     u16 queue_before;
     u16 queue_after;
     u8 ooo_okay;
-    u8 pad;
+    u8 cause;
     char ifname[16];
     char comm[16];
 };
@@ -49,6 +64,7 @@ struct entry_state {
     struct net_device *dev;
     u16 before;
     u8 ooo_okay;
+    u8 cause;
     u8 valid;
 };
 BPF_PERCPU_ARRAY(txq_entry, struct entry_state, 1);
@@ -58,6 +74,48 @@ static __always_inline void count(int slot)
     u64 *v = txq_counts.lookup(&slot);
     if (v)
         (*v)++;
+}
+
+/* 6.19+: would sk_tx_queue_get() drop this socket's mapping for its age? */
+static __always_inline int mapping_expired(struct sock *sk)
+{
+    unsigned char state = 0;
+    bpf_probe_read_kernel(&state, sizeof(state), (void *)&sk->__sk_common.skc_state);
+    if (state == 6 || state == 12) /* TCP_TIME_WAIT, TCP_NEW_SYN_RECV: not full sockets */
+        return 0;
+    unsigned long set_at = 0;
+    int resel = 0;
+#ifdef TK_CORE
+    if (!bpf_core_field_exists(sk->sk_tx_queue_mapping_jiffies))
+        return 0;
+    set_at = BPF_CORE_READ(sk, sk_tx_queue_mapping_jiffies);
+    resel = BPF_CORE_READ(sk, __sk_common.skc_net.net, core.sysctl_txq_reselection);
+#elif LINUX_VERSION_CODE >= KERNEL_VERSION(6, 19, 0)
+    struct net *net = NULL;
+    bpf_probe_read_kernel(&set_at, sizeof(set_at), &sk->sk_tx_queue_mapping_jiffies);
+    bpf_probe_read_kernel(&net, sizeof(net), &sk->__sk_common.skc_net.net);
+    if (net)
+        bpf_probe_read_kernel(&resel, sizeof(resel), &net->core.sysctl_txq_reselection);
+#else
+    return 0;
+#endif
+    /* time_is_before_jiffies(set_at + resel), with the same wrap-safe compare. */
+    return resel > 0 && (long)(set_at + resel - bpf_jiffies64()) < 0;
+}
+
+static __always_inline u8 pick_cause(struct sock *sk, struct net_device *dev, u16 before, u8 ooo)
+{
+    if (before == NO_QUEUE)
+        return CAUSE_FIRST;
+    if (ooo)
+        return CAUSE_OOO_OKAY;
+    if (mapping_expired(sk))
+        return CAUSE_RESELECT;
+    unsigned int real = 0;
+    bpf_probe_read_kernel(&real, sizeof(real), &dev->real_num_tx_queues);
+    if (before >= real)
+        return CAUSE_RANGE;
+    return CAUSE_OTHER;
 }
 
 TK_SEC("kprobe") int tk_pick_tx_entry(struct pt_regs *ctx)
@@ -95,6 +153,7 @@ TK_SEC("kprobe") int tk_pick_tx_entry(struct pt_regs *ctx)
     bpf_probe_read_kernel(&s, sizeof(s), skb);
     st->ooo_okay = s.ooo_okay;
 #endif
+    st->cause = pick_cause(sk, dev, before, st->ooo_okay);
     st->valid = 1;
     return 0;
 }
@@ -121,6 +180,7 @@ TK_SEC("kretprobe") int tk_pick_tx_return(struct pt_regs *ctx)
     ev.queue_before = st->before;
     ev.queue_after = after;
     ev.ooo_okay = st->ooo_okay;
+    ev.cause = st->cause;
     bpf_probe_read_kernel(&ev.ifindex, sizeof(ev.ifindex), &st->dev->ifindex);
     bpf_probe_read_kernel_str(&ev.ifname, sizeof(ev.ifname), st->dev->name);
     bpf_probe_read_kernel(&ev.family, sizeof(ev.family), &sk->__sk_common.skc_family);

@@ -303,10 +303,28 @@ class NetnsLab:
         return parse_tc_queue_packets(out)
 
     def rx_queue_packets(self) -> dict[int, int]:
-        """Packets received per RX queue of the RSS NIC (its own counters), else {}."""
+        """Packets received per RX queue of the RSS NIC (its own counters), else {}.
+
+        ``ethtool -S`` has them up to 6.9 (``rx_queue_N_packets``); from 6.10 on
+        virtio_net gives them only to the netdev netlink family's queue statistics
+        (``tracekit.lab.qstats``), run in B's namespace, where the NIC is.
+        """
         if self.nics is None:
             return {}
-        return parse_rx_queue_packets(self.ns(self.ns_b, "ethtool", "-S", DEV_B))
+        got = parse_rx_queue_packets(self.ns(self.ns_b, "ethtool", "-S", DEV_B))
+        if got:
+            return got
+        p = subprocess.run(
+            ["ip", "netns", "exec", self.ns_b, sys.executable, "-m", "tracekit.lab.qstats", DEV_B],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        if p.returncode == 3:  # no queue statistics in this kernel or driver either
+            return {}
+        if p.returncode != 0:
+            raise LabError(f"reading {DEV_B}'s queue statistics failed: {p.stderr.strip()[:300]}")
+        return {int(q): int(n) for q, n in json.loads(p.stdout)["rx"].items()}
 
     def set_rx_flow_hash(self, fields: str) -> None:
         """What the RSS NIC hashes for UDP over IPv4: ``sd`` addresses, ``sdfn`` ports too."""

@@ -190,6 +190,21 @@ def set_rps(lab: NetnsLab, cpus_mask: int) -> None:
         lab.ns(lab.ns_b, "sh", "-c", f"echo {cpus_mask:x} > {q}/rps_cpus")
 
 
+def set_txq_reselection(lab: NetnsLab, ms: int) -> int:
+    """``net.core.txq_reselection_ms`` in A (per namespace); the value read back.
+
+    The kernel keeps it in jiffies, so what it reads back is rounded to its tick.
+    """
+    knob = "/proc/sys/net/core/txq_reselection_ms"
+    if not os.path.exists(knob):
+        raise LabError(
+            "this kernel has no net.core.txq_reselection_ms (the TX-queue reselection "
+            "came in 6.19)"
+        )
+    lab.ns(lab.ns_a, "sysctl", "-qw", f"net.core.txq_reselection_ms={ms}")
+    return int(lab.ns(lab.ns_a, "cat", knob).strip())
+
+
 def sink_variant(sinks: Sequence[str], suffix: str) -> tuple[str, ...]:
     """``msgpack=t.tkt`` -> ``msgpack=t.SUFFIX.tkt``, for labs that run a probe twice."""
     out = []
@@ -209,6 +224,7 @@ __all__ = [
     "parse_fq_stats",
     "read_softnet",
     "set_rps",
+    "set_txq_reselection",
     "sink_variant",
     "traced_iperf",
 ]
@@ -223,15 +239,21 @@ def lab_txq_flip(
     seconds: float,
     qdisc: str = "fq",
     compiled: Compiled | None = None,
+    reselection_ms: int | None = None,
+    qdisc_args: Sequence[str] = (),
     **kw: Any,
 ) -> LabResult:
     """The seed's XPS set-up: client pinned to CPU 0, receiver to CPU 1.
 
     ACKs for the client's data are processed in softirq on the receiver's CPU, which
     transmits from there too; XPS maps each CPU to its own queue, so the socket's
-    queue flips between the two CPUs' queues whenever ``ooo_okay`` allows it.
+    queue flips between the two CPUs' queues whenever ``ooo_okay`` allows it, and
+    from 6.19 whenever its mapping is older than ``net.core.txq_reselection_ms``
+    (``reselection_ms`` sets it in the sender's namespace; 0 turns it off).
     """
-    with NetnsLab(txqueues=4, qdisc=qdisc) as lab:
+    with NetnsLab(txqueues=4, qdisc=qdisc, qdisc_args=qdisc_args) as lab:
+        if reselection_ms is not None:
+            set_txq_reselection(lab, reselection_ms)
         return traced_iperf(
             bus,
             lab,
