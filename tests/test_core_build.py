@@ -143,19 +143,21 @@ def test_core_decode_strips_ring_headers_in_one_step() -> None:
                 0xFFFF,
                 i % 4,
                 1,
-                0,
                 "tk0",
                 "iperf3",
             )
             for i in range(5)
         ]
-        stride = (8 + schema.size + 7) & ~7
+        # As the kernel writes struct tk_event: `pad` included, 80 bytes.
+        size = schema.kernel_size
+        assert size == 80 and schema.size == 79
+        stride = (8 + size + 7) & ~7
         run = bytearray()
         for r in rows:
             raw = struct.pack(
-                schema.struct_format, *[v.encode() if isinstance(v, str) else v for v in r]
+                schema.kernel_struct_format, *[v.encode() if isinstance(v, str) else v for v in r]
             )
-            run += struct.pack("=II", schema.size, 0) + raw + bytes(stride - 8 - schema.size)
+            run += struct.pack("=II", size, 0) + raw + bytes(stride - 8 - size)
         batch = probe.decode_run(memoryview(bytes(run)), len(rows))
         assert batch.packed and len(batch) == 5
         assert batch.rows == rows

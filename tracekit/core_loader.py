@@ -136,13 +136,31 @@ class CoreProbe(KernelProbe):
         in one numpy operation: no Python step per event."""
         import numpy as np
 
-        size = schema.size
+        size = schema.kernel_size
         stride = (HEADER + size + 7) & ~7
+        dtype = schema.dtype
+        probe = self.spec.name
+        if not schema.kernel_packed:
+            # The C struct has padding or holes: the fields alone, at their C offsets
+            # behind each header, repacked by numpy in one call per run.
+            kernel = schema.kernel_dtype
+            fields = np.dtype(
+                {
+                    "names": list(kernel.names),
+                    "formats": [kernel[i] for i in range(len(kernel.names))],
+                    "offsets": [HEADER + kernel.fields[n][1] for n in kernel.names],
+                    "itemsize": stride,
+                }
+            )
+
+            def repack(run: memoryview, n: int) -> EventBatch:
+                events = np.frombuffer(run, dtype=fields, count=n)
+                return EventBatch(probe, schema=schema, array=events.astype(dtype))
+
+            return repack
         ring = np.dtype(
             {"names": ["ev"], "formats": [f"V{size}"], "offsets": [HEADER], "itemsize": stride}
         )
-        dtype = schema.dtype
-        probe = self.spec.name
 
         def decode(run: memoryview, n: int) -> EventBatch:
             # Always a copy: the kernel reuses the ring once the consumer moves on, and
@@ -219,7 +237,7 @@ class CoreProbe(KernelProbe):
         if self._ring is None:
             return []
         self._ring.wait(timeout_ms)
-        batches = self._ring.drain(self.decode_run, self.spec.schema.size)
+        batches = self._ring.drain(self.decode_run, self.spec.schema.kernel_size)
         return EventBatch.concat(batches) if batches else []
 
     # -- maps --------------------------------------------------------------------------

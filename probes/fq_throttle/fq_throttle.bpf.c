@@ -37,8 +37,14 @@ struct tk_event {
 #define KIND_FLOW_LIMIT_DROP 2
 #define KIND_EMPTY_DEQUEUE 3
 
-/* Per-CPU counters: [0] flows throttled, [1] flow_limit drops, [2] dequeues that
- * returned nothing with packets queued, [3] dequeue calls, [4] enqueue calls. */
+/* Per-CPU counters (slot i is enumerator i; tracekit names them from this enum). */
+enum fq_counts {
+    FQ_COUNTS_THROTTLED,        /* flows throttled */
+    FQ_COUNTS_FLOW_LIMIT_DROPS, /* flow_limit drops */
+    FQ_COUNTS_EMPTY_DEQUEUES,   /* dequeues that returned nothing with packets queued */
+    FQ_COUNTS_DEQUEUES,         /* dequeue calls */
+    FQ_COUNTS_ENQUEUES,         /* enqueue calls */
+};
 BPF_PERCPU_ARRAY(fq_counts, u64, 5);
 
 struct call_state {
