@@ -197,8 +197,8 @@ struct tk__iphdr {
     u32 daddr;
 };
 
-static __always_inline int tk_skb_flow(struct sk_buff *skb, u32 *saddr, u32 *daddr, u16 *sport,
-                                       u16 *dport, u8 *proto)
+static __always_inline int tk_read_skb_flow(struct sk_buff *skb, u32 *saddr, u32 *daddr,
+                                            u16 *sport, u16 *dport, u8 *proto)
 {
     u16 l3 = 0, nh = 0;
     unsigned char *head = NULL;

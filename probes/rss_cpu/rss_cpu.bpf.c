@@ -92,7 +92,7 @@ TK_SEC("raw_tp") int tk_netif_receive_skb(struct bpf_raw_tracepoint_args *ctx)
     u16 queue = 0;
     bpf_probe_read_kernel(&queue, sizeof(queue), &skb->queue_mapping);
     ev.rx_queue = queue ? queue - 1 : 0xffff;
-    if (tk_skb_flow(skb, &ev.saddr, &ev.daddr, &ev.sport, &ev.dport, &ev.proto))
+    if (tk_read_skb_flow(skb, &ev.saddr, &ev.daddr, &ev.sport, &ev.dport, &ev.proto))
         count(RSS_COUNTS_IPV4);
     if (tk_cfg_agg) {
         struct tk_agg_key key = {};
