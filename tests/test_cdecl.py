@@ -283,3 +283,19 @@ def test_a_probe_spec_refuses_what_its_c_contradicts(
 ) -> None:
     with pytest.raises(ValueError, match=error):
         _spec(tmp_path, text, **kw)
+
+
+@needs_clang
+def test_a_compiled_layout_that_drifted_from_the_source_is_named(tmp_path: Path) -> None:
+    """What both loaders do before a run: compare the compiler's struct with the one
+    tracekit read. Here the compiler saw another declaration (a u64 port)."""
+    from tracekit.loader import layout_problems
+
+    schema = Schema.from_c(AWKWARD)
+    size, members = clang_layout(AWKWARD, ["tk_event"], tmp_path)["tk_event"]
+    assert layout_problems([(n, o) for n, o, _ in members], size, schema) == []
+    drifted = AWKWARD.replace("__be16 port;", "u64 port;")
+    size, members = clang_layout(drifted, ["tk_event"], tmp_path)["tk_event"]
+    problems = layout_problems([(n, o) for n, o, _ in members], size, schema)
+    assert "c at offset 24, schema says 20" in problems, problems
+    assert "tail at offset 60, schema says 56" in problems, problems
