@@ -104,6 +104,17 @@ def test_every_probe_is_laid_out_as_clang_does(
 
 
 @needs_clang
+def test_the_tracekit_new_template_is_laid_out_as_clang_does(tmp_path: Path) -> None:
+    from tracekit.scaffold import scaffold
+
+    root = scaffold("probe", "my-probe", tmp_path)
+    src = CSource.parse((root / "tracekit_my_probe" / "my_probe.bpf.c").read_text())
+    theirs = clang_layout(src.declaration("tk_event"), ["tk_event"], tmp_path)
+    assert ours(src, "tk_event") == theirs["tk_event"]
+    assert src.counter_labels("my_probe_counts") == ("packets",)
+
+
+@needs_clang
 def test_holes_arrays_and_defines_as_clang_lays_them_out(tmp_path: Path) -> None:
     src = CSource.parse(AWKWARD)
     assert ours(src, "tk_event") == clang_layout(AWKWARD, ["tk_event"], tmp_path)["tk_event"]
