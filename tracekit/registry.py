@@ -229,7 +229,8 @@ class ProbeSpec:
             self._read_agg_key(source())
         counters = []
         for cm in self.counters:
-            if cm.labels_from is None:
+            # A hand-made schema with hand-given labels reads nothing from the C.
+            if cm.labels_from is None and (not cm.labels or schema.layout is not None):
                 labels = source().counter_labels(cm.map)
                 if labels is None and not cm.labels:
                     raise CDeclError(
@@ -255,8 +256,9 @@ class ProbeSpec:
             return
         key = src.struct("tk_agg_key")
         names = []
-        for name, ctype, _ in key.fields():
-            where = f"{key.path}:{key.line}: struct tk_agg_key member {name}"
+        members = [(e, m.line) for m in key.members if not m.padding for e in m.elements()]
+        for (name, ctype, _), line in members:
+            where = f"{key.path}:{line}: struct tk_agg_key member {name}"
             if name not in self.schema.names:
                 raise CDeclError(f"{where} is not a field of struct {self.event_struct}")
             if self.schema.field(name).type != ctype:
