@@ -175,4 +175,54 @@ static __always_inline void tk_read_flow(struct sock *sk, u32 *saddr, u32 *daddr
 }
 #endif
 
+/* The IPv4 flow of an skb, read from its headers: for a packet with no socket yet
+ * (receive before demux) or one that is not this host's. Needs skb->protocol, head
+ * and network_header set (true from netif_receive_skb on, and on transmit).
+ * Addresses are in network order (display="ipv4"), ports in host order, proto is the
+ * IP protocol. Ports only for TCP and UDP, and only in the first fragment (later
+ * ones carry no transport header): 0 otherwise. Returns 1 for an IPv4 packet, 0
+ * (nothing written) for anything else. Where the probe includes <linux/skbuff.h>
+ * (or builds for CO-RE). */
+#if defined(_LINUX_SKBUFF_H) || defined(TK_CORE)
+struct tk__iphdr {
+    u8 version_ihl;
+    u8 tos;
+    u16 tot_len;
+    u16 id;
+    u16 frag_off;
+    u8 ttl;
+    u8 protocol;
+    u16 check;
+    u32 saddr;
+    u32 daddr;
+};
+
+static __always_inline int tk_read_skb_flow(struct sk_buff *skb, u32 *saddr, u32 *daddr,
+                                            u16 *sport, u16 *dport, u8 *proto)
+{
+    u16 l3 = 0, nh = 0;
+    unsigned char *head = NULL;
+    bpf_probe_read_kernel(&l3, sizeof(l3), &skb->protocol);
+    if (ntohs(l3) != 0x0800) /* ETH_P_IP */
+        return 0;
+    bpf_probe_read_kernel(&nh, sizeof(nh), &skb->network_header);
+    bpf_probe_read_kernel(&head, sizeof(head), &skb->head);
+    struct tk__iphdr ip = {};
+    if (bpf_probe_read_kernel(&ip, sizeof(ip), head + nh) != 0 || (ip.version_ihl >> 4) != 4)
+        return 0;
+    *saddr = ip.saddr;
+    *daddr = ip.daddr;
+    *proto = ip.protocol;
+    *sport = *dport = 0;
+    /* 6: TCP, 17: UDP; the low 13 bits of frag_off are the fragment's offset. */
+    if ((ip.protocol == 6 || ip.protocol == 17) && (ntohs(ip.frag_off) & 0x1fff) == 0) {
+        u16 ports[2] = {};
+        bpf_probe_read_kernel(&ports, sizeof(ports), head + nh + (ip.version_ihl & 0xf) * 4);
+        *sport = ntohs(ports[0]);
+        *dport = ntohs(ports[1]);
+    }
+    return 1;
+}
+#endif
+
 #endif /* TRACEKIT_H */

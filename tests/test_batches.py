@@ -67,6 +67,7 @@ def test_rows_and_records_round_trip() -> None:
 
 
 def test_records_of_another_length_are_refused() -> None:
+    assert SCHEMA.size == 80  # txq-flip's C struct: no padding, no holes
     with pytest.raises(ValueError, match="whole number of 80-byte records"):
         EventBatch.from_records("t", SCHEMA, b"\0" * 81)
 

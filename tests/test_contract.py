@@ -185,8 +185,10 @@ def test_counter_labels_computed_when_the_probe_loads() -> None:
     assert cm.resolved().labels == ("NOT_SPECIFIED", "NO_SOCKET") and len(calls) == 1
     fixed = CounterMap("c", ("a", "b"))
     assert fixed.resolved() is fixed  # fixed labels: unchanged, as before
-    with pytest.raises(ValueError, match="labels or labels_from"):
-        CounterMap("empty")
+    with pytest.raises(ValueError, match="labels or labels_from, not both"):
+        CounterMap("both", ("a",), labels_from=reasons)
+    with pytest.raises(UsageError, match="no labels"):
+        CounterMap("empty").resolved()  # outside a ProbeSpec, whose C would name them
     with pytest.raises(UsageError, match="duplicate"):
         CounterMap("d", labels_from=lambda: ["a", "a"]).resolved()
 

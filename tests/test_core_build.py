@@ -15,6 +15,7 @@ from tracekit.errors import TracekitError
 from tracekit.loader import layout_problems
 from tracekit.preflight import choose_loader, module_btf_problem
 from tracekit.registry import ProbeSpec
+from tracekit.testing import synthetic_rows
 
 pytestmark = pytest.mark.skipif(shutil.which("clang") is None, reason="clang not installed")
 
@@ -153,34 +154,18 @@ def test_core_decode_strips_ring_headers_in_one_step() -> None:
     probe = CoreProbe(spec, spec.resolve_params({}), path)
     try:
         schema = spec.schema
-        rows = [
-            (
-                i,
-                0xFFFF_8880_0000_0000 + i,
-                i % 2,
-                100 + i,
-                3,
-                0x0100007F,
-                0x0200007F,
-                40000 + i,
-                5201,
-                2,
-                0xFFFF,
-                i % 4,
-                1,
-                0,
-                "tk0",
-                "iperf3",
-            )
-            for i in range(5)
-        ]
-        stride = (8 + schema.size + 7) & ~7
+        rows = synthetic_rows(schema, 5, seed=7)
+        # As the kernel writes struct tk_event (the schema drops any padding; txq-flip's
+        # struct has none since it carries `cause`: tests/test_schema.py covers pads).
+        size = schema.kernel_size
+        assert size == 80
+        stride = (8 + size + 7) & ~7
         run = bytearray()
         for r in rows:
             raw = struct.pack(
-                schema.struct_format, *[v.encode() if isinstance(v, str) else v for v in r]
+                schema.kernel_struct_format, *[v.encode() if isinstance(v, str) else v for v in r]
             )
-            run += struct.pack("=II", schema.size, 0) + raw + bytes(stride - 8 - schema.size)
+            run += struct.pack("=II", size, 0) + raw + bytes(stride - 8 - size)
         batch = probe.decode_run(memoryview(bytes(run)), len(rows))
         assert batch.packed and len(batch) == 5
         assert batch.rows == rows

@@ -4,13 +4,39 @@ import struct
 
 import pytest
 
-from tracekit.probes.txq_flip import SCHEMA
+from tracekit.probes.txq_flip import FIELDS
 from tracekit.schema import Field, HistSpec, Schema, format_value
+
+# txq-flip's event as it was before it carried `cause`: one explicit `pad` byte (so
+# every byte the program copies out is initialised), which is never a field.
+PADDED_C = """
+struct tk_event {
+    u64 ts_ns;
+    u64 sk;
+    u32 cpu;
+    u32 pid;
+    u32 ifindex;
+    u32 saddr;
+    u32 daddr;
+    u16 sport;
+    u16 dport;
+    u16 family;
+    u16 queue_before;
+    u16 queue_after;
+    u8 ooo_okay;
+    u8 pad;
+    char ifname[16];
+    char comm[16];
+};
+"""
+SCHEMA = Schema.from_c(PADDED_C, [f for f in FIELDS if f.name != "cause"])
 
 
 def test_decoder_reads_the_c_layout() -> None:
-    # The same bytes a BPF program would write for struct tk_event (80 bytes).
-    assert SCHEMA.size == 80
+    # The same bytes a BPF program would write for struct tk_event (80 bytes, with
+    # its `pad` byte); the fields alone are 79, and `pad` is none of them.
+    assert SCHEMA.kernel_size == 80 and SCHEMA.size == 79
+    assert "pad" not in SCHEMA.names
     raw = struct.pack(
         "=QQIIIIIHHHHHBB16s16s",
         123,
@@ -26,11 +52,12 @@ def test_decoder_reads_the_c_layout() -> None:
         0xFFFF,
         1,
         1,
-        0,
+        0x5A,  # pad: whatever it holds, it is skipped
         b"tk0\0garbage".ljust(16, b"\0"),
         b"iperf3".ljust(16, b"\0"),
     )
     row = SCHEMA.make_decoder().decode(raw + b"\0" * 8)  # perf pads records
+    assert len(row) == len(SCHEMA.fields) == 15
     assert row[0] == 123 and row[2] == 1
     assert row[SCHEMA.index("ifname")] == "tk0"
     assert row[SCHEMA.index("comm")] == "iperf3"
@@ -39,8 +66,11 @@ def test_decoder_reads_the_c_layout() -> None:
 
 
 def test_offsets_follow_declaration_order() -> None:
-    offs = SCHEMA.offsets()
-    assert offs["ts_ns"] == 0 and offs["sk"] == 8 and offs["ifname"] == 48 and offs["comm"] == 64
+    kernel = dict(zip(SCHEMA.names, SCHEMA.kernel_offsets(), strict=True))
+    assert kernel["ts_ns"] == 0 and kernel["sk"] == 8 and kernel["ifname"] == 48
+    assert kernel["comm"] == 64
+    packed = SCHEMA.offsets()  # as traces store records: no padding
+    assert packed["ifname"] == 47 and packed["comm"] == 63
 
 
 def test_schema_round_trips_through_dict() -> None:
@@ -70,13 +100,15 @@ def test_duplicate_field_names_rejected() -> None:
         Schema(fields=(Field("a", "u8"), Field("a", "u16")))
 
 
-def test_event_structs_have_no_tail_padding() -> None:
-    """C pads a struct to its widest member; the schema must declare that padding.
-
-    Every probe of every installed plugin, built-in or not.
-    """
+def test_no_probe_has_padding_among_its_fields() -> None:
+    """Every probe of every installed plugin, built-in or not, reads its schema from
+    its C: padding members stay in the kernel's record, never among the fields."""
     from tracekit.bus import build_bus
 
     for spec in build_bus().probes:
-        widest = max(f.size for f in spec.schema.fields if not f.is_str)
-        assert spec.schema.size % widest == 0, (spec.name, spec.schema.size)
+        layout = spec.schema.layout
+        assert layout is not None, spec.name
+        pads = [m.name for m in layout.members if m.padding]
+        assert not set(pads) & set(spec.schema.names), spec.name
+        assert spec.schema.kernel_dtype.itemsize == layout.size, spec.name
+        assert spec.schema.size == sum(f.size for f in spec.schema.fields), spec.name

@@ -139,13 +139,54 @@ class CoreProbe(KernelProbe):
         in one numpy operation: no Python step per event."""
         import numpy as np
 
-        size = schema.size
+        size = schema.kernel_size
         stride = (HEADER + size + 7) & ~7
+        dtype = schema.dtype
+        probe = self.spec.name
+        if not schema.kernel_packed:
+            # The C struct has padding or holes: each stretch of fields that lies back
+            # to back in both layouts is copied as one opaque item, for all records at
+            # once (a struct with one `pad` member is two stretches). numpy's
+            # structured astype would go field by field, 10x slower (bench/repack.py).
+            stretches: list[list[int]] = []  # [offset in the ring, in the row, length]
+            packed = schema.offsets()
+            for f, off in zip(schema.fields, schema.kernel_offsets(), strict=True):
+                k, p = HEADER + off, packed[f.name]
+                last = stretches[-1] if stretches else None
+                if last and last[0] + last[2] == k and last[1] + last[2] == p:
+                    last[2] += f.size
+                else:
+                    stretches.append([k, p, f.size])
+            names = [f"s{i}" for i in range(len(stretches))]
+            formats = [f"V{length}" for _, _, length in stretches]
+            ring_side = np.dtype(
+                {
+                    "names": names,
+                    "formats": formats,
+                    "offsets": [k for k, _, _ in stretches],
+                    "itemsize": stride,
+                }
+            )
+            row_side = np.dtype(
+                {
+                    "names": names,
+                    "formats": formats,
+                    "offsets": [p for _, p, _ in stretches],
+                    "itemsize": schema.size,
+                }
+            )
+
+            def repack(run: memoryview, n: int) -> EventBatch:
+                src = np.frombuffer(run, dtype=ring_side, count=n)
+                out = np.empty(n, dtype=row_side)
+                for name in names:
+                    out[name] = src[name]
+                return EventBatch(probe, schema=schema, array=out.view(dtype))
+
+            return repack
         ring = np.dtype(
             {"names": ["ev"], "formats": [f"V{size}"], "offsets": [HEADER], "itemsize": stride}
         )
-        dtype = schema.dtype
-        probe = self.spec.name
 
         def decode(run: memoryview, n: int) -> EventBatch:
             # Always a copy: the kernel reuses the ring once the consumer moves on, and
@@ -222,7 +263,7 @@ class CoreProbe(KernelProbe):
         if self._ring is None:
             return []
         self._ring.wait(timeout_ms)
-        batches = self._ring.drain(self.decode_run, self.spec.schema.size)
+        batches = self._ring.drain(self.decode_run, self.spec.schema.kernel_size)
         return EventBatch.concat(batches) if batches else []
 
     # -- maps --------------------------------------------------------------------------

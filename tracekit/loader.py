@@ -73,22 +73,26 @@ def ctypes_members(cls: Any) -> list[tuple[str, int]]:
 
 def layout_problems(members: list[tuple[str, int]], size: int, schema: Any) -> list[str]:
     """How a compiled struct (its members' names and offsets, its size) differs from
-    a schema.
+    the layout the schema expects: the C struct as tracekit read it (padding members
+    included), or the packed fields of a hand-made schema.
 
-    BCC names the holes clang left ``__pad_N``; a schema declares its padding as
-    fields, so only named members are compared by name, every member by offset.
+    BCC names the holes clang left ``__pad_N``: they are not members of the C.
     """
     named = [(n, off) for n, off in members if not n.startswith("__pad_")]
-    offsets = schema.offsets()
+    if schema.layout is not None:
+        want = {m.name: m.offset for m in schema.layout.members}
+        want_size = schema.layout.size
+    else:
+        want, want_size = schema.offsets(), schema.size
     problems = []
-    if [n for n, _ in named] != list(schema.names):
-        problems.append(f"fields {[n for n, _ in named]} != schema {list(schema.names)}")
+    if [n for n, _ in named] != list(want):
+        problems.append(f"fields {[n for n, _ in named]} != schema {list(want)}")
     else:
         for name, off in named:
-            if off != offsets[name]:
-                problems.append(f"{name} at offset {off}, schema says {offsets[name]}")
-    if size != schema.size:
-        problems.append(f"struct is {size} bytes, schema {schema.size}")
+            if off != want[name]:
+                problems.append(f"{name} at offset {off}, schema says {want[name]}")
+    if size != want_size:
+        problems.append(f"struct is {size} bytes, schema {want_size}")
     return problems
 
 
@@ -205,7 +209,8 @@ class LoadedProbe(KernelProbe):
         """Refuse to run when the Python schema and the compiled C struct disagree.
 
         The struct as clang laid it out comes from the ``tk_event_layout`` map that
-        tracekit.h declares with ``struct tk_event`` as its value type.
+        tracekit.h declares with ``struct tk_event`` as its value type; the schema's
+        is tracekit's own reading of the same C (tracekit/cdecl.py).
         """
         try:
             with bcc_guard(f"probe {self.spec.name}: reading struct tk_event"):

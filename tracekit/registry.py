@@ -12,8 +12,9 @@ from dataclasses import dataclass, field, replace
 from importlib.resources.abc import Traversable
 from typing import Any, Generic, TypeVar
 
+from tracekit.cdecl import CDeclError, CSource
 from tracekit.errors import DuplicateError, UsageError
-from tracekit.schema import Schema
+from tracekit.schema import Field, HistSpec, Schema
 
 
 @dataclass(frozen=True)
@@ -81,11 +82,14 @@ class Param:
 class CounterMap:
     """An in-kernel per-CPU counter array read when the run ends.
 
-    ``map`` names a ``BPF_PERCPU_ARRAY`` in the probe; ``labels`` names its slots
-    (slot i is ``labels[i]``). When the names depend on the running kernel (drop
-    reasons, whose numbers differ between releases), give ``labels_from`` instead: a
-    function returning the names, called once when the probe loads, on the machine
-    that runs it. A trace stores the names it used, so a replay needs neither.
+    ``map`` names a ``BPF_PERCPU_ARRAY`` in the probe. Its slots are named once, in
+    the C, by ``enum <map>`` (tracekit/cdecl.py: ``RSS_COUNTS_PACKETS`` is slot
+    ``packets``); the ProbeSpec reads them when it is made. ``labels`` names them
+    by hand instead (a probe without such an enum). When the names depend on the
+    running kernel (drop reasons, whose numbers differ between releases), give
+    ``labels_from``: a function returning the names, called once when the probe
+    loads, on the machine that runs it. A trace stores the names it used, so a
+    replay needs none of these.
     """
 
     map: str
@@ -94,12 +98,14 @@ class CounterMap:
     labels_from: Callable[[], Sequence[str]] | None = None
 
     def __post_init__(self) -> None:
-        if not self.labels and self.labels_from is None:
-            raise ValueError(f"counter map {self.map}: give labels or labels_from")
+        if self.labels and self.labels_from is not None:
+            raise ValueError(f"counter map {self.map}: give labels or labels_from, not both")
 
     def resolved(self) -> CounterMap:
         """This map with ``labels`` computed by ``labels_from`` (itself without one)."""
         if self.labels_from is None:
+            if not self.labels:
+                raise UsageError(f"counter map {self.map}: no labels")
             return self
         labels = tuple(str(n) for n in self.labels_from())
         if not labels:
@@ -125,9 +131,20 @@ def min_kernel_version(text: str) -> tuple[int, ...]:
     return v
 
 
+# ProbeSpec.schema's default: read struct tk_event from the source.
+_FROM_C = Schema(fields=())
+
+
 @dataclass(frozen=True)
 class ProbeSpec:
     """Everything tracekit needs to compile, attach and decode one probe.
+
+    The C source is the one declaration of the probe's layouts: ``struct tk_event``
+    gives the schema (``fields`` and ``histograms`` add how fields are shown, see
+    ``Schema.from_c``), ``struct tk_agg_key`` the ``agg_fields``, ``enum <map>`` the
+    labels of each ``CounterMap``. They are read when the spec is made, without a
+    compiler; anything the C declares outside tracekit/cdecl.py's subset is refused
+    then, naming file and line. ``schema=`` takes a hand-made Schema instead (tests).
 
     ``min_kernel`` (``"5.8"``) is checked before compiling: an older running kernel
     is one ``tracekit:`` line naming both versions (status 15).
@@ -136,8 +153,12 @@ class ProbeSpec:
     name: str
     description: str
     source: Traversable
-    schema: Schema
-    attach: tuple[AttachPoint, ...]
+    schema: Schema = _FROM_C
+    attach: tuple[AttachPoint, ...] = ()
+    # How the struct's fields are shown, by name (Field without a type), and the
+    # default histograms: see Schema.from_c.
+    fields: tuple[Field, ...] = ()
+    histograms: tuple[HistSpec, ...] = ()
     params: tuple[Param, ...] = ()
     counters: tuple[CounterMap, ...] = ()
     min_kernel: str = "5.8"
@@ -159,9 +180,10 @@ class ProbeSpec:
     enrich: Callable[[Any, Any, list[tuple[Any, ...]]], list[tuple[Any, ...]]] | None = None
     # The fields ``enrich`` fills (available in in-kernel aggregates too).
     enriched_fields: tuple[str, ...] = ()
-    # A BPF hash named ``tk_agg`` keyed by a struct whose members are schema fields,
-    # valued by a u64 count: what the probe counts in the kernel when no sink needs
-    # single events. These are its key fields.
+    # A BPF hash named ``tk_agg`` keyed by ``struct tk_agg_key``, whose members are
+    # event fields, valued by a u64 count: what the probe counts in the kernel when
+    # no sink needs single events. Its key fields, read from the C (given by hand
+    # only with a hand-made schema).
     agg_fields: tuple[str, ...] = ()
     # Lines summarising a run from its summary (counters), printed with the results.
     report: Callable[[Any], list[str]] | None = None
@@ -179,6 +201,77 @@ class ProbeSpec:
                 f"probe {self.name}: event_struct must be 'tk_event' (the loaders read "
                 f"only struct tk_event), not {self.event_struct!r}"
             )
+        self._read_c()
+
+    def _read_c(self) -> None:
+        """Fill the schema, agg_fields and counter labels from the C declarations."""
+        src: CSource | None = None
+
+        def source() -> CSource:
+            nonlocal src
+            if src is None:
+                src = CSource.parse(self.source.read_text(), self.source.name)
+            return src
+
+        schema = self.schema
+        if schema is _FROM_C:
+            schema = Schema.from_struct(
+                source().struct(self.event_struct), self.fields, self.histograms
+            )
+            object.__setattr__(self, "schema", schema)
+        elif (self.fields or self.histograms) and schema.layout is None:
+            # (A spec copied by dataclasses.replace passes both, the schema from C.)
+            raise ValueError(
+                f"probe {self.name}: give fields and histograms (the C has the struct) "
+                "or a hand-made schema, not both"
+            )
+        if schema.layout is not None:
+            self._read_agg_key(source())
+        counters = []
+        for cm in self.counters:
+            # A hand-made schema with hand-given labels reads nothing from the C.
+            if cm.labels_from is None and (not cm.labels or schema.layout is not None):
+                labels = source().counter_labels(cm.map)
+                if labels is None and not cm.labels:
+                    raise CDeclError(
+                        f"{self.source.name}: counter map {cm.map} has no labels: declare "
+                        f"'enum {cm.map} {{ {cm.map.upper()}_<LABEL>, ... }};' in the C"
+                    )
+                if labels is not None and cm.labels and cm.labels != labels:
+                    raise CDeclError(
+                        f"{self.source.name}: counter map {cm.map}: labels {list(cm.labels)} "
+                        f"differ from enum {cm.map}'s {list(labels)}; leave them to the C"
+                    )
+                if labels is not None:
+                    cm = replace(cm, labels=labels)
+            counters.append(cm)
+        object.__setattr__(self, "counters", tuple(counters))
+
+    def _read_agg_key(self, src: CSource) -> None:
+        if not src.has_struct("tk_agg_key"):
+            if self.agg_fields:
+                raise CDeclError(
+                    f"{self.source.name}: agg_fields given but no struct tk_agg_key declared"
+                )
+            return
+        key = src.struct("tk_agg_key")
+        names = []
+        members = [(e, m.line) for m in key.members if not m.padding for e in m.elements()]
+        for (name, ctype, _), line in members:
+            where = f"{key.path}:{line}: struct tk_agg_key member {name}"
+            if name not in self.schema.names:
+                raise CDeclError(f"{where} is not a field of struct {self.event_struct}")
+            if self.schema.field(name).type != ctype:
+                raise CDeclError(
+                    f"{where} is {ctype}, the event's is {self.schema.field(name).type}"
+                )
+            names.append(name)
+        if self.agg_fields and tuple(self.agg_fields) != tuple(names):
+            raise CDeclError(
+                f"{key.path}:{key.line}: agg_fields {list(self.agg_fields)} differ from "
+                f"struct tk_agg_key's {names}; leave agg_fields to the C"
+            )
+        object.__setattr__(self, "agg_fields", tuple(names))
 
     def param(self, name: str) -> Param:
         for p in self.params:

@@ -15,7 +15,13 @@ def names(kind: str, name: str) -> dict[str, str]:
     if not re.fullmatch(r"[a-z][a-z0-9-]{0,30}", name):
         raise UsageError(f"{kind} name {name!r}: use lowercase letters, digits and '-'")
     ident = name.replace("-", "_")
-    return {"name": name, "ident": ident, "pkg": f"tracekit_{ident}", "dist": f"tracekit-{name}"}
+    return {
+        "name": name,
+        "ident": ident,
+        "IDENT": ident.upper(),  # C enumerators (counter slots)
+        "pkg": f"tracekit_{ident}",
+        "dist": f"tracekit-{name}",
+    }
 
 
 def _render_path(rel: str, n: dict[str, str]) -> str:

@@ -4,9 +4,12 @@ A probe declares its schema once. The same object drives decoding raw records fr
 the kernel, the console's columns, the histograms and the trace file header, so a
 field cannot mean one thing to the decoder and another to a sink.
 
-The C struct in the probe's ``.bpf.c`` is the single declaration of the *layout*; the
-loader checks at load time that the schema's fields, sizes and offsets match what
-BCC compiled, and refuses to run when they drift apart.
+The C struct in the probe's ``.bpf.c`` is the single declaration of the *layout*:
+``Schema.from_c`` reads it (tracekit/cdecl.py, no compiler needed) and adds only how
+each field is shown. Padding members and holes stay in the kernel's record
+(``kernel_dtype``) and never become fields: rows, traces and sinks see the fields
+alone, packed (``dtype``). The loaders check the C layout against what the compiler
+produced, and refuse to run when they drift apart.
 """
 
 from __future__ import annotations
@@ -17,8 +20,10 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
+from importlib.resources.abc import Traversable
 from typing import Any
 
+from tracekit.cdecl import CSource, CStruct
 from tracekit.safe_text import printable
 
 # Field types and their struct codes (little endian, x86_64 BPF).
@@ -55,10 +60,13 @@ class Field:
     ``type`` is ``u8``..``u64``, ``s8``..``s64`` or ``str<N>`` (a NUL padded char array).
     ``key`` marks fields that make sense as histogram keys (CPU, queue, interface).
     ``display`` says how sinks render the raw value.
+
+    Given to ``Schema.from_c`` (or ``ProbeSpec(fields=...)``), a field names a member
+    of the C struct and says only how it is shown: leave ``type`` out, the C has it.
     """
 
     name: str
-    type: str
+    type: str = ""
     unit: str = ""
     key: bool = False
     display: str = "int"
@@ -67,7 +75,8 @@ class Field:
     choices: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        if self.type not in _STRUCT_CODES and not _is_str_type(self.type):
+        # "": a presentation of a C member, typed by Schema.from_c.
+        if self.type and self.type not in _STRUCT_CODES and not _is_str_type(self.type):
             raise ValueError(f"field {self.name!r}: unknown type {self.type!r}")
         if self.display not in DISPLAYS:
             raise ValueError(f"field {self.name!r}: unknown display {self.display!r}")
@@ -171,13 +180,25 @@ class HistSpec:
 
 @dataclass(frozen=True)
 class Schema:
-    """The ordered fields of one probe's events, plus its default histograms."""
+    """The ordered fields of one probe's events, plus its default histograms.
+
+    ``layout`` is the C struct the fields were read from (``from_c``): where each
+    field sits in the kernel's record and how long that record is, padding included.
+    A schema without one (from a trace file, or built by hand) has packed records.
+    """
 
     fields: tuple[Field, ...]
     histograms: tuple[HistSpec, ...] = ()
     _index: dict[str, int] = field(default_factory=dict, compare=False, repr=False)
+    layout: CStruct | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
+        untyped = [f.name for f in self.fields if not f.type]
+        if untyped:
+            raise ValueError(
+                f"field {untyped[0]!r} has no type: give one, or read the struct with "
+                "Schema.from_c (ProbeSpec(fields=...))"
+            )
         names = [f.name for f in self.fields]
         # Counted once, not names.count() per name: a schema read from a trace may be
         # long, and a quadratic check is a way to make a small file take minutes.
@@ -207,11 +228,104 @@ class Schema:
             if self.field(n).is_str and n == h.value:
                 raise ValueError(f"histogram value {n!r} is a string field")
 
+    @classmethod
+    def from_c(
+        cls,
+        source: Traversable | str,
+        fields: Sequence[Field] = (),
+        histograms: Sequence[HistSpec] = (),
+        struct: str = "tk_event",
+    ) -> Schema:
+        """The schema of ``struct`` as the C source declares it, shown as ``fields`` say.
+
+        ``source`` is the ``.bpf.c`` (or its text). Every member that is not padding
+        (``pad``, ``pad2``, ``_x``: tracekit/cdecl.py) becomes a field, in declaration
+        order, typed from the C; ``fields`` add unit, display, doc, key and choices by
+        name (an array member's presentation applies to each of its elements). A name
+        in ``fields`` that the struct does not have is refused, as is a C construct
+        outside the supported subset (CDeclError, naming file and line).
+        """
+        src = _c_source(source)
+        st = src.struct(struct)
+        return cls.from_struct(st, fields, histograms)
+
+    @classmethod
+    def from_struct(
+        cls, st: CStruct, fields: Sequence[Field] = (), histograms: Sequence[HistSpec] = ()
+    ) -> Schema:
+        """``from_c`` for a struct already read."""
+        members = st.fields()
+        shown = {f.name: f for f in fields}
+        # An element x_0 of an array member x is shown as "x_0" says, else as "x" says.
+        base = {name: m.name for m in st.members for name, _, _ in m.elements()}
+        pads = {m.name for m in st.members if m.padding}
+        for n in shown:
+            if n in pads:
+                raise ValueError(f"{st.path}: struct {st.name}: {n!r} is padding, not a field")
+            if n not in base and n not in base.values():
+                raise ValueError(
+                    f"{st.path}: struct {st.name} has no member {n!r}; its fields are "
+                    + ", ".join(name for name, _, _ in members)
+                )
+        out = []
+        for name, ctype, _ in members:
+            p = shown.get(name) or shown.get(base[name])
+            if p is not None and p.type and p.type != ctype:
+                raise ValueError(
+                    f"{st.path}: struct {st.name}: {name} is {ctype} in the C, not {p.type}"
+                )
+            if p is None:
+                out.append(Field(name, ctype))
+            else:
+                out.append(Field(name, ctype, p.unit, p.key, p.display, p.doc, p.choices))
+        return cls(tuple(out), tuple(histograms), layout=st)
+
     @property
     def struct_format(self) -> str:
-        # "=" keeps natural sizes without native alignment: the C structs are
-        # declared with explicit padding fields so that both sides agree byte for byte.
+        """The packed record (as traces store it): fields back to back."""
         return "=" + "".join(f.struct_code for f in self.fields)
+
+    def kernel_offsets(self) -> list[int]:
+        """Each field's offset in the kernel's record (the C struct's layout)."""
+        if self.layout is None:
+            return list(self.offsets().values())
+        at = {name: off for name, _, off in self.layout.fields()}
+        return [at[f.name] for f in self.fields]
+
+    @property
+    def kernel_size(self) -> int:
+        """The size of one record as the kernel writes it (``sizeof(struct tk_event)``)."""
+        return self.size if self.layout is None else self.layout.size
+
+    @property
+    def kernel_packed(self) -> bool:
+        """True when the kernel's record is the packed one: no padding to drop."""
+        return self.kernel_size == self.size and self.kernel_offsets() == list(
+            self.offsets().values()
+        )
+
+    @property
+    def kernel_struct_format(self) -> str:
+        """A struct format reading the kernel's record: padding and holes skipped."""
+        out, pos = "=", 0
+        for f, off in zip(self.fields, self.kernel_offsets(), strict=True):
+            out += "x" * (off - pos) + f.struct_code
+            pos = off + f.size
+        return out + "x" * (self.kernel_size - pos)
+
+    @cached_property
+    def kernel_dtype(self) -> Any:
+        """The kernel's record as a numpy dtype: fields ``f0``... at their C offsets."""
+        import numpy as np
+
+        return np.dtype(
+            {
+                "names": [f"f{i}" for i in range(len(self.fields))],
+                "formats": [self.dtype[i] for i in range(len(self.fields))],
+                "offsets": self.kernel_offsets(),
+                "itemsize": self.kernel_size,
+            }
+        )
 
     @property
     def size(self) -> int:
@@ -263,14 +377,21 @@ class Schema:
         )
 
 
+def _c_source(source: Traversable | str) -> CSource:
+    if isinstance(source, str):
+        return CSource.parse(source)
+    return CSource.parse(source.read_text(), source.name)
+
+
 class Decoder:
     """Turns raw records from the kernel into tuples in schema order.
 
-    Strings are cut at their first NUL and decoded; integers pass through untouched.
+    Records are read in the kernel's layout (padding skipped). Strings are cut at
+    their first NUL and decoded; integers pass through untouched.
     """
 
     def __init__(self, schema: Schema) -> None:
-        self._struct = struct.Struct(schema.struct_format)
+        self._struct = struct.Struct(schema.kernel_struct_format)
         self.size = self._struct.size
         self._str_idx = tuple(i for i, f in enumerate(schema.fields) if f.is_str)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from tracekit.registry import AttachPoint, CounterMap, ProbeSpec
-from tracekit.schema import Field, Schema
+from tracekit.schema import Field
 
 HERE = Path(__file__).resolve().parent
 
@@ -13,13 +13,7 @@ SPEC = ProbeSpec(
     name="bench-getppid",
     description="one event per getppid() call",
     source=HERE / "getppid.bpf.c",  # type: ignore[arg-type]
-    schema=Schema(
-        fields=(
-            Field("ts_ns", "u64", display="ts"),
-            Field("cpu", "u32", key=True),
-            Field("pid", "u32"),
-        )
-    ),
+    fields=(Field("ts_ns", display="ts"), Field("cpu", key=True)),
     attach=(AttachPoint("tracepoint", "syscalls:sys_enter_getppid", "tk_bench"),),
     counters=(CounterMap("bench_counts", ("calls",)),),
 )

@@ -15,7 +15,7 @@ from tracekit import hookimpl
 from tracekit.btf import module_btf, struct_offsets, vmlinux_btf
 from tracekit.errors import AttachPointError, TracekitError
 from tracekit.registry import AttachPoint, CounterMap, ProbeRegistry, ProbeSpec
-from tracekit.schema import Field, HistSpec, Schema
+from tracekit.schema import Field, HistSpec
 from tracekit.session import Summary
 
 KINDS = ("-", "throttle", "flow_limit_drop", "empty_dequeue")
@@ -23,37 +23,32 @@ KINDS = ("-", "throttle", "flow_limit_drop", "empty_dequeue")
 # Members read by the BPF code and the size it reads each as.
 FQ_MEMBERS = {"stat_throttled": 8, "stat_flows_plimit": 8, "time_next_delayed_flow": 8}
 
-SCHEMA = Schema(
-    fields=(
-        Field("ts_ns", "u64", unit="ns", display="ts"),
-        Field("sk", "u64", display="hex", doc="socket of a dropped skb (0: none)"),
-        Field(
-            "delay_us",
-            "u64",
-            unit="us",
-            doc="throttle: time until the qdisc's next departure (its watchdog)",
-        ),
-        Field("cpu", "u32", key=True),
-        Field("ifindex", "u32", key=True),
-        Field("saddr", "u32", key=True, display="ipv4"),
-        Field("daddr", "u32", key=True, display="ipv4"),
-        Field("count", "u32", doc="events of this kind in this call"),
-        Field("qlen", "u32", doc="packets queued in the qdisc"),
-        Field("sport", "u16", key=True, display="port"),
-        Field("dport", "u16", key=True, display="port"),
-        Field("queue", "u16", key=True, doc="TX queue the fq instance serves"),
-        Field("kind", "u8", key=True, display="enum", choices=KINDS),
-        Field("pad", "u8"),
-        Field("ifname", "str16", key=True),
+# How the fields of struct tk_event (fq_throttle.bpf.c) are shown; the C declares them.
+FIELDS = (
+    Field("ts_ns", unit="ns", display="ts"),
+    Field("sk", display="hex", doc="socket of a dropped skb (0: none)"),
+    Field(
+        "delay_us", unit="us", doc="throttle: time until the qdisc's next departure (its watchdog)"
     ),
-    histograms=(
-        HistSpec(value="delay_us", by=("ifname", "queue"), kind="log2", title="throttle_delay"),
-        HistSpec(
-            value=None,
-            by=("kind", "saddr", "sport", "daddr", "dport"),
-            kind="count",
-            title="events_by_flow",
-        ),
+    Field("cpu", key=True),
+    Field("ifindex", key=True),
+    Field("saddr", key=True, display="ipv4"),
+    Field("daddr", key=True, display="ipv4"),
+    Field("count", doc="events of this kind in this call"),
+    Field("qlen", doc="packets queued in the qdisc"),
+    Field("sport", key=True, display="port"),
+    Field("dport", key=True, display="port"),
+    Field("queue", key=True, doc="TX queue the fq instance serves"),
+    Field("kind", key=True, display="enum", choices=KINDS),
+    Field("ifname", key=True),
+)
+HISTOGRAMS = (
+    HistSpec(value="delay_us", by=("ifname", "queue"), kind="log2", title="throttle_delay"),
+    HistSpec(
+        value=None,
+        by=("kind", "saddr", "sport", "daddr", "dport"),
+        kind="count",
+        title="events_by_flow",
     ),
 )
 
@@ -118,7 +113,8 @@ PROBE = ProbeSpec(
     name="fq-throttle",
     description="sch_fq throttling, empty dequeues and flow_limit drops per queue and flow",
     source=files(__package__).joinpath("fq_throttle.bpf.c"),
-    schema=SCHEMA,
+    fields=FIELDS,
+    histograms=HISTOGRAMS,
     attach=(
         AttachPoint("kprobe", "fq_enqueue", "tk_fq_enqueue", module="sch_fq"),
         AttachPoint("kretprobe", "fq_enqueue", "tk_fq_enqueue_ret", module="sch_fq"),
@@ -129,13 +125,9 @@ PROBE = ProbeSpec(
         AttachPoint("raw_tracepoint", "skb:kfree_skb", "tk_fq_kfree_skb", group="drops"),
     ),
     counters=(
+        CounterMap("fq_counts"),
         CounterMap(
-            "fq_counts", ("throttled", "flow_limit_drops", "empty_dequeues", "dequeues", "enqueues")
-        ),
-        CounterMap(
-            "fq_drops",
-            ("flow_limit", "band_limit", "horizon"),
-            doc="fq's drops by the reason the kernel gives (6.14+; none counted before)",
+            "fq_drops", doc="fq's drops by the reason the kernel gives (6.14+; none counted before)"
         ),
     ),
     plot=_draw_plot,
@@ -145,6 +137,7 @@ PROBE = ProbeSpec(
     report=report,
     core=True,
 )
+SCHEMA = PROBE.schema
 
 
 @hookimpl

@@ -42,8 +42,14 @@ struct tk_event {
 #define KIND_FLOW_LIMIT_DROP 2
 #define KIND_EMPTY_DEQUEUE 3
 
-/* Per-CPU counters: [0] flows throttled, [1] flow_limit drops, [2] dequeues that
- * returned nothing with packets queued, [3] dequeue calls, [4] enqueue calls. */
+/* Per-CPU counters (slot i is enumerator i; tracekit names them from this enum). */
+enum fq_counts {
+    FQ_COUNTS_THROTTLED,        /* flows throttled */
+    FQ_COUNTS_FLOW_LIMIT_DROPS, /* flow_limit drops */
+    FQ_COUNTS_EMPTY_DEQUEUES,   /* dequeues that returned nothing with packets queued */
+    FQ_COUNTS_DEQUEUES,         /* dequeue calls */
+    FQ_COUNTS_ENQUEUES,         /* enqueue calls */
+};
 BPF_PERCPU_ARRAY(fq_counts, u64, 5);
 
 struct call_state {
@@ -228,11 +234,21 @@ TK_SETTING(u32, tk_skb_fq_horizon, TK_SKB_FQ_HORIZON_LIMIT, NO_REASON);
 TK_SETTING(u32, tk_qdisc_fq_flow, TK_QDISC_FQ_FLOW_LIMIT, NO_REASON);
 TK_SETTING(u32, tk_qdisc_fq_band, TK_QDISC_FQ_BAND_LIMIT, NO_REASON);
 TK_SETTING(u32, tk_qdisc_fq_horizon, TK_QDISC_FQ_HORIZON_LIMIT, NO_REASON);
-BPF_PERCPU_ARRAY(fq_drops, u64, 3);
+/* fq's drops by the kernel's reason (slot i is enumerator i; tracekit names them). */
+enum fq_drops {
+    FQ_DROPS_FLOW_LIMIT,
+    FQ_DROPS_BAND_LIMIT,
+    FQ_DROPS_HORIZON,
+    FQ_DROPS_NSLOTS
+};
+BPF_PERCPU_ARRAY(fq_drops, u64, FQ_DROPS_NSLOTS);
 
 static __always_inline void count_drop(u32 reason, u32 flow, u32 band, u32 horizon)
 {
-    int slot = reason == flow ? 0 : reason == band ? 1 : reason == horizon ? 2 : -1;
+    int slot = reason == flow      ? FQ_DROPS_FLOW_LIMIT
+               : reason == band    ? FQ_DROPS_BAND_LIMIT
+               : reason == horizon ? FQ_DROPS_HORIZON
+                                   : -1;
     if (slot < 0 || reason == NO_REASON)
         return;
     u64 *v = fq_drops.lookup(&slot);

@@ -15,7 +15,7 @@ from typing import Any
 
 from tracekit import hookimpl
 from tracekit.registry import AttachPoint, CounterMap, Param, ProbeRegistry, ProbeSpec
-from tracekit.schema import Field, HistSpec, Schema
+from tracekit.schema import Field, HistSpec
 from tracekit.session import Session, Summary
 from tracekit.stacks import classify_stack, resolve_stack
 
@@ -91,44 +91,33 @@ def path_of(frames: list[str]) -> str:
     return kind or "other"
 
 
-SCHEMA = Schema(
-    fields=(
-        Field("ts_ns", "u64", unit="ns", display="ts"),
-        Field("sk", "u64", display="hex", doc="socket address: one flow across events"),
-        Field("cpu", "u32", key=True),
-        Field("pid", "u32"),
-        Field("saddr", "u32", display="ipv4"),
-        Field("daddr", "u32", display="ipv4"),
-        Field("sport", "u16", display="port"),
-        Field("dport", "u16", display="port"),
-        Field(
-            "wmem", "u32", unit="bytes", doc="sk_wmem_alloc the kernel tested (this skb excluded)"
-        ),
-        Field("threshold", "u32", unit="bytes", doc="SKB_TRUESIZE(1) on this kernel"),
-        Field("stack_id", "s32", doc="kernel stack id (symbols are stored in the trace)"),
-        Field("ooo_okay", "u8", key=True, display="bool"),
-        Field("wmem_low", "u8", key=True, display="bool", doc="condition 1: wmem < threshold"),
-        Field("rtx_empty", "u8", key=True, display="bool", doc="condition 2: rtx queue empty"),
-        Field(
-            "path",
-            "u8",
-            key=True,
-            display="enum",
-            choices=PATHS,
-            doc="where the skb was sent from, from its stack",
-        ),
-        Field("comm", "str16"),
-        Field("pad", "u32"),
-    ),
-    histograms=(
-        HistSpec(value=None, by=("cpu", "path"), kind="count", title="ooo_okay"),
-        HistSpec(value=None, by=("wmem_low", "rtx_empty"), kind="count", title="ooo_okay_why"),
+# How the fields of struct tk_event (ooo_okay.bpf.c) are shown; the C declares them.
+FIELDS = (
+    Field("ts_ns", unit="ns", display="ts"),
+    Field("sk", display="hex", doc="socket address: one flow across events"),
+    Field("cpu", key=True),
+    Field("saddr", display="ipv4"),
+    Field("daddr", display="ipv4"),
+    Field("sport", display="port"),
+    Field("dport", display="port"),
+    Field("wmem", unit="bytes", doc="sk_wmem_alloc the kernel tested (this skb excluded)"),
+    Field("threshold", unit="bytes", doc="SKB_TRUESIZE(1) on this kernel"),
+    Field("stack_id", doc="kernel stack id (symbols are stored in the trace)"),
+    Field("ooo_okay", key=True, display="bool"),
+    Field("wmem_low", key=True, display="bool", doc="condition 1: wmem < threshold"),
+    Field("rtx_empty", key=True, display="bool", doc="condition 2: rtx queue empty"),
+    Field(
+        "path",
+        key=True,
+        display="enum",
+        choices=PATHS,
+        doc="where the skb was sent from, from its stack",
     ),
 )
-
-_STACK = SCHEMA.index("stack_id")
-_PATH = SCHEMA.index("path")
-_OOO = SCHEMA.index("ooo_okay")
+HISTOGRAMS = (
+    HistSpec(value=None, by=("cpu", "path"), kind="count", title="ooo_okay"),
+    HistSpec(value=None, by=("wmem_low", "rtx_empty"), kind="count", title="ooo_okay_why"),
+)
 
 
 def enrich(bpf: Any, session: Session, rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
@@ -168,7 +157,8 @@ PROBE = ProbeSpec(
     name="ooo-okay",
     description="who sets skb->ooo_okay on TCP transmits, why, and from which path",
     source=files(__package__).joinpath("ooo_okay.bpf.c"),
-    schema=SCHEMA,
+    fields=FIELDS,
+    histograms=HISTOGRAMS,
     attach=(
         AttachPoint("kprobe", "ip_queue_xmit", "tk_queue_xmit"),
         AttachPoint("kprobe", "inet6_csk_xmit", "tk_queue_xmit"),
@@ -182,21 +172,18 @@ PROBE = ProbeSpec(
             maximum=1,
         ),
     ),
-    counters=(
-        CounterMap(
-            "ooo_counts",
-            ("transmitted", "ooo_okay", "wmem_low", "rtx_empty"),
-            doc="TCP skbs transmitted; with ooo_okay; by condition",
-        ),
-    ),
+    counters=(CounterMap("ooo_counts", doc="TCP skbs transmitted; with ooo_okay; by condition"),),
     plot=_draw_plot,
     min_kernel="5.8",
     enrich=enrich,
     enriched_fields=("path",),
-    agg_fields=("cpu", "stack_id", "ooo_okay", "wmem_low", "rtx_empty"),
     report=report,
     core=True,
 )
+SCHEMA = PROBE.schema
+_STACK = SCHEMA.index("stack_id")
+_PATH = SCHEMA.index("path")
+_OOO = SCHEMA.index("ooo_okay")
 
 
 @hookimpl

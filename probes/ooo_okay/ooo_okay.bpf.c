@@ -47,8 +47,13 @@ struct tk_event {
 
 TK_PARAM(all); /* 1: stream every TCP skb, not only those with ooo_okay */
 
-/* Per-CPU counters: [0] TCP skbs transmitted, [1] with ooo_okay,
- * [2] ooo_okay with wmem low (condition 1), [3] ooo_okay with rtx queue empty. */
+/* Per-CPU counters (slot i is enumerator i; tracekit names them from this enum). */
+enum ooo_counts {
+    OOO_COUNTS_TRANSMITTED, /* TCP skbs transmitted */
+    OOO_COUNTS_OOO_OKAY,    /* with ooo_okay */
+    OOO_COUNTS_WMEM_LOW,    /* ooo_okay with wmem low (condition 1) */
+    OOO_COUNTS_RTX_EMPTY,   /* ooo_okay with the rtx queue empty (condition 2) */
+};
 BPF_PERCPU_ARRAY(ooo_counts, u64, 4);
 BPF_STACK_TRACE(tk_stacks, 2048);
 

@@ -10,36 +10,42 @@ from __future__ import annotations
 from importlib.resources import files
 from typing import Any
 
-from tracekit import hookimpl
-from tracekit.registry import AttachPoint, CounterMap, Param, ProbeRegistry, ProbeSpec
-from tracekit.schema import Field, HistSpec, Schema
-from tracekit.session import Summary
+from tracekit import (
+    AttachPoint,
+    CounterMap,
+    Field,
+    HistSpec,
+    Param,
+    ProbeRegistry,
+    ProbeSpec,
+    Summary,
+    hookimpl,
+)
 from tracekit.stats import imbalance
 
-SCHEMA = Schema(
-    fields=(
-        Field("ts_ns", "u64", unit="ns", display="ts"),
-        Field("cpu", "u32", key=True, doc="CPU that processed the packet"),
-        Field("ifindex", "u32", key=True),
-        Field("hash", "u32", display="hex", doc="skb->hash (the RSS/RPS flow hash)"),
-        Field("saddr", "u32", key=True, display="ipv4"),
-        Field("daddr", "u32", key=True, display="ipv4"),
-        Field("len", "u32", unit="bytes"),
-        Field("sport", "u16", key=True, display="port"),
-        Field("dport", "u16", key=True, display="port"),
-        Field("rx_queue", "u16", key=True, display="queue", doc="RX queue (none: not recorded)"),
-        Field("proto", "u8", key=True),
-        Field("l4_hash", "u8", display="bool", doc="the hash covers ports"),
-        Field("ifname", "str16", key=True),
-    ),
-    histograms=(
-        HistSpec(value=None, by=("cpu",), kind="count", title="rx_packets"),
-        HistSpec(
-            value=None,
-            by=("saddr", "sport", "daddr", "dport", "cpu"),
-            kind="count",
-            title="flow_cpu",
-        ),
+# How the fields of struct tk_event (rss_cpu.bpf.c) are shown; the C declares them.
+FIELDS = (
+    Field("ts_ns", unit="ns", display="ts"),
+    Field("cpu", key=True, doc="CPU that processed the packet"),
+    Field("ifindex", key=True),
+    Field("hash", display="hex", doc="skb->hash (the RSS/RPS flow hash)"),
+    Field("saddr", key=True, display="ipv4"),
+    Field("daddr", key=True, display="ipv4"),
+    Field("len", unit="bytes"),
+    Field("sport", key=True, display="port"),
+    Field("dport", key=True, display="port"),
+    Field("rx_queue", key=True, display="queue", doc="RX queue (none: not recorded)"),
+    Field("proto", key=True),
+    Field("l4_hash", display="bool", doc="the hash covers ports"),
+    Field("ifname", key=True),
+)
+HISTOGRAMS = (
+    HistSpec(value=None, by=("cpu",), kind="count", title="rx_packets"),
+    HistSpec(
+        value=None,
+        by=("saddr", "sport", "daddr", "dport", "cpu"),
+        kind="count",
+        title="flow_cpu",
     ),
 )
 
@@ -65,7 +71,8 @@ PROBE = ProbeSpec(
     name="rss-cpu",
     description="which CPU receives which flow (netif_receive_skb), and the imbalance",
     source=files(__package__).joinpath("rss_cpu.bpf.c"),
-    schema=SCHEMA,
+    fields=FIELDS,
+    histograms=HISTOGRAMS,
     attach=(AttachPoint("raw_tracepoint", "net:netif_receive_skb", "tk_netif_receive_skb"),),
     params=(
         Param(
@@ -77,18 +84,14 @@ PROBE = ProbeSpec(
         ),
     ),
     counters=(
-        CounterMap(
-            "rss_counts",
-            ("packets", "ipv4"),
-            doc="packets received per CPU (all devices), IPv4 among them",
-        ),
+        CounterMap("rss_counts", doc="packets received per CPU (all devices), IPv4 among them"),
     ),
     plot=_draw_plot,
     min_kernel="5.8",
-    agg_fields=("cpu", "ifindex", "saddr", "daddr", "sport", "dport", "rx_queue", "proto"),
     report=report,
     core=True,
 )
+SCHEMA = PROBE.schema
 
 
 @hookimpl

@@ -6,18 +6,13 @@
  * oracle the tests compare our per-CPU counts with.
  */
 #include "tk_compat.h"
-#ifdef TK_CORE
-#include <linux/in.h> /* user-space API headers: the same layout on every kernel */
-#include <linux/ip.h>
-#include <linux/if_ether.h>
-#define htons(x) bpf_htons(x)
-#else
+#ifndef TK_CORE
 #include <linux/skbuff.h>
 #include <linux/netdevice.h>
-#include <linux/ip.h>
-#include <linux/if_ether.h>
 #endif
 
+/* The one declaration of the event: tracekit reads it (its Python side only says how
+ * fields are shown) and checks it against the compiler's layout. */
 struct tk_event {
     u64 ts_ns;
     u32 cpu;
@@ -38,8 +33,13 @@ struct tk_event {
 
 TK_PARAM(ifindex); /* events only for this interface (0: all) */
 
-/* Per-CPU counters: [0] packets received (all devices), [1] IPv4 packets. */
-BPF_PERCPU_ARRAY(rss_counts, u64, 2);
+/* Per-CPU counters, one slot each; tracekit names them from this enum (packets, ipv4). */
+enum rss_counts {
+    RSS_COUNTS_PACKETS, /* packets received (all devices) */
+    RSS_COUNTS_IPV4,    /* IPv4 among them */
+    RSS_COUNTS_NSLOTS
+};
+BPF_PERCPU_ARRAY(rss_counts, u64, RSS_COUNTS_NSLOTS);
 
 struct tk_agg_key {
     u32 cpu;
@@ -65,7 +65,7 @@ static __always_inline void count(int slot)
  * of the tracepoint's formatted fields is made. */
 TK_SEC("raw_tp") int tk_netif_receive_skb(struct bpf_raw_tracepoint_args *ctx)
 {
-    count(0);
+    count(RSS_COUNTS_PACKETS);
     struct sk_buff *skb = (struct sk_buff *)ctx->args[0];
     struct net_device *dev = NULL;
     bpf_probe_read_kernel(&dev, sizeof(dev), &skb->dev);
@@ -89,27 +89,11 @@ TK_SEC("raw_tp") int tk_netif_receive_skb(struct bpf_raw_tracepoint_args *ctx)
     }
 #endif
     /* skb_record_rx_queue() stores queue + 1; 0 means none was recorded. */
-    u16 queue = 0, proto = 0, nh = 0;
-    unsigned char *head = NULL;
+    u16 queue = 0;
     bpf_probe_read_kernel(&queue, sizeof(queue), &skb->queue_mapping);
-    bpf_probe_read_kernel(&proto, sizeof(proto), &skb->protocol);
-    bpf_probe_read_kernel(&nh, sizeof(nh), &skb->network_header);
-    bpf_probe_read_kernel(&head, sizeof(head), &skb->head);
     ev.rx_queue = queue ? queue - 1 : 0xffff;
-    if (proto == htons(ETH_P_IP)) {
-        count(1);
-        struct iphdr ip = {};
-        bpf_probe_read_kernel(&ip, sizeof(ip), head + nh);
-        ev.saddr = ip.saddr;
-        ev.daddr = ip.daddr;
-        ev.proto = ip.protocol;
-        if (ip.protocol == IPPROTO_TCP || ip.protocol == IPPROTO_UDP) {
-            u16 ports[2] = {};
-            bpf_probe_read_kernel(&ports, sizeof(ports), head + nh + ip.ihl * 4);
-            ev.sport = ntohs(ports[0]);
-            ev.dport = ntohs(ports[1]);
-        }
-    }
+    if (tk_read_skb_flow(skb, &ev.saddr, &ev.daddr, &ev.sport, &ev.dport, &ev.proto))
+        count(RSS_COUNTS_IPV4);
     if (tk_cfg_agg) {
         struct tk_agg_key key = {};
         key.cpu = ev.cpu;

@@ -9,58 +9,60 @@ from __future__ import annotations
 from importlib.resources import files
 from typing import Any
 
-from tracekit import hookimpl
-from tracekit.registry import AttachPoint, CounterMap, Param, ProbeRegistry, ProbeSpec
-from tracekit.schema import Field, HistSpec, Schema
+from tracekit import (
+    AttachPoint,
+    CounterMap,
+    Field,
+    HistSpec,
+    Param,
+    ProbeRegistry,
+    ProbeSpec,
+    hookimpl,
+)
 
 # Why the socket could move (txq_flip.bpf.c's CAUSE_*, same order): "other" when
 # none of netdev_pick_tx's own conditions held, "reselect" the 6.19+ timer
 # (net.core.txq_reselection_ms) alone, without ooo_okay.
 CAUSES = ("other", "first", "ooo_okay", "reselect", "out_of_range")
 
-SCHEMA = Schema(
-    fields=(
-        Field("ts_ns", "u64", unit="ns", display="ts", doc="monotonic time of the pick"),
-        Field("sk", "u64", display="hex", doc="socket address: one flow across events"),
-        Field("cpu", "u32", key=True, doc="CPU that picked the queue"),
-        Field("pid", "u32", doc="task running on that CPU (0 in softirq on an idle CPU)"),
-        Field("ifindex", "u32", key=True),
-        Field("saddr", "u32", display="ipv4"),
-        Field("daddr", "u32", display="ipv4"),
-        Field("sport", "u16", display="port"),
-        Field("dport", "u16", display="port"),
-        Field("family", "u16"),
-        Field(
-            "queue_before",
-            "u16",
-            key=True,
-            display="queue",
-            doc="queue stored on the socket before (none: not yet mapped)",
-        ),
-        Field("queue_after", "u16", key=True, display="queue", doc="queue picked"),
-        Field("ooo_okay", "u8", key=True, display="bool", doc="skb->ooo_okay of the skb"),
-        Field(
-            "cause",
-            "u8",
-            key=True,
-            display="enum",
-            choices=CAUSES,
-            doc="what let it move: first pick, ooo_okay, reselection timer, queue out of range",
-        ),
-        Field("ifname", "str16", key=True),
-        Field("comm", "str16"),
+# How the fields of struct tk_event (txq_flip.bpf.c) are shown; the C declares them.
+FIELDS = (
+    Field("ts_ns", unit="ns", display="ts", doc="monotonic time of the pick"),
+    Field("sk", display="hex", doc="socket address: one flow across events"),
+    Field("cpu", key=True, doc="CPU that picked the queue"),
+    Field("pid", doc="task running on that CPU (0 in softirq on an idle CPU)"),
+    Field("ifindex", key=True),
+    Field("saddr", display="ipv4"),
+    Field("daddr", display="ipv4"),
+    Field("sport", display="port"),
+    Field("dport", display="port"),
+    Field(
+        "queue_before",
+        key=True,
+        display="queue",
+        doc="queue stored on the socket before (none: not yet mapped)",
     ),
-    histograms=(
-        # The seed's @queue_index_after_netdev_pick_tx[cpu, before] = lhist(retval, 0, 11, 1)
-        HistSpec(
-            value="queue_after",
-            by=("cpu", "queue_before"),
-            kind="linear",
-            lo=0,
-            hi=16,
-            step=1,
-            title="queue_after",
-        ),
+    Field("queue_after", key=True, display="queue", doc="queue picked"),
+    Field("ooo_okay", key=True, display="bool", doc="skb->ooo_okay of the skb"),
+    Field(
+        "cause",
+        key=True,
+        display="enum",
+        choices=CAUSES,
+        doc="what let it move: first pick, ooo_okay, reselection timer, queue out of range",
+    ),
+    Field("ifname", key=True),
+)
+HISTOGRAMS = (
+    # The seed's @queue_index_after_netdev_pick_tx[cpu, before] = lhist(retval, 0, 11, 1)
+    HistSpec(
+        value="queue_after",
+        by=("cpu", "queue_before"),
+        kind="linear",
+        lo=0,
+        hi=16,
+        step=1,
+        title="queue_after",
     ),
 )
 
@@ -75,23 +77,21 @@ PROBE = ProbeSpec(
     name="txq-flip",
     description="netdev_pick_tx queue changes per CPU and socket, and what let each happen",
     source=files(__package__).joinpath("txq_flip.bpf.c"),
-    schema=SCHEMA,
+    fields=FIELDS,
+    histograms=HISTOGRAMS,
     attach=(
         AttachPoint("kprobe", "netdev_pick_tx", "tk_pick_tx_entry"),
         AttachPoint("kretprobe", "netdev_pick_tx", "tk_pick_tx_return"),
     ),
     params=(Param("ifindex", 0, help="only this interface index (0: all)", minimum=0),),
     counters=(
-        CounterMap(
-            "txq_counts",
-            ("calls", "changes", "no_socket"),
-            doc="netdev_pick_tx calls, queue changes, skbs without a socket",
-        ),
+        CounterMap("txq_counts", doc="netdev_pick_tx calls, queue changes, skbs without a socket"),
     ),
     plot=_draw_plot,
     min_kernel="5.2",
     core=True,
 )
+SCHEMA = PROBE.schema
 
 
 @hookimpl

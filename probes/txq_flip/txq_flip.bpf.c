@@ -28,8 +28,9 @@
 #define CAUSE_RANGE 4    /* the queue is beyond the device's real_num_tx_queues */
 #define NO_QUEUE 0xffff
 
-/* The one declaration of the event layout; tracekit checks its Python schema
- * against this struct as BCC compiled it. Explicit padding, no holes. */
+/* The one declaration of the event: tracekit reads it (its Python side only says how
+ * fields are shown) and checks it against the compiler's layout. No holes: every
+ * byte copied out is initialised. */
 struct tk_event {
     u64 ts_ns;
     u64 sk;
@@ -53,8 +54,14 @@ struct tk_event {
 
 TK_PARAM(ifindex); /* only this interface (0: all) */
 
-/* Per-CPU counters: [0] calls, [1] queue changes, [2] skbs without a socket. */
-BPF_PERCPU_ARRAY(txq_counts, u64, 3);
+/* Per-CPU counters, one slot each; tracekit names them from this enum. */
+enum txq_counts {
+    TXQ_COUNTS_CALLS,     /* netdev_pick_tx calls */
+    TXQ_COUNTS_CHANGES,   /* calls that moved the socket to another queue */
+    TXQ_COUNTS_NO_SOCKET, /* skbs without a socket */
+    TXQ_COUNTS_NSLOTS
+};
+BPF_PERCPU_ARRAY(txq_counts, u64, TXQ_COUNTS_NSLOTS);
 
 /* State between entry and return. The transmit path runs with bottom halves
  * disabled, so one call per CPU is in flight at a time: a per-CPU slot is enough
@@ -133,11 +140,11 @@ TK_SEC("kprobe") int tk_pick_tx_entry(struct pt_regs *ctx)
         if (ifindex != tk_param_ifindex)
             return 0;
     }
-    count(0);
+    count(TXQ_COUNTS_CALLS);
     struct sock *sk = NULL;
     bpf_probe_read_kernel(&sk, sizeof(sk), &skb->sk);
     if (!sk) {
-        count(2);
+        count(TXQ_COUNTS_NO_SOCKET);
         return 0;
     }
     u16 before = 0xffff;
@@ -168,7 +175,7 @@ TK_SEC("kretprobe") int tk_pick_tx_return(struct pt_regs *ctx)
     u16 after = PT_REGS_RC(ctx) & 0xffff;
     if (after == st->before)
         return 0;
-    count(1);
+    count(TXQ_COUNTS_CHANGES);
     if (!tk_cfg_stream)
         return 0;
     struct tk_event ev = {};

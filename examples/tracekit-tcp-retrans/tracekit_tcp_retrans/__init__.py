@@ -20,7 +20,6 @@ from tracekit import (
     HistSpec,
     ProbeRegistry,
     ProbeSpec,
-    Schema,
     Session,
     Sink,
     SinkRegistry,
@@ -33,38 +32,36 @@ from tracekit import (
 
 __version__ = "0.1.0"
 
-SCHEMA = Schema(
+# struct tk_event in tcp_retrans.bpf.c declares the fields, their types and order;
+# here only how they are shown. Its `pad` members never become fields.
+PROBE = ProbeSpec(
+    name="tcp-retrans",
+    description="TCP retransmissions per flow (tracepoint tcp_retransmit_skb, kprobe fallback)",
+    source=files(__package__).joinpath("tcp_retrans.bpf.c"),
     fields=(
-        Field("ts_ns", "u64", unit="ns", display="ts"),
-        Field("cpu", "u32", key=True),
-        Field("saddr", "u32", key=True, display="ipv4"),
-        Field("daddr", "u32", key=True, display="ipv4"),
-        Field("sport", "u16", key=True, display="port"),
-        Field("dport", "u16", key=True, display="port"),
-        Field("segs", "u16", doc="segments retransmitted (tcp_skb_pcount)"),
-        Field("state", "u8", key=True, doc="TCP state (1: established)"),
-        Field("pad", "u8"),
-        Field("pad2", "u32"),
+        Field("ts_ns", unit="ns", display="ts"),
+        Field("cpu", key=True),
+        Field("saddr", key=True, display="ipv4"),
+        Field("daddr", key=True, display="ipv4"),
+        Field("sport", key=True, display="port"),
+        Field("dport", key=True, display="port"),
+        Field("segs", doc="segments retransmitted (tcp_skb_pcount)"),
+        Field("state", key=True, doc="TCP state (1: established)"),
     ),
     histograms=(
         HistSpec(
             value=None, by=("saddr", "sport", "daddr", "dport"), kind="count", title="retransmits"
         ),
     ),
-)
-
-PROBE = ProbeSpec(
-    name="tcp-retrans",
-    description="TCP retransmissions per flow (tracepoint tcp_retransmit_skb, kprobe fallback)",
-    source=files(__package__).joinpath("tcp_retrans.bpf.c"),
-    schema=SCHEMA,
     attach=(
         AttachPoint("raw_tracepoint", "tcp:tcp_retransmit_skb", "tk_retrans_tp", group="retrans"),
         AttachPoint("kprobe", "tcp_retransmit_skb", "tk_retrans_kprobe", group="retrans"),
     ),
-    counters=(CounterMap("retrans_counts", ("skbs", "segments")),),
+    # Slot names from `enum retrans_counts` in the C.
+    counters=(CounterMap("retrans_counts"),),
     min_kernel="5.8",
 )
+SCHEMA = PROBE.schema
 
 
 class CsvSink(Sink):

@@ -7,6 +7,9 @@
 #include <net/sock.h>
 #include <net/tcp.h>
 
+/* The one declaration of the event: tracekit reads its members (types, order, offsets)
+ * from here; the Python side only says how they are shown. `pad` members keep every
+ * byte initialised and never become fields. */
 struct tk_event {
     u64 ts_ns;
     u32 cpu;
@@ -22,8 +25,13 @@ struct tk_event {
 
 #include "tracekit.h"
 
-/* Per-CPU counters: [0] retransmitted skbs, [1] retransmitted segments. */
-BPF_PERCPU_ARRAY(retrans_counts, u64, 2);
+/* Per-CPU counters; tracekit names the slots from this enum (skbs, segments). */
+enum retrans_counts {
+    RETRANS_COUNTS_SKBS,     /* retransmitted skbs */
+    RETRANS_COUNTS_SEGMENTS, /* retransmitted segments (TcpRetransSegs counts these) */
+    RETRANS_COUNTS_NSLOTS
+};
+BPF_PERCPU_ARRAY(retrans_counts, u64, RETRANS_COUNTS_NSLOTS);
 
 static __always_inline void add(int slot, u64 n)
 {
@@ -38,8 +46,8 @@ static __always_inline int handle(void *ctx, struct sock *sk, struct sk_buff *sk
     bpf_probe_read_kernel(&s, sizeof(s), skb);
     struct tcp_skb_cb *cb = (struct tcp_skb_cb *)&s.cb[0];
     u16 segs = cb->tcp_gso_segs ? cb->tcp_gso_segs : 1;
-    add(0, 1);
-    add(1, segs);
+    add(RETRANS_COUNTS_SKBS, 1);
+    add(RETRANS_COUNTS_SEGMENTS, segs);
 #if TK_STREAM
     struct tk_event ev = {};
     ev.ts_ns = bpf_ktime_get_ns();
