@@ -155,6 +155,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--events", type=int, default=2_000_000)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--only", help="run the cases whose name starts so (for a profiler)")
     a = ap.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("needs root (BPF)")
@@ -168,6 +169,8 @@ def main() -> None:
             "libbpf + Python callback (bare BCC)": lambda: drain_callback(feed),
             "C consumer (libbpf, empty callback)": lambda: drain_c(feed, exe),
         }
+        if a.only:
+            cases = {k: v for k, v in cases.items() if k.startswith(a.only)}
         rates: dict[str, list[float]] = {k: [] for k in cases}
         for _ in range(a.rounds):
             for name, fn in cases.items():
@@ -178,8 +181,8 @@ def main() -> None:
                 n, took = fn()
                 assert n == a.events, (name, n)
                 rates[name].append(n / took)
-        base = statistics.median(rates["libbpf + Python callback (bare BCC)"])
-        c = statistics.median(rates["C consumer (libbpf, empty callback)"])
+        base = statistics.median(rates.get("libbpf + Python callback (bare BCC)", [1.0]))
+        c = statistics.median(rates.get("C consumer (libbpf, empty callback)", [1.0]))
         print(
             f"== draining a backlog of {a.events:,} events (24-byte records), "
             f"{a.rounds} rounds, median"
