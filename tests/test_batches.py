@@ -66,6 +66,22 @@ def test_rows_and_records_round_trip() -> None:
     assert EventBatch.concat([again, from_rows]).rows == rows + rows
 
 
+def test_concat_of_packed_batches_copies_only_when_asked() -> None:
+    rows = synthetic_rows(SCHEMA, 300, seed=4)
+    parts = [
+        EventBatch.from_records("t", SCHEMA, EventBatch("t", r, schema=SCHEMA).records())
+        for r in (rows[:100], rows[100:101], rows[101:])
+    ]
+    joined = EventBatch.concat(parts)
+    assert joined.packed and len(joined) == 300
+    # The parts themselves, in order, not a copy: what the trace writer writes.
+    chunks = joined.chunks()
+    assert [len(c) for c in chunks] == [100, 1, 199]
+    assert all(c is p.array for c, p in zip(chunks, parts, strict=True))
+    assert joined.rows == rows and joined.array.tobytes() == b"".join(p.records() for p in parts)
+    assert joined.chunks()[0] is joined.array  # one array once it was asked for
+
+
 def test_records_of_another_length_are_refused() -> None:
     with pytest.raises(ValueError, match="whole number of 80-byte records"):
         EventBatch.from_records("t", SCHEMA, b"\0" * 81)

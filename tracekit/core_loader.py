@@ -20,8 +20,7 @@ from tracekit.libbpf import BpfObject, LibbpfError, libbpf, map_items
 from tracekit.loader import layout_problems, online_cpus
 from tracekit.probe_base import KernelProbe
 from tracekit.registry import AttachPoint, ProbeSpec
-from tracekit.ringbuf import HEADER, RingBuffer
-from tracekit.schema import Schema
+from tracekit.ringbuf import RingBuffer
 from tracekit.session import EventBatch
 
 POLL_MS = 100
@@ -125,33 +124,9 @@ class CoreProbe(KernelProbe):
         except BaseException:
             self.close()
             raise
-        self.decode_run = self._make_decoder(spec.schema)
 
     def _map(self, name: str) -> int:
         return self._obj.map(name)
-
-    def _make_decoder(self, schema: Schema) -> Any:
-        """``decode(run, n)``: an EventBatch of the ``n`` records in ``run`` (each
-        behind an 8-byte ring buffer header, padded to 8), copied out of the buffer
-        in one numpy operation: no Python step per event."""
-        import numpy as np
-
-        size = schema.size
-        stride = (HEADER + size + 7) & ~7
-        ring = np.dtype(
-            {"names": ["ev"], "formats": [f"V{size}"], "offsets": [HEADER], "itemsize": stride}
-        )
-        dtype = schema.dtype
-        probe = self.spec.name
-
-        def decode(run: memoryview, n: int) -> EventBatch:
-            # Always a copy: the kernel reuses the ring once the consumer moves on, and
-            # numpy would hand back a view where the field happens to be contiguous
-            # (a run of one record).
-            events = np.frombuffer(run, dtype=ring, count=n)["ev"]
-            return EventBatch(probe, schema=schema, array=events.copy(order="C").view(dtype))
-
-        return decode
 
     # -- attach / detach -------------------------------------------------------------
 
@@ -215,12 +190,16 @@ class CoreProbe(KernelProbe):
         """The ring buffer is a map: it lives as long as the loaded object."""
 
     def poll(self, timeout_ms: int = POLL_MS) -> EventBatch | list[tuple[Any, ...]]:
-        """Everything now in the ring buffer, as one packed batch (or [] if empty)."""
+        """Everything now in the buffer, as one packed batch (or [] if empty)."""
         if self._ring is None:
             return []
         self._ring.wait(timeout_ms)
-        batches = self._ring.drain(self.decode_run, self.spec.schema.size)
-        return EventBatch.concat(batches) if batches else []
+        # Copied out of the buffer (the kernel reuses it once the consumer moves on)
+        # into one array of packed records: the batch is a view of it, no more copies.
+        records = self._ring.drain(self.spec.schema.size)
+        if not len(records):
+            return []
+        return EventBatch.from_records(self.spec.name, self.spec.schema, records)
 
     # -- maps --------------------------------------------------------------------------
 

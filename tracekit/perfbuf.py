@@ -59,8 +59,9 @@ class PerfBufferError(OSError):
 def _attr(wakeup_events: int) -> bytes:
     a = bytearray(_ATTR_SIZE)
     # type, size, config, sample_period, sample_type
-    struct.pack_into("=IIQQQ", a, 0, PERF_TYPE_SOFTWARE, _ATTR_SIZE, PERF_COUNT_SW_BPF_OUTPUT, 1,
-                     PERF_SAMPLE_RAW)
+    struct.pack_into(
+        "=IIQQQ", a, 0, PERF_TYPE_SOFTWARE, _ATTR_SIZE, PERF_COUNT_SW_BPF_OUTPUT, 1, PERF_SAMPLE_RAW
+    )
     # wakeup_events (offset 48, after read_format and the flag bits): wake the reader
     # every this many samples, not every sample (a wakeup costs more than the sample).
     struct.pack_into("=I", a, 48, max(1, wakeup_events))
@@ -85,7 +86,11 @@ def perf_event_open(cpu: int, wakeup_events: int) -> int:
     libc = _Libc()
     attr = ct.create_string_buffer(_attr(wakeup_events), _ATTR_SIZE)
     fd = libc.syscall(
-        ct.c_long(nr), attr, ct.c_int(-1), ct.c_int(cpu), ct.c_int(-1),
+        ct.c_long(nr),
+        attr,
+        ct.c_int(-1),
+        ct.c_int(cpu),
+        ct.c_int(-1),
         ct.c_ulong(PERF_FLAG_FD_CLOEXEC),
     )
     if fd < 0:
@@ -111,8 +116,9 @@ class PerfRing:
             )
         except OSError as exc:
             os.close(self.fd)
-            raise PerfBufferError(exc.errno, f"perf buffer of {pages} pages on CPU {cpu}: "
-                                  f"{exc.strerror}") from None
+            raise PerfBufferError(
+                exc.errno, f"perf buffer of {pages} pages on CPU {cpu}: {exc.strerror}"
+            ) from None
         self._view = memoryview(self._map)
         self._data = page
         self.lost = 0  # PERF_RECORD_LOST totals: the kernel's own count of overruns
@@ -120,8 +126,9 @@ class PerfRing:
     def enable(self) -> None:
         if _Libc().ioctl(self.fd, PERF_EVENT_IOC_ENABLE, 0) != 0:
             err = ct.get_errno()
-            raise PerfBufferError(err, f"enabling the perf event on CPU {self.cpu}: "
-                                  f"{os.strerror(err)}")
+            raise PerfBufferError(
+                err, f"enabling the perf event on CPU {self.cpu}: {os.strerror(err)}"
+            )
 
     def head(self) -> int:
         return int(_U64.unpack_from(self._map, _HEAD)[0])
@@ -147,14 +154,20 @@ class PerfRing:
             # SAMPLE and the stride (misc is 0 for BPF output).
             n = min(head - tail, ring - off) // stride
             if n:
-                hdrs = np.ndarray((n,), dtype="<u8", buffer=view, offset=base + off,
-                                  strides=(stride,))
+                hdrs = np.ndarray(
+                    (n,), dtype="<u8", buffer=view, offset=base + off, strides=(stride,)
+                )
                 bad = np.flatnonzero(hdrs != (PERF_RECORD_SAMPLE | (stride << 48)))
                 run = int(bad[0]) if bad.size else n
                 if run:
-                    src = np.ndarray((run, size), dtype=np.uint8, buffer=view,
-                                     offset=base + off + 12, strides=(stride, 1))
-                    out[(at + got) * size:(at + got + run) * size].reshape(run, size)[:] = src
+                    src = np.ndarray(
+                        (run, size),
+                        dtype=np.uint8,
+                        buffer=view,
+                        offset=base + off + 12,
+                        strides=(stride, 1),
+                    )
+                    out[(at + got) * size : (at + got + run) * size].reshape(run, size)[:] = src
                     got += run
                     tail += run * stride
                     continue
@@ -170,7 +183,7 @@ class PerfRing:
                 self.lost += _U64.unpack_from(rec, 16)[0]
             elif kind == PERF_RECORD_SAMPLE and length == stride:
                 rec = self._read(off, length)
-                out[(at + got) * size:(at + got + 1) * size] = np.frombuffer(
+                out[(at + got) * size : (at + got + 1) * size] = np.frombuffer(
                     rec, dtype=np.uint8, count=size, offset=12
                 )
                 got += 1
@@ -184,7 +197,8 @@ class PerfRing:
         end = off + length
         if end <= self.size:
             return bytes(view[base + off : base + end])
-        return bytes(view[base + off : base + self.size]) + bytes(view[base : base + end - self.size])
+        head = bytes(view[base + off : base + self.size])
+        return head + bytes(view[base : base + end - self.size])
 
     def close(self) -> None:
         _Libc().ioctl(self.fd, PERF_EVENT_IOC_DISABLE, 0)

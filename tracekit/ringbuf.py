@@ -17,7 +17,6 @@ from __future__ import annotations
 import mmap
 import select
 import struct
-from collections.abc import Callable
 from typing import Any
 
 BUSY = 1 << 31
@@ -55,35 +54,44 @@ class RingBuffer:
     def pending(self) -> int:
         return int(_U64.unpack_from(self._producer, 0)[0] - _U64.unpack_from(self._consumer, 0)[0])
 
-    def drain(self, decode: Callable[[memoryview, int], Any], record: int) -> list[Any]:
-        """Decode every complete record now in the buffer; advance the consumer once.
+    def drain(self, record: int) -> Any:
+        """Every complete record now in the buffer, as one uint8 array of packed
+        ``record``-byte events (headers stripped), copied once out of the ring; the
+        consumer position is advanced once.
 
-        ``record`` is the size of the fixed event struct; ``decode(run, n)`` turns a
-        run of ``n`` records laid out at a stride of ``HEADER + record`` (rounded up
-        to 8) into one batch, copying it out of the buffer. A record still being
-        written stops the batch there. Returns the batches.
+        Records of a tracekit probe are all ``record`` bytes (at a stride of
+        ``HEADER + record`` rounded up to 8): the headers of a contiguous run are
+        checked at once (a strided view, no copy) and the run is copied in one
+        numpy assignment. Anything else (discarded, another size) is stepped over
+        one record at a time; a record still being written (BUSY) ends the drain.
         """
         import numpy as np
 
         cons = _U64.unpack_from(self._consumer, 0)[0]
         prod = _U64.unpack_from(self._producer, 0)[0]
-        if prod <= cons:
-            return []
         stride = (HEADER + record + 7) & ~7
+        out = np.empty(max(0, prod - cons) // stride * record, dtype=np.uint8)
+        if prod <= cons:
+            return out
         view = self._view
-        out: list[Any] = []
+        events = np.ndarray((len(out) // record,), dtype=f"V{record}", buffer=out)
+        got = 0
         while cons < prod:
             start = self._data + (cons & self.mask)
             n = min(prod - cons, self.size) // stride
-            # Records of a tracekit probe are all `record` bytes: the headers of a
-            # run are checked at once (a strided view, no copy), and the run is
-            # decoded in one call. Anything else (busy, discarded, another size)
-            # is handled one record at a time below.
             headers = np.ndarray((n,), dtype="<u4", buffer=view, offset=start, strides=(stride,))
             other = np.flatnonzero(headers != record)
             run = int(other[0]) if other.size else n
             if run:
-                out.append(decode(view[start : start + run * stride], run))
+                # The data pages are mapped twice in a row: a run never wraps.
+                events[got : got + run] = np.ndarray(
+                    (run,),
+                    dtype=f"V{record}",
+                    buffer=view,
+                    offset=start + HEADER,
+                    strides=(stride,),
+                )
+                got += run
                 cons += run * stride
                 continue
             hdr = _U32.unpack_from(view, start)[0]
@@ -91,8 +99,9 @@ class RingBuffer:
                 break
             length = hdr & ~(BUSY | DISCARD)
             cons += (HEADER + length + 7) & ~7
+        # Written once, after the copy: the kernel may reuse the space from then on.
         self._consumer[0:8] = _U64.pack(cons)
-        return out
+        return out[: got * record]
 
     def close(self) -> None:
         self._view.release()

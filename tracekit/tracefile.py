@@ -37,12 +37,16 @@ import errno
 import os
 import stat
 import struct
-import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import IO, Any
 
 import msgpack
+
+try:  # ISA-L's CRC-32 (the same function as zlib's) runs 4-5x faster than zlib 1.2's
+    from isal.isal_zlib import crc32 as _crc32
+except ImportError:  # pragma: no cover - isal is a dependency; zlib still reads every file
+    from zlib import crc32 as _crc32
 
 from tracekit.errors import TraceFileError, TracekitError, UsageError
 from tracekit.safe_text import printable
@@ -97,8 +101,20 @@ def _pack(obj: Any) -> bytes:
     return msgpack.packb(obj, use_bin_type=True)  # type: ignore[no-any-return]
 
 
-def _crc(kind: int, seq: int, body: bytes) -> int:
-    return zlib.crc32(body, zlib.crc32(struct.pack("<BQ", kind, seq)))
+def _crc(kind: int, seq: int, body: bytes | memoryview) -> int:
+    return _crc32(body, _crc32(struct.pack("<BQ", kind, seq)))
+
+
+def _batch_head(seq: int, crc: int, n: int) -> bytes:
+    """The msgpack bytes of ``[BATCH, seq, crc, <bin of n bytes>]`` before the body:
+    what ``_pack`` would write, so the body can be written from where it is."""
+    if n < 1 << 8:
+        bin_head = b"\xc4" + n.to_bytes(1, "big")
+    elif n < 1 << 16:
+        bin_head = b"\xc5" + n.to_bytes(2, "big")
+    else:
+        bin_head = b"\xc6" + n.to_bytes(4, "big")
+    return b"\x94" + _pack(BATCH) + _pack(seq) + _pack(crc) + bin_head
 
 
 class TraceWriteError(TracekitError):
@@ -139,11 +155,14 @@ class TraceWriter:
         header = {"format": FORMAT_VERSION, **session.header()}
         self._write(HEADER, header)
 
-    def _raw(self, data: bytes) -> None:
+    def _raw(self, *data: bytes | memoryview) -> None:
         if self.failed:
             return
         try:
-            self._f.write(data)
+            # A body larger than the file's buffer goes to the kernel from where it
+            # is (BufferedWriter writes it directly): no copy of the events here.
+            for d in data:
+                self._f.write(d)
             self._f.flush()
         except OSError as exc:
             # A full disk leaves at most one partial record at the end, which the
@@ -195,22 +214,29 @@ class TraceWriter:
         self._write(SYMBOLS, payload)
 
     def write_batch(self, batch: list[tuple[Any, ...]] | EventBatch) -> None:
-        """Write events as BATCH records of packed records (rows are packed first)."""
+        """Write events as BATCH records of packed records (rows are packed first).
+
+        The records go from the batch's own memory to the file: each BATCH record's
+        framing is built by hand and written before its body, so the body is never
+        copied in user space (it is CRC'd in place).
+        """
         if not isinstance(batch, EventBatch):
             batch = EventBatch(self._session.probe, batch, schema=self._session.schema)
         if not len(batch):
             return
-        data = memoryview(batch.records())
         size = self._session.schema.size
         # At most MAX_BATCH records and _MAX_BODY bytes each; a record is at most
         # MAX_FIELDS x MAX_STR_WIDTH = 1 MiB, so at least one always fits.
         step = max(1, min(MAX_BATCH, _MAX_BODY // size)) * size
-        for i in range(0, len(data), step):
-            body = bytes(data[i : i + step])
-            self._raw(_pack([BATCH, self._seq, _crc(BATCH, self._seq, body), body]))
-            self._seq += 1
-            self.batches += 1
-            self.rows += len(body) // size
+        for part in batch.chunks():
+            data = memoryview(part.view("u1"))  # bytes, not records
+            for i in range(0, len(data), step):
+                body = data[i : i + step]
+                crc = _crc(BATCH, self._seq, body)
+                self._raw(_batch_head(self._seq, crc, len(body)), body)
+                self._seq += 1
+                self.batches += 1
+                self.rows += len(body) // size
 
     def write_lost(self, lost: LostReport) -> None:
         self._write(LOST, {"source": lost.source, "per_cpu": lost.per_cpu})
@@ -439,7 +465,7 @@ class TraceReader:
             or type(body) is not bytes
         ):
             raise self._corrupt("not a record")
-        ok = zlib.crc32(body) == crc if self.format == 1 else _crc(kind, seq, body) == crc
+        ok = _crc32(body) == crc if self.format == 1 else _crc(kind, seq, body) == crc
         if not ok:
             raise self._corrupt("checksum mismatch")
         if seq != self._seq:
