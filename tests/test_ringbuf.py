@@ -91,3 +91,17 @@ def test_records_in_order_across_wraparound_and_none_lost(feed: BpfObject) -> No
 def test_size_must_be_a_power_of_two(feed: BpfObject) -> None:
     with pytest.raises(ValueError, match="power of two"):
         RingBuffer(feed.map_fd("feed"), SIZE - 4096)
+
+
+def test_a_drain_takes_at_most_its_limit_and_leaves_the_rest(feed: BpfObject) -> None:
+    ring = RingBuffer(feed.map_fd("feed"), SIZE)
+    try:
+        ring.drain(REC.size)
+        written0, _ = counts(feed)
+        feed.test_run("tk_feed", 100)
+        first = list(REC.iter_unpack(ring.drain(REC.size, limit=30)))
+        rest = drained(ring)
+        assert [r[0] for r in first + rest] == list(range(written0, written0 + 100))
+        assert len(first) == 30 and ring.pending() == 0
+    finally:
+        ring.close()

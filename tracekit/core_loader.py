@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from tracekit.core_build import manifest
-from tracekit.errors import CompileError, TracekitError
+from tracekit.errors import CompileError, ResourceError, TracekitError
 from tracekit.libbpf import BpfObject, LibbpfError, libbpf, map_items
-from tracekit.loader import layout_problems, online_cpus
+from tracekit.loader import WAKEUP_EVENTS, layout_problems, online_cpus
+from tracekit.perfbuf import PerfBuffer
 from tracekit.probe_base import KernelProbe
 from tracekit.registry import AttachPoint, ProbeSpec
 from tracekit.ringbuf import RingBuffer
@@ -66,8 +67,8 @@ class CoreProbe(KernelProbe):
         self.spec = spec
         self.params = params
         self.output = "ringbuf" if output == "auto" else output
-        if self.output != "ringbuf":
-            raise TracekitError("the CO-RE loader reads the ring buffer only (--output ringbuf)")
+        if self.output not in ("ringbuf", "perf"):
+            raise TracekitError(f"output must be auto, ringbuf or perf, not {output!r}")
         self.stream = stream
         self.aggregate = aggregate and bool(spec.agg_fields)
         self.sample = max(1, int(sample))
@@ -76,7 +77,7 @@ class CoreProbe(KernelProbe):
         self._links: list[int] = []
         self._reported: dict[str, dict[int, int]] = {}
         self.perf_records_lost: dict[int, int] = {}
-        self._ring: RingBuffer | None = None
+        self._ring: RingBuffer | PerfBuffer | None = None
         self.bpf = None  # no BCC object: probes with an `enrich` need the BCC loader
         lib = self.lib = libbpf()
         self.ncpus_possible = lib.possible_cpus()
@@ -105,13 +106,16 @@ class CoreProbe(KernelProbe):
             "tk_cfg_sample": self.sample,
             "tk_cfg_max_events_per_sec": int(max_events_per_sec),
             "tk_cfg_ncpus": max(1, len(online_cpus())),
-            "tk_cfg_use_ringbuf": 1,
+            "tk_cfg_use_ringbuf": int(self.output == "ringbuf"),
             "tk_cfg_wakeup_events": 64,
         }
         settings.update({f"tk_param_{p.name}": params[p.name] for p in spec.params})
         self._obj = BpfObject(str(obj_path))
         try:
-            self._ring_size = max(1, self.page_cnt * 16) * 4096
+            # One ring shared by all CPUs, as large as the per-CPU perf buffers
+            # together; with --output perf the (unused) ring is one page.
+            pages = max(1, self.page_cnt * 16) if self.output == "ringbuf" else 1
+            self._ring_size = pages * 4096
             self._obj.set_max_entries("tk_events", self._ring_size)
             missing = [n[9:] for n in settings if n.startswith("tk_param_") and n not in syms]
             if missing:
@@ -182,9 +186,21 @@ class CoreProbe(KernelProbe):
     # -- draining --------------------------------------------------------------------
 
     def open_output(self) -> None:
-        if self._ring is None:
+        if self._ring is not None:
+            return
+        if self.output == "ringbuf":
             fd = self.lib.lib.bpf_map__fd(self._map("tk_events"))
             self._ring = RingBuffer(fd, self._ring_size)
+            return
+        fd = self.lib.lib.bpf_map__fd(self._map("tk_events_perf"))
+        try:
+            self._ring = PerfBuffer(self.lib, fd, online_cpus(), self.page_cnt, WAKEUP_EVENTS)
+        except (OSError, LibbpfError) as exc:
+            raise ResourceError(
+                f"cannot allocate the perf buffer of {self.page_cnt} pages per CPU "
+                f"({exc.strerror if isinstance(exc, OSError) else exc}); "
+                "raise RLIMIT_MEMLOCK (ulimit -l) or lower --buffer-pages"
+            ) from None
 
     def close_output(self) -> None:
         """The ring buffer is a map: it lives as long as the loaded object."""
@@ -197,6 +213,10 @@ class CoreProbe(KernelProbe):
         # Copied out of the buffer (the kernel reuses it once the consumer moves on)
         # into one array of packed records: the batch is a view of it, no more copies.
         records = self._ring.drain(self.spec.schema.size)
+        if isinstance(self._ring, PerfBuffer):
+            # The kernel's PERF_RECORD_LOST totals: a second count of the losses
+            # tracekit.h counts in tk_lost, kept for cross-checks (as with BCC).
+            self.perf_records_lost = self._ring.lost()
         if not len(records):
             return []
         return EventBatch.from_records(self.spec.name, self.spec.schema, records)
@@ -235,6 +255,9 @@ class CoreProbe(KernelProbe):
 
     def reset(self) -> None:
         """Zero the counters and losses: each run starts from nothing."""
+        self.perf_records_lost = {}
+        if isinstance(self._ring, PerfBuffer):
+            self._ring.reset_lost()
         if self.aggregate:
             m = self._map("tk_agg")
             fd = self.lib.lib.bpf_map__fd(m)

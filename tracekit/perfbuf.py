@@ -27,6 +27,8 @@ import select
 import struct
 from typing import Any
 
+from tracekit.ringbuf import batch_records
+
 PERF_TYPE_SOFTWARE = 1
 PERF_COUNT_SW_BPF_OUTPUT = 10
 PERF_SAMPLE_RAW = 1 << 10
@@ -40,6 +42,10 @@ _WATERMARK = 1 << 14  # attr.watermark: wake on bytes, not on events (unused: 0)
 # Where the kernel keeps the positions in the control page (struct perf_event_mmap_page).
 _HEAD, _TAIL = 1024, 1032
 _SYSCALL = {"x86_64": 298, "aarch64": 241, "armv7l": 364, "ppc64le": 319, "s390x": 331}
+_NOT_MISC = 0xFFFF_0000_FFFF_FFFF  # a perf_event_header as u64, less its misc bits
+# Records checked by one numpy call at most (bounds the work of a check that stops
+# early: see drain_into).
+MAX_WINDOW = 1 << 16
 _U64 = struct.Struct("=Q")
 _HDR = struct.Struct("=IHH")
 
@@ -133,8 +139,11 @@ class PerfRing:
     def head(self) -> int:
         return int(_U64.unpack_from(self._map, _HEAD)[0])
 
+    def tail(self) -> int:
+        return int(_U64.unpack_from(self._map, _TAIL)[0])
+
     def pending(self) -> int:
-        return self.head() - int(_U64.unpack_from(self._map, _TAIL)[0])
+        return self.head() - self.tail()
 
     def drain_into(self, out: Any, at: int, size: int, stride: int, head: int) -> int:
         """Copy the complete ``size``-byte samples before ``head`` (a position read
@@ -146,32 +155,36 @@ class PerfRing:
 
         tail = _U64.unpack_from(self._map, _TAIL)[0]
         view, base, ring = self._view, self._data, self.size
-        got = 0
+        events = np.ndarray((len(out) // size,), dtype=f"V{size}", buffer=out)
+        want = PERF_RECORD_SAMPLE | (stride << 48)
+        got, window = 0, MAX_WINDOW
         while tail < head:
             off = tail & self.mask
-            # Whole samples before the end of the data area, checked in one go: the
-            # header's (type, misc, size) as one u64 whose low and high words must be
-            # SAMPLE and the stride (misc is 0 for BPF output).
-            n = min(head - tail, ring - off) // stride
+            # Whole samples before the end of the data area, checked in one go: each
+            # header's type and size (misc, the middle 16 bits, says kernel or user).
+            n = min(head - tail, ring - off, window * stride) // stride
             if n:
                 hdrs = np.ndarray(
                     (n,), dtype="<u8", buffer=view, offset=base + off, strides=(stride,)
                 )
-                bad = np.flatnonzero(hdrs != (PERF_RECORD_SAMPLE | (stride << 48)))
+                bad = np.flatnonzero((hdrs & _NOT_MISC) != want)
                 run = int(bad[0]) if bad.size else n
                 if run:
-                    src = np.ndarray(
-                        (run, size),
-                        dtype=np.uint8,
+                    events[at + got : at + got + run] = np.ndarray(
+                        (run,),
+                        dtype=f"V{size}",
                         buffer=view,
                         offset=base + off + 12,
-                        strides=(stride, 1),
+                        strides=(stride,),
                     )
-                    out[(at + got) * size : (at + got + run) * size].reshape(run, size)[:] = src
                     got += run
                     tail += run * stride
+                    window = min(MAX_WINDOW, window * 2)
                     continue
-            # One record by hand: a LOST record, or a sample across the end.
+            # One record by hand: a LOST record, or a sample across the end. The next
+            # check looks a short way ahead, so that records of other kinds mixed in
+            # cannot make each check scan the whole ring again.
+            window = 64
             first = bytes(view[base + off : base + min(off + 8, ring)])
             if len(first) < 8:
                 first += bytes(view[base : base + 8 - len(first)])
@@ -183,9 +196,7 @@ class PerfRing:
                 self.lost += _U64.unpack_from(rec, 16)[0]
             elif kind == PERF_RECORD_SAMPLE and length == stride:
                 rec = self._read(off, length)
-                out[(at + got) * size : (at + got + 1) * size] = np.frombuffer(
-                    rec, dtype=np.uint8, count=size, offset=12
-                )
+                events[at + got] = np.frombuffer(rec, dtype=f"V{size}", count=1, offset=12)[0]
                 got += 1
             tail += length
         # The kernel reads the tail to know what it may overwrite: written once.
@@ -214,6 +225,7 @@ class PerfBuffer:
         self, lib: Any, map_fd: int, cpus: list[int], pages: int, wakeup_events: int = 64
     ) -> None:
         self.rings: list[PerfRing] = []
+        self._next = 0
         self._poll = select.poll()
         try:
             for cpu in cpus:
@@ -240,20 +252,38 @@ class PerfBuffer:
         self._poll.poll(timeout_ms)
 
     def lost(self) -> dict[int, int]:
+        """PERF_RECORD_LOST totals per CPU since the buffer opened (or reset_lost)."""
         return {r.cpu: r.lost for r in self.rings}
 
-    def drain(self, size: int) -> Any:
-        """Every complete sample of every CPU as one uint8 array of ``size``-byte
-        records (CPU by CPU; within a CPU in order), copied once out of the rings."""
+    def reset_lost(self) -> None:
+        for r in self.rings:
+            r.lost = 0
+
+    def drain(self, size: int, limit: int = 0) -> Any:
+        """Complete samples of every CPU, at most ``limit`` (default: as many as
+        ``tracekit.ringbuf.batch_records``), as one uint8 array of ``size``-byte
+        records (CPU by CPU, each in order), copied once out of the rings. The CPU
+        read first turns round from one call to the next, so none waits behind
+        the others."""
         import numpy as np
 
         stride = sample_stride(size)
-        # Each ring's head is read once, so the output is sized for what is taken.
-        heads = [r.head() for r in self.rings]
-        room = sum(r.pending() for r in self.rings) // stride + len(self.rings)
+        left = limit or batch_records(size)
+        # Each ring's head is read once, capped to what this call takes, so the
+        # output is sized before the copy.
+        k = self._next % max(1, len(self.rings))
+        self._next += 1
+        order = self.rings[k:] + self.rings[:k]
+        heads = []
+        for r in order:
+            tail = r.tail()
+            head = min(r.head(), tail + left * stride)
+            heads.append(head)
+            left -= (head - tail) // stride
+        room = sum((h - r.tail()) // stride for r, h in zip(order, heads, strict=True))
         out = np.empty(room * size, dtype=np.uint8)
         got = 0
-        for ring, head in zip(self.rings, heads, strict=True):
+        for ring, head in zip(order, heads, strict=True):
             got += ring.drain_into(out, got, size, stride, head)
         return out[: got * size]
 
