@@ -59,6 +59,7 @@ from tracekit.trace_checks import (
     check_lost,
     check_symbols,
 )
+from tracekit.trace_framing import Framer, RecordTooLong
 
 MAGIC = b"\x89TKT\r\n\x1a\n"
 FORMAT_VERSION = 2
@@ -93,7 +94,6 @@ _MAX_BODY = MAX_RECORD - 64  # room for the framing around a body
 # Totals over a whole file: symbols and stacks are kept for the whole replay.
 MAX_SYMBOLS = 1 << 20
 MAX_STACKS = 1 << 16
-_READ_CHUNK = 1024 * 1024
 _MAX_SEQ = (1 << 63) - 1
 
 
@@ -315,19 +315,19 @@ class TraceReader:
         magic = self._read(len(MAGIC))
         if magic != MAGIC:
             raise TraceFileError(f"{self._shown}: not a tracekit trace file")
-        self._unpacker = msgpack.Unpacker(
-            # Room for the largest record (body and framing) plus one chunk read.
-            max_buffer_size=MAX_RECORD + _READ_CHUNK + 1024,
-            max_bin_len=MAX_RECORD,
-            max_array_len=4,
-            max_map_len=0,
-            max_str_len=0,
-            max_ext_len=0,
+        self._framer = Framer(
+            self._read_into,
+            self.size - len(MAGIC),
+            MAX_RECORD,
+            {
+                "max_bin_len": MAX_RECORD,
+                "max_array_len": 4,
+                "max_map_len": 0,
+                "max_str_len": 0,
+                "max_ext_len": 0,
+            },
         )
-        self._chunk = bytearray(_READ_CHUNK)
-        self._chunk_view = memoryview(self._chunk)
         self._offset = len(MAGIC)
-        self._eof = False
         self._seq = 0
         self.format = FORMAT_VERSION  # until the first record's framing says otherwise
         self.truncated = False
@@ -387,9 +387,7 @@ class TraceReader:
                 f"cannot read {self._shown}: {exc.strerror or errno.errorcode.get(exc.errno or 0)}"
             ) from None
 
-    def _read_into(self, buf: bytearray) -> int:
-        # One buffer for every read (feed() copies what it needs): no 1 MiB bytes
-        # object allocated and freed per read.
+    def _read_into(self, buf: memoryview) -> int:
         try:
             return self._f.readinto(buf)  # type: ignore[attr-defined,no-any-return]
         except OSError as exc:
@@ -403,32 +401,20 @@ class TraceReader:
         return TraceFileError(f"{self._shown}: corrupt at byte {where}: {printable(why)}")
 
     def _frame(self) -> Any:
-        while True:
-            try:
-                return self._unpacker.unpack()
-            except msgpack.OutOfData:
-                if self._eof:
-                    return None
-                n = self._read_into(self._chunk)
-                if not n:
-                    self._eof = True
-                    continue
-                try:
-                    self._unpacker.feed(self._chunk_view[:n])
-                except msgpack.BufferFull:
-                    # The buffer holds one whole record and one chunk: a record that
-                    # still does not fit claims more than MAX_RECORD bytes.
-                    raise self._corrupt(
-                        f"a record longer than the {MAX_RECORD // 2**20} MiB limit"
-                    ) from None
-            except (
-                ValueError,
-                msgpack.ExtraData,
-                msgpack.FormatError,
-                msgpack.StackError,
-                msgpack.BufferFull,
-            ) as exc:
-                raise self._corrupt(f"bad framing ({type(exc).__name__})") from None
+        try:
+            return self._framer.next()
+        except RecordTooLong:
+            raise self._corrupt(
+                f"a record longer than the {MAX_RECORD // 2**20} MiB limit"
+            ) from None
+        except (
+            ValueError,
+            msgpack.ExtraData,
+            msgpack.FormatError,
+            msgpack.StackError,
+            msgpack.BufferFull,
+        ) as exc:
+            raise self._corrupt(f"bad framing ({type(exc).__name__})") from None
 
     def _next(self, decode_batches: bool = True) -> Record | None:
         """The next framed record, or None at the end (sets ``truncated`` if cut).
@@ -438,12 +424,12 @@ class TraceReader:
         """
         frame = self._frame()
         if frame is None:
-            if self._unpacker.tell() + len(MAGIC) < self.size:
+            if self._framer.consumed + len(MAGIC) < self.size:
                 self.truncated = True
                 self.truncated_at = self._offset
             return None
         start = self._offset
-        self._offset = len(MAGIC) + self._unpacker.tell()
+        self._offset = len(MAGIC) + self._framer.consumed
         if type(frame) is not list or len(frame) not in (3, 4):
             raise self._corrupt("not a record")
         if start == len(MAGIC):
@@ -462,7 +448,7 @@ class TraceReader:
             or type(seq) is not int
             or not 0 <= seq <= _MAX_SEQ
             or type(crc) is not int
-            or type(body) is not bytes
+            or type(body) not in (bytes, memoryview)
         ):
             raise self._corrupt("not a record")
         ok = _crc32(body) == crc if self.format == 1 else _crc(kind, seq, body) == crc
@@ -599,9 +585,9 @@ class TraceReader:
 
     def _after_footer(self) -> None:
         """Nothing may follow the footer (format 2); format 1 only counts it."""
-        buffered = len(MAGIC) + self._unpacker.tell()
-        extra = self.size - buffered
-        if extra <= 0 and self._eof:
+        read = len(MAGIC) + self._framer.consumed
+        extra = max(self.size - read, self._framer.buffered)
+        if extra <= 0 and self._framer.eof:
             return
         if extra <= 0:
             # The size from fstat may be stale (a file still growing): look.
@@ -621,11 +607,11 @@ class _Count:
 
     __slots__ = ("body",)
 
-    def __init__(self, body: bytes) -> None:
+    def __init__(self, body: bytes | memoryview) -> None:
         self.body = body
 
 
-def _array_len(body: bytes) -> int:
+def _array_len(body: bytes | memoryview) -> int:
     """Rows in a BATCH body from its msgpack array header; -1 if it is not an array.
 
     -1 is then refused as not a batch when the body is decoded; here it only needs to
