@@ -212,6 +212,15 @@ class EventBatch:
             self._array = rows_to_array(self.schema, self._rows or [])
         return self._array
 
+    def field_array(self, i: int) -> Any:
+        """Field ``i`` as a numpy array (strings as raw ``S<N>`` bytes). A batch
+        joined by ``concat`` copies only this field out of its parts."""
+        if self._array is None and self._parts is not None:
+            import numpy as np
+
+            return np.concatenate([p[f"f{i}"] for p in self._parts])
+        return self.array[f"f{i}"]
+
     def column(self, name: str) -> Any:
         """One field: a numpy array of integers, or a list of decoded strings."""
         if self.schema is None:
