@@ -11,10 +11,12 @@ producer's rate, about 1 M events/s here, which measures the producer), and each
 must deliver every one of them (checked, with the kernel's count of refused
 outputs at zero):
 
-- tracekit ring buffer / perf buffer: ``RingBuffer.drain`` / ``PerfBuffer.drain``
+- tracekit ring buffer / perf buffer -> trace: ``RingBuffer.drain`` / ``PerfBuffer.drain``
   (mapped pages, a whole run checked and copied with numpy) into a packed
   ``EventBatch``, as ``CoreProbe.poll`` makes it, written by the msgpack sink's
   ``TraceWriter`` to a file on tmpfs (framing, CRC);
+- tracekit ring buffer, no sink: the same batches, handed to nothing (the reader's
+  own rate: the counterpart of the C consumer with an empty callback);
 - libbpf + Python callback: libbpf's ``ring_buffer__consume`` / ``perf_buffer__consume``
   calling a ctypes callback per event that does nothing: bare BCC's loops;
 - C, empty callback: libbpf's ``ring_buffer__consume`` with a callback that only
@@ -147,19 +149,24 @@ def to_trace(next_batch: Callable[[], EventBatch | None]) -> tuple[int, float]:
     return n, took
 
 
-def tracekit_ring(feed: BpfObject, events: int) -> Case:
+def tracekit_ring(feed: BpfObject, events: int, sink: bool = True) -> Case:
     ring = RingBuffer(feed.map_fd("feed"), RING)  # mapped before, as a live run's is
     fill(feed, "tk_feed", events)
 
+    def batch() -> EventBatch | None:
+        if not ring.pending():
+            return None
+        return EventBatch.from_records("bench", SCHEMA, ring.drain(SCHEMA.size))
+
     def go() -> tuple[int, float]:
-
-        def batch() -> EventBatch | None:
-            if not ring.pending():
-                return None
-            return EventBatch.from_records("bench", SCHEMA, ring.drain(SCHEMA.size))
-
         try:
-            return to_trace(batch)
+            if sink:
+                return to_trace(batch)
+            n = 0
+            t = time.perf_counter()
+            while (b := batch()) is not None:
+                n += len(b)
+            return n, time.perf_counter() - t
         finally:
             ring.close()
 
@@ -281,6 +288,7 @@ def main() -> None:
         n = a.events
         cases: dict[str, Callable[[], Case]] = {
             "tracekit ring buffer -> trace": lambda: tracekit_ring(feed, n),
+            "tracekit ring buffer, no sink": lambda: tracekit_ring(feed, n, sink=False),
             "tracekit perf buffer -> trace": lambda: tracekit_perf(feed, n),
             "Python callback, ring (BCC's)": lambda: callback_ring(feed, n),
             "Python callback, perf (BCC's)": lambda: callback_perf(feed, n),

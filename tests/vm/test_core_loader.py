@@ -65,6 +65,36 @@ def test_core_flips_are_the_queues_tc_counted(
     assert "@queue_after[" in live
 
 
+def test_core_perf_output_delivers_what_the_kernel_counted(bus: Bus, out_dir: Path) -> None:
+    """--output perf through the CO-RE loader: per-CPU perf rings read from their
+    pages (tracekit.perfbuf); every change the kernel counted reached the trace."""
+    spec = bus.probes.get("txq-flip")
+    opts = RunOptions(quiet=True, loader="core", output="perf")
+    compiled = compile_probe(spec, spec.resolve_params({}), opts)
+    assert compiled.loader == "core" and compiled.probe.output == "perf"
+    trace = out_dir / "txq-flip-core-perf.tkt"
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            res = lab_txq_flip(
+                bus, (f"msgpack={trace}",), 4, "fq", compiled=compiled, force=True, quiet=True
+            )
+    finally:
+        compiled.probe.close()
+    r = TraceReader(str(trace))
+    names = r.session.schema.names
+    evs = [
+        dict(zip(names, row, strict=True))
+        for rec in r.records()
+        if rec.kind == BATCH
+        for row in rec.payload
+    ]
+    footer = r.footer
+    assert res.iperf_mbit > 1 and evs
+    assert all(e["queue_after"] == e["cpu"] for e in evs)
+    assert footer is not None and footer.lost_total == 0
+    assert sum(footer.counters["txq_counts"]["changes"].values()) == len(evs) == footer.events
+
+
 def test_core_detach_leaves_nothing(core_run: tuple[LabResult, str, Path, Compiled]) -> None:
     core_run[3].probe.detach()
     assert attached_residue() == []
