@@ -174,7 +174,7 @@ def tracekit_ring(feed: BpfObject, events: int, sink: bool = True) -> Case:
 
 
 def tracekit_perf(feed: BpfObject, events: int) -> Case:
-    buf = PerfBuffer(feed.lib, feed.map_fd("feed_perf"), [CPU], perf_pages(events))
+    buf = PerfBuffer.for_map(feed.lib, feed.map_fd("feed_perf"), [CPU], perf_pages(events))
     fill(feed, "tk_feed_perf", events)
 
     def go() -> tuple[int, float]:

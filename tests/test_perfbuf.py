@@ -77,7 +77,7 @@ def test_stride_is_the_kernels_padding() -> None:
 
 
 def test_samples_in_order_across_wraparound_losses_counted(feed: BpfObject, on_cpu0: int) -> None:
-    buf = PerfBuffer(feed.lib, feed.map_fd("feed_perf"), [on_cpu0], PAGES, wakeup_events=1)
+    buf = PerfBuffer.for_map(feed.lib, feed.map_fd("feed_perf"), [on_cpu0], PAGES, wakeup_events=1)
     try:
         stride = sample_stride(REC.size)
         per_round = PAGES * 4096 // stride // 2
@@ -111,11 +111,11 @@ def test_samples_in_order_across_wraparound_losses_counted(feed: BpfObject, on_c
 
 def test_pages_must_be_a_power_of_two(feed: BpfObject) -> None:
     with pytest.raises(ValueError, match="power of two"):
-        PerfBuffer(feed.lib, feed.map_fd("feed_perf"), [0], 3)
+        PerfBuffer.for_map(feed.lib, feed.map_fd("feed_perf"), [0], 3)
 
 
 def test_a_drain_takes_at_most_its_limit_and_leaves_the_rest(feed: BpfObject, on_cpu0: int) -> None:
-    buf = PerfBuffer(feed.lib, feed.map_fd("feed_perf"), [on_cpu0], PAGES)
+    buf = PerfBuffer.for_map(feed.lib, feed.map_fd("feed_perf"), [on_cpu0], PAGES)
     try:
         base, _ = counts(feed)
         feed.test_run("tk_feed_perf", 100)

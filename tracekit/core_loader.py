@@ -194,7 +194,9 @@ class CoreProbe(KernelProbe):
             return
         fd = self.lib.lib.bpf_map__fd(self._map("tk_events_perf"))
         try:
-            self._ring = PerfBuffer(self.lib, fd, online_cpus(), self.page_cnt, WAKEUP_EVENTS)
+            self._ring = PerfBuffer.for_map(
+                self.lib, fd, online_cpus(), self.page_cnt, WAKEUP_EVENTS
+            )
         except (OSError, LibbpfError) as exc:
             raise ResourceError(
                 f"cannot allocate the perf buffer of {self.page_cnt} pages per CPU "
@@ -203,7 +205,11 @@ class CoreProbe(KernelProbe):
             ) from None
 
     def close_output(self) -> None:
-        """The ring buffer is a map: it lives as long as the loaded object."""
+        """Close the perf buffers, so that the next run opens them again (another
+        size). The ring buffer is a map: it lives as long as the loaded object."""
+        if isinstance(self._ring, PerfBuffer):
+            self._ring.close()
+            self._ring = None
 
     def poll(self, timeout_ms: int = POLL_MS) -> EventBatch | list[tuple[Any, ...]]:
         """Everything now in the buffer, as one packed batch (or [] if empty)."""

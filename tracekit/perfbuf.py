@@ -25,6 +25,7 @@ import os
 import platform
 import select
 import struct
+from collections.abc import Callable
 from typing import Any
 
 from tracekit.ringbuf import batch_records
@@ -219,10 +220,18 @@ class PerfRing:
 
 
 class PerfBuffer:
-    """Per-CPU perf rings for one ``PERF_EVENT_ARRAY`` map, drained together."""
+    """Per-CPU perf rings for one ``PERF_EVENT_ARRAY`` map, drained together.
+
+    ``set_cpu(cpu, fd)`` puts a ring's perf event into the map at the CPU's index
+    (through libbpf for the CO-RE loader, through BCC's table for BCC's).
+    """
 
     def __init__(
-        self, lib: Any, map_fd: int, cpus: list[int], pages: int, wakeup_events: int = 64
+        self,
+        set_cpu: Callable[[int, int], None],
+        cpus: list[int],
+        pages: int,
+        wakeup_events: int = 64,
     ) -> None:
         self.rings: list[PerfRing] = []
         self._next = 0
@@ -231,17 +240,28 @@ class PerfBuffer:
             for cpu in cpus:
                 ring = PerfRing(cpu, pages, wakeup_events)
                 self.rings.append(ring)
-                key, val = ct.c_uint32(cpu), ct.c_uint32(ring.fd)
-                with lib.call(f"perf buffer on CPU {cpu}"):
-                    lib.check_rc(
-                        lib.lib.bpf_map_update_elem(map_fd, ct.byref(key), ct.byref(val), 0),
-                        "map update",
-                    )
+                set_cpu(cpu, ring.fd)
                 ring.enable()
                 self._poll.register(ring.fd, select.POLLIN)
         except BaseException:
             self.close()
             raise
+
+    @classmethod
+    def for_map(
+        cls, lib: Any, map_fd: int, cpus: list[int], pages: int, wakeup_events: int = 64
+    ) -> PerfBuffer:
+        """Rings for the map ``map_fd``, set with libbpf (``tracekit.libbpf``)."""
+
+        def set_cpu(cpu: int, fd: int) -> None:
+            key, val = ct.c_uint32(cpu), ct.c_uint32(fd)
+            with lib.call(f"perf buffer on CPU {cpu}"):
+                lib.check_rc(
+                    lib.lib.bpf_map_update_elem(map_fd, ct.byref(key), ct.byref(val), 0),
+                    "map update",
+                )
+
+        return cls(set_cpu, cpus, pages, wakeup_events)
 
     def pending(self) -> int:
         return sum(r.pending() for r in self.rings)

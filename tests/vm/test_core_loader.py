@@ -65,14 +65,15 @@ def test_core_flips_are_the_queues_tc_counted(
     assert "@queue_after[" in live
 
 
-def test_core_perf_output_delivers_what_the_kernel_counted(bus: Bus, out_dir: Path) -> None:
-    """--output perf through the CO-RE loader: per-CPU perf rings read from their
+@pytest.mark.parametrize("loader", ["core", "bcc"])
+def test_perf_output_delivers_what_the_kernel_counted(bus: Bus, out_dir: Path, loader: str) -> None:
+    """--output perf through either loader: per-CPU perf rings read from their
     pages (tracekit.perfbuf); every change the kernel counted reached the trace."""
     spec = bus.probes.get("txq-flip")
-    opts = RunOptions(quiet=True, loader="core", output="perf")
+    opts = RunOptions(quiet=True, loader=loader, output="perf")
     compiled = compile_probe(spec, spec.resolve_params({}), opts)
-    assert compiled.loader == "core" and compiled.probe.output == "perf"
-    trace = out_dir / "txq-flip-core-perf.tkt"
+    assert compiled.loader == loader and compiled.probe.output == "perf"
+    trace = out_dir / f"txq-flip-{loader}-perf.tkt"
     try:
         with contextlib.redirect_stdout(io.StringIO()):
             res = lab_txq_flip(
