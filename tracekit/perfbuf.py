@@ -14,12 +14,18 @@ sample that fits.
 As for the ring buffer (tracekit.ringbuf), all fixed-size samples between the two
 positions are checked and copied with numpy a contiguous run at a time, and the
 tail is written once per drain: no Python step, and no foreign call, per event.
+
+Ordering: the head is read before the samples it covers and the tail written after
+they were copied, which x86's memory ordering keeps as written; a weakly ordered
+CPU (arm64) would want the barriers the kernel pairs with (smp_rmb/smp_mb), which
+Python cannot issue (tracekit.ringbuf has the same limit).
 """
 
 from __future__ import annotations
 
 import ctypes as ct
 import ctypes.util
+import functools
 import mmap
 import os
 import platform
@@ -39,7 +45,6 @@ PERF_EVENT_IOC_DISABLE = 0x2401
 PERF_RECORD_LOST = 2
 PERF_RECORD_SAMPLE = 9
 _ATTR_SIZE = 112  # PERF_ATTR_SIZE_VER5: every field we set is in it
-_WATERMARK = 1 << 14  # attr.watermark: wake on bytes, not on events (unused: 0)
 # Where the kernel keeps the positions in the control page (struct perf_event_mmap_page).
 _HEAD, _TAIL = 1024, 1032
 _SYSCALL = {"x86_64": 298, "aarch64": 241, "armv7l": 364, "ppc64le": 319, "s390x": 331}
@@ -76,6 +81,8 @@ def _attr(wakeup_events: int) -> bytes:
 
 
 class _Libc:
+    """libc's syscall() and ioctl(), loaded once (see _libc)."""
+
     def __init__(self) -> None:
         libc = ct.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
         self.syscall = libc.syscall
@@ -85,12 +92,17 @@ class _Libc:
         self.ioctl.argtypes = [ct.c_int, ct.c_ulong, ct.c_ulong]
 
 
+@functools.lru_cache(maxsize=1)
+def _libc() -> _Libc:
+    return _Libc()
+
+
 def perf_event_open(cpu: int, wakeup_events: int) -> int:
     """A BPF-output perf event on ``cpu`` (any process), disabled until enabled."""
     nr = _SYSCALL.get(platform.machine())
     if nr is None:
         raise PerfBufferError(0, f"perf_event_open: unknown syscall number on {platform.machine()}")
-    libc = _Libc()
+    libc = _libc()
     attr = ct.create_string_buffer(_attr(wakeup_events), _ATTR_SIZE)
     fd = libc.syscall(
         ct.c_long(nr),
@@ -131,7 +143,7 @@ class PerfRing:
         self.lost = 0  # PERF_RECORD_LOST totals: the kernel's own count of overruns
 
     def enable(self) -> None:
-        if _Libc().ioctl(self.fd, PERF_EVENT_IOC_ENABLE, 0) != 0:
+        if _libc().ioctl(self.fd, PERF_EVENT_IOC_ENABLE, 0) != 0:
             err = ct.get_errno()
             raise PerfBufferError(
                 err, f"enabling the perf event on CPU {self.cpu}: {os.strerror(err)}"
@@ -213,7 +225,7 @@ class PerfRing:
         return head + bytes(view[base : base + end - self.size])
 
     def close(self) -> None:
-        _Libc().ioctl(self.fd, PERF_EVENT_IOC_DISABLE, 0)
+        _libc().ioctl(self.fd, PERF_EVENT_IOC_DISABLE, 0)
         self._view.release()
         self._map.close()
         os.close(self.fd)
