@@ -65,15 +65,19 @@ def test_core_flips_are_the_queues_tc_counted(
     assert "@queue_after[" in live
 
 
-@pytest.mark.parametrize("loader", ["core", "bcc"])
-def test_perf_output_delivers_what_the_kernel_counted(bus: Bus, out_dir: Path, loader: str) -> None:
-    """--output perf through either loader: per-CPU perf rings read from their
-    pages (tracekit.perfbuf); every change the kernel counted reached the trace."""
+@pytest.mark.parametrize(
+    ("loader", "output"), [("core", "perf"), ("bcc", "perf"), ("bcc", "ringbuf")]
+)
+def test_each_loader_and_output_delivers_what_the_kernel_counted(
+    bus: Bus, out_dir: Path, loader: str, output: str
+) -> None:
+    """Both loaders drain both outputs from the buffers' pages (tracekit.ringbuf,
+    tracekit.perfbuf): every change the kernel counted reached the trace."""
     spec = bus.probes.get("txq-flip")
-    opts = RunOptions(quiet=True, loader=loader, output="perf")
+    opts = RunOptions(quiet=True, loader=loader, output=output)
     compiled = compile_probe(spec, spec.resolve_params({}), opts)
-    assert compiled.loader == loader and compiled.probe.output == "perf"
-    trace = out_dir / f"txq-flip-{loader}-perf.tkt"
+    assert compiled.loader == loader and compiled.probe.output == output
+    trace = out_dir / f"txq-flip-{loader}-{output}.tkt"
     try:
         with contextlib.redirect_stdout(io.StringIO()):
             res = lab_txq_flip(
