@@ -14,7 +14,6 @@ import os
 import re
 import signal
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from importlib.resources import as_file, files
@@ -28,7 +27,6 @@ from tracekit.preflight import tracefs
 from tracekit.probe_base import KernelProbe
 from tracekit.registry import AttachPoint, ProbeSpec
 from tracekit.ringbuf import RingBuffer
-from tracekit.schema import Decoder
 from tracekit.session import EventBatch, LostReport
 
 POLL_MS = 100
@@ -159,7 +157,6 @@ class LoadedProbe(KernelProbe):
         self.stream = stream
         self.aggregate = aggregate and bool(spec.agg_fields)
         self.sample = max(1, int(sample))
-        self.decoder = Decoder(spec.schema)
         self.attached: list[AttachPoint] = []
         self._reader: RingBuffer | PerfBuffer | None = None
         # PERF_RECORD_LOST totals per CPU, as the perf buffer itself reports them:
@@ -288,6 +285,9 @@ class LoadedProbe(KernelProbe):
         if self._open:
             self._open = False
             self.detach()
+            if self._reader is not None:
+                self._reader.close()
+                self._reader = None
             with contextlib.suppress(Exception):
                 self.bpf.cleanup()
 
@@ -411,27 +411,6 @@ def remove_stale_bcc_events() -> list[str]:
         except OSError:
             pass
     return removed
-
-
-@contextlib.contextmanager
-def c_stderr() -> Iterator[list[str]]:
-    """Capture what C code writes to file descriptor 2 inside the block.
-
-    Yields a list that holds the captured lines once the block is over. Python's
-    own sys.stderr is flushed first so nothing of ours gets mixed in.
-    """
-    lines: list[str] = []
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as tmp:
-        os.dup2(tmp.fileno(), 2)
-        try:
-            yield lines
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            tmp.seek(0)
-            lines += tmp.read(64 * 1024).decode(errors="replace").strip().splitlines()
 
 
 class StopSignals:
