@@ -33,6 +33,14 @@ static __always_inline int feed_one(struct xdp_md *ctx, int perf)
 
 TK_SEC("xdp") int tk_feed(struct xdp_md *ctx) { return feed_one(ctx, 0); }
 
+/* A record of another size (12 bytes) into the ring: not one of the reader's. */
+TK_SEC("xdp") int tk_feed_small(struct xdp_md *ctx)
+{
+    char small[12] = "not-a-rec";
+    bpf_ringbuf_output(&feed__map, small, sizeof(small), 0);
+    return XDP_PASS;
+}
+
 /* The same records into a perf buffer (BPF_F_CURRENT_CPU: the ring of the CPU the
  * test run is on). */
 TK_SEC("xdp") int tk_feed_perf(struct xdp_md *ctx) { return feed_one(ctx, 1); }
