@@ -1,18 +1,29 @@
-"""Live drain rate: tracekit's ring buffer reader beside a per-event callback and C.
+"""Live drain rate: tracekit's buffer readers beside per-event callbacks and C.
 
-    python bench/drain.py [--events 2000000] [--rounds 3]
+    python bench/drain.py [--events 2000000] [--rounds 3] [--only NAME]
 
 Runs on this machine's own kernel (root, BPF, no attach needed): an XDP program
-(tests/bpf/ringfeed.bpf.c) run with BPF_PROG_TEST_RUN fills a ring buffer with a
-backlog of records, then one consumer drains it, timed (a producer running beside
-the consumer caps every consumer at the producer's ~1 M events/s here, so the
-backlog measures what the consumer alone can take):
+(tests/bpf/ringfeed.bpf.c) run with BPF_PROG_TEST_RUN on one pinned CPU writes the
+same backlog of 24-byte records into a BPF ring buffer or that CPU's perf buffer,
+then one consumer drains it, timed. Every consumer gets the same records (the flood
+is the backlog: a producer running beside the consumer caps every consumer at the
+producer's rate, about 1 M events/s here, which measures the producer), and each
+must deliver every one of them (checked, with the kernel's count of refused
+outputs at zero):
 
-- tracekit: `RingBuffer.drain` (mapped pages, a whole run checked and copied with
-  numpy) into packed `EventBatch`es, then the msgpack sink's writer to /dev/null;
-- libbpf + Python callback: `ring_buffer__poll` calling a ctypes callback per
-  event that does nothing (what bare BCC's ring buffer loop costs);
-- C: a small libbpf consumer with an empty callback, built here with gcc.
+- tracekit ring buffer / perf buffer -> trace: ``RingBuffer.drain`` / ``PerfBuffer.drain``
+  (mapped pages, a whole run checked and copied with numpy) into a packed
+  ``EventBatch``, as ``CoreProbe.poll`` makes it, written by the msgpack sink's
+  ``TraceWriter`` to a file on tmpfs (framing, CRC);
+- tracekit ring buffer, no sink: the same batches, handed to nothing (the reader's
+  own rate: the counterpart of the C consumer with an empty callback);
+- libbpf + Python callback: libbpf's ``ring_buffer__consume`` / ``perf_buffer__consume``
+  calling a ctypes callback per event that does nothing: bare BCC's loops;
+- C, empty callback: libbpf's ``ring_buffer__consume`` with a callback that only
+  counts (the issue's reference), built here with gcc -O2;
+- C, copy + write: the same loop whose callback copies each record into a buffer
+  written to a tmpfs file every 8,192 records: the work tracekit's path does, less
+  the trace framing and CRC.
 
 Events per second are compared side by side, rounds interleaved.
 """
@@ -26,11 +37,13 @@ import statistics
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from tracekit.core_build import compile_core
 from tracekit.libbpf import BpfObject
-from tracekit.ringbuf import HEADER, RingBuffer
+from tracekit.perfbuf import PerfBuffer, sample_stride
+from tracekit.ringbuf import RingBuffer
 from tracekit.schema import Field, Schema
 from tracekit.session import EventBatch, Session
 from tracekit.tracefile import TraceWriter
@@ -38,25 +51,44 @@ from tracekit.tracefile import TraceWriter
 ROOT = Path(__file__).resolve().parents[1]
 RING = 1 << 27  # 128 MiB: room for the whole backlog (32-byte slots)
 SCHEMA = Schema((Field("seq", "u64"), Field("cpu", "u32"), Field("tag", "str12")))
+CPU = 1  # the producer's CPU (its perf ring is the one filled)
 
 C_CONSUMER = r"""
 #include <bpf/libbpf.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <time.h>
+#include <unistd.h>
 static long n;
-static int cb(void *ctx, void *data, size_t size) { n++; return 0; }
+static char buf[8192 * 24];
+static size_t used;
+static int out = -1;
+static int empty(void *ctx, void *data, size_t size) { n++; return 0; }
+static int copy(void *ctx, void *data, size_t size) {
+    memcpy(buf + used, data, size);
+    used += size;
+    n++;
+    if (used + size > sizeof buf) { if (write(out, buf, used) < 0) return -1; used = 0; }
+    return 0;
+}
 int main(int argc, char **argv) {
     int fd = atoi(argv[1]);
-    struct ring_buffer *rb = ring_buffer__new(fd, cb, NULL, NULL);
+    if (argc > 2) out = open(argv[2], O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    struct ring_buffer *rb = ring_buffer__new(fd, argc > 2 ? copy : empty, NULL, NULL);
     if (!rb) return 1;
     struct timespec a, b; clock_gettime(CLOCK_MONOTONIC, &a);
     ring_buffer__consume(rb);
+    if (out >= 0 && used && write(out, buf, used) < 0) return 1;
     clock_gettime(CLOCK_MONOTONIC, &b);
     printf("%ld %.9f\n", n, (b.tv_sec - a.tv_sec) + (b.tv_nsec - a.tv_nsec) / 1e9);
+    if (out >= 0) { close(out); unlink(argv[2]); }
     return 0;
 }
 """
+
+Case = Callable[[], tuple[int, float]]
 
 
 def build(tmp: Path) -> tuple[Path, Path]:
@@ -79,82 +111,172 @@ def counts(feed: BpfObject) -> tuple[int, int]:
     return out[0], out[1]
 
 
-def fill(feed: BpfObject, events: int) -> None:
-    """Put ``events`` records in the ring (BPF_PROG_TEST_RUN, 100,000 per call)."""
-    left = events
-    while left > 0:
-        feed.test_run("tk_feed", min(left, 100_000))
-        left -= 100_000
+def fill(feed: BpfObject, prog: str, events: int) -> None:
+    """Put ``events`` records in the buffer from CPU ``CPU`` (100,000 per test run)."""
+    old = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {CPU})
+    try:
+        _, refused0 = counts(feed)
+        left = events
+        while left > 0:
+            feed.test_run(prog, min(left, 100_000))
+            left -= 100_000
+        _, refused1 = counts(feed)
+        assert refused1 == refused0, "the buffer is too small for --events"
+    finally:
+        os.sched_setaffinity(0, old)
 
 
-def drain_tracekit(feed: BpfObject) -> tuple[int, float]:
-    """tracekit's reader to packed batches, written by the trace writer (tmpfs)."""
-    import numpy as np
+def perf_pages(events: int) -> int:
+    need = events * sample_stride(SCHEMA.size) // 4096 + 1
+    return 1 << (need - 1).bit_length()
 
-    ring = RingBuffer(feed.map_fd("feed"), RING)
-    size = 24  # struct rec
-    stride = (HEADER + size + 7) & ~7
-    dt = np.dtype(
-        {"names": ["ev"], "formats": [f"V{size}"], "offsets": [HEADER], "itemsize": stride}
-    )
+
+def to_trace(next_batch: Callable[[], EventBatch | None]) -> tuple[int, float]:
+    """Batches from ``next_batch`` written by the msgpack sink's writer (tmpfs)."""
     session = Session(probe="bench", schema=SCHEMA, params={})
-
-    def decode(run: memoryview, n: int) -> EventBatch:
-        ev = np.frombuffer(run, dtype=dt, count=n)["ev"].copy(order="C")
-        return EventBatch("bench", schema=SCHEMA, array=ev.view(SCHEMA.dtype))
-
     fd, path = tempfile.mkstemp(suffix=".tkt", dir="/dev/shm")
     os.close(fd)
     w = TraceWriter(path, session, force=True)
     n = 0
     t = time.perf_counter()
-    while ring.pending():
-        for b in ring.drain(decode, size):
-            w.write_batch(b)
-            n += len(b)
+    while (b := next_batch()) is not None:
+        w.write_batch(b)
+        n += len(b)
     took = time.perf_counter() - t
     w.close(None)
     os.unlink(path)
-    ring.close()
     return n, took
 
 
-def drain_callback(feed: BpfObject) -> tuple[int, float]:
+def tracekit_ring(feed: BpfObject, events: int, sink: bool = True) -> Case:
+    ring = RingBuffer(feed.map_fd("feed"), RING)  # mapped before, as a live run's is
+    fill(feed, "tk_feed", events)
+
+    def batch() -> EventBatch | None:
+        if not ring.pending():
+            return None
+        return EventBatch.from_records("bench", SCHEMA, ring.drain(SCHEMA.size))
+
+    def go() -> tuple[int, float]:
+        try:
+            if sink:
+                return to_trace(batch)
+            n = 0
+            t = time.perf_counter()
+            while (b := batch()) is not None:
+                n += len(b)
+            return n, time.perf_counter() - t
+        finally:
+            ring.close()
+
+    return go
+
+
+def tracekit_perf(feed: BpfObject, events: int) -> Case:
+    buf = PerfBuffer.for_map(feed.lib, feed.map_fd("feed_perf"), [CPU], perf_pages(events))
+    fill(feed, "tk_feed_perf", events)
+
+    def go() -> tuple[int, float]:
+        def batch() -> EventBatch | None:
+            if not buf.pending():
+                return None
+            return EventBatch.from_records("bench", SCHEMA, buf.drain(SCHEMA.size))
+
+        try:
+            return to_trace(batch)
+        finally:
+            assert buf.lost() == {CPU: 0}
+            buf.close()
+
+    return go
+
+
+_CB = ct.CFUNCTYPE(ct.c_int, ct.c_void_p, ct.c_void_p, ct.c_size_t)
+_PERF_CB = ct.CFUNCTYPE(None, ct.c_void_p, ct.c_int, ct.c_void_p, ct.c_uint32)
+
+
+def callback_ring(feed: BpfObject, events: int) -> Case:
     """libbpf's ring_buffer__consume calling a Python (ctypes) callback per event."""
+    fill(feed, "tk_feed", events)
     lib = feed.lib.lib
-    cbtype = ct.CFUNCTYPE(ct.c_int, ct.c_void_p, ct.c_void_p, ct.c_size_t)
     got = [0]
 
     def cb(_ctx: int, _data: int, _size: int) -> int:
         got[0] += 1
         return 0
 
-    fn = cbtype(cb)
-    lib.ring_buffer__new.restype = ct.c_void_p
-    lib.ring_buffer__new.argtypes = [ct.c_int, cbtype, ct.c_void_p, ct.c_void_p]
-    lib.ring_buffer__consume.argtypes = [ct.c_void_p]
-    lib.ring_buffer__free.argtypes = [ct.c_void_p]
-    rb = lib.ring_buffer__new(feed.map_fd("feed"), fn, None, None)
-    t = time.perf_counter()
-    lib.ring_buffer__consume(rb)
-    took = time.perf_counter() - t
-    lib.ring_buffer__free(rb)
-    return got[0], took
+    def go() -> tuple[int, float]:
+        fn = _CB(cb)
+        lib.ring_buffer__new.restype = ct.c_void_p
+        lib.ring_buffer__new.argtypes = [ct.c_int, _CB, ct.c_void_p, ct.c_void_p]
+        lib.ring_buffer__consume.argtypes = [ct.c_void_p]
+        lib.ring_buffer__free.argtypes = [ct.c_void_p]
+        rb = lib.ring_buffer__new(feed.map_fd("feed"), fn, None, None)
+        t = time.perf_counter()
+        lib.ring_buffer__consume(rb)
+        took = time.perf_counter() - t
+        lib.ring_buffer__free(rb)
+        return got[0], took
+
+    return go
 
 
-def drain_c(feed: BpfObject, exe: Path) -> tuple[int, float]:
-    fd = feed.map_fd("feed")
-    p = subprocess.run(
-        [str(exe), str(fd)], pass_fds=(fd,), capture_output=True, text=True, check=True
-    )
-    n, took = p.stdout.split()
-    return int(n), float(took)
+def callback_perf(feed: BpfObject, events: int) -> Case:
+    """libbpf's perf_buffer__consume calling a Python (ctypes) callback per event."""
+    lib = feed.lib.lib
+    got = [0]
+
+    def cb(_ctx: int, _cpu: int, _data: int, _size: int) -> None:
+        got[0] += 1
+
+    fn = _PERF_CB(cb)
+    lib.perf_buffer__new.restype = ct.c_void_p
+    lib.perf_buffer__new.argtypes = [
+        ct.c_int,
+        ct.c_size_t,
+        _PERF_CB,
+        ct.c_void_p,
+        ct.c_void_p,
+        ct.c_void_p,
+    ]
+    lib.perf_buffer__consume.argtypes = [ct.c_void_p]
+    lib.perf_buffer__free.argtypes = [ct.c_void_p]
+    pb = lib.perf_buffer__new(feed.map_fd("feed_perf"), perf_pages(events), fn, None, None, None)
+    assert pb, "perf_buffer__new failed"
+    fill(feed, "tk_feed_perf", events)
+
+    def go() -> tuple[int, float]:
+        t = time.perf_counter()
+        lib.perf_buffer__consume(pb)
+        took = time.perf_counter() - t
+        lib.perf_buffer__free(pb)
+        _ = fn  # alive until freed
+        return got[0], took
+
+    return go
+
+
+def c_ring(feed: BpfObject, events: int, exe: Path, write: bool) -> Case:
+    fill(feed, "tk_feed", events)
+
+    def go() -> tuple[int, float]:
+        fd = feed.map_fd("feed")
+        args = [str(exe), str(fd)]
+        if write:
+            args.append(f"/dev/shm/tk-bench-c-{os.getpid()}.bin")
+        p = subprocess.run(args, pass_fds=(fd,), capture_output=True, text=True, check=True)
+        n, took = p.stdout.split()
+        return int(n), float(took)
+
+    return go
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--events", type=int, default=2_000_000)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--only", help="run the cases whose name starts so (for a profiler)")
     a = ap.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("needs root (BPF)")
@@ -163,31 +285,40 @@ def main() -> None:
         feed = BpfObject(str(obj))
         feed.set_max_entries("feed", RING)
         feed.load()
-        cases = {
-            "tracekit RingBuffer -> trace writer": lambda: drain_tracekit(feed),
-            "libbpf + Python callback (bare BCC)": lambda: drain_callback(feed),
-            "C consumer (libbpf, empty callback)": lambda: drain_c(feed, exe),
+        n = a.events
+        cases: dict[str, Callable[[], Case]] = {
+            "tracekit ring buffer -> trace": lambda: tracekit_ring(feed, n),
+            "tracekit ring buffer, no sink": lambda: tracekit_ring(feed, n, sink=False),
+            "tracekit perf buffer -> trace": lambda: tracekit_perf(feed, n),
+            "Python callback, ring (BCC's)": lambda: callback_ring(feed, n),
+            "Python callback, perf (BCC's)": lambda: callback_perf(feed, n),
+            "C, ring, empty callback": lambda: c_ring(feed, n, exe, write=False),
+            "C, ring, copy + write": lambda: c_ring(feed, n, exe, write=True),
         }
+        if a.only:
+            cases = {k: v for k, v in cases.items() if k.startswith(a.only)}
         rates: dict[str, list[float]] = {k: [] for k in cases}
         for _ in range(a.rounds):
-            for name, fn in cases.items():
-                _, refused0 = counts(feed)
-                fill(feed, a.events)
-                _, refused1 = counts(feed)
-                assert refused1 == refused0, "the ring is too small for --events"
-                n, took = fn()
-                assert n == a.events, (name, n)
-                rates[name].append(n / took)
-        base = statistics.median(rates["libbpf + Python callback (bare BCC)"])
-        c = statistics.median(rates["C consumer (libbpf, empty callback)"])
-        print(
-            f"== draining a backlog of {a.events:,} events (24-byte records), "
-            f"{a.rounds} rounds, median"
-        )
-        for name, v in rates.items():
-            m = statistics.median(v)
-            print(f"{name:<38}{m / 1e6:8.2f} M ev/s  {m / base:6.2f}x callback  {m / c:6.2f}x C")
+            for name, make in cases.items():
+                got, took = make()()
+                assert got == n, (name, got)
+                rates[name].append(got / took)
         feed.close()
+    med = {k: statistics.median(v) for k, v in rates.items()}
+    print(f"== draining a backlog of {n:,} events (24-byte records), {a.rounds} rounds, median")
+    refs = [
+        ("callback", "Python callback, ring (BCC's)"),
+        ("C empty", "C, ring, empty callback"),
+        ("C write", "C, ring, copy + write"),
+    ]
+    ring = med.get("tracekit ring buffer -> trace")
+    head = "".join(f"{'vs ' + r:>12}" for r, _ in refs) + f"{'vs tk ring':>12}"
+    print(f"{'consumer':<32}{'M ev/s':>8}{'spread':>8}{head}")
+    for name, m in med.items():
+        spread = (max(rates[name]) - min(rates[name])) / m
+        cols = "".join(f"{m / med[k]:>11.2f}x" if k in med else f"{'-':>12}" for _, k in refs)
+        cols += f"{m / ring:>11.2f}x" if ring else f"{'-':>12}"
+        print(f"{name:<32}{m / 1e6:>8.2f}{spread:>8.0%}{cols}")
 
 
 if __name__ == "__main__":

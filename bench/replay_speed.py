@@ -108,6 +108,7 @@ def main() -> None:
     ap.add_argument("--only", help="run one case (by its name's first word), for a profiler")
     a = ap.parse_args()
     bus = build_bus(extra_plugins=(("bench", NullPlugin()),), load_entry_points=False)
+    Path(a.dir).mkdir(parents=True, exist_ok=True)
     v2, v1 = Path(a.dir) / "tk-bench-v2.tkt", Path(a.dir) / "tk-bench-v1.tkt"
     t = time.perf_counter()
     made = make_trace(v2, a.events), make_trace_v1(v1, a.v1_events)

@@ -57,7 +57,8 @@ fi
 pip_install() {
   .venv/bin/pip install -q --disable-pip-version-check "$@" 2>&1 | grep -v '^WARNING: Location' || true
 }
-if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import tracekit, pytest, virtme_ng' 2>/dev/null; then
+if [ ! -x .venv/bin/python ] || [ ! -x .venv/bin/py-spy ] \
+  || ! .venv/bin/python -c 'import tracekit, pytest, virtme_ng, isal' 2>/dev/null; then
   echo "setup: creating .venv" >&2
   /usr/bin/python3 -m venv --system-site-packages .venv
   pip_install -e '.[dev]'

@@ -66,6 +66,22 @@ def test_rows_and_records_round_trip() -> None:
     assert EventBatch.concat([again, from_rows]).rows == rows + rows
 
 
+def test_concat_of_packed_batches_copies_only_when_asked() -> None:
+    rows = synthetic_rows(SCHEMA, 300, seed=4)
+    parts = [
+        EventBatch.from_records("t", SCHEMA, EventBatch("t", r, schema=SCHEMA).records())
+        for r in (rows[:100], rows[100:101], rows[101:])
+    ]
+    joined = EventBatch.concat(parts)
+    assert joined.packed and len(joined) == 300
+    # The parts themselves, in order, not a copy: what the trace writer writes.
+    chunks = joined.chunks()
+    assert [len(c) for c in chunks] == [100, 1, 199]
+    assert all(c is p.array for c, p in zip(chunks, parts, strict=True))
+    assert joined.rows == rows and joined.array.tobytes() == b"".join(p.records() for p in parts)
+    assert joined.chunks()[0] is joined.array  # one array once it was asked for
+
+
 def test_records_of_another_length_are_refused() -> None:
     assert SCHEMA.size == 80  # txq-flip's C struct: no padding, no holes
     with pytest.raises(ValueError, match="whole number of 80-byte records"):
@@ -95,3 +111,51 @@ def test_hist_counts_a_packed_batch_exactly_as_its_rows(seed: int, n: int) -> No
         by_numpy.add_batch(EventBatch.from_records("t", WIDE, batch.records()))
         assert by_numpy.data == by_rows.data, spec
         assert by_numpy.render() == by_rows.render()
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.sampled_from(["u1", "u2", "u4", "u8", "i1", "i2", "i4", "i8"]),
+    st.lists(st.integers(0, 2**64 - 1), min_size=1, max_size=300),
+    st.integers(0, 2**64 - 1),
+)
+def test_distinct_without_sorting_is_np_unique(dtype: str, raw: list[int], base: int) -> None:
+    import numpy as np
+
+    from tracekit.hist import _distinct
+
+    info = np.iinfo(dtype)
+    width = int(info.max) - int(info.min) + 1
+    # Values near one base (small span: the table path) or anywhere (np.unique's).
+    near = [int(info.min) + (base + v % 1000) % width for v in raw]
+    anywhere = [int(info.min) + v % width for v in raw]
+    for vals in (near, anywhere):
+        col = np.array(vals, dtype=dtype)
+        u, inv = _distinct(col)
+        want_u, want_inv = np.unique(col, return_inverse=True)
+        assert u.dtype == col.dtype and u.tolist() == want_u.tolist()
+        assert inv.reshape(-1).tolist() == want_inv.reshape(-1).tolist()
+
+
+def test_log2_buckets_are_bit_length_at_every_edge() -> None:
+    import numpy as np
+
+    h = Histogram(HistSpec(value="u", kind="log2"), WIDE)
+    vals = sorted({e + d for e in _EDGES for d in (-1, 0, 1) if 0 <= e + d < 2**64})
+    vals += [(1 << k) + d for k in range(1, 64) for d in (-1, 0, 1)]
+    got = h._np_buckets(np.array(vals, dtype=np.uint64)).tolist()
+    assert got == [v.bit_length() for v in vals]
+    signed = [-(2**63), -1, 0, 1, 2**62, 2**63 - 1]
+    got = h._np_buckets(np.array(signed, dtype=np.int64)).tolist()
+    assert got == [max(v, 0).bit_length() for v in signed]
+
+
+def test_a_field_of_a_joined_batch_without_joining_the_rest() -> None:
+    rows = synthetic_rows(SCHEMA, 50, seed=5)
+    parts = [
+        EventBatch.from_records("t", SCHEMA, EventBatch("t", r, schema=SCHEMA).records())
+        for r in (rows[:20], rows[20:])
+    ]
+    joined = EventBatch.concat(parts)
+    assert joined.field_array(1).tolist() == [r[1] for r in rows]
+    assert len(joined.chunks()) == 2  # still not joined

@@ -13,7 +13,15 @@ from tracekit.errors import TraceFileError, UsageError
 from tracekit.probes.txq_flip import SCHEMA
 from tracekit.schema import Field
 from tracekit.session import LostReport, Session, Summary
-from tracekit.tracefile import BATCH, MAGIC, MAX_BATCH, TraceReader, TraceWriter
+from tracekit.tracefile import (
+    BATCH,
+    MAGIC,
+    MAX_BATCH,
+    TraceReader,
+    TraceWriter,
+    _batch_head,
+    _crc,
+)
 
 
 def write(
@@ -177,3 +185,13 @@ def test_writer_refuses_to_overwrite_and_honours_umask(tmp_path: Path, session: 
     with pytest.raises(UsageError, match="--force"):
         TraceWriter(str(p), session)
     TraceWriter(str(p), session, force=True).close(Summary())
+
+
+@pytest.mark.parametrize("n", [0, 1, 255, 256, 65535, 65536, 200_000])
+@pytest.mark.parametrize("seq", [1, 127, 128, 70_000, 1 << 33])
+def test_batch_framing_written_by_hand_is_msgpacks(n: int, seq: int) -> None:
+    # The writer frames BATCH records by hand to write bodies from where they are;
+    # the bytes must be exactly what msgpack writes for [kind, seq, crc, body].
+    body = bytes(range(256)) * (n // 256) + bytes(n % 256)
+    crc = _crc(BATCH, seq, body)
+    assert _batch_head(seq, crc, n) + body == msgpack.packb([BATCH, seq, crc, body])

@@ -16,9 +16,10 @@ from typing import Any
 
 from tracekit.core_build import manifest
 from tracekit.core_stacks import CoreTables
-from tracekit.errors import CompileError, TracekitError
+from tracekit.errors import CompileError, ResourceError, TracekitError
 from tracekit.libbpf import BpfObject, LibbpfError, libbpf, map_items
-from tracekit.loader import layout_problems, online_cpus
+from tracekit.loader import WAKEUP_EVENTS, layout_problems, online_cpus
+from tracekit.perfbuf import PerfBuffer
 from tracekit.probe_base import KernelProbe
 from tracekit.registry import AttachPoint, ProbeSpec
 from tracekit.ringbuf import HEADER, RingBuffer
@@ -68,8 +69,8 @@ class CoreProbe(KernelProbe):
         self.spec = spec
         self.params = params
         self.output = "ringbuf" if output == "auto" else output
-        if self.output != "ringbuf":
-            raise TracekitError("the CO-RE loader reads the ring buffer only (--output ringbuf)")
+        if self.output not in ("ringbuf", "perf"):
+            raise TracekitError(f"output must be auto, ringbuf or perf, not {output!r}")
         self.stream = stream
         self.aggregate = aggregate and bool(spec.agg_fields)
         self.sample = max(1, int(sample))
@@ -78,8 +79,8 @@ class CoreProbe(KernelProbe):
         self._links: list[int] = []
         self._reported: dict[str, dict[int, int]] = {}
         self.perf_records_lost: dict[int, int] = {}
-        self._ring: RingBuffer | None = None
-        # What an `enrich` reads of BCC's object (stack tables, kernel symbols), once loaded.
+        self._ring: RingBuffer | PerfBuffer | None = None
+        # What an `enrich` reads of the loaded object (stack tables, kernel symbols).
         self.bpf: CoreTables | None = None
         lib = self.lib = libbpf()
         self.ncpus_possible = lib.possible_cpus()
@@ -108,13 +109,16 @@ class CoreProbe(KernelProbe):
             "tk_cfg_sample": self.sample,
             "tk_cfg_max_events_per_sec": int(max_events_per_sec),
             "tk_cfg_ncpus": max(1, len(online_cpus())),
-            "tk_cfg_use_ringbuf": 1,
+            "tk_cfg_use_ringbuf": int(self.output == "ringbuf"),
             "tk_cfg_wakeup_events": 64,
         }
         settings.update({f"tk_param_{p.name}": params[p.name] for p in spec.params})
         self._obj = BpfObject(str(obj_path))
         try:
-            self._ring_size = max(1, self.page_cnt * 16) * 4096
+            # One ring shared by all CPUs, as large as the per-CPU perf buffers
+            # together; with --output perf the (unused) ring is one page.
+            pages = max(1, self.page_cnt * 16) if self.output == "ringbuf" else 1
+            self._ring_size = pages * 4096
             self._obj.set_max_entries("tk_events", self._ring_size)
             missing = [n[9:] for n in settings if n.startswith("tk_param_") and n not in syms]
             if missing:
@@ -122,25 +126,36 @@ class CoreProbe(KernelProbe):
             self._obj.set_rodata(syms, {k: v for k, v in settings.items() if k in syms})
             self._obj.load()
             self.bpf = CoreTables(self._obj)
+            # A run as the ring buffer holds it (tests, benchmarks) and, for a struct
+            # with padding, the drained records without it.
+            self.decode_run = self._make_decoder(spec.schema)
+            self._unpad = (
+                None
+                if spec.schema.kernel_packed
+                else self._make_decoder(spec.schema, header=0, stride=spec.schema.kernel_size)
+            )
         except LibbpfError as exc:
             self.close()
             raise LibbpfError(f"probe {spec.name}: {exc}") from None
         except BaseException:
             self.close()
             raise
-        self.decode_run = self._make_decoder(spec.schema)
 
     def _map(self, name: str) -> int:
         return self._obj.map(name)
 
-    def _make_decoder(self, schema: Schema) -> Any:
+    def _make_decoder(
+        self, schema: Schema, header: int = HEADER, stride: int | None = None
+    ) -> Any:
         """``decode(run, n)``: an EventBatch of the ``n`` records in ``run`` (each
-        behind an 8-byte ring buffer header, padded to 8), copied out of the buffer
-        in one numpy operation: no Python step per event."""
+        behind a ``header``-byte header, ``stride`` apart: by default as a ring buffer
+        lays them out), copied in one numpy operation: no Python step per event.
+        Padding and holes of the C struct are dropped on the way."""
         import numpy as np
 
         size = schema.kernel_size
-        stride = (HEADER + size + 7) & ~7
+        if stride is None:
+            stride = (header + size + 7) & ~7
         dtype = schema.dtype
         probe = self.spec.name
         if not schema.kernel_packed:
@@ -151,7 +166,7 @@ class CoreProbe(KernelProbe):
             stretches: list[list[int]] = []  # [offset in the ring, in the row, length]
             packed = schema.offsets()
             for f, off in zip(schema.fields, schema.kernel_offsets(), strict=True):
-                k, p = HEADER + off, packed[f.name]
+                k, p = header + off, packed[f.name]
                 last = stretches[-1] if stretches else None
                 if last and last[0] + last[2] == k and last[1] + last[2] == p:
                     last[2] += f.size
@@ -185,7 +200,7 @@ class CoreProbe(KernelProbe):
 
             return repack
         ring = np.dtype(
-            {"names": ["ev"], "formats": [f"V{size}"], "offsets": [HEADER], "itemsize": stride}
+            {"names": ["ev"], "formats": [f"V{size}"], "offsets": [header], "itemsize": stride}
         )
 
         def decode(run: memoryview, n: int) -> EventBatch:
@@ -251,20 +266,51 @@ class CoreProbe(KernelProbe):
     # -- draining --------------------------------------------------------------------
 
     def open_output(self) -> None:
-        if self._ring is None:
+        if self._ring is not None:
+            return
+        if self.output == "ringbuf":
             fd = self.lib.lib.bpf_map__fd(self._map("tk_events"))
             self._ring = RingBuffer(fd, self._ring_size)
+            return
+        fd = self.lib.lib.bpf_map__fd(self._map("tk_events_perf"))
+        try:
+            self._ring = PerfBuffer.for_map(
+                self.lib, fd, online_cpus(), self.page_cnt, WAKEUP_EVENTS
+            )
+        except (OSError, LibbpfError) as exc:
+            raise ResourceError(
+                f"cannot allocate the perf buffer of {self.page_cnt} pages per CPU "
+                f"({exc.strerror if isinstance(exc, OSError) else exc}); "
+                "raise RLIMIT_MEMLOCK (ulimit -l) or lower --buffer-pages"
+            ) from None
 
     def close_output(self) -> None:
-        """The ring buffer is a map: it lives as long as the loaded object."""
+        """Close the perf buffers, so that the next run opens them again (another
+        size). The ring buffer is a map: it lives as long as the loaded object."""
+        if isinstance(self._ring, PerfBuffer):
+            self._ring.close()
+            self._ring = None
 
     def poll(self, timeout_ms: int = POLL_MS) -> EventBatch | list[tuple[Any, ...]]:
-        """Everything now in the ring buffer, as one packed batch (or [] if empty)."""
+        """Everything now in the buffer, as one packed batch (or [] if empty)."""
         if self._ring is None:
             return []
         self._ring.wait(timeout_ms)
-        batches = self._ring.drain(self.decode_run, self.spec.schema.kernel_size)
-        return EventBatch.concat(batches) if batches else []
+        # Copied out of the buffer (the kernel reuses it once the consumer moves on)
+        # into one array of the kernel's records: for a C struct without padding the
+        # batch is a view of it, no more copies; otherwise one copy drops the padding.
+        schema = self.spec.schema
+        records = self._ring.drain(schema.kernel_size)
+        if isinstance(self._ring, PerfBuffer):
+            # The kernel's PERF_RECORD_LOST totals: a second count of the losses
+            # tracekit.h counts in tk_lost, kept for cross-checks (as with BCC).
+            self.perf_records_lost = self._ring.lost()
+        if not len(records):
+            return []
+        if self._unpad is None:
+            return EventBatch.from_records(self.spec.name, schema, records)
+        batch: EventBatch = self._unpad(memoryview(records), len(records) // schema.kernel_size)
+        return batch
 
     # -- maps --------------------------------------------------------------------------
 
@@ -300,6 +346,9 @@ class CoreProbe(KernelProbe):
 
     def reset(self) -> None:
         """Zero the counters and losses: each run starts from nothing."""
+        self.perf_records_lost = {}
+        if isinstance(self._ring, PerfBuffer):
+            self._ring.reset_lost()
         if self.aggregate:
             m = self._map("tk_agg")
             fd = self.lib.lib.bpf_map__fd(m)

@@ -85,6 +85,34 @@ def log2_label(b: int) -> str:
     return f"[{_human(1 << (b - 1))}, {_human(1 << b)})"
 
 
+def _dense_limit(n: int) -> int:
+    """Codes up to which counting with a table (bincount) beats sorting n values."""
+    return max(1 << 16, 4 * n)
+
+
+def _distinct(col: Any) -> tuple[Any, Any]:
+    """(sorted distinct values, index of each value among them), as ``np.unique``
+    with ``return_inverse``, without sorting when the values span a small range."""
+    import numpy as np
+
+    if not len(col):
+        return np.unique(col, return_inverse=True)
+    lo, hi = col.min(), col.max()
+    span = int(hi) - int(lo)
+    if span >= _dense_limit(len(col)):
+        return np.unique(col, return_inverse=True)
+    # Offsets from the smallest value: exact in the column's own unsigned width.
+    off = (
+        (col - lo).astype(np.intp)
+        if col.dtype.kind == "u"
+        else (col.astype(np.int64) - int(lo)).astype(np.intp)
+    )
+    present = np.bincount(off, minlength=span + 1) > 0
+    index = np.cumsum(present) - 1
+    values = (np.flatnonzero(present) + int(lo)).astype(col.dtype)
+    return values, index[off]
+
+
 class Histogram:
     """One histogram over the rows of one schema."""
 
@@ -156,12 +184,11 @@ class Histogram:
             return
         import numpy as np
 
-        arr = batch.array
-        n = len(arr)
+        n = len(batch)
         if self._vi is None:
             buckets = np.zeros(n, dtype=np.int64)
         else:
-            got = self._np_buckets(arr[f"f{self._vi}"])
+            got = self._np_buckets(batch.field_array(self._vi))
             if got is None:
                 self.add_rows(batch.rows)
                 return
@@ -171,11 +198,12 @@ class Histogram:
         radix = int(buckets.max()) - bmin + 1
         digits: list[tuple[int, list[Any]]] = []  # per key: (radix, its values)
         for i in self._ki:
+            col = batch.field_array(i)
             if self.schema.fields[i].is_str:
-                u, inv = np.unique(arr[f"f{i}"], return_inverse=True)
+                u, inv = np.unique(col, return_inverse=True)
                 values: list[Any] = decode_strings(u.tolist())
             else:
-                u, inv = np.unique(arr[f"f{i}"], return_inverse=True)
+                u, inv = _distinct(col)
                 values = u.tolist()
             if radix * len(values) >= 1 << 62:
                 # Renumber what is seen so far: at most n codes, so the product fits.
@@ -186,7 +214,13 @@ class Histogram:
             code = code * len(values) + inv.reshape(-1)
             radix *= len(values)
             digits.append((len(values), values))
-        codes, counts = np.unique(code, return_counts=True)
+        if radix <= _dense_limit(n):
+            # Few possible codes: count them without sorting.
+            counts = np.bincount(code, minlength=radix)
+            codes = np.flatnonzero(counts)
+            counts = counts[codes]
+        else:
+            codes, counts = np.unique(code, return_counts=True)
         for c, cnt in zip(codes.tolist(), counts.tolist(), strict=True):
             key = []
             for size, values in reversed(digits):
@@ -206,14 +240,12 @@ class Histogram:
         signed = v.dtype.kind == "i"
         if s.kind == "log2":
             u = (np.where(v > 0, v, 0) if signed else v).astype(np.uint64)
-            # bit_length by binary search: exact for all 64 bits (floats are not).
-            n = np.zeros(len(u), dtype=np.int64)
-            for shift in (32, 16, 8, 4, 2, 1):
-                high = u >> np.uint64(shift)
-                has = high != 0
-                n += has * shift
-                u = np.where(has, high, u)
-            return n + (u != 0)
+            # bit_length from the float's exponent (frexp: u = m * 2**e, 0.5 <= m < 1),
+            # then made exact: above 2**53 the conversion may round up to the next
+            # power of two, which the shift finds (u >> (e - 1) is 0 only then).
+            e = np.frexp(u.astype(np.float64))[1].astype(np.int64)
+            high = np.maximum(e - 1, 0).astype(np.uint64)
+            return e - ((u >> high) == 0) * (e > 0)
         if s.kind == "linear":
             info = np.iinfo(v.dtype)
             if not (int(info.min) <= s.lo and s.hi <= int(info.max) + 1):

@@ -14,7 +14,6 @@ import os
 import re
 import signal
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from importlib.resources import as_file, files
@@ -23,10 +22,11 @@ from types import FrameType
 from typing import Any
 
 from tracekit.errors import BccMissingError, CompileError, ResourceError, TracekitError
+from tracekit.perfbuf import PerfBuffer
 from tracekit.preflight import tracefs
 from tracekit.probe_base import KernelProbe
 from tracekit.registry import AttachPoint, ProbeSpec
-from tracekit.schema import Decoder
+from tracekit.ringbuf import RingBuffer
 from tracekit.session import EventBatch, LostReport
 
 POLL_MS = 100
@@ -161,9 +161,8 @@ class LoadedProbe(KernelProbe):
         self.stream = stream
         self.aggregate = aggregate and bool(spec.agg_fields)
         self.sample = max(1, int(sample))
-        self.decoder = Decoder(spec.schema)
         self.attached: list[AttachPoint] = []
-        self._rows: list[tuple[Any, ...]] = []
+        self._reader: RingBuffer | PerfBuffer | None = None
         # PERF_RECORD_LOST totals per CPU, as the perf buffer itself reports them:
         # a second count, which lags the kernel-side one (see tracekit.h), kept for
         # cross-checks. Handling them also stops BCC printing "Possibly lost".
@@ -239,7 +238,9 @@ class LoadedProbe(KernelProbe):
             names.append("tk_agg")
         for name in names:
             self.bpf[name.encode()].clear()
-        self.perf_records_lost.clear()
+        self.perf_records_lost = {}
+        if isinstance(self._reader, PerfBuffer):
+            self._reader.reset_lost()
         self._reported.clear()
 
     def attach(self, points: list[AttachPoint] | None = None) -> None:
@@ -289,63 +290,41 @@ class LoadedProbe(KernelProbe):
         if self._open:
             self._open = False
             self.detach()
+            if self._reader is not None:
+                self._reader.close()
+                self._reader = None
             with contextlib.suppress(Exception):
                 self.bpf.cleanup()
 
     # -- draining ----------------------------------------------------------------
 
     def open_output(self) -> None:
-        """Open the ring or perf buffer; once per compiled probe, reused across runs."""
+        """Open the ring or perf buffer; once per compiled probe, reused across runs.
+
+        Both are read from their mapped pages by tracekit (tracekit.ringbuf,
+        tracekit.perfbuf), as with the CO-RE loader: BCC's own readers would call
+        Python once per event.
+        """
         if self._output_open:
             return
         table = self.bpf[b"tk_events"]
-        decode, rows = self.decoder.decode, self._rows
-        size = self.decoder.size
-
         if self.output == "ringbuf":
-
-            def rb_cb(_ctx: Any, data: Any, _size: int) -> int:
-                rows.append(decode(ct.string_at(data, size)))
-                return 0
-
-            table.open_ring_buffer(rb_cb)
+            self._reader = RingBuffer(table.map_fd, self.page_cnt * 16 * 4096)
             self._output_open = True
             return
 
-        def perf_cb(_cpu: int, data: Any, _size: int) -> None:
-            rows.append(decode(ct.string_at(data, size)))
+        def set_cpu(cpu: int, fd: int) -> None:
+            table[table.Key(cpu)] = table.Leaf(fd)
 
-        def lost_for(cpu: int) -> Callable[[int], None]:
-            def lost(n: int) -> None:
-                self.perf_records_lost[cpu] = self.perf_records_lost.get(cpu, 0) + n
-
-            return lost
-
-        opened: list[int] = []
-        failed = None
-        with c_stderr() as said:
-            try:
-                for cpu in online_cpus():
-                    # One reader per CPU, so a loss is known per CPU (BCC's public
-                    # open_perf_buffer reports losses without the CPU).
-                    table._open_perf_buffer(
-                        cpu, perf_cb, self.page_cnt, lost_for(cpu), WAKEUP_EVENTS
-                    )
-                    opened.append(cpu)
-            except Exception as exc:  # noqa: BLE001
-                failed = str(exc)
-                self._close_perf_readers(opened)
-        if failed is None:
-            self._output_open = True
-            for line in said:  # libbcc's to say when all went well, not ours to hide
-                print(line, file=sys.stderr)
-            return
-        # libbcc says why (errno) on stderr, from C: fold it into our one line.
-        why = "; ".join(ln for ln in said if ln) or failed
-        raise ResourceError(
-            f"cannot allocate the perf buffer of {self.page_cnt} pages per CPU ({why}); "
-            "raise RLIMIT_MEMLOCK (ulimit -l) or lower --buffer-pages"
-        )
+        try:
+            self._reader = PerfBuffer(set_cpu, online_cpus(), self.page_cnt, WAKEUP_EVENTS)
+        except Exception as exc:  # noqa: BLE001 - perf_event_open, mmap or the map update
+            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            raise ResourceError(
+                f"cannot allocate the perf buffer of {self.page_cnt} pages per CPU ({why}); "
+                "raise RLIMIT_MEMLOCK (ulimit -l) or lower --buffer-pages"
+            ) from None
+        self._output_open = True
 
     def close_output(self) -> None:
         """Close the perf buffers, so that the next run opens them again (another size).
@@ -354,25 +333,26 @@ class LoadedProbe(KernelProbe):
         """
         if not self._output_open or self.output != "perf":
             return
-        self._close_perf_readers(online_cpus())
+        if isinstance(self._reader, PerfBuffer):
+            self._reader.close()
+        self._reader = None
         self._output_open = False
 
-    def _close_perf_readers(self, cpus: list[int]) -> None:
-        table = self.bpf[b"tk_events"]
-        for cpu in cpus:
-            with contextlib.suppress(Exception):
-                del table[cpu]  # BCC frees the reader and its mmap
-
-    def poll(self, timeout_ms: int = POLL_MS) -> list[tuple[Any, ...]]:
-        """Wait up to ``timeout_ms`` for events; return everything available as one batch."""
-        if self.output == "ringbuf":
-            self.bpf.ring_buffer_poll(timeout_ms)
-            self.bpf.ring_buffer_consume()
-        else:
-            self.bpf.perf_buffer_poll(timeout_ms)
-            self.bpf.perf_buffer_consume()
-        batch, self._rows[:] = list(self._rows), []
-        return batch
+    def poll(self, timeout_ms: int = POLL_MS) -> EventBatch | list[tuple[Any, ...]]:
+        """Wait up to ``timeout_ms`` for events; return what is there as one packed batch."""
+        reader = self._reader
+        if reader is None:
+            return []
+        reader.wait(timeout_ms)
+        # Copied out of the buffer once, into packed records in the struct's layout
+        # (checked against the schema at compile time): no Python step per event.
+        records = reader.drain(self.spec.schema.size)
+        if isinstance(reader, PerfBuffer):
+            # The perf buffer's own PERF_RECORD_LOST totals (see perf_records_lost).
+            self.perf_records_lost = reader.lost()
+        if not len(records):
+            return []
+        return EventBatch.from_records(self.spec.name, self.spec.schema, records)
 
     # -- counters and losses -----------------------------------------------------
 
@@ -436,27 +416,6 @@ def remove_stale_bcc_events() -> list[str]:
         except OSError:
             pass
     return removed
-
-
-@contextlib.contextmanager
-def c_stderr() -> Iterator[list[str]]:
-    """Capture what C code writes to file descriptor 2 inside the block.
-
-    Yields a list that holds the captured lines once the block is over. Python's
-    own sys.stderr is flushed first so nothing of ours gets mixed in.
-    """
-    lines: list[str] = []
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as tmp:
-        os.dup2(tmp.fileno(), 2)
-        try:
-            yield lines
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            tmp.seek(0)
-            lines += tmp.read(64 * 1024).decode(errors="replace").strip().splitlines()
 
 
 class StopSignals:

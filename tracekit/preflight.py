@@ -473,8 +473,9 @@ def choose_loader(
         why = found
     elif not Path("/sys/kernel/btf/vmlinux").exists():
         why = "the kernel has no BTF (/sys/kernel/btf/vmlinux)"
-    elif output == "perf":
-        why = "the CO-RE loader reads the ring buffer only (--output perf)"
+    elif output == "perf" and (kernel_version(platform.release()) or (0,)) < (5, 8):
+        # The object declares a ring buffer map too, which such a kernel cannot create.
+        why = "the CO-RE object needs BPF ring buffers (5.8) even with --output perf"
     else:
         why = module_btf_problem(spec)
     if why is None:

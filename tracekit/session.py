@@ -101,7 +101,7 @@ class EventBatch:
     batch; a sink that uses the view the batch was built with pays nothing.
     """
 
-    __slots__ = ("_array", "_rows", "_strings", "probe", "schema")
+    __slots__ = ("_array", "_n", "_parts", "_rows", "_strings", "probe", "schema")
 
     def __init__(
         self,
@@ -120,6 +120,10 @@ class EventBatch:
         self._rows = rows
         self._array = array
         self._strings: dict[int, list[str]] = {}
+        # Packed batches joined by ``concat`` and not yet copied into one array:
+        # the copy is made when a sink asks for ``array`` (or rows), not before.
+        self._parts: list[Any] | None = None
+        self._n = len(rows) if rows is not None else len(array)
 
     @classmethod
     def from_records(
@@ -143,30 +147,43 @@ class EventBatch:
 
     @classmethod
     def concat(cls, batches: list[EventBatch]) -> EventBatch:
-        """One batch holding ``batches`` in order (packed if they all are)."""
+        """One batch holding ``batches`` in order (packed if they all are).
+
+        Packed batches are not copied here: the joined batch keeps them as parts
+        (``chunks``) and makes one array only when ``array``, a column or the rows
+        are asked for. A sink that writes or counts parts never pays the copy.
+        """
         if len(batches) == 1:
             return batches[0]
         first = batches[0]
-        if all(b._array is not None for b in batches):
-            import numpy as np
-
-            # As bytes: numpy copies a structured dtype field by field (6x slower).
-            raw = np.concatenate([b._array.view(np.uint8) for b in batches])
-            array = raw.view(first._array.dtype)
-            return cls(first.probe, schema=first.schema, array=array)
+        if all(b.packed for b in batches):
+            parts = [c for b in batches for c in b.chunks()]
+            joined = cls(first.probe, schema=first.schema, array=parts[0])
+            joined._array, joined._parts = None, parts
+            joined._n = sum(len(p) for p in parts)
+            return joined
         rows = [r for b in batches for r in b.rows]
         return cls(first.probe, rows, schema=first.schema)
 
+    def chunks(self) -> list[Any]:
+        """The packed records as a list of contiguous structured arrays, in order,
+        without joining them (one array for a batch that is not a ``concat``)."""
+        if self._parts is not None:
+            return list(self._parts)
+        import numpy as np
+
+        return [np.ascontiguousarray(self.array)]
+
     def __len__(self) -> int:
-        return len(self._rows) if self._rows is not None else len(self._array)
+        return self._n
 
     def __iter__(self) -> Iterator[tuple[Any, ...]]:
         return iter(self.rows)
 
     @property
     def packed(self) -> bool:
-        """Whether the batch holds records (``array`` costs nothing)."""
-        return self._array is not None
+        """Whether the batch holds records (``array`` costs at most one copy)."""
+        return self._array is not None or self._parts is not None
 
     @property
     def rows(self) -> list[tuple[Any, ...]]:
@@ -176,17 +193,33 @@ class EventBatch:
             # Column by column, then zip: each column converts in one C call
             # (ndarray.tolist), and zip builds the tuples; no Python step per event.
             cols = [self.column_values(i) for i in range(n)]
-            self._rows = list(zip(*cols, strict=True)) if len(self._array) else []
+            self._rows = list(zip(*cols, strict=True)) if self._n else []
         return self._rows
 
     @property
     def array(self) -> Any:
         """The batch as a numpy structured array of ``schema.dtype``."""
+        if self._array is None and self._parts is not None:
+            import numpy as np
+
+            # As bytes: numpy copies a structured dtype field by field (6x slower).
+            raw = np.concatenate([p.view(np.uint8) for p in self._parts])
+            self._array = raw.view(self._parts[0].dtype)
+            self._parts = None
         if self._array is None:
             if self.schema is None:
                 raise ValueError("an EventBatch built from rows without a schema has no array")
             self._array = rows_to_array(self.schema, self._rows or [])
         return self._array
+
+    def field_array(self, i: int) -> Any:
+        """Field ``i`` as a numpy array (strings as raw ``S<N>`` bytes). A batch
+        joined by ``concat`` copies only this field out of its parts."""
+        if self._array is None and self._parts is not None:
+            import numpy as np
+
+            return np.concatenate([p[f"f{i}"] for p in self._parts])
+        return self.array[f"f{i}"]
 
     def column(self, name: str) -> Any:
         """One field: a numpy array of integers, or a list of decoded strings."""
@@ -208,7 +241,7 @@ class EventBatch:
         if self._rows is not None and self._array is None:
             return [r[i] for r in self._rows]
         assert self.schema is not None
-        col = self._array[f"f{i}"]
+        col = self.array[f"f{i}"]
         if not self.schema.fields[i].is_str:
             return col.tolist()  # type: ignore[no-any-return]
         got = self._strings.get(i)

@@ -11,6 +11,7 @@ import pytest
 from tracekit.bus import Bus
 from tracekit.lab.scenarios import LabResult, lab_txq_flip
 from tracekit.run import Compiled, RunOptions, compile_probe
+from tracekit.tracefile import BATCH, TraceReader
 
 from .conftest import attached_residue
 from .helpers import check_txq_flip_against_tc
@@ -39,6 +40,41 @@ def test_core_flips_are_the_queues_tc_counted(
     res, live, trace, _ = core_run
     check_txq_flip_against_tc(res, trace)
     assert "@queue_after[" in live
+
+
+@pytest.mark.parametrize(
+    ("loader", "output"), [("core", "perf"), ("bcc", "perf"), ("bcc", "ringbuf")]
+)
+def test_each_loader_and_output_delivers_what_the_kernel_counted(
+    bus: Bus, out_dir: Path, loader: str, output: str
+) -> None:
+    """Both loaders drain both outputs from the buffers' pages (tracekit.ringbuf,
+    tracekit.perfbuf): every change the kernel counted reached the trace."""
+    spec = bus.probes.get("txq-flip")
+    opts = RunOptions(quiet=True, loader=loader, output=output)
+    compiled = compile_probe(spec, spec.resolve_params({}), opts)
+    assert compiled.loader == loader and compiled.probe.output == output
+    trace = out_dir / f"txq-flip-{loader}-{output}.tkt"
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            res = lab_txq_flip(
+                bus, (f"msgpack={trace}",), 4, "fq", compiled=compiled, force=True, quiet=True
+            )
+    finally:
+        compiled.probe.close()
+    r = TraceReader(str(trace))
+    names = r.session.schema.names
+    evs = [
+        dict(zip(names, row, strict=True))
+        for rec in r.records()
+        if rec.kind == BATCH
+        for row in rec.payload
+    ]
+    footer = r.footer
+    assert res.iperf_mbit > 1 and evs
+    assert all(e["queue_after"] == e["cpu"] for e in evs)
+    assert footer is not None and footer.lost_total == 0
+    assert sum(footer.counters["txq_counts"]["changes"].values()) == len(evs) == footer.events
 
 
 def test_core_detach_leaves_nothing(core_run: tuple[LabResult, str, Path, Compiled]) -> None:
