@@ -150,8 +150,14 @@ def run_probe(
     compiled: Compiled | None = None,
     until: Callable[[], bool] | None = None,
     on_attached: Callable[[], None] | None = None,
+    on_detached: Callable[[], None] | None = None,
 ) -> Summary:
     """Run one probe into the given sinks; ``compiled`` reuses an already compiled probe.
+
+    ``on_attached`` runs once the probe is attached, ``on_detached`` once it is
+    detached and its counters read, before the sinks end the session (a sink may
+    take its time there: the prometheus sink's ``hold``), so what a lab reads then
+    covers the probe's window and no more.
 
     Whatever happens (duration end, Ctrl-C, SIGTERM, an error), the probe is
     detached before this returns.
@@ -221,6 +227,8 @@ def run_probe(
                     for r in probe.new_losses():
                         pipe.lost(r)
                     pipe.summary.counters = probe.read_counters()
+                    if on_detached is not None:
+                        on_detached()
                     pipe.summary.kernel_agg = _enriched_agg(probe, session)
                     pipe.summary.interrupted = interrupted
                     if spec.report is not None:
