@@ -36,6 +36,7 @@ import signal
 import socket
 import sys
 import threading
+import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
 from operator import itemgetter
@@ -54,6 +55,10 @@ DEFAULT_ADDR = "127.0.0.1"
 DEFAULT_PORT = 9435
 # Displays whose values are one per flow or per socket: not labels unless asked.
 UNBOUNDED_DISPLAYS = frozenset({"ipv4", "ip", "port", "hex"})
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def metric_name(*parts: str) -> str:
@@ -275,35 +280,35 @@ class PrometheusSink:
     @hookimpl
     def tracekit_session_end(self, session: Session, summary: Summary) -> None:
         try:
-            with self._stop_signals() as stop:
+            with self._stop_signals():
                 with self.lock:
                     self.counters = summary.counters
                     if session.aggregated:
                         for h in self.hists:
                             h.add_weighted(summary.kernel_agg)
                     self.ended = True
-                stop.wait(self.hold)
+                if self.hold > 0:
+                    time.sleep(self.hold)
         except KeyboardInterrupt:
-            pass  # Ctrl-C during hold (outside the main thread): stop serving now
+            pass  # Ctrl-C or SIGTERM during hold: stop serving now
         finally:
             self.close()
 
     @contextlib.contextmanager
-    def _stop_signals(self) -> Iterator[threading.Event]:
-        """An event Ctrl-C or SIGTERM sets, for ``hold``.
+    def _stop_signals(self) -> Iterator[None]:
+        """Ctrl-C and SIGTERM raise KeyboardInterrupt, for ``hold``.
 
         A live run ends its session with stop signals deferred (the probe is being
-        detached), so a KeyboardInterrupt would never come: the hold listens for the
-        signals itself, from before ``tracekit_run_ended`` turns 1 (a scraper seeing
-        it may stop the hold at once), then gives them back to whoever had them.
+        detached), so the hold would never end early: it takes the signals itself,
+        from before ``tracekit_run_ended`` turns 1 (a scraper that sees it may end
+        the hold at once), then gives them back.
         """
-        stop = threading.Event()
         old: dict[signal.Signals, Any] = {}
         if self.hold > 0 and threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
-                old[sig] = signal.signal(sig, lambda *_: stop.set())
+                old[sig] = signal.signal(sig, _interrupt)
         try:
-            yield stop
+            yield
         finally:
             for sig, handler in old.items():
                 signal.signal(sig, handler)
