@@ -124,11 +124,13 @@ def traced_iperf(
     client: list[subprocess.Popen[str]] = []
 
     def start() -> None:
+        # The probe's counters and softnet_stat back to back: any traffic (a scrape on
+        # loopback) between the two would count on one side only; tc is slow to run.
         if compiled is not None:
             before["counters"] = compiled.probe.read_counters()
+        before["softnet"] = read_softnet()
         before["queues"] = lab.queue_packets()
         before["fq"] = parse_fq_stats(lab.tc_stats())
-        before["softnet"] = read_softnet()
         before["rxq"] = lab.rx_queue_packets()
         client.append(lab.start_client(client_cpu, seconds, extra=client_args))
 
