@@ -154,10 +154,10 @@ def run_probe(
 ) -> Summary:
     """Run one probe into the given sinks; ``compiled`` reuses an already compiled probe.
 
-    ``on_attached`` runs once the probe is attached, ``on_detached`` once it is
-    detached and its counters read, before the sinks end the session (a sink may
-    take its time there: the prometheus sink's ``hold``), so what a lab reads then
-    covers the probe's window and no more.
+    ``on_attached`` runs once the probe is attached, ``on_detached`` right after it
+    is detached (its counters final), before the last drain and before the sinks end
+    the session (a sink may take its time there: the prometheus sink's ``hold``), so
+    what a lab reads then covers the probe's window and no more.
 
     Whatever happens (duration end, Ctrl-C, SIGTERM, an error), the probe is
     detached before this returns.
@@ -223,12 +223,13 @@ def run_probe(
                 with signals.deferred():
                     # Detach first so the last drain and the counters are final.
                     probe.detach()
+                    if on_detached is not None:
+                        # At once: what the kernel does from here on, the probe never sees.
+                        on_detached()
                     deliver(probe.poll(0))
                     for r in probe.new_losses():
                         pipe.lost(r)
                     pipe.summary.counters = probe.read_counters()
-                    if on_detached is not None:
-                        on_detached()
                     pipe.summary.kernel_agg = _enriched_agg(probe, session)
                     pipe.summary.interrupted = interrupted
                     if spec.report is not None:

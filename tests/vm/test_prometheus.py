@@ -72,7 +72,7 @@ def until(check: Callable[[], Any], what: str, timeout: float = PATIENCE) -> Any
             return got
         if time.monotonic() > deadline:
             raise AssertionError(f"waited {timeout:.0f}s for {what}")
-        time.sleep(0.25)
+        time.sleep(0.5)
 
 
 class Prometheus:
