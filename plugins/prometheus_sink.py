@@ -4,6 +4,8 @@
 runs (with no ``--duration``, until Ctrl-C, like an exporter):
 
 * ``tracekit_run_info{probe, params, kernel, hostname, version, mode, sample_every}`` 1
+* ``tracekit_run_ended``: 0 while tracing, 1 once the session ended and every value
+  is final (what a scrape during ``hold`` is waiting for)
 * ``tracekit_events_total``: events the sink received (streamed, after sampling)
 * ``tracekit_lost_events_total{mechanism, cpu}``: events the kernel lost
 * ``tracekit_kernel_counter_total{map, counter, cpu}``: the probe's in-kernel
@@ -22,13 +24,15 @@ docs/prometheus.md lists each built-in probe's metrics and labels.
 The default address is 127.0.0.1:9435, loopback: exposing a tracer's data to the
 network is a choice to make with ``prometheus=0.0.0.0:9435``. ``hold=SECONDS`` keeps
 serving after the session ends, so a last scrape sees the final values (a replay
-ends at once otherwise).
+ends at once otherwise); Ctrl-C or SIGTERM ends the hold early.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import re
+import signal
 import socket
 import sys
 import threading
@@ -51,6 +55,10 @@ DEFAULT_ADDR = "127.0.0.1"
 DEFAULT_PORT = 9435
 # Displays whose values are one per flow or per socket: not labels unless asked.
 UNBOUNDED_DISPLAYS = frozenset({"ipv4", "ip", "port", "hex"})
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def metric_name(*parts: str) -> str:
@@ -271,19 +279,39 @@ class PrometheusSink:
 
     @hookimpl
     def tracekit_session_end(self, session: Session, summary: Summary) -> None:
-        with self.lock:
-            self.counters = summary.counters
-            if session.aggregated:
-                for h in self.hists:
-                    h.add_weighted(summary.kernel_agg)
-            self.ended = True
         try:
-            if self.hold > 0:
-                time.sleep(self.hold)
+            with self._stop_signals():
+                with self.lock:
+                    self.counters = summary.counters
+                    if session.aggregated:
+                        for h in self.hists:
+                            h.add_weighted(summary.kernel_agg)
+                    self.ended = True
+                if self.hold > 0:
+                    time.sleep(self.hold)
         except KeyboardInterrupt:
-            pass  # Ctrl-C during hold: stop serving now
+            pass  # Ctrl-C or SIGTERM during hold: stop serving now
         finally:
             self.close()
+
+    @contextlib.contextmanager
+    def _stop_signals(self) -> Iterator[None]:
+        """Ctrl-C and SIGTERM raise KeyboardInterrupt, for ``hold``.
+
+        A live run ends its session with stop signals deferred (the probe is being
+        detached), so the hold would never end early: it takes the signals itself,
+        from before ``tracekit_run_ended`` turns 1 (a scraper that sees it may end
+        the hold at once), then gives them back.
+        """
+        old: dict[signal.Signals, Any] = {}
+        if self.hold > 0 and threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                old[sig] = signal.signal(sig, _interrupt)
+        try:
+            yield
+        finally:
+            for sig, handler in old.items():
+                signal.signal(sig, handler)
 
     def close(self) -> None:
         if self.server is not None:
@@ -326,6 +354,11 @@ class PrometheusSink:
                 1,
             )
             yield info
+            ended = GaugeMetricFamily(
+                "tracekit_run_ended", "1 once the session ended: every value is final"
+            )
+            ended.add_metric([], 1 if self.ended else 0)
+            yield ended
             ev = CounterMetricFamily(
                 "tracekit_events", "events received from the kernel (after sampling)"
             )

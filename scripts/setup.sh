@@ -21,6 +21,7 @@ APT_PACKAGES=(
   libbpf1                    # loads them (ctypes): no BCC, no kernel headers at run time
   stress-ng                  # keeps the host's cores busy for the under-load VM runs
   mmdebstrap                 # vm/guest-root: the other kernels' guest roots (vm/run --kernel)
+  prometheus                 # the real server tests/vm/test_prometheus.py scrapes tracekit with
 )
 
 # Every program the project runs (scripts, vm/, tracekit, tests, bench), each from a
@@ -32,6 +33,7 @@ PROGRAMS=(
   modprobe rmmod bpftool bpftrace stress-ng
   clang gcc sh bash cat cp awk grep sed dpkg dpkg-query
   mmdebstrap chroot           # vm/guest-root: a Debian root per kernel of the matrix
+  prometheus                  # tests/vm/test_prometheus.py (the VM runs the host's binary)
 )
 
 SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import io
 import random
+import re
 from pathlib import Path
 from typing import Any
 
@@ -264,3 +265,20 @@ def record(
             force=True,
         )
     return buf.getvalue()
+
+
+def hist_counts(text: str) -> dict[tuple[str, str], dict[str, int]]:
+    """The hist sink's output as {(histogram, key): {bucket: count}} ("" bucket: a count)."""
+    out: dict[tuple[str, str], dict[str, int]] = {}
+    current: dict[str, int] | None = None
+    for line in text.splitlines():
+        m = re.match(r"^@([\w.]+)(\[[^\]]*\])?(?: \([^)]*\))?:\s*(\d+)?$", line)
+        if m:
+            current = out.setdefault((m[1], m[2] or ""), {})
+            if m[3] is not None:
+                current[""] = int(m[3])
+            continue
+        m = re.match(r"^(\[.*?[\])])\s+(\d+) \|", line)
+        if m and current is not None:
+            current[m[1]] = int(m[2])
+    return out

@@ -56,23 +56,6 @@ def traces(tmp_path_factory: pytest.TempPathFactory, bus: Bus) -> dict[str, tupl
     return out
 
 
-def hist_counts(text: str) -> dict[tuple[str, str], dict[str, int]]:
-    """The hist sink's output as {(histogram, key): {bucket: count}} ("" bucket: a count)."""
-    out: dict[tuple[str, str], dict[str, int]] = {}
-    current: dict[str, int] | None = None
-    for line in text.splitlines():
-        m = re.match(r"^@([\w.]+)(\[[^\]]*\])?(?: \([^)]*\))?:\s*(\d+)?$", line)
-        if m:
-            current = out.setdefault((m[1], m[2] or ""), {})
-            if m[3] is not None:
-                current[""] = int(m[3])
-            continue
-        m = re.match(r"^(\[.*?[\])])\s+(\d+) \|", line)
-        if m and current is not None:
-            current[m[1]] = int(m[2])
-    return out
-
-
 # -- export -------------------------------------------------------------------------
 
 
@@ -80,7 +63,7 @@ def test_parquet_counts_equal_what_hist_printed(
     traces: dict[str, tuple[Path, str]], tmp_path: Path
 ) -> None:
     path, printed = traces["txq-flip"]
-    hist = hist_counts(printed)
+    hist = fleet_data.hist_counts(printed)
     out = tmp_path / "txq.parquet"
     result = export((str(path),), "parquet", str(out))
     rows = duckdb.sql(
@@ -94,7 +77,7 @@ def test_parquet_counts_equal_what_hist_printed(
     assert got == want and sum(map(sum, (v.values() for v in got.values()))) == result.events
 
     path, printed = traces["rss-cpu"]
-    hist = hist_counts(printed)
+    hist = fleet_data.hist_counts(printed)
     out = tmp_path / "rss.parquet"
     export((str(path),), "parquet", str(out))
     per_cpu = dict(duckdb.sql(f"SELECT cpu, count(*) FROM '{out}' GROUP BY cpu").fetchall())
@@ -233,7 +216,7 @@ def test_rss_cpu_plot_draws_every_packet_on_its_cpu(
     width = trace.span().bins()[0]
     top = fig.axes[0]
     drawn = {ln.get_label(): sum(ln.get_ydata()) * width for ln in top.get_lines()}
-    printed = hist_counts(fleet_data.record(bus, "rss-cpu", Path(trace.path)))
+    printed = fleet_data.hist_counts(fleet_data.record(bus, "rss-cpu", Path(trace.path)))
     want = {f"cpu{k[1:-1]}": v[""] for (name, k), v in printed.items() if name == "rx_packets"}
     assert drawn.keys() == want.keys()
     for cpu, n in want.items():
@@ -314,6 +297,7 @@ def test_prometheus_serves_while_running_and_matches_hist(bus: Bus) -> None:
         pipe.batch(rows[:500])
         first = scrape(sink.port)
         assert first[("tracekit_events_total", ())] == 500
+        assert first[("tracekit_run_ended", ())] == 0  # values still moving
         pipe.batch(rows[500:])
         pipe.lost(LostReport("perf", {1: 7}))
         pipe.counters({"fq_counts": {"throttled": {0: 11, 1: 4}}})
@@ -365,7 +349,7 @@ def test_replay_into_prometheus_scraped_over_http_equals_hist(
     path, printed = traces["txq-flip"]
     port = _free_port()
     proc = subprocess.Popen(
-        [*TRACEKIT, "replay", str(path), "--sink", f"prometheus=127.0.0.1:{port},hold=30"],
+        [*TRACEKIT, "replay", str(path), "--sink", f"prometheus=127.0.0.1:{port},hold=600"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -376,21 +360,19 @@ def test_replay_into_prometheus_scraped_over_http_equals_hist(
         while time.monotonic() < deadline:
             try:
                 got = scrape(port)
-                if got.get(
-                    (
-                        "tracekit_kernel_counter_total",
-                        (("counter", "calls"), ("cpu", "0"), ("map", "txq_counts")),
-                    )
-                ):
+                if got.get(("tracekit_run_ended", ())) == 1:
                     break  # the session ended: the footer's counters are in
             except OSError:
                 pass
             time.sleep(0.2)
-        assert got is not None
+        assert got is not None and got[("tracekit_run_ended", ())] == 1
     finally:
+        # SIGTERM ends the hold (600 s) at once, and the replay ends well.
+        t = time.monotonic()
         proc.terminate()
-        proc.communicate(timeout=30)
-    hist = hist_counts(printed)
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0 and time.monotonic() - t < 20, err
+    hist = fleet_data.hist_counts(printed)
     for (name, key), buckets in hist.items():
         if name != "queue_after":
             continue

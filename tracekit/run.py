@@ -150,8 +150,14 @@ def run_probe(
     compiled: Compiled | None = None,
     until: Callable[[], bool] | None = None,
     on_attached: Callable[[], None] | None = None,
+    on_detached: Callable[[], None] | None = None,
 ) -> Summary:
     """Run one probe into the given sinks; ``compiled`` reuses an already compiled probe.
+
+    ``on_attached`` runs once the probe is attached, ``on_detached`` right after it
+    is detached (its counters final), before the last drain and before the sinks end
+    the session (a sink may take its time there: the prometheus sink's ``hold``), so
+    what a lab reads then covers the probe's window and no more.
 
     Whatever happens (duration end, Ctrl-C, SIGTERM, an error), the probe is
     detached before this returns.
@@ -217,6 +223,9 @@ def run_probe(
                 with signals.deferred():
                     # Detach first so the last drain and the counters are final.
                     probe.detach()
+                    if on_detached is not None:
+                        # At once: what the kernel does from here on, the probe never sees.
+                        on_detached()
                     deliver(probe.poll(0))
                     for r in probe.new_losses():
                         pipe.lost(r)

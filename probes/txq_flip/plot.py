@@ -82,7 +82,8 @@ def draw(trace: Trace) -> Any:
     ]
     if not socks:
         axes[0].text(0.5, 0.5, "no queue changes", ha="center", transform=axes[0].transAxes)
-    # Above the panels, not in one: a legend inside would hide the flips under it.
-    fig.legend(handles=handles, loc="outside upper center", fontsize=8, ncols=len(handles))
+    # Below the panels, not in one: a legend inside would hide the flips under it
+    # (and above them it would sit on the title: constrained layout does not part them).
+    fig.legend(handles=handles, loc="outside lower center", fontsize=8, ncols=len(handles))
     fig.suptitle(trace.title("TX queue of each socket over time (steps: flips)"))
     return fig

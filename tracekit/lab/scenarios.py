@@ -124,36 +124,56 @@ def traced_iperf(
     client: list[subprocess.Popen[str]] = []
 
     def start() -> None:
+        # The probe's counters and softnet_stat back to back: any traffic (a scrape on
+        # loopback) between the two would count on one side only; tc is slow to run.
         if compiled is not None:
             before["counters"] = compiled.probe.read_counters()
+        before["softnet"] = read_softnet()
         before["queues"] = lab.queue_packets()
         before["fq"] = parse_fq_stats(lab.tc_stats())
-        before["softnet"] = read_softnet()
         before["rxq"] = lab.rx_queue_packets()
         client.append(lab.start_client(client_cpu, seconds, extra=client_args))
 
     def done() -> bool:
         return bool(client) and client[0].poll() is not None
 
+    after: dict[str, Any] = {}
+
+    def end() -> None:
+        # Read as the probe detaches, not after the sinks end: a sink still serving
+        # then (prometheus hold) makes traffic the probe never saw.
+        after["softnet"] = read_softnet()
+        after["rxq"] = lab.rx_queue_packets()
+        after["tc"] = lab.tc_stats()
+        after["queues"] = lab.queue_packets()
+
     opts = run_opts or RunOptions()
     opts.duration = seconds + 60
     opts.force = force
     opts.quiet = quiet
     summary = run_probe(
-        bus, spec, values, tuple(sinks), opts, compiled=compiled, until=done, on_attached=start
+        bus,
+        spec,
+        values,
+        tuple(sinks),
+        opts,
+        compiled=compiled,
+        until=done,
+        on_attached=start,
+        on_detached=end,
     )
-    after_softnet = read_softnet()
-    after_rxq = lab.rx_queue_packets()
-    tc_after = lab.tc_stats()
+    if not after:
+        end()  # the session ended before the probe's detach (interrupted)
+    tc_after = after["tc"]
     res = LabResult(
         summary, label=label, tc_after=tc_after, counters_at_start=before.get("counters", {})
     )
     if before:
-        res.queue_delta = _delta(lab.queue_packets(), before["queues"])
+        res.queue_delta = _delta(after["queues"], before["queues"])
         fq_after = parse_fq_stats(tc_after)
         res.fq_delta = {q: _delta(v, before["fq"].get(q, {})) for q, v in fq_after.items()}
-        res.softnet_delta = _delta(after_softnet, before["softnet"])
-        res.rxq_delta = _delta(after_rxq, before["rxq"])
+        res.softnet_delta = _delta(after["softnet"], before["softnet"])
+        res.rxq_delta = _delta(after["rxq"], before["rxq"])
     if not client:
         # Stopped (Ctrl-C) before the client started: nothing measured, nothing to say.
         pass
