@@ -188,3 +188,17 @@ def test_core_stacks_name_addresses_as_bcc_does() -> None:
     assert syms.name(0xFFFFFFFF81000250) == b"tcp_ack"  # data symbols are not functions
     assert syms.name(0xFFFFFFFF81000300) == b"tcp_sendmsg"
     assert syms.name(0x1000) == b"[unknown]"
+
+
+def test_a_failed_build_says_what_the_compiler_said(
+    cache: Path, txq: ProbeSpec, tmp_path: Path
+) -> None:
+    # txq-flip's source with a syntax error after its struct: the cache keeps nothing,
+    # and the error is clang's, not a FileNotFoundError about the half-written output.
+    src = tmp_path / "txq_flip.bpf.c"
+    text = txq.source.read_text()
+    src.write_text(text + "\nthis is not C;\n")
+    broken = dataclasses.replace(txq, source=src)
+    with pytest.raises(TracekitError, match=r"CO-RE build failed: .*error"):
+        cb.build(broken)
+    assert not list(cache.glob("*.tmp")) and not list(cache.glob("*.bpf.o"))

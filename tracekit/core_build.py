@@ -12,6 +12,7 @@ check` says why.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -79,7 +80,9 @@ def build(spec: ProbeSpec) -> Path:
         try:
             compile_core(Path(src), Path(tmp), [Path(inc), Path(src).parent])
         except CompileError as exc:
-            os.unlink(tmp)
+            # clang may have removed its half-written output already.
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
             raise CompileError(f"probe {spec.name}: CO-RE build failed: {exc}") from None
     manifest = json.dumps(describe(Path(tmp)), sort_keys=True).encode()
     digest = hashlib.sha256(Path(tmp).read_bytes()).hexdigest()
