@@ -112,3 +112,22 @@ def test_no_probe_has_padding_among_its_fields() -> None:
         assert not set(pads) & set(spec.schema.names), spec.name
         assert spec.schema.kernel_dtype.itemsize == layout.size, spec.name
         assert spec.schema.size == sum(f.size for f in spec.schema.fields), spec.name
+
+
+def test_drained_kernel_records_lose_their_padding_in_one_step() -> None:
+    # What both loaders drain: records back to back at the C struct's size, `pad`
+    # included; the batch holds the fields only, in the trace's packed layout.
+    import struct as st
+
+    from tracekit.records import record_decoder
+    from tracekit.testing import synthetic_rows
+
+    rows = synthetic_rows(SCHEMA, 7, seed=5)
+    fmt = SCHEMA.kernel_struct_format
+    raw = b"".join(
+        st.pack(fmt, *[v.encode() if isinstance(v, str) else v for v in r]) for r in rows
+    )
+    assert len(raw) == 7 * SCHEMA.kernel_size == 7 * 80
+    decode = record_decoder("t", SCHEMA, header=0, stride=SCHEMA.kernel_size)
+    batch = decode(memoryview(raw), 7)
+    assert batch.packed and batch.rows == rows

@@ -25,6 +25,7 @@ from tracekit.errors import BccMissingError, CompileError, ResourceError, Tracek
 from tracekit.perfbuf import PerfBuffer
 from tracekit.preflight import tracefs
 from tracekit.probe_base import KernelProbe
+from tracekit.records import record_decoder
 from tracekit.registry import AttachPoint, ProbeSpec
 from tracekit.ringbuf import RingBuffer
 from tracekit.session import EventBatch, LostReport
@@ -163,6 +164,7 @@ class LoadedProbe(KernelProbe):
         self.sample = max(1, int(sample))
         self.attached: list[AttachPoint] = []
         self._reader: RingBuffer | PerfBuffer | None = None
+        self._unpad: Any = None  # tracekit.records.record_decoder, for a padded struct
         # PERF_RECORD_LOST totals per CPU, as the perf buffer itself reports them:
         # a second count, which lags the kernel-side one (see tracekit.h), kept for
         # cross-checks. Handling them also stops BCC printing "Possibly lost".
@@ -346,13 +348,23 @@ class LoadedProbe(KernelProbe):
         reader.wait(timeout_ms)
         # Copied out of the buffer once, into packed records in the struct's layout
         # (checked against the schema at compile time): no Python step per event.
-        records = reader.drain(self.spec.schema.size)
+        schema = self.spec.schema
+        records = reader.drain(schema.kernel_size)
         if isinstance(reader, PerfBuffer):
             # The perf buffer's own PERF_RECORD_LOST totals (see perf_records_lost).
             self.perf_records_lost = reader.lost()
         if not len(records):
             return []
-        return EventBatch.from_records(self.spec.name, self.spec.schema, records)
+        if schema.kernel_packed:
+            return EventBatch.from_records(self.spec.name, schema, records)
+        # The C struct has padding or holes: records are drained at its size, and
+        # the padding is dropped in one copy (tracekit.records).
+        if self._unpad is None:
+            self._unpad = record_decoder(
+                self.spec.name, schema, header=0, stride=schema.kernel_size
+            )
+        batch: EventBatch = self._unpad(memoryview(records), len(records) // schema.kernel_size)
+        return batch
 
     # -- counters and losses -----------------------------------------------------
 
