@@ -33,3 +33,36 @@ def test_host_replay_of_vm_recording_prints_the_live_histogram() -> None:
     assert r.returncode == 0, r.stderr
     assert r.stdout == live.read_text()
     assert "@queue_after[" in r.stdout
+
+
+# One trace each built-in probe recorded in the VM's labs (tests/vm/test_*.py).
+RECORDED = {
+    "txq-flip": "txq-flip-lab.tkt",
+    "rss-cpu": "rss-cpu.none.tkt",
+    "ooo-okay": "ooo-okay.limited.tkt",
+    "fq-throttle": "fq-throttle.tkt",
+}
+
+
+@pytest.mark.parametrize("probe", sorted(RECORDED))
+def test_each_probes_plot_of_its_vm_recording(probe: str, tmp_path: Path) -> None:
+    """`tracekit plot` on what the kernel really produced, not on synthetic events."""
+    trace = OUT / RECORDED[probe]
+    _need(trace)
+    out = tmp_path / f"{probe}.png"
+    r = subprocess.run(
+        [sys.executable, "-m", "tracekit", "plot", str(trace), "-o", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stderr
+    info = subprocess.run(
+        [sys.executable, "-m", "tracekit", "info", str(trace)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert info.returncode == 0 and probe in info.stdout, info.stdout
+    data = out.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000
