@@ -16,7 +16,9 @@ import pytest
 
 from tracekit.bus import Bus, build_bus
 from tracekit.run import Compiled, RunOptions, compile_probe
-from tracekit.tracefile import BATCH, TraceReader
+from tracekit.tracefile import TraceReader
+
+from .helpers import read_trace
 
 OUT = Path(__file__).resolve().parents[2] / ".vm-out"
 
@@ -79,15 +81,8 @@ def fq_compiled(bus: Bus) -> Compiled:
 
 
 def trace_rows(path: Path) -> tuple[TraceReader, list[dict[str, object]]]:
-    r = TraceReader(str(path))
-    names = r.session.schema.names
-    rows = [
-        dict(zip(names, row, strict=True))
-        for rec in r.records()
-        if rec.kind == BATCH
-        for row in rec.payload
-    ]
-    return r, rows
+    """The reader and the trace's events as dicts (tests/vm/helpers.py's read_trace)."""
+    return read_trace(path)
 
 
 def _debugfs() -> Path:

@@ -11,10 +11,9 @@ import pytest
 from tracekit.bus import Bus
 from tracekit.lab.scenarios import LabResult, lab_txq_flip
 from tracekit.run import Compiled, RunOptions, compile_probe
-from tracekit.tracefile import BATCH, TraceReader
 
 from .conftest import attached_residue
-from .helpers import check_txq_flip_against_tc
+from .helpers import check_txq_flip_against_tc, read_trace
 
 pytestmark = pytest.mark.vm
 
@@ -62,14 +61,7 @@ def test_each_loader_and_output_delivers_what_the_kernel_counted(
             )
     finally:
         compiled.probe.close()
-    r = TraceReader(str(trace))
-    names = r.session.schema.names
-    evs = [
-        dict(zip(names, row, strict=True))
-        for rec in r.records()
-        if rec.kind == BATCH
-        for row in rec.payload
-    ]
+    r, evs = read_trace(trace)
     footer = r.footer
     assert res.iperf_mbit > 1 and evs
     assert all(e["queue_after"] == e["cpu"] for e in evs)
