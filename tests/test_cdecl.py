@@ -310,3 +310,36 @@ def test_a_compiled_layout_that_drifted_from_the_source_is_named(tmp_path: Path)
     problems = layout_problems([(n, o) for n, o, _ in members], size, schema)
     assert "c at offset 24, schema says 20" in problems, problems
     assert "tail at offset 60, schema says 56" in problems, problems
+
+
+SETTINGS_C = SPEC_C + """
+#define TK_SETTING(type, name, macro, dflt) const volatile type name = dflt  /* no setting */
+TK_SETTING(u32, tk_limit, TK_LIMIT, 0xffffffff);
+TK_SETTING(u64, tk_other,
+           TK_OTHER, 0);  /* across lines */
+"""
+
+
+def test_settings_are_read_from_the_c_and_reach_a_core_object(tmp_path: Path) -> None:
+    """A value prepare() computes at load reaches the CO-RE object's variable named by
+    its TK_SETTING; other macros are the BCC build's only; a setting the object lacks
+    is refused (the program would run with its default)."""
+    from tracekit.core_loader import prepared_settings
+    from tracekit.errors import CompileError
+
+    def prepare(params: dict[str, int]) -> dict[str, int]:
+        return {"TK_LIMIT": 7, "TK_OTHER": 9, "TK_OFF_ONLY_FOR_BCC": 3}
+
+    spec = _spec(tmp_path, SETTINGS_C, prepare=prepare)
+    assert spec.setting_variables() == {"TK_LIMIT": "tk_limit", "TK_OTHER": "tk_other"}
+    rodata = {"tk_limit": (0, 4), "tk_other": (8, 8), "tk_cfg_stream": (16, 4)}
+    assert prepared_settings(spec, {}, rodata) == {"tk_limit": 7, "tk_other": 9}
+    with pytest.raises(CompileError, match="no setting tk_other"):
+        prepared_settings(spec, {}, {"tk_limit": (0, 4)})
+    assert prepared_settings(_spec(tmp_path, SETTINGS_C), {}, rodata) == {}
+
+
+def test_a_settings_macro_names_one_variable(tmp_path: Path) -> None:
+    text = SPEC_C + "TK_SETTING(u32, a, TK_X, 0);\nTK_SETTING(u32, b, TK_X, 0);\n"
+    with pytest.raises(CDeclError, match="TK_X names both a and b"):
+        CSource.parse(text, "p.bpf.c").settings()

@@ -49,11 +49,11 @@ def test_enum_values_are_those_bpftool_reads_from_the_same_btf() -> None:
     assert ours.enum_values("no_such_enum_in_any_kernel") == {}
 
 
-def test_drop_reason_defines_name_each_kernels_values() -> None:
-    from tracekit.probes.fq_throttle import NO_REASON, drop_reason_defines
+def test_drop_reason_settings_name_each_kernels_values() -> None:
+    from tracekit.probes.fq_throttle import NO_REASON, PROBE, drop_reason_settings
 
     # Debian 6.12.117 (its BTF): reasons in skb_drop_reason; no qdisc_drop_reason.
-    d612 = drop_reason_defines(
+    d612 = drop_reason_settings(
         {
             "skb_drop_reason": {
                 "SKB_DROP_REASON_FQ_BAND_LIMIT": 58,
@@ -62,10 +62,15 @@ def test_drop_reason_defines_name_each_kernels_values() -> None:
             }
         }
     )
-    assert "-DTK_SKB_FQ_FLOW_LIMIT=60" in d612 and "-DTK_SKB_FQ_BAND_LIMIT=58" in d612
-    assert f"-DTK_QDISC_FQ_FLOW_LIMIT={NO_REASON}" in d612
+    assert d612["TK_SKB_FQ_FLOW_LIMIT"] == 60 and d612["TK_SKB_FQ_BAND_LIMIT"] == 58
+    assert d612["TK_QDISC_FQ_FLOW_LIMIT"] == NO_REASON
     # Debian 7.2.13: qdisc_drop_reason (subsystem 3 in the high bits).
-    d72 = drop_reason_defines({"qdisc_drop_reason": {"QDISC_DROP_FLOW_LIMIT": 196616}})
-    assert "-DTK_QDISC_FQ_FLOW_LIMIT=196616" in d72
-    assert f"-DTK_SKB_FQ_FLOW_LIMIT={NO_REASON}" in d72
+    d72 = drop_reason_settings({"qdisc_drop_reason": {"QDISC_DROP_FLOW_LIMIT": 196616}})
+    assert d72["TK_QDISC_FQ_FLOW_LIMIT"] == 196616
+    assert d72["TK_SKB_FQ_FLOW_LIMIT"] == NO_REASON
     assert len(d72) == len(d612) == 6
+    # Every one is a TK_SETTING of the C: the CO-RE object gets it too (7.2's first
+    # run counted no drop by reason: the CO-RE loader had dropped these values).
+    variables = PROBE.setting_variables()
+    assert set(d72) <= set(variables), set(d72) - set(variables)
+    assert variables["TK_QDISC_FQ_FLOW_LIMIT"] == "tk_qdisc_fq_flow"

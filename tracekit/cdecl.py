@@ -43,6 +43,7 @@ _DEFINE = re.compile(
 _MEMBER = re.compile(r"^(\w+)\s+(.+)$", re.DOTALL)
 _DECL = re.compile(r"^(\w+)((?:\s*\[\s*\w+\s*\])*)$")
 _DIM = re.compile(r"\[\s*(\w+)\s*\]")
+_SETTING = re.compile(r"\bTK_SETTING\s*\(\s*\w+\s*,\s*(\w+)\s*,\s*(\w+)\s*,")
 _ENUMERATOR = re.compile(r"^(\w+)(?:\s*=\s*(\S.*))?$", re.DOTALL)
 
 
@@ -291,6 +292,23 @@ class CSource:
                     ) from None
             out.append((m.group(1), value))
             value += 1
+        return out
+
+    def settings(self) -> dict[str, str]:
+        """The source's ``TK_SETTING(type, name, MACRO, default)`` declarations, as
+        {MACRO: name}: a value computed at load by the probe's ``prepare`` reaches BCC
+        as ``-DMACRO=value`` and a CO-RE object as the read-only variable ``name``."""
+        out: dict[str, str] = {}
+        for m in _SETTING.finditer(self.text):
+            line_start = self.text.rfind("\n", 0, m.start()) + 1
+            if self.text[line_start : m.start()].lstrip().startswith("#"):
+                continue  # the macro's own #define (probes/tk_compat.h)
+            name, macro = m.group(1), m.group(2)
+            if macro in out and out[macro] != name:
+                raise self._error(
+                    m.start(), f"TK_SETTING macro {macro} names both {out[macro]} and {name}"
+                )
+            out[macro] = name
         return out
 
     def counter_labels(self, map_name: str) -> tuple[str, ...] | None:

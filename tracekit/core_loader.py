@@ -51,6 +51,33 @@ def _agg_key_decoder(st: dict[str, Any], spec: ProbeSpec) -> tuple[struct.Struct
     return struct.Struct(fmt), names
 
 
+def prepared_settings(
+    spec: ProbeSpec, params: dict[str, int], rodata: dict[str, tuple[int, int]]
+) -> dict[str, int]:
+    """The probe's ``prepare`` values as the CO-RE object's read-only variables.
+
+    Each macro a TK_SETTING declares becomes its variable; the others are the BCC
+    build's -D flags (offsets CO-RE relocates instead) and are not needed here. A
+    declared setting the object lacks means the object was built from another
+    source: refused, since the program would run with its default.
+    """
+    if spec.prepare is None:
+        return {}
+    variables = spec.setting_variables()
+    out: dict[str, int] = {}
+    for macro, value in spec.prepare(params).items():
+        name = variables.get(macro)
+        if name is None:
+            continue
+        if name not in rodata:
+            raise CompileError(
+                f"probe {spec.name}: the CO-RE object has no setting {name} "
+                f"(TK_SETTING of {macro}): rebuild it with 'tracekit build {spec.name}'"
+            )
+        out[name] = int(value)
+    return out
+
+
 class CoreProbe(KernelProbe):
     """A CO-RE object of one probe, loaded into the kernel."""
 
@@ -114,6 +141,7 @@ class CoreProbe(KernelProbe):
             "tk_cfg_wakeup_events": 64,
         }
         settings.update({f"tk_param_{p.name}": params[p.name] for p in spec.params})
+        settings.update(prepared_settings(spec, params, syms))
         self._obj = BpfObject(str(obj_path))
         try:
             # One ring shared by all CPUs, as large as the per-CPU perf buffers

@@ -186,7 +186,7 @@ class LoadedProbe(KernelProbe):
             "-Wno-macro-redefined",
         ]
         if spec.prepare is not None:
-            cflags += spec.prepare(params)
+            cflags += [f"-D{macro}={value}" for macro, value in spec.prepare(params).items()]
         if output == "ringbuf":
             cflags.append("-DTK_USE_RINGBUF")
             # One ring shared by all CPUs: as large as the per-CPU perf buffers together.

@@ -171,10 +171,14 @@ class ProbeSpec:
     # Called with the compiled bcc.BPF object and the parameters after attach, for
     # probes that need to fill maps (filters, BTF offsets) before events flow.
     setup: Callable[[Any, dict[str, int]], None] | None = None
-    # Extra compiler flags computed on the running machine before compiling (for
-    # example struct offsets read from the kernel's BTF); raises TracekitError when
-    # the machine does not fit.
-    prepare: Callable[[dict[str, int]], list[str]] | None = None
+    # Values computed on the running machine before loading (for example struct
+    # offsets or enum values read from the kernel's BTF), by C macro name, given the
+    # parameters; raises TracekitError when the machine does not fit. A macro that a
+    # TK_SETTING(type, name, MACRO, default) of the source declares reaches both
+    # loaders (BCC: -DMACRO=value; CO-RE: the read-only variable `name`, written
+    # before load); any other macro is a -D for the BCC build only (what CO-RE
+    # relocates instead).
+    prepare: Callable[[dict[str, int]], dict[str, int]] | None = None
     # Fills user-space fields of decoded rows (for example a path name from a
     # stack id), given the bcc.BPF object and the session (for symbols, stacks).
     enrich: Callable[[Any, Any, list[tuple[Any, ...]]], list[tuple[Any, ...]]] | None = None
@@ -202,6 +206,10 @@ class ProbeSpec:
                 f"only struct tk_event), not {self.event_struct!r}"
             )
         self._read_c()
+
+    def setting_variables(self) -> dict[str, str]:
+        """{MACRO: variable} of the source's TK_SETTING declarations (cdecl)."""
+        return CSource.parse(self.source.read_text(), self.source.name).settings()
 
     def _read_c(self) -> None:
         """Fill the schema, agg_fields and counter labels from the C declarations."""

@@ -63,17 +63,20 @@ DROP_SLOTS = ("FLOW_LIMIT", "BAND_LIMIT", "HORIZON_LIMIT")
 NO_REASON = 0xFFFFFFFF
 
 
-def drop_reason_defines(enums: dict[str, dict[str, int]]) -> list[str]:
-    """-D values of the reasons the BPF code compares with (NO_REASON where absent)."""
-    out = []
+def drop_reason_settings(enums: dict[str, dict[str, int]]) -> dict[str, int]:
+    """The reasons the BPF code compares with, by TK_SETTING macro (NO_REASON where
+    the kernel has no such reason)."""
+    out = {}
     for tag, (enum, prefix) in DROP_REASONS.items():
         values = enums.get(enum, {})
         for slot in DROP_SLOTS:
-            out.append(f"-DTK_{tag}_FQ_{slot}={values.get(prefix + slot, NO_REASON)}")
+            out[f"TK_{tag}_FQ_{slot}"] = values.get(prefix + slot, NO_REASON)
     return out
 
 
-def prepare(params: dict[str, int]) -> list[str]:
+def prepare(params: dict[str, int]) -> dict[str, int]:
+    """sch_fq's offsets (the BCC build's; CO-RE relocates) and the drop reasons'
+    values (both builds: TK_SETTINGs), from the running kernel's BTF."""
     try:
         offs = struct_offsets(module_btf("sch_fq"), "fq_sched_data", FQ_MEMBERS)
         vmlinux = vmlinux_btf()
@@ -82,9 +85,9 @@ def prepare(params: dict[str, int]) -> list[str]:
             raise AttachPointError(f"sch_fq: {exc}") from None
         raise
     enums = {enum: vmlinux.enum_values(enum) for enum, _ in DROP_REASONS.values()}
-    return [
-        f"-DTK_FQ_OFF_{name.upper()}={off}" for name, off in offs.items()
-    ] + drop_reason_defines(enums)
+    return {f"TK_FQ_OFF_{name.upper()}": off for name, off in offs.items()} | (
+        drop_reason_settings(enums)
+    )
 
 
 def report(summary: Summary) -> list[str]:
