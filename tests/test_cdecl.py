@@ -312,12 +312,15 @@ def test_a_compiled_layout_that_drifted_from_the_source_is_named(tmp_path: Path)
     assert "tail at offset 60, schema says 56" in problems, problems
 
 
-SETTINGS_C = SPEC_C + """
+SETTINGS_C = (
+    SPEC_C
+    + """
 #define TK_SETTING(type, name, macro, dflt) const volatile type name = dflt  /* no setting */
 TK_SETTING(u32, tk_limit, TK_LIMIT, 0xffffffff);
 TK_SETTING(u64, tk_other,
            TK_OTHER, 0);  /* across lines */
 """
+)
 
 
 def test_settings_are_read_from_the_c_and_reach_a_core_object(tmp_path: Path) -> None:

@@ -173,9 +173,7 @@ class CoreProbe(KernelProbe):
     def _map(self, name: str) -> int:
         return self._obj.map(name)
 
-    def _make_decoder(
-        self, schema: Schema, header: int = HEADER, stride: int | None = None
-    ) -> Any:
+    def _make_decoder(self, schema: Schema, header: int = HEADER, stride: int | None = None) -> Any:
         """tracekit.records.record_decoder for this probe."""
         return record_decoder(self.spec.name, schema, header, stride)
 
