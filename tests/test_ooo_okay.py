@@ -135,7 +135,7 @@ def test_skb_set_owner_w_is_attached_from_6_19_only(
 
 
 def test_a_malformed_since_fails_at_registration() -> None:
-    with pytest.raises(ValueError, match="min_kernel must be MAJOR.MINOR"):
+    with pytest.raises(ValueError, match=r"kprobe:f: since must be MAJOR\.MINOR"):
         AttachPoint("kprobe", "f", "tk_f", since="soon")
 
 

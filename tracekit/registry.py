@@ -46,8 +46,11 @@ class AttachPoint:
                 "attach kind must be tracepoint, raw_tracepoint, kprobe or kretprobe: "
                 f"{self.kind!r}"
             )
-        if self.since is not None:
-            min_kernel_version(self.since)  # a typo fails at registration
+        if self.since is not None and kernel_version(self.since) is None:
+            # A typo fails at registration.
+            raise ValueError(
+                f"attach point {self.describe()}: since must be MAJOR.MINOR[.PATCH]: {self.since!r}"
+            )
 
     def describe(self) -> str:
         return f"{self.kind}:{self.target}"
