@@ -123,14 +123,24 @@ def _wait_listening(lab: NetnsLab, port: int) -> None:
         time.sleep(0.05)
 
 
+def _wait_tcp_closed(lab: NetnsLab) -> None:
+    deadline = time.monotonic() + 60
+    ss = ("ss", "-tnH", "exclude", "time-wait", "dport", "=", f":{TCP_PORT}")
+    while lab.ns(lab.ns_a, *ss, check=False).strip():
+        assert time.monotonic() < deadline, "iperf3's sockets still open after 60 s"
+        time.sleep(0.05)
+
+
 @pytest.fixture(scope="module")
 def traced(ooo_compiled: Compiled) -> dict[str, object]:
     """One lab run: bpftrace, then the probe, then TCP and UDP traffic; both tracers
     stopped only after all of it."""
     probe = ooo_compiled.probe
     rows: list[tuple[object, ...]] = []
-    # fq paces each flow at 1 Mbit/s: datagrams of a burst wait in the qdisc.
-    with NetnsLab(txqueues=4, qdisc="fq", qdisc_args=("maxrate", "1mbit")) as lab:
+    # fq paces each flow at 400 kbit/s, so datagrams of a burst wait in the qdisc: below
+    # fq's low_rate_threshold (550 kbit/s) every packet is paced, none rides on the
+    # initial credit a flow gets when it wakes up.
+    with NetnsLab(txqueues=4, qdisc="fq", qdisc_args=("maxrate", "400kbit")) as lab:
         sink = lab.popen(lab.ns_b, sys.executable, "-c", SINK)
         _wait_listening(lab, SINK_PORT)
         server = lab.start_server(1)
@@ -142,7 +152,8 @@ def traced(ooo_compiled: Compiled) -> dict[str, object]:
             while client.poll() is None:
                 rows += probe.poll(50)
             assert client.returncode == 0, client.communicate()[1]
-            server.wait(timeout=60)  # its last segments are out
+            server.wait(timeout=60)
+            _wait_tcp_closed(lab)  # the client's last segments are out
             sender = lab.popen(lab.ns_a, sys.executable, "-c", SENDER, "6", "20")
             while sender.poll() is None:
                 rows += probe.poll(50)
@@ -202,7 +213,7 @@ def test_tcp_flags_follow_this_kernels_rule_and_reach_netdev_pick_tx(
     from tracekit.probes.ooo_okay import RULES, TRANSPORTS
 
     events = [e for e in traced["events"] if e["dport"] == TCP_PORT]  # type: ignore[attr-defined]
-    assert len(events) > 100, len(events)
+    assert len(events) >= 20, len(events)
     assert set(_named(events, "transport", TRANSPORTS)) == {"tcp"}
     assert set(_named(events, "rule", RULES)) == {TCP_RULE}, platform.release()
     threshold = {int(e["threshold"]) for e in events}  # type: ignore[call-overload]
