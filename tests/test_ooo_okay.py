@@ -8,6 +8,9 @@ from pathlib import Path
 
 import pytest
 
+# test_bcc_compile's tree of Debian's kernel headers (skips without them or root).
+from test_bcc_compile import kernel_source as _headers  # noqa: F401
+
 from tracekit.bus import build_bus
 from tracekit.cdecl import CSource
 from tracekit.preflight import Report, usable_attach_points
@@ -152,3 +155,26 @@ def test_other_transports_sendmsg_stacks_are_sendmsg() -> None:
     # An ICMP reply from softirq (the kernel's ICMP socket): not a sendmsg.
     icmp = ["skb_set_owner_w", "sock_alloc_send_pskb", "icmp_push_reply", "net_rx_action"]
     assert [path_of(s) for s in (udp, raw6, icmp)] == ["sendmsg", "sendmsg", "other"]
+
+
+@pytest.mark.parametrize("aggregate", [False, True])
+def test_every_program_passes_this_kernels_verifier_under_bcc(
+    request: pytest.FixtureRequest,
+    monkeypatch: pytest.MonkeyPatch,
+    spec: ProbeSpec,
+    aggregate: bool,
+) -> None:
+    """BCC loads a program only when it attaches (which needs the VM): load each one
+    here, the 6.19-only ones too, with every skb streamed or counted in the kernel."""
+    from bcc import BPF
+
+    from tracekit.loader import LoadedProbe
+
+    monkeypatch.setenv("BCC_KERNEL_SOURCE", request.getfixturevalue("_headers"))
+    kw: dict[str, object] = {"stream": False, "aggregate": True} if aggregate else {}
+    probe = LoadedProbe(spec, spec.resolve_params({"all": "1"}), output="ringbuf", **kw)  # type: ignore[arg-type]
+    try:
+        for fn in sorted({ap.fn for ap in spec.attach}):
+            probe.bpf.load_func(fn.encode(), BPF.KPROBE)
+    finally:
+        probe.close()
