@@ -61,12 +61,13 @@ struct rb_root {
     struct rb_node *rb_node;
 };
 
-/* sk_protocol was a bitfield before 5.6 (read it with BPF_CORE_READ_BITFIELD_PROBED,
- * which serves both layouts); tcp_rtx_queue sits in an anonymous union, which
+/* sk_protocol and sk_type were bitfields before 5.6 (read them with
+ * BPF_CORE_READ_BITFIELD_PROBED, which serves both layouts); tcp_rtx_queue sits in an anonymous union, which
  * relocation finds by name. */
 struct sock {
     struct sock_common __sk_common;
     u16 sk_protocol;
+    u16 sk_type;
     refcount_t sk_wmem_alloc;
     struct rb_root tcp_rtx_queue;
     unsigned long sk_tx_queue_mapping_jiffies;

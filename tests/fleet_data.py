@@ -156,7 +156,7 @@ def fq_throttle_rows(schema: Schema, seconds: float = 10.0) -> list[tuple[Any, .
 def ooo_okay_rows(schema: Schema, seconds: float = 10.0, rate: int = 3000) -> list[tuple[Any, ...]]:
     """Every TCP skb (recorded with all=1): ooo_okay on a fifth of them at first, more
     once the rate limit (from 5 s) leaves the socket's queue empty between sends."""
-    from tracekit.probes.ooo_okay import PATHS
+    from tracekit.probes.ooo_okay import PATHS, RULES
 
     rng = random.Random(9)
     rows = []
@@ -177,12 +177,13 @@ def ooo_okay_rows(schema: Schema, seconds: float = 10.0, rate: int = 3000) -> li
                 sport=41234,
                 dport=5201,
                 wmem=100 if wmem_low else 90_000,
-                threshold=1280,
+                threshold=577,
                 stack_id=PATHS.index(path),
                 ooo_okay=int(ooo),
                 wmem_low=int(wmem_low),
                 rtx_empty=int(ooo and not wmem_low),
                 path=PATHS.index(path),
+                rule=RULES.index("tcp_wmem_rtx"),
                 comm="iperf3",
             )
         )

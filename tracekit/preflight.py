@@ -139,8 +139,7 @@ def check_kernel_version(report: Report, spec: ProbeSpec, release: str | None = 
         report.add(
             "kernel version",
             False,
-            f"probe {spec.name} needs Linux {spec.min_kernel} or later; "
-            f"this kernel is {release}",
+            f"probe {spec.name} needs Linux {spec.min_kernel} or later; this kernel is {release}",
             KernelTooOldError,
         )
     else:
@@ -396,15 +395,27 @@ def check_attach_point(report: Report, ap: AttachPoint, syms: frozenset[str] | N
     return False
 
 
-def usable_attach_points(spec: ProbeSpec, report: Report) -> list[AttachPoint]:
-    """The points to attach: for each group the first present alternative."""
+def usable_attach_points(
+    spec: ProbeSpec, report: Report, release: str | None = None
+) -> list[AttachPoint]:
+    """The points to attach: for each group the first present alternative; points
+    with a ``since`` newer than the running kernel are left out (and said so)."""
     chosen: list[AttachPoint] = []
     done_groups: set[str] = set()
     pending: dict[str, list[AttachPoint]] = {}
+    release = release or platform.release()
+    running = kernel_version(release)
+    points = []
     for ap in spec.attach:
+        # A release we cannot read is taken as new enough, as check_kernel_version does.
+        if ap.since and running is not None and running < min_kernel_version(ap.since):
+            report.add(ap.describe(), True, f"not attached: Linux {ap.since}+ only ({release})")
+        else:
+            points.append(ap)
+    for ap in points:
         if ap.group:
             pending.setdefault(ap.group, []).append(ap)
-    for ap in spec.attach:
+    for ap in points:
         if ap.group is None:
             if check_attach_point(report, ap):
                 chosen.append(ap)

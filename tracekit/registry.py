@@ -27,7 +27,10 @@ class AttachPoint:
     the BPF function in the ``.bpf.c``. ``module`` names the kernel module that
     provides the function when it is not built in (``sch_fq``). A point in the same
     ``group`` as an earlier one is an alternative: the first one present is used, so
-    a probe lists its tracepoint first and a kprobe fallback after it.
+    a probe lists its tracepoint first and a kprobe fallback after it. ``since``
+    (``"6.19"``) attaches the point only on kernels at least that version: for a
+    function every kernel has whose meaning for the probe starts with a release
+    (ooo-okay's ``skb_set_owner_w``, which sets ``ooo_okay`` from 6.19).
     """
 
     kind: str
@@ -35,12 +38,18 @@ class AttachPoint:
     fn: str
     module: str | None = None
     group: str | None = None
+    since: str | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in ("tracepoint", "raw_tracepoint", "kprobe", "kretprobe"):
             raise ValueError(
                 "attach kind must be tracepoint, raw_tracepoint, kprobe or kretprobe: "
                 f"{self.kind!r}"
+            )
+        if self.since is not None and kernel_version(self.since) is None:
+            # A typo fails at registration.
+            raise ValueError(
+                f"attach point {self.describe()}: since must be MAJOR.MINOR[.PATCH]: {self.since!r}"
             )
 
     def describe(self) -> str:

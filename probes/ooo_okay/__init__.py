@@ -1,9 +1,10 @@
-"""ooo-okay: where and why TCP sets ``skb->ooo_okay`` (the XPS seed's second step).
+"""ooo-okay: where and why the kernel sets ``skb->ooo_okay`` (the XPS seed's second step).
 
-Each TCP skb with the flag set (all skbs with ``--param all=1``) as it reaches
-``ip_queue_xmit``/``inet6_csk_xmit``: the CPU, the flow, which condition held
-(``sk_wmem_alloc`` below one truesize, or the retransmit queue empty) and the path
-it was sent from, classified from its kernel stack (``tcp_sendmsg`` in process
+Each skb with the flag set (every skb with ``--param all=1``): the CPU, the flow,
+the rule this kernel applied (``rule``: TCP's before and from 6.6, and from 6.19
+``skb_set_owner_w``'s for every other transport), the inputs it used (``wmem`` in
+flight against ``threshold``, the retransmit queue), and the path it was sent from,
+classified from its kernel stack (``tcp_sendmsg`` or ``udp_sendmsg`` in process
 context, ACK processing in softirq, ACK processing from the socket backlog on
 ``release_sock``, TSQ/timers).
 """
@@ -14,6 +15,7 @@ from importlib.resources import files
 from typing import Any
 
 from tracekit import hookimpl
+from tracekit.cdecl import CSource
 from tracekit.registry import AttachPoint, CounterMap, Param, ProbeRegistry, ProbeSpec
 from tracekit.schema import Field, HistSpec
 from tracekit.session import Session, Summary
@@ -47,6 +49,13 @@ _RULES: tuple[tuple[frozenset[str], str], ...] = (
                 "do_tcp_sendpages",
                 "tcp_sendpage_locked",
                 "tcp_splice_eof",
+                # Other transports (6.19+: skb_set_owner_w's rule).
+                "udp_sendmsg",
+                "udpv6_sendmsg",
+                "raw_sendmsg",
+                "rawv6_sendmsg",
+                "ping_v4_sendmsg",
+                "ping_v6_sendmsg",
             }
         ),
         "sendmsg",
@@ -91,6 +100,31 @@ def path_of(frames: list[str]) -> str:
     return kind or "other"
 
 
+_SOURCE = files(__package__).joinpath("ooo_okay.bpf.c")
+
+
+def _enum_names(name: str) -> tuple[str, ...]:
+    """Value i's name of the C's ``enum name`` (``OOO_RULE_OWNER_W`` -> ``owner_w``)."""
+    items = CSource.parse(_SOURCE.read_text(), _SOURCE.name).enum(name)
+    assert items is not None and [v for _, v in items] == list(range(len(items))), name
+    prefix = name.upper() + "_"
+    return tuple(ident.removeprefix(prefix).lower() for ident, _ in items)
+
+
+# The rule that decided an skb's flag, and the socket's transport (ooo_okay.bpf.c's
+# enum ooo_rule and enum ooo_transport).
+RULES = _enum_names("ooo_rule")
+TRANSPORTS = _enum_names("ooo_transport")
+# What each rule tests, for the results (docs/kernels.md has the kernel sources).
+RULE_TEXT = {
+    "tcp_wmem": "TCP up to Linux 6.5: wmem in flight < SKB_TRUESIZE(1)",
+    "tcp_wmem_rtx": "TCP from Linux 6.6: wmem in flight < SKB_TRUESIZE(1) or retransmit "
+    "queue empty",
+    "owner_w": "other transports from Linux 6.19 (skb_set_owner_w): no other skb of the "
+    "socket in a qdisc or NIC queue (wmem 0)",
+}
+assert set(RULE_TEXT) == set(RULES), RULES
+
 # How the fields of struct tk_event (ooo_okay.bpf.c) are shown; the C declares them.
 FIELDS = (
     Field("ts_ns", unit="ns", display="ts"),
@@ -100,12 +134,21 @@ FIELDS = (
     Field("daddr", display="ipv4"),
     Field("sport", display="port"),
     Field("dport", display="port"),
-    Field("wmem", unit="bytes", doc="sk_wmem_alloc the kernel tested (this skb excluded)"),
-    Field("threshold", unit="bytes", doc="SKB_TRUESIZE(1) on this kernel"),
+    Field(
+        "wmem",
+        unit="bytes",
+        doc="sk_wmem_alloc_get(sk) the rule tested: the socket's skbs in host queues, "
+        "this skb excluded",
+    ),
+    Field(
+        "threshold",
+        unit="bytes",
+        doc="the rule's bound: SKB_TRUESIZE(1) for TCP, 1 for skb_set_owner_w (wmem 0)",
+    ),
     Field("stack_id", doc="kernel stack id (symbols are stored in the trace)"),
-    Field("ooo_okay", key=True, display="bool"),
-    Field("wmem_low", key=True, display="bool", doc="condition 1: wmem < threshold"),
-    Field("rtx_empty", key=True, display="bool", doc="condition 2: rtx queue empty"),
+    Field("ooo_okay", key=True, display="bool", doc="the flag as the kernel set it"),
+    Field("wmem_low", key=True, display="bool", doc="wmem < threshold"),
+    Field("rtx_empty", key=True, display="bool", doc="TCP: the retransmit queue was empty"),
     Field(
         "path",
         key=True,
@@ -113,10 +156,18 @@ FIELDS = (
         choices=PATHS,
         doc="where the skb was sent from, from its stack",
     ),
+    Field(
+        "rule",
+        key=True,
+        display="enum",
+        choices=RULES,
+        doc="the rule this kernel applied to the skb's transport",
+    ),
+    Field("transport", key=True, display="enum", choices=TRANSPORTS),
 )
 HISTOGRAMS = (
     HistSpec(value=None, by=("cpu", "path"), kind="count", title="ooo_okay"),
-    HistSpec(value=None, by=("wmem_low", "rtx_empty"), kind="count", title="ooo_okay_why"),
+    HistSpec(value=None, by=("rule", "wmem_low", "rtx_empty"), kind="count", title="ooo_okay_why"),
 )
 
 
@@ -136,15 +187,24 @@ def enrich(bpf: Any, session: Session, rows: list[tuple[Any, ...]]) -> list[tupl
 
 
 def report(summary: Summary) -> list[str]:
-    c = summary.counters.get("ooo_counts", {})
-    tx, ooo = sum(c.get("transmitted", {}).values()), sum(c.get("ooo_okay", {}).values())
+    c = {k: sum(v.values()) for k, v in summary.counters.get("ooo_counts", {}).items()}
+    tx, ooo = c.get("transmitted", 0), c.get("ooo_okay", 0)
     if not tx:
-        return ["ooo_okay: no TCP skbs transmitted"]
-    wl, rx = sum(c.get("wmem_low", {}).values()), sum(c.get("rtx_empty", {}).values())
-    return [
+        return ["ooo_okay: no skbs transmitted"]
+    lines = [
         f"ooo_okay share: {ooo}/{tx} skbs = {100 * ooo / tx:.2f}% "
-        f"(wmem low: {wl}, rtx queue empty: {rx})"
+        f"(wmem low: {c.get('wmem_low', 0)}, rtx queue empty: {c.get('rtx_empty', 0)})"
     ]
+    # Which rule decided how many skbs: what this kernel computes, by transport.
+    for rule in RULES:
+        if n := c.get(f"rule_{rule}", 0):
+            lines.append(f"  rule {rule}: {n} skbs; {RULE_TEXT[rule]}")
+    if n := c.get("not_as_rule", 0):
+        lines.append(
+            f"  {n} skbs with a flag other than the rule gives for what the probe read: "
+            "the socket's queues changed between the kernel's test and the probe's read"
+        )
+    return lines
 
 
 def _draw_plot(trace: Any) -> Any:
@@ -155,24 +215,32 @@ def _draw_plot(trace: Any) -> Any:
 
 PROBE = ProbeSpec(
     name="ooo-okay",
-    description="who sets skb->ooo_okay on TCP transmits, why, and from which path",
-    source=files(__package__).joinpath("ooo_okay.bpf.c"),
+    description="which skbs may change TX queue (skb->ooo_okay): the kernel's rule, its "
+    "inputs, the path",
+    source=_SOURCE,
     fields=FIELDS,
     histograms=HISTOGRAMS,
     attach=(
         AttachPoint("kprobe", "ip_queue_xmit", "tk_queue_xmit"),
         AttachPoint("kprobe", "inet6_csk_xmit", "tk_queue_xmit"),
+        # Every other transport's rule, where the kernel has it.
+        AttachPoint("kprobe", "skb_set_owner_w", "tk_owner_w", since="6.19"),
+        AttachPoint("kretprobe", "skb_set_owner_w", "tk_owner_w_return", since="6.19"),
     ),
     params=(
         Param(
             "all",
             0,
-            help="stream every TCP skb, not only those with ooo_okay",
+            help="stream every skb, not only those with ooo_okay",
             minimum=0,
             maximum=1,
         ),
     ),
-    counters=(CounterMap("ooo_counts", doc="TCP skbs transmitted; with ooo_okay; by condition"),),
+    counters=(
+        CounterMap(
+            "ooo_counts", doc="skbs transmitted; with ooo_okay; by condition; by rule; not as rule"
+        ),
+    ),
     plot=_draw_plot,
     min_kernel="5.8",
     enrich=enrich,

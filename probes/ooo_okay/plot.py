@@ -1,6 +1,6 @@
 """ooo-okay's picture: the ooo_okay share over time, and the paths that set it.
 
-With ``--param all=1`` the trace has every TCP skb, so the share (skbs with
+With ``--param all=1`` the trace has every skb the probe saw, so the share (skbs with
 ``ooo_okay`` over all skbs) is drawn per interval. Without it only the skbs with the
 flag are streamed: the share over time is not in the trace, and the plot says so and
 shows the whole run's share from the kernel's counters instead.
@@ -42,7 +42,7 @@ def draw(trace: Trace) -> Any:
         ax_share.set_ylim(0, 100)
         ax_share.set_ylabel("% of skbs")
         ax_share.set_title(
-            f"share of TCP skbs with ooo_okay per interval; {run_share}", fontsize=9, loc="left"
+            f"share of skbs with ooo_okay per interval; {run_share}", fontsize=9, loc="left"
         )
     else:
         ax_share.text(
@@ -54,7 +54,7 @@ def draw(trace: Trace) -> Any:
             va="center",
             transform=ax_share.transAxes,
         )
-        ax_share.set_title("share of TCP skbs with ooo_okay", fontsize=9, loc="left")
+        ax_share.set_title("share of skbs with ooo_okay", fontsize=9, loc="left")
     series = by_path.series()
     keys = sorted(series)
     if keys:

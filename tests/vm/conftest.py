@@ -101,7 +101,14 @@ def attached_residue() -> list[str]:
     residue = []
     kp = _debugfs() / "kprobes" / "list"
     if kp.exists():
-        ours = ("netdev_pick_tx", "ip_queue_xmit", "inet6_csk_xmit", "fq_enqueue", "fq_dequeue")
+        ours = (
+            "netdev_pick_tx",
+            "ip_queue_xmit",
+            "inet6_csk_xmit",
+            "skb_set_owner_w",
+            "fq_enqueue",
+            "fq_dequeue",
+        )
         residue += [
             f"kprobe {ln}" for ln in kp.read_text().splitlines() if any(f in ln for f in ours)
         ]
@@ -114,7 +121,7 @@ def attached_residue() -> list[str]:
     residue += [
         f"bpf perf link {ln}"
         for ln in perf.splitlines()
-        if "netdev_pick_tx" in ln or "fq_" in ln or "queue_xmit" in ln
+        if "netdev_pick_tx" in ln or "fq_" in ln or "queue_xmit" in ln or "owner_w" in ln
     ]
     progs = subprocess.run(["bpftool", "-j", "prog", "show"], capture_output=True, text=True).stdout
     me = os.getpid()
