@@ -27,8 +27,8 @@ TRACEKIT_REQUIRE_VM_ARTIFACTS=1 $py -m pytest -m after_vm tests
 # The kernel matrix (docs/kernels.md): on the newest row, every built-in probe against
 # its kernel oracle from BTF alone (CO-RE, headers hidden), and the tests of what only
 # newer kernels have (fq's drop reasons, the TX-queue reselection timer, ooo_okay set
-# for every transport). The whole
-# suite there costs about an hour under TCG (BCC compiles); these about 15 minutes.
+# for every transport). The whole suite there costs about an hour under TCG (BCC
+# compiles); these about 15 minutes.
 # TRACEKIT_CI_ROWS="6.12 7.2" adds rows; "" skips the matrix.
 for row in ${TRACEKIT_CI_ROWS-7.2}; do
   echo "== VM tests on kernel row $row"
