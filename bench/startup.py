@@ -79,7 +79,7 @@ def drop_caches() -> None:
     """Forget cached files (as after a boot): each command reads its binaries afresh.
     Only in the VM (vm/run sets TRACEKIT_IN_VM): on a shared host it would slow others."""
     if os.environ.get("TRACEKIT_IN_VM") and os.geteuid() == 0:
-        subprocess.run(["sync"], check=False)
+        os.sync()
         Path("/proc/sys/vm/drop_caches").write_text("3\n")
 
 

@@ -12,7 +12,6 @@ from importlib.resources import files
 from typing import Any
 
 from tracekit import hookimpl
-from tracekit.btf import module_btf, struct_offsets, vmlinux_btf
 from tracekit.errors import AttachPointError, TracekitError
 from tracekit.registry import AttachPoint, CounterMap, ProbeRegistry, ProbeSpec
 from tracekit.schema import Field, HistSpec
@@ -74,6 +73,9 @@ def drop_reason_defines(enums: dict[str, dict[str, int]]) -> list[str]:
 
 
 def prepare(params: dict[str, int]) -> list[str]:
+    # BCC's path only (the CO-RE object relocates these itself): imported here.
+    from tracekit.btf import module_btf, struct_offsets, vmlinux_btf
+
     try:
         offs = struct_offsets(module_btf("sch_fq"), "fq_sched_data", FQ_MEMBERS)
         vmlinux = vmlinux_btf()
