@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from tracekit.core_build import manifest
-from tracekit.core_stacks import CoreTables
+from tracekit.core_stacks import CoreTables, KernelSymbols, read_symbols_in_background
 from tracekit.errors import CompileError, ResourceError, TracekitError
 from tracekit.libbpf import BpfObject, LibbpfError, libbpf, map_items
 from tracekit.loader import WAKEUP_EVENTS, layout_problems, online_cpus
@@ -129,8 +129,11 @@ class CoreProbe(KernelProbe):
             # numpy is imported while libbpf loads (the GIL is released): until it is
             # there, poll decodes with struct, so the first events need not wait.
             self._numpy = import_in_background("numpy")
+            # A probe that names stack frames (enrich) needs kallsyms by its first
+            # event: read meanwhile too.
+            symbols = read_symbols_in_background() if spec.enrich else KernelSymbols.read
             self._obj.load()
-            self.bpf = CoreTables(self._obj)
+            self.bpf = CoreTables(self._obj, symbols)
         except LibbpfError as exc:
             self.close()
             raise LibbpfError(f"probe {spec.name}: {exc}") from None
