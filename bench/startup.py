@@ -2,7 +2,7 @@
 
 Run in the VM, first thing after boot (cold caches are what a user meets):
 
-    vm/run -- python bench/startup.py [--rounds N] [--probes txq-flip,...] [--bcc]
+    vm/run -- python bench/startup.py [--rounds N] [--probes txq-flip,...] [--bcc] [--baseline DIR]
 
 One namespace lab (4-queue veth, an fq qdisc per queue with a low maxrate and
 flow_limit, as fq-throttle's lab) carries traffic that fires every probe: a client
@@ -19,6 +19,14 @@ the VM only), so each run reads its interpreter, libraries and modules afresh, a
 first run after a boot does. Rounds are interleaved (each round runs every case
 once, tracekit and bpftrace alternating which goes first); the table gives the
 first round (first runs after boot) and the median of all rounds.
+
+``--baseline DIR`` adds ``tracekit (baseline)``: the same command run from an
+earlier tree of the project, for before/after figures in one boot. DIR holds that
+tree's files, with its ``plugins`` and ``probes`` linked into its package as an
+install would place them (run from DIR, Python imports that tree, not this one)::
+
+    git archive BASE | tar -x -C DIR
+    ln -s ../plugins DIR/tracekit/plugins; ln -s ../probes DIR/tracekit/probes
 """
 
 from __future__ import annotations
@@ -83,12 +91,12 @@ def drop_caches() -> None:
         Path("/proc/sys/vm/drop_caches").write_text("3\n")
 
 
-def first_event(cmd: list[str], header: str) -> float:
+def first_event(cmd: list[str], header: str, cwd: str | None = None) -> float:
     """Seconds from launching ``cmd`` to its first line that is an event (not blank,
     not starting with ``header``: tracekit's column titles, bpftrace's Attaching)."""
     drop_caches()
     t = time.monotonic()
-    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=cwd)
     assert p.stdout is not None
     try:
         for line in p.stdout:
@@ -104,15 +112,20 @@ def first_event(cmd: list[str], header: str) -> float:
             p.wait()
 
 
-def cases(probes: list[str], bcc: bool) -> dict[str, tuple[list[str], str]]:
+Case = tuple[list[str], str, str | None]  # command, header to skip, where to run it
+
+
+def cases(probes: list[str], bcc: bool, baseline: str | None) -> dict[str, Case]:
     tk = [sys.executable, "-m", "tracekit", "run"]
-    out: dict[str, tuple[list[str], str]] = {}
+    out: dict[str, Case] = {}
     for probe in probes:
         core = [*tk, probe, "--sink", "console", "--loader", "core"]
-        out[f"tracekit {probe}"] = (core, "ts")
-        out[f"bpftrace {probe}"] = (["bpftrace", "-e", BPFTRACE[probe]], "Attach")
+        out[f"tracekit {probe}"] = (core, "ts", None)
+        if baseline:
+            out[f"tracekit (baseline) {probe}"] = (core, "ts", baseline)
+        out[f"bpftrace {probe}"] = (["bpftrace", "-e", BPFTRACE[probe]], "Attach", None)
         if bcc:
-            out[f"tracekit-bcc {probe}"] = ([*core[:-1], "bcc"], "ts")
+            out[f"tracekit-bcc {probe}"] = ([*core[:-1], "bcc"], "ts", None)
     return out
 
 
@@ -122,6 +135,7 @@ def main() -> None:
     ap.add_argument("--probes", default=",".join(BPFTRACE), help="comma-separated")
     ap.add_argument("--bcc", action="store_true", help="also --loader bcc (minutes a probe)")
     ap.add_argument("--qdisc", default="fq", help="fq (fq-throttle needs it) or pfifo_fast")
+    ap.add_argument("--baseline", metavar="DIR", help="an earlier tree to compare (see above)")
     ap.add_argument(
         "--importtime",
         metavar="FILE",
@@ -133,7 +147,10 @@ def main() -> None:
     unknown = [p for p in probes if p not in BPFTRACE]
     if unknown:
         raise SystemExit(f"no bpftrace twin for {unknown}; known: {list(BPFTRACE)}")
-    todo = cases(probes, args.bcc)
+    baseline = os.path.abspath(args.baseline) if args.baseline else None
+    if baseline and not os.path.isdir(os.path.join(baseline, "tracekit", "plugins")):
+        raise SystemExit(f"{baseline}: no tracekit/plugins there (see --baseline in the doc)")
+    todo = cases(probes, args.bcc, baseline)
     times: dict[str, list[float]] = {name: [] for name in todo}
     qargs = FQ_ARGS if args.qdisc == "fq" else ()
     with NetnsLab(txqueues=4, qdisc=args.qdisc, qdisc_args=qargs) as lab:
@@ -146,9 +163,9 @@ def main() -> None:
                 if r % 2:  # alternate which tool meets the probe first
                     names.reverse()
                 for name in names:
-                    cmd, header = todo[name]
-                    times[name].append(first_event(cmd, header))
-                    print(f"round {r + 1}  {name:<28}{times[name][-1]:8.2f} s", flush=True)
+                    cmd, header, cwd = todo[name]
+                    times[name].append(first_event(cmd, header, cwd))
+                    print(f"round {r + 1}  {name:<40}{times[name][-1]:8.2f} s", flush=True)
         if args.importtime:
             # The imports of one more run (stopping by itself a moment after attach).
             cmd = [sys.executable, "-X", "importtime", *todo[f"tracekit {probes[0]}"][0][1:]]
@@ -168,12 +185,17 @@ def main() -> None:
             f"| {probe} | {tk[0]:.2f} s | {bt[0]:.2f} s | {tk[0] / bt[0]:.2f}x | "
             f"{mt:.2f} s | {mb:.2f} s | **{mt / mb:.2f}x** |"
         )
-    if args.bcc:
+    for kind in ("tracekit (baseline)", "tracekit-bcc"):
         for probe in probes:
-            b, bt = times[f"tracekit-bcc {probe}"], times[f"bpftrace {probe}"]
+            if f"{kind} {probe}" not in times:
+                continue
+            v = times[f"{kind} {probe}"]
+            mv = statistics.median(v)
+            mt = statistics.median(times[f"tracekit {probe}"])
+            mb = statistics.median(times[f"bpftrace {probe}"])
             print(
-                f"bcc {probe}: median {statistics.median(b):.2f} s, "
-                f"{statistics.median(b) / statistics.median(bt):.2f}x bpftrace"
+                f"{kind} {probe}: round 1 {v[0]:.2f} s, median {mv:.2f} s = {mv / mb:.2f}x "
+                f"bpftrace; tracekit / {kind}: {mt / mv:.2f}"
             )
 
 
