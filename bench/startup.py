@@ -67,6 +67,7 @@ SERVER = (
 CLIENT = (
     "import socket, time\n"
     "u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+    "u.setblocking(False)  # a full send buffer must not stall the connects\n"
     "while True:\n"
     "    c = socket.socket()\n"
     "    try:\n"
