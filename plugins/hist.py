@@ -9,15 +9,18 @@ those at zero only as their number.
 from __future__ import annotations
 
 import sys
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from tracekit import hookimpl
 from tracekit.errors import UsageError
-from tracekit.hist import Histogram, parse_hist_arg
 from tracekit.registry import SinkRegistry, SinkSpec
 from tracekit.safe_text import printable
 from tracekit.schema import HistSpec, Schema
 from tracekit.session import EventBatch, Session, Summary
+
+if TYPE_CHECKING:
+    # Imported where a hist sink is made: runs without one never load it.
+    from tracekit.hist import Histogram
 
 
 class HistSink:
@@ -27,6 +30,8 @@ class HistSink:
         self.hists: list[Histogram] = []
 
     def specs(self, schema: Schema) -> tuple[HistSpec, ...]:
+        from tracekit.hist import parse_hist_arg
+
         if not self.arg:
             return schema.histograms or (HistSpec(value=None, kind="count"),)
         try:
@@ -51,6 +56,8 @@ class HistSink:
 
     @hookimpl
     def tracekit_session_start(self, session: Session) -> None:
+        from tracekit.hist import Histogram
+
         self.hists = [Histogram(s, session.schema) for s in self.specs(session.schema)]
 
     @hookimpl

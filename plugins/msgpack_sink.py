@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import os
 import stat
+from typing import TYPE_CHECKING
 
 from tracekit import hookimpl
 from tracekit.errors import UsageError
 from tracekit.pipeline import SinkOptions
 from tracekit.registry import SinkRegistry, SinkSpec
 from tracekit.session import EventBatch, LostReport, Session, Summary
-from tracekit.tracefile import TraceWriter
+
+if TYPE_CHECKING:
+    from tracekit.tracefile import TraceWriter
 
 
 class MsgpackSink:
@@ -32,6 +35,10 @@ class MsgpackSink:
 
     @hookimpl
     def tracekit_session_start(self, session: Session) -> None:
+        # Imported here: the trace writer (msgpack, CRC, checks) is not needed by a
+        # run that records nothing, and every import delays its first event.
+        from tracekit.tracefile import TraceWriter
+
         self.writer = TraceWriter(self.path, session, force=self.force)
 
     @hookimpl

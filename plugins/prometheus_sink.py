@@ -45,7 +45,6 @@ from typing import Any
 from tracekit import hookimpl
 from tracekit.errors import UsageError
 from tracekit.fleet import need, printable
-from tracekit.hist import Histogram
 from tracekit.pipeline import SinkOptions
 from tracekit.registry import SinkRegistry, SinkSpec
 from tracekit.schema import HistSpec, Schema, format_value
@@ -102,6 +101,8 @@ class _HistState:
         self.schema = schema
         self.name = hist_metric(probe, schema, spec)
         self.labels = bounded_labels(schema, spec, all_labels)
+        from tracekit.hist import Histogram  # here: runs without this sink never load it
+
         self.bucket = Histogram(spec, schema).bucket
         idx = tuple(schema.index(n) for n in self.labels)
         self.key: Callable[[tuple[Any, ...]], Any]

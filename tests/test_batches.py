@@ -159,3 +159,26 @@ def test_a_field_of_a_joined_batch_without_joining_the_rest() -> None:
     joined = EventBatch.concat(parts)
     assert joined.field_array(1).tolist() == [r[1] for r in rows]
     assert len(joined.chunks()) == 2  # still not joined
+
+
+@pytest.mark.parametrize("probe", ["txq-flip", "ooo-okay", "rss-cpu", "fq-throttle"])
+def test_rows_by_struct_are_the_rows_of_the_numpy_batch(probe: str) -> None:
+    """Before numpy is imported the CO-RE loader decodes with struct; the rows must
+    be those the numpy path gives, padding dropped and strings decoded alike."""
+    from tracekit.bus import build_bus
+    from tracekit.records import record_decoder, rows_from_records
+
+    schema = build_bus(load_entry_points=False).probes.get(probe).schema
+    rng = random.Random(probe)
+    n, size = 300, schema.kernel_size
+    data = bytearray(rng.getrandbits(8) for _ in range(n * size))
+    names = [b"tk0\0\0", b"\xff\xfe bad utf-8", b"", b"x" * 16]
+    for i, (f, off) in enumerate(zip(schema.fields, schema.kernel_offsets(), strict=True)):
+        if f.is_str:  # NUL-cut names, invalid UTF-8, a full field without a NUL
+            for r in range(n):
+                data[r * size + off : r * size + off + f.size] = names[(r + i) % 4][: f.size].ljust(
+                    f.size, b"\0"
+                )
+    want = record_decoder(probe, schema, header=0, stride=size)(memoryview(bytes(data)), n).rows
+    assert rows_from_records(schema, bytes(data)) == want
+    assert rows_from_records(schema, b"") == []

@@ -1,10 +1,10 @@
 from __future__ import annotations
 
-from importlib import metadata
 from typing import Any
 
 import pytest
 
+from tracekit import bus as bus_module
 from tracekit import hookimpl
 from tracekit.bus import build_bus
 from tracekit.errors import DuplicateError, SinkFailedError, TracekitError
@@ -107,7 +107,8 @@ class FakeEP:
     def __init__(
         self, name: str, value: str, obj: object = None, exc: Exception | None = None
     ) -> None:
-        self.name, self.value, self._obj, self._exc, self.dist = name, value, obj, exc, None
+        self.name, self.value, self._obj, self._exc = name, value, obj, exc
+        self.dist_name, self.dist_version = "?", "?"
 
     def load(self) -> object:
         if self._exc:
@@ -123,7 +124,9 @@ def test_broken_entry_point_warns_and_others_still_load(
         FakeEP("broken", "broken_mod:plugin", exc=ImportError("no module named broken_mod")),
         FakeEP("good", "good_mod", obj=good),
     ]
-    monkeypatch.setattr(metadata, "entry_points", lambda group: eps if group == "tracekit" else [])
+    monkeypatch.setattr(
+        bus_module, "entry_points", lambda group: eps if group == "tracekit" else []
+    )
     bus = build_bus()
     assert "csv" in bus.sinks
     err = capsys.readouterr().err

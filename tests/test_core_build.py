@@ -188,6 +188,36 @@ def test_core_stacks_name_addresses_as_bcc_does() -> None:
     assert syms.name(0xFFFFFFFF81000250) == b"tcp_ack"  # data symbols are not functions
     assert syms.name(0xFFFFFFFF81000300) == b"tcp_sendmsg"
     assert syms.name(0x1000) == b"[unknown]"
+    aliases = KernelSymbols(b"ffffffff81000000 t zeta\nffffffff81000000 T alpha\n")
+    assert aliases.name(0xFFFFFFFF81000004) == b"zeta"  # the greatest name, whatever its type
+    hidden = KernelSymbols(b"0000000000000000 T _stext\n0000000000000000 t tcp_ack\n")
+    assert hidden.name(0xFFFFFFFF81000150) == b"[unknown]"  # kptr_restrict: no addresses
+
+
+def test_kernel_symbols_agree_with_a_table_by_number_on_this_kernel() -> None:
+    """The table keeps kallsyms' lines as bytes (fast to build); looked up, it names
+    every address as a table of (address, name) pairs parsed into numbers does."""
+    import bisect
+    import random
+    import re
+
+    from tracekit.core_stacks import KernelSymbols
+
+    text = Path("/proc/kallsyms").read_bytes()
+    pairs = sorted((int(a, 16), n) for a, n in re.findall(rb"^(\S+) [tT] (\S+)", text, re.M))
+    if not pairs or not pairs[-1][0]:
+        pytest.skip("kallsyms shows no addresses here (not root, or kptr_restrict)")
+    addrs = [a for a, _ in pairs]
+
+    def by_number(addr: int) -> bytes:
+        i = bisect.bisect_right(addrs, addr) - 1
+        return pairs[i][1] if i >= 0 and addrs[i] else b"[unknown]"
+
+    syms = KernelSymbols(text)
+    rng = random.Random(14)
+    probes = [a + d for a in rng.sample(addrs, min(5000, len(addrs))) for d in (0, 1, 99)]
+    probes += [0, addrs[0] - 1, addrs[-1] + 4096]
+    assert [syms.name(a) for a in probes] == [by_number(a) for a in probes]
 
 
 def test_a_failed_build_says_what_the_compiler_said(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -39,12 +40,20 @@ def rss(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ProbeSpec, P
         mp.undo()
 
 
-@pytest.mark.parametrize(("output", "pages"), [("ringbuf", 64), ("perf", 64), ("perf", 1)])
+@pytest.mark.parametrize(
+    ("output", "pages", "numpy_ready"),
+    [("ringbuf", 64, True), ("ringbuf", 64, False), ("perf", 64, True), ("perf", 1, True)],
+)
 def test_every_packet_is_an_event_or_counted_lost(
-    rss: tuple[ProbeSpec, Path], output: str, pages: int
+    rss: tuple[ProbeSpec, Path], output: str, pages: int, numpy_ready: bool
 ) -> None:
     spec, path = rss
     probe = CoreProbe(spec, spec.resolve_params({}), path, output=output, page_cnt=pages)
+    if numpy_ready:
+        probe._numpy.wait()
+    else:
+        # As while numpy is still being imported: every poll decodes with struct.
+        probe._numpy = threading.Event()
     try:
         probe.open_output()
         try:
@@ -52,13 +61,17 @@ def test_every_packet_is_an_event_or_counted_lost(
         except TracekitError as exc:
             pytest.skip(f"cannot attach here: {exc}")
         events = 0
+        kinds = set()
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
             for i in range(3000):
                 s.sendto(b"x", ("127.0.0.1", 9))
                 if i % 100 == 99:
-                    events += len(probe.poll(0))
+                    got = probe.poll(0)
+                    kinds.add(type(got).__name__)
+                    events += len(got)
         probe.detach()  # nothing counts or emits after this
         events += len(probe.poll(0))
+        assert kinds == {"EventBatch" if numpy_ready else "list"}, kinds
         packets = sum(probe.read_counters()["rss_counts"]["packets"].values())
         lost = sum(r.total for r in probe.new_losses())
         assert packets >= 3000

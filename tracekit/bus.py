@@ -14,12 +14,12 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from importlib import metadata
 from typing import Any
 
 import pluggy
 
 from tracekit import __version__, hookspecs
+from tracekit.entry_points import entry_points
 from tracekit.errors import PluginError, TracekitError
 from tracekit.registry import PlotRegistry, ProbeRegistry, SinkRegistry
 from tracekit.safe_text import printable
@@ -167,7 +167,7 @@ def build_bus(
         infos[modname] = PluginInfo(modname, __version__, "builtin")
 
     if load_entry_points:
-        for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
+        for ep in entry_points(ENTRY_POINT_GROUP):
             if ep.name in disabled or ep.value.split(":")[0] in disabled:
                 continue
             if pm.has_plugin(ep.name):
@@ -182,12 +182,7 @@ def build_bus(
             except TracekitError as exc:
                 _warn(f"{exc} (skipped)")
                 continue
-            dist = ep.dist
-            infos[ep.name] = PluginInfo(
-                ep.name,
-                dist.version if dist else "?",
-                dist.metadata["Name"] if dist else "?",
-            )
+            infos[ep.name] = PluginInfo(ep.name, ep.dist_version, ep.dist_name)
 
     for name, plugin in extra_plugins:
         if name in disabled:

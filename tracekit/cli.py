@@ -52,21 +52,6 @@ sink_option = click.option(
 force_option = click.option("--force", is_flag=True, help="overwrite existing trace files")
 
 
-def _prefetch(module: str) -> None:
-    """Import ``module`` on a thread while the main one loads and attaches the probe.
-
-    numpy takes seconds to import under emulation and is first needed when the first
-    batch arrives; libbpf's load and attach run in C with the GIL released, so the
-    import overlaps them instead of adding to the time to the first event.
-    """
-    import importlib
-    import threading
-
-    threading.Thread(
-        target=importlib.import_module, args=(module,), name=f"import-{module}", daemon=True
-    ).start()
-
-
 class OutputClosed(TracekitError):
     """Standard output was closed by its reader: stop quietly, status 0."""
 
@@ -236,7 +221,6 @@ def run_cmd(
     from tracekit.pipeline import make_sinks
     from tracekit.run import RunOptions, run_probe
 
-    _prefetch("numpy")  # batches need it by the first event; load it meanwhile
     bus = _bus(ctx)
     spec = bus.probes.get(probe)
     values = spec.resolve_params(_parse_params(params))

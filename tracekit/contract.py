@@ -9,7 +9,6 @@ rather than guessing names that tracekit would otherwise never call.
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -67,6 +66,8 @@ def check_sink_methods(name: str, obj: object) -> None:
             continue
         if not callable(getattr(obj, attr, None)):
             continue
+        import difflib  # only for this hint: not on every run's start-up
+
         close = difflib.get_close_matches(attr, SINK_METHODS, n=1, cutoff=0.85)
         if close:
             raise PluginError(

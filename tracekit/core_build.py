@@ -13,7 +13,6 @@ check` says why.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import shutil
@@ -22,10 +21,24 @@ import subprocess
 import tempfile
 from importlib.resources import as_file, files
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tracekit.errors import CompileError, TracekitError
 from tracekit.registry import ProbeSpec
+
+if TYPE_CHECKING:
+    from hashlib import sha256
+else:
+    try:
+        # CPython's own SHA-256, as the standard library's random module takes its
+        # SHA-512: hashlib loads OpenSSL's libcrypto first, a few megabytes read and
+        # relocated on every `tracekit run` (objects are checked before each load).
+        from _sha2 import sha256  # Python 3.12+
+    except ImportError:
+        try:
+            from _sha256 import sha256  # Python 3.11
+        except ImportError:
+            from hashlib import sha256
 
 CACHE_DIR = Path(os.environ.get("TRACEKIT_CACHE", "/var/cache/tracekit")) / "core"
 HEADERS = ("tracekit.h", "tk_compat.h", "tk_kernel_types.h")
@@ -45,7 +58,7 @@ def _sources(spec: ProbeSpec) -> list[bytes]:
 
 
 def object_key(spec: ProbeSpec) -> str:
-    h = hashlib.sha256()
+    h = sha256()
     for part in (" ".join(CFLAGS).encode(), *_sources(spec)):
         h.update(len(part).to_bytes(8, "little"))
         h.update(part)
@@ -85,12 +98,12 @@ def build(spec: ProbeSpec) -> Path:
                 os.unlink(tmp)
             raise CompileError(f"probe {spec.name}: CO-RE build failed: {exc}") from None
     manifest = json.dumps(describe(Path(tmp)), sort_keys=True).encode()
-    digest = hashlib.sha256(Path(tmp).read_bytes()).hexdigest()
+    digest = sha256(Path(tmp).read_bytes()).hexdigest()
     os.chmod(tmp, 0o644)
     Path(str(out) + ".json").write_bytes(manifest)
     os.chmod(str(out) + ".json", 0o644)
     Path(str(out) + ".sha256").write_text(
-        f"{digest}  object\n{hashlib.sha256(manifest).hexdigest()}  manifest\n"
+        f"{digest}  object\n{sha256(manifest).hexdigest()}  manifest\n"
     )
     Path(str(out) + ".built-by").write_text(compiler_version() + "\n")
     os.replace(tmp, out)
@@ -134,9 +147,9 @@ def verified(path: Path) -> str | None:
         manifest = Path(str(path) + ".json").read_bytes()
     except OSError:
         return f"the CO-RE object has no recorded hash or manifest ({path})"
-    if want[0:1] != [hashlib.sha256(path.read_bytes()).hexdigest()]:
+    if want[0:1] != [sha256(path.read_bytes()).hexdigest()]:
         return f"the CO-RE object does not match its recorded hash: tampered? ({path})"
-    if want[2:3] != [hashlib.sha256(manifest).hexdigest()]:
+    if want[2:3] != [sha256(manifest).hexdigest()]:
         return f"the CO-RE object's manifest does not match its recorded hash ({path})"
     return None
 

@@ -11,17 +11,18 @@ from __future__ import annotations
 
 import ctypes as ct
 import struct
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 from tracekit.core_build import manifest
-from tracekit.core_stacks import CoreTables
+from tracekit.core_stacks import CoreTables, KernelSymbols, read_symbols_in_background
 from tracekit.errors import CompileError, ResourceError, TracekitError
 from tracekit.libbpf import BpfObject, LibbpfError, libbpf, map_items
 from tracekit.loader import WAKEUP_EVENTS, layout_problems, online_cpus
 from tracekit.perfbuf import PerfBuffer
-from tracekit.probe_base import KernelProbe
-from tracekit.records import record_decoder
+from tracekit.probe_base import KernelProbe, import_in_background
+from tracekit.records import record_decoder, rows_from_records
 from tracekit.registry import AttachPoint, ProbeSpec
 from tracekit.ringbuf import HEADER, RingBuffer
 from tracekit.schema import Schema
@@ -153,16 +154,14 @@ class CoreProbe(KernelProbe):
             if missing:
                 raise LibbpfError(f"parameter {missing[0]} is not declared with TK_PARAM()")
             self._obj.set_rodata(syms, {k: v for k, v in settings.items() if k in syms})
+            # numpy is imported while libbpf loads (the GIL is released): until it is
+            # there, poll decodes with struct, so the first events need not wait.
+            self._numpy = import_in_background("numpy")
+            # A probe that names stack frames (enrich) needs kallsyms by its first
+            # event: read meanwhile too.
+            symbols = read_symbols_in_background() if spec.enrich else KernelSymbols.read
             self._obj.load()
-            self.bpf = CoreTables(self._obj)
-            # A run as the ring buffer holds it (tests, benchmarks) and, for a struct
-            # with padding, the drained records without it.
-            self.decode_run = self._make_decoder(spec.schema)
-            self._unpad = (
-                None
-                if spec.schema.kernel_packed
-                else self._make_decoder(spec.schema, header=0, stride=spec.schema.kernel_size)
-            )
+            self.bpf = CoreTables(self._obj, symbols)
         except LibbpfError as exc:
             self.close()
             raise LibbpfError(f"probe {spec.name}: {exc}") from None
@@ -172,6 +171,20 @@ class CoreProbe(KernelProbe):
 
     def _map(self, name: str) -> int:
         return self._obj.map(name)
+
+    @cached_property
+    def decode_run(self) -> Any:
+        """A run as the ring buffer holds it, as a batch (tests, benchmarks)."""
+        return self._make_decoder(self.spec.schema)
+
+    @cached_property
+    def _unpad(self) -> Any:
+        """Drained records as a batch, the padding of the C struct dropped (None
+        when it has none: the records are the batch)."""
+        schema = self.spec.schema
+        if schema.kernel_packed:
+            return None
+        return self._make_decoder(schema, header=0, stride=schema.kernel_size)
 
     def _make_decoder(self, schema: Schema, header: int = HEADER, stride: int | None = None) -> Any:
         """tracekit.records.record_decoder for this probe."""
@@ -265,6 +278,10 @@ class CoreProbe(KernelProbe):
         # into one array of the kernel's records: for a C struct without padding the
         # batch is a view of it, no more copies; otherwise one copy drops the padding.
         schema = self.spec.schema
+        if isinstance(self._ring, RingBuffer) and not self._numpy.is_set():
+            # The first events of the run, while numpy is being imported: decoded by
+            # struct (a Python step per record), not held back for seconds.
+            return rows_from_records(schema, self._ring.drain_bytes(schema.kernel_size))
         records = self._ring.drain(schema.kernel_size)
         if isinstance(self._ring, PerfBuffer):
             # The kernel's PERF_RECORD_LOST totals: a second count of the losses

@@ -4,7 +4,7 @@ A probe's ``enrich`` reads stacks with ``bpf[b"tk_stacks"].walk(stack_id)`` and
 names addresses with ``bpf.ksym(addr)`` (tracekit/stacks.py). On the CO-RE path
 there is no BCC object: ``CoreTables`` answers the same two calls from the loaded
 object's stack map (one lookup per new stack id) and from /proc/kallsyms, read once
-and only when a first address needs a name.
+(on a thread started before the object loads, for probes with an ``enrich``).
 """
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ from __future__ import annotations
 import bisect
 import ctypes as ct
 import re
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -21,16 +22,24 @@ if TYPE_CHECKING:
 # BPF stack maps hold up to PERF_MAX_STACK_DEPTH (127) addresses per stack
 # (tk_compat.h's BPF_STACK_TRACE declares that value size).
 MAX_DEPTH = 127
-_TEXT_SYM = re.compile(rb"^([0-9a-f]+) [tT] (\S+)", re.M)
 
 
 class KernelSymbols:
-    """Address -> name of the function containing it, from /proc/kallsyms."""
+    """Address -> name of the function containing it, from /proc/kallsyms.
+
+    The file has over 100,000 lines, and the first events of a probe with stacks wait
+    for this table: parsing each line into a number and a name took seconds under
+    emulation. The text-symbol lines are kept whole instead (one regular-expression
+    pass, in C) and sorted as bytes: the kernel prints every address at one width,
+    zero-padded, so byte order is address order, and a lookup formats the address
+    the same way.
+    """
 
     def __init__(self, text: bytes) -> None:
-        pairs = sorted((int(a, 16), n) for a, n in _TEXT_SYM.findall(text))
-        self._addrs = [a for a, _ in pairs]
-        self._names = [n for _, n in pairs]
+        width = text.find(b" ")
+        self._width = width if width > 0 else 16
+        pattern = rb"^[0-9a-f]{%d} [tT] [^\n]*" % self._width
+        self._lines: list[bytes] = sorted(re.findall(pattern, text, re.M))
 
     @classmethod
     def read(cls) -> KernelSymbols:
@@ -38,8 +47,47 @@ class KernelSymbols:
             return cls(f.read())
 
     def name(self, addr: int) -> bytes:
-        i = bisect.bisect_right(self._addrs, addr) - 1
-        return self._names[i] if i >= 0 and self._addrs[i] else b"[unknown]"
+        key = b"%0*x\xff" % (self._width, addr)  # after every line of this address
+        i = bisect.bisect_right(self._lines, key) - 1
+        lines, w = self._lines, self._width
+        if i < 0 or not lines[i][:w].strip(b"0"):
+            return b"[unknown]"  # before the first symbol, or addresses hidden (all 0)
+        # Aliases (symbols at one address) sort by their type letter first; the
+        # greatest of their names is taken, as a table sorted by (address, name) does.
+        at = lines[i][:w]
+        names: list[bytes] = [lines[i].split(None, 3)[2]]
+        while i > 0 and lines[i - 1][:w] == at:
+            i -= 1
+            names.append(lines[i].split(None, 3)[2])
+        return max(names)
+
+
+def read_symbols_in_background() -> Callable[[], KernelSymbols]:
+    """Start reading /proc/kallsyms on a thread; the function returned waits for it.
+
+    The kernel writes the file out during the read (tens of milliseconds natively,
+    seconds under emulation) with the GIL released: started before libbpf's load,
+    the table is ready by the first event that needs a name. A failed read is left
+    to the plain read the function then makes, which raises where it is needed.
+    """
+    got: list[KernelSymbols] = []
+    done = threading.Event()
+
+    def run() -> None:
+        try:
+            got.append(KernelSymbols.read())
+        except OSError:
+            pass
+        finally:
+            done.set()
+
+    threading.Thread(target=run, name="read-kallsyms", daemon=True).start()
+
+    def table() -> KernelSymbols:
+        done.wait()
+        return got[0] if got else KernelSymbols.read()
+
+    return table
 
 
 class StackTable:
@@ -64,8 +112,11 @@ class StackTable:
 class CoreTables:
     """What ``enrich`` reads of BCC's object, for a loaded CO-RE object."""
 
-    def __init__(self, obj: BpfObject) -> None:
+    def __init__(
+        self, obj: BpfObject, symbols: Callable[[], KernelSymbols] = KernelSymbols.read
+    ) -> None:
         self._obj = obj
+        self._symbols = symbols  # called once, when the first address needs a name
         self._syms: KernelSymbols | None = None
 
     def __getitem__(self, name: bytes) -> StackTable:
@@ -74,5 +125,5 @@ class CoreTables:
 
     def ksym(self, addr: int) -> bytes:
         if self._syms is None:
-            self._syms = KernelSymbols.read()
+            self._syms = self._symbols()
         return self._syms.name(addr)

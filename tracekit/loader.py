@@ -24,7 +24,7 @@ from typing import Any
 from tracekit.errors import BccMissingError, CompileError, ResourceError, TracekitError
 from tracekit.perfbuf import PerfBuffer
 from tracekit.preflight import tracefs
-from tracekit.probe_base import KernelProbe
+from tracekit.probe_base import KernelProbe, import_in_background
 from tracekit.records import record_decoder
 from tracekit.registry import AttachPoint, ProbeSpec
 from tracekit.ringbuf import RingBuffer
@@ -199,6 +199,7 @@ class LoadedProbe(KernelProbe):
             for inc in spec.include_dirs:
                 cflags.append(f"-I{stack.enter_context(as_file(inc))}")
             text = expand_common_header(Path(src).read_text())
+            import_in_background("numpy")  # the batches need it; clang takes long enough
             with bcc_guard(f"probe {spec.name} failed to compile"):
                 self.bpf = bcc.BPF(text=text.encode(), cflags=cflags)
         self._open = True

@@ -7,11 +7,35 @@ same, written once here.
 
 from __future__ import annotations
 
+import importlib
+import threading
 from collections.abc import Iterable
 from typing import Any
 
 from tracekit.registry import AttachPoint, ProbeSpec
 from tracekit.session import EventBatch, LostReport
+
+
+def import_in_background(module: str) -> threading.Event:
+    """Import ``module`` on a thread; the event is set once it is done (or failed:
+    the next plain import raises the error where it is needed).
+
+    The loaders start numpy this way just before their long C step (libbpf's load,
+    BCC's compile), which releases the GIL: numpy takes seconds to import under
+    emulation, and the first events need not wait for it (tracekit.core_loader).
+    """
+    done = threading.Event()
+
+    def run() -> None:
+        try:
+            importlib.import_module(module)
+        except Exception:  # noqa: BLE001 - raised again by the import that needs it
+            pass
+        finally:
+            done.set()
+
+    threading.Thread(target=run, name=f"import-{module}", daemon=True).start()
+    return done
 
 
 class KernelProbe:

@@ -8,11 +8,26 @@ padding here, in one numpy copy per stretch of fields for the whole run.
 
 from __future__ import annotations
 
+import struct
 from typing import Any
 
 from tracekit.ringbuf import HEADER
 from tracekit.schema import Schema
-from tracekit.session import EventBatch
+from tracekit.session import EventBatch, decode_strings
+
+
+def rows_from_records(schema: Schema, data: bytes) -> list[tuple[Any, ...]]:
+    """Kernel records packed back to back (the C struct's layout) as rows, with
+    ``struct`` instead of numpy: the same rows ``record_decoder``'s batch gives, for
+    the first events of a run while numpy is still being imported."""
+    rows = list(struct.iter_unpack(schema.kernel_struct_format, data))
+    strs = [i for i, f in enumerate(schema.fields) if f.is_str]
+    if not rows or not strs:
+        return rows
+    cols: list[Any] = list(zip(*rows, strict=True))
+    for i in strs:
+        cols[i] = decode_strings(list(cols[i]))
+    return list(zip(*cols, strict=True))
 
 
 def record_decoder(

@@ -131,6 +131,26 @@ class RingBuffer:
         self._consumer[0:8] = _U64.pack(cons)
         return out[: got * record]
 
+    def drain_bytes(self, record: int, limit: int = 0) -> bytes:
+        """What ``drain`` takes, as one bytes object, without numpy: a Python step per
+        record. For the first events of a run only, while numpy is still being
+        imported (tracekit.core_loader): they go out without waiting for it."""
+        cons = _U64.unpack_from(self._consumer, 0)[0]
+        prod = _U64.unpack_from(self._producer, 0)[0]
+        limit = limit or batch_records(record)
+        view = self._view
+        parts: list[bytes] = []
+        while cons < prod and len(parts) < limit:
+            start = self._data + (cons & self.mask)
+            hdr = _U32.unpack_from(view, start)[0]
+            if hdr & BUSY:
+                break
+            if hdr == record:
+                parts.append(bytes(view[start + HEADER : start + HEADER + record]))
+            cons += (HEADER + (hdr & ~(BUSY | DISCARD)) + 7) & ~7
+        self._consumer[0:8] = _U64.pack(cons)
+        return b"".join(parts)
+
     def close(self) -> None:
         self._view.release()
         self._producer.close()

@@ -12,7 +12,6 @@ from importlib.resources import files
 from typing import Any
 
 from tracekit import hookimpl
-from tracekit.btf import module_btf, struct_offsets, vmlinux_btf
 from tracekit.errors import AttachPointError, TracekitError
 from tracekit.registry import AttachPoint, CounterMap, ProbeRegistry, ProbeSpec
 from tracekit.schema import Field, HistSpec
@@ -77,6 +76,9 @@ def drop_reason_settings(enums: dict[str, dict[str, int]]) -> dict[str, int]:
 def prepare(params: dict[str, int]) -> dict[str, int]:
     """sch_fq's offsets (the BCC build's; CO-RE relocates) and the drop reasons'
     values (both builds: TK_SETTINGs), from the running kernel's BTF."""
+    # Imported here: a run of another probe need not load the BTF reader.
+    from tracekit.btf import module_btf, struct_offsets, vmlinux_btf
+
     try:
         offs = struct_offsets(module_btf("sch_fq"), "fq_sched_data", FQ_MEMBERS)
         vmlinux = vmlinux_btf()
