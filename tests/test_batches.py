@@ -6,7 +6,7 @@ import random
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from tracekit.hist import Histogram
@@ -119,6 +119,8 @@ def test_hist_counts_a_packed_batch_exactly_as_its_rows(seed: int, n: int) -> No
     st.lists(st.integers(0, 2**64 - 1), min_size=1, max_size=300),
     st.integers(0, 2**64 - 1),
 )
+@example("u8", [0, 999], 2**63)  # values above 2**63: int(lo) fits no C long
+@example("i1", [0, 255], 0)  # offsets past the type's signed maximum
 def test_distinct_without_sorting_is_np_unique(dtype: str, raw: list[int], base: int) -> None:
     import numpy as np
 

@@ -109,7 +109,10 @@ def _distinct(col: Any) -> tuple[Any, Any]:
     )
     present = np.bincount(off, minlength=span + 1) > 0
     index = np.cumsum(present) - 1
-    values = (np.flatnonzero(present) + int(lo)).astype(col.dtype)
+    # Back from offsets in the column's own type: int(lo) of a u8 above 2**63 fits no
+    # C long (hypothesis found it). Arithmetic wraps there, and every value is within
+    # [lo, hi], so the wrapped sum is exact.
+    values = np.flatnonzero(present).astype(col.dtype) + lo
     return values, index[off]
 
 
