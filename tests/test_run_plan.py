@@ -15,6 +15,7 @@ from tracekit import (
     RunOptions,
     Schema,
     Session,
+    SinkOptions,
     SinkRegistry,
     SinkSpec,
     UsageError,
@@ -149,3 +150,110 @@ def test_the_pipeline_owns_its_summary_and_failures(capsys: pytest.CaptureFixtur
     with Pipeline(bus, session, {}) as again:
         again.end()
     assert not again.failures and not hasattr(bus, "failures")
+
+
+# -- executing a plan, with a user-space stand-in for the loaded probe ----------------
+#
+# The kernel side (compiling, attaching, buffers) is covered by the VM tests; this one
+# checks tracekit's own plumbing on any machine: the plan's sinks get every batch the
+# probe yields, enrich records names in the session, the trace stores them, and the
+# summary is the pipeline's.
+
+NAMES = {0xFFFF0001: "tcp_sendmsg", 0xFFFF0002: "tcp_ack", 0xFFFF0003: "tcp_v4_do_rcv"}
+STACKS = {1: [0xFFFF0001], 2: [0xFFFF0002, 0xFFFF0003]}
+
+
+class StandInBPF:
+    def __init__(self) -> None:
+        self.walks = 0
+        self.ksyms = 0
+
+    def __getitem__(self, table: bytes) -> Any:
+        assert table == b"tk_stacks"
+        return SimpleNamespace(walk=self._walk)
+
+    def _walk(self, sid: int) -> list[int]:
+        self.walks += 1
+        return STACKS[sid]
+
+    def ksym(self, addr: int) -> bytes:
+        self.ksyms += 1
+        return NAMES[addr].encode()
+
+
+class StandInProbe:
+    """What ``execute`` calls on a loaded probe, yielding fixed batches."""
+
+    def __init__(self, spec: Any, batches: list[list[tuple[Any, ...]]]) -> None:
+        self.spec, self.params = spec, spec.resolve_params({})
+        self.output, self.stream, self.aggregate, self.sample = "ringbuf", True, False, 1
+        self.attached: list[Any] = []
+        self.bpf = StandInBPF()
+        self.batches = list(batches)
+        self.detached = 0
+
+    def open_output(self) -> None:
+        pass
+
+    def attach(self, points: Any) -> None:
+        pass
+
+    def poll(self, timeout_ms: int = 100) -> list[tuple[Any, ...]]:
+        return self.batches.pop(0) if self.batches else []
+
+    def new_losses(self) -> list[Any]:
+        return []
+
+    def detach(self) -> None:
+        self.detached += 1
+
+    def read_counters(self) -> dict[str, dict[str, dict[int, int]]]:
+        return {"ooo_counts": {"transmitted": {0: 40}, "ooo_okay": {0: 10}}}
+
+    def read_agg(self) -> list[Any]:
+        return []
+
+
+def test_execute_delivers_enriches_records_names_and_summarises(tmp_path: Any) -> None:
+    from tracekit.probes.ooo_okay import PATHS, path_of
+    from tracekit.replay import replay
+    from tracekit.run import execute
+    from tracekit.testing import synthetic_rows
+    from tracekit.tracefile import SYMBOLS, TraceReader
+
+    bus = build_bus(load_entry_points=False)
+    spec = bus.probes.get("ooo-okay")
+    sid = spec.schema.index("stack_id")
+    rows = [
+        (*r[:sid], 1 + i % 2, *r[sid + 1 :]) for i, r in enumerate(synthetic_rows(spec.schema, 40))
+    ]
+    probe = StandInProbe(spec, [rows[:25], rows[25:]])
+    trace = tmp_path / "t.tkt"
+    plan = plan_run(
+        bus,
+        spec,
+        None,
+        (f"msgpack={trace}",),
+        RunOptions(duration=60, quiet=True),
+        compiled=Compiled(probe, []),  # type: ignore[arg-type]
+    )
+    summary = execute(bus, plan, until=lambda: not probe.batches)
+    assert summary.events == 40 and not summary.interrupted and probe.detached >= 1
+    assert summary.notes == [
+        "ooo_okay share: 10/40 skbs = 25.00% (wmem low: 0, rtx queue empty: 0)"
+    ]
+    # Each stack walked and each address named once, however many events carry them.
+    assert (probe.bpf.walks, probe.bpf.ksyms) == (2, 3)
+    reader = TraceReader(str(trace))
+    stored: dict[int, str] = {}
+    path = spec.schema.index("path")
+    paths = set()
+    for rec in reader.records():
+        if rec.kind == SYMBOLS:
+            stored.update(rec.payload[0])
+        elif rec.payload is not None and hasattr(rec.payload, "rows"):
+            paths.update(r[path] for r in rec.payload.rows)
+    assert stored == NAMES
+    want = {PATHS.index(path_of([NAMES[a] for a in s])) for s in STACKS.values()}
+    assert paths == want and len(want) == 2
+    assert replay(bus, str(trace), (), SinkOptions()).events == 40
