@@ -142,7 +142,7 @@ def main() -> None:
             run_probe(
                 bus,
                 SPEC,
-                {},
+                None,
                 sinks,
                 RunOptions(duration=600, force=True, quiet=True),
                 compiled=compiled,  # type: ignore[arg-type]

@@ -79,7 +79,7 @@ def tracekit_run(seconds: float, output: str, compiled: object, out: Path) -> tu
         s = run_probe(
             bus,
             SPEC,
-            {},
+            None,
             (f"msgpack={out}",),
             RunOptions(duration=seconds + 60, output=output, force=True, quiet=True),
             compiled=compiled,  # type: ignore[arg-type]

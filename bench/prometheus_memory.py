@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from tracekit.bus import build_bus
-from tracekit.pipeline import Pipeline, SinkOptions, make_sinks
+from tracekit.pipeline import Pipeline, SinkOptions, build_sinks
 from tracekit.session import LostReport, Session
 from tracekit.testing import synthetic_rows
 
@@ -66,7 +66,7 @@ def one(probe: str, labels: str, batches: int, size: int, flow_every: int, every
     session = Session(probe=probe, schema=schema, params={}, ncpus=NCPUS)
     port = free_port()
     arg = f"prometheus=127.0.0.1:{port}" + (",labels=all" if labels == "all" else "")
-    sinks = make_sinks(bus, (arg,), SinkOptions(), schema)
+    sinks = build_sinks(bus, (arg,), SinkOptions(), schema).objects
     base = synthetic_rows(schema, size, seed=1)
     # A new flow (source address and port) every flow_every events.
     si, pi = schema.index("saddr"), schema.index("sport")

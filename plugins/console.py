@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Mapping
 from typing import Any, TextIO
 
 from tracekit import hookimpl
@@ -62,7 +63,7 @@ class ConsoleSink:
             self._out.write(" ".join(cells).rstrip() + "\n")
             self._out.flush()
 
-    def _cell(self, f: Field, v: Any, symbols: dict[int, str], terminal: bool = True) -> Any:
+    def _cell(self, f: Field, v: Any, symbols: Mapping[int, str], terminal: bool = True) -> Any:
         if f.display == "ts" and not f.is_str:
             if self.t0 is None:
                 self.t0 = int(v)

@@ -38,7 +38,7 @@ import sys
 import threading
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from operator import itemgetter
 from typing import Any
 
@@ -147,7 +147,7 @@ class _HistState:
                 self.counts[k][self.bucket(r[self.vi])] += n
                 self.sums[k] += r[self.vi] * n
 
-    def label_values(self, key: Any, symbols: dict[int, str]) -> list[str]:
+    def label_values(self, key: Any, symbols: Mapping[int, str]) -> list[str]:
         return [
             format_value(self.schema.field(n), v, symbols)
             for n, v in zip(self.labels, key, strict=True)

@@ -86,7 +86,7 @@ def test_parse_hist_arg() -> None:
 
 def test_hist_sink_prints_the_kernel_aggregate(capsys: pytest.CaptureFixture[str]) -> None:
     from tracekit.bus import build_bus
-    from tracekit.pipeline import Pipeline, SinkOptions, make_sinks
+    from tracekit.pipeline import Pipeline, SinkOptions, build_sinks
     from tracekit.session import Session
 
     session = Session(probe="p", schema=S, aggregated=("cpu", "q"))
@@ -95,26 +95,25 @@ def test_hist_sink_prints_the_kernel_aggregate(capsys: pytest.CaptureFixture[str
         ("count,by=cpu+q", [((0, 0, 1), 5), ((1, 0, 1), 2)], True),
         ("lat,by=cpu", [((0, 0, 1), 5)], False),
     ):
-        sinks = make_sinks(bus, (f"hist={arg}",), SinkOptions(), S)
-        with Pipeline(bus, session, sinks) as pipe:
+        sinks = build_sinks(bus, (f"hist={arg}",), SinkOptions(), S)
+        with Pipeline(bus, session, sinks.objects) as pipe:
             pipe.batch([(0, 9, 9)] * 100)  # streamed too: the aggregate is what counts
-            pipe.summary.kernel_agg = agg
-            pipe.end()
+            pipe.end(kernel_agg=agg)
         out, err = capsys.readouterr()
         if ok:
-            assert "@count[0, 1]: 5" in out and "@count[1, 1]: 2" in out and not bus.failures
+            assert "@count[0, 1]: 5" in out and "@count[1, 1]: 2" in out and not pipe.failures
             assert "# counted in the kernel by cpu, q" in out
         else:
             assert "needs lat, which the kernel did not aggregate" in err
-            assert list(bus.failures) == ["sink:hist"]
+            assert list(pipe.failures.errors) == ["sink:hist"]
 
 
 def test_hist_on_a_field_the_kernel_does_not_aggregate_streams_instead() -> None:
     """``--sink hist=wmem`` on ooo-okay: the kernel's aggregate has no wmem, so the run
     streams events (it used to aggregate, then fail as a sink after the whole run)."""
     from tracekit.bus import build_bus
-    from tracekit.pipeline import SinkOptions, make_sinks
-    from tracekit.run import RunOptions, fields_needed, modes
+    from tracekit.pipeline import SinkOptions, build_sinks
+    from tracekit.run import RunOptions, modes
 
     bus = build_bus()
     spec = bus.probes.get("ooo-okay")
@@ -123,8 +122,8 @@ def test_hist_on_a_field_the_kernel_does_not_aggregate_streams_instead() -> None
         ("hist=count,by=wmem_low+path", (False, True)),
         ("hist", (False, True)),
     ):
-        sinks = make_sinks(bus, (arg,), SinkOptions(), spec.schema)
-        assert modes(spec, False, RunOptions(), fields_needed(sinks, spec)) == expect, arg
+        sinks = build_sinks(bus, (arg,), SinkOptions(), spec.schema)
+        assert modes(spec, sinks.streams, RunOptions(), sinks.fields_needed) == expect, arg
 
 
 def test_hist_field_missing_from_a_precompiled_aggregate_is_a_usage_error() -> None:
@@ -138,9 +137,9 @@ def test_hist_field_missing_from_a_precompiled_aggregate_is_a_usage_error() -> N
     bus = build_bus()
     spec = bus.probes.get("ooo-okay")
     # Only the two flags run_probe reads before anything else: nothing is attached.
-    probe: Any = SimpleNamespace(aggregate=True, stream=False, params={})
+    probe: Any = SimpleNamespace(aggregate=True, stream=False, params={}, spec=spec)
     with pytest.raises(UsageError, match=r"wmem: not in ooo-okay's in-kernel aggregate"):
-        run_probe(bus, spec, {}, ("hist=wmem",), RunOptions(), compiled=Compiled(probe, []))
+        run_probe(bus, spec, None, ("hist=wmem",), RunOptions(), compiled=Compiled(probe, []))
 
 def test_keys_beyond_the_counter_limit_are_folded_and_said(
     monkeypatch: pytest.MonkeyPatch,

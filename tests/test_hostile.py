@@ -508,7 +508,7 @@ def test_writer_splits_symbols_so_every_record_is_readable(
     tmp_path: Path, session: Session
 ) -> None:
     # 3,000 names of 4,000 characters: 12 MB of symbols, three times the record cap.
-    session.symbols.update({0xFFFF0000 + i: f"{i:04d}" + "x" * 3996 for i in range(3000)})
+    session.names.add_symbols({0xFFFF0000 + i: f"{i:04d}" + "x" * 3996 for i in range(3000)})
     p = tmp_path / "syms.tkt"
     w = TraceWriter(str(p), session)
     w.write_symbols(session)

@@ -50,6 +50,12 @@ _LAZY: dict[str, str] = {
     "EventBatch": "tracekit.session",
     "LostReport": "tracekit.session",
     "Summary": "tracekit.session",
+    "KernelNames": "tracekit.session",
+    # Runs: planned once, then executed (the CLI, the labs and the fixtures do).
+    "RunPlan": "tracekit.run",
+    "RunOptions": "tracekit.run",
+    "plan_run": "tracekit.run",
+    "execute": "tracekit.run",
     # Errors: one line, a distinct exit status each.
     "TracekitError": "tracekit.errors",
     "UsageError": "tracekit.errors",
@@ -78,6 +84,7 @@ __all__ = [
     "Field",
     "HistSpec",
     "KernelAggregate",
+    "KernelNames",
     "LabError",
     "LostReport",
     "NetnsLab",
@@ -89,6 +96,8 @@ __all__ = [
     "ProbeRegistry",
     "ProbeSpec",
     "ReplayFixture",
+    "RunOptions",
+    "RunPlan",
     "RunProbeFixture",
     "Schema",
     "Session",
@@ -101,10 +110,12 @@ __all__ = [
     "UsageError",
     "__version__",
     "build_bus",
+    "execute",
     "feed",
     "format_row",
     "format_value",
     "hookimpl",
+    "plan_run",
     "printable",
     "resolve_stack",
     "synthetic_rows",
@@ -140,9 +151,10 @@ if TYPE_CHECKING:  # what mypy and editors see; at run time __getattr__ imports 
         SinkRegistry,
         SinkSpec,
     )
+    from tracekit.run import RunOptions, RunPlan, execute, plan_run
     from tracekit.safe_text import printable
     from tracekit.schema import Field, HistSpec, Schema, format_row, format_value
-    from tracekit.session import EventBatch, LostReport, Session, Summary
+    from tracekit.session import EventBatch, KernelNames, LostReport, Session, Summary
     from tracekit.stacks import resolve_stack
     from tracekit.testing import (
         FeedFixture,

@@ -50,6 +50,19 @@ class PluginInfo:
 
 
 @dataclass
+class SinkFailures:
+    """The session plugins that raised during one session (a ``Pipeline`` owns one)."""
+
+    # Plugin name -> its first error.
+    errors: dict[str, str] = field(default_factory=dict)
+    # The failures that were TracekitErrors, already printed in one line each.
+    explained: dict[str, TracekitError] = field(default_factory=dict)
+
+    def __bool__(self) -> bool:
+        return bool(self.errors)
+
+
+@dataclass
 class Bus:
     """The plugin manager plus the registries its plugins filled."""
 
@@ -58,14 +71,13 @@ class Bus:
     sinks: SinkRegistry
     plugins: dict[str, PluginInfo] = field(default_factory=dict)
     plots: PlotRegistry = field(default_factory=PlotRegistry)
-    # Names of session plugins that raised, with their first error.
-    failures: dict[str, str] = field(default_factory=dict)
-    # The failures that were TracekitErrors, already printed in one line each.
-    explained: dict[str, TracekitError] = field(default_factory=dict)
     warn: Callable[[str], None] = _warn
 
-    def call(self, hook: str, **kwargs: Any) -> None:
+    def call(self, hook: str, failures: SinkFailures, **kwargs: Any) -> None:
         """Call every implementation of a session hook, isolating failures.
+
+        A plugin that raises is recorded in ``failures`` (the session's, owned by its
+        ``Pipeline``) and not called again with it.
 
         pluggy stops at the first implementation that raises; a sink that fails must
         not take the others (or the run) down, so the bus walks the implementations
@@ -75,7 +87,7 @@ class Bus:
         """
         caller = getattr(self.pm.hook, hook)
         for impl in reversed(caller.get_hookimpls()):
-            if impl.plugin_name in self.failures:
+            if impl.plugin_name in failures.errors:
                 continue
             try:
                 impl.function(*[kwargs[a] for a in impl.argnames])
@@ -86,12 +98,12 @@ class Bus:
             except TracekitError as exc:
                 # A failure the sink explained (disk full while recording): its own
                 # line, once, and the run ends with that error's status.
-                self.failures[impl.plugin_name] = str(exc)
-                self.explained[impl.plugin_name] = exc
+                failures.errors[impl.plugin_name] = str(exc)
+                failures.explained[impl.plugin_name] = exc
                 print(f"tracekit: {printable(str(exc))}", file=sys.stderr)
             except Exception as exc:  # noqa: BLE001 - any sink bug is reported, not raised
                 msg = f"{type(exc).__name__}: {exc}"
-                self.failures[impl.plugin_name] = msg
+                failures.errors[impl.plugin_name] = msg
                 self.warn(
                     printable(f"sink {impl.plugin_name} failed in {hook} and was stopped: {msg}")
                 )

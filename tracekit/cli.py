@@ -218,8 +218,7 @@ def run_cmd(
     force: bool,
 ) -> None:
     """Compile PROBE, attach it and send its events to sinks until Ctrl-C or --duration."""
-    from tracekit.pipeline import make_sinks
-    from tracekit.run import RunOptions, run_probe
+    from tracekit.run import RunOptions, execute, plan_run
 
     bus = _bus(ctx)
     spec = bus.probes.get(probe)
@@ -232,9 +231,8 @@ def run_cmd(
         )
     if buffer_pages & (buffer_pages - 1):
         raise UsageError(f"--buffer-pages must be a power of two, not {buffer_pages}")
-    # Validate sinks before the (slow) compile.
-    make_sinks(bus, sinks, SinkOptions(force=force), spec.schema)
-    run_probe(
+    # One plan: sinks built and checked once, before the (slow) compile.
+    plan = plan_run(
         bus,
         spec,
         values,
@@ -249,6 +247,7 @@ def run_cmd(
             loader=loader,
         ),
     )
+    execute(bus, plan)
 
 
 @cli.command("replay")

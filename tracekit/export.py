@@ -114,7 +114,7 @@ class Run:
             "kernel": s.kernel,
             "probe": s.probe,
             # JSON so a query can take one parameter: params->>'ifindex' in DuckDB.
-            "params": json.dumps(s.params, sort_keys=True),
+            "params": json.dumps(dict(s.params), sort_keys=True),
             "start_time": dt.datetime.fromtimestamp(s.start_time, tz=dt.UTC),
             "ncpus": s.ncpus,
             "sample_every": s.sample_every,

@@ -7,7 +7,7 @@ The output follows bpftrace's ``hist``/``lhist`` and bcc's ``print_log2_hist``:
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from itertools import repeat
 from operator import itemgetter
 from typing import Any
@@ -295,7 +295,7 @@ class Histogram:
         lo = s.lo + b * s.step
         return f"[{lo}, {lo + s.step})"
 
-    def _key_text(self, key: tuple[Any, ...], symbols: dict[int, str] | None) -> str:
+    def _key_text(self, key: tuple[Any, ...], symbols: Mapping[int, str] | None) -> str:
         if not key:
             return ""
         if key is OTHER_KEYS:
@@ -306,7 +306,7 @@ class Histogram:
         ]
         return "[" + ", ".join(parts) + "]"
 
-    def render(self, symbols: dict[int, str] | None = None) -> str:
+    def render(self, symbols: Mapping[int, str] | None = None) -> str:
         # Titles, field names and units may come from a trace header: escaped. Keys
         # are escaped by format_value.
         name = printable(self.spec.title or (self.spec.value or "count"))

@@ -7,15 +7,19 @@ Live runs (``tracekit.loader``) and replays (``tracekit.replay``) both drive a
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
-from tracekit.bus import Bus
-from tracekit.contract import SinkOptions, configure_sink
+from tracekit.bus import Bus, SinkFailures
+from tracekit.contract import SinkOptions, configure_sink, sink_fields_needed
 from tracekit.errors import SinkFailedError, UsageError
 from tracekit.schema import Schema
 from tracekit.session import EventBatch, LostReport, Session, Summary
 
-__all__ = ["Pipeline", "SinkOptions", "make_sinks", "parse_sink_arg", "raise_if_sink_failed"]
+__all__ = ["Pipeline", "SinkOptions", "Sinks", "build_sinks", "parse_sink_arg"]
+
 
 def parse_sink_arg(text: str) -> tuple[str, str | None]:
     name, sep, arg = text.partition("=")
@@ -25,9 +29,19 @@ def parse_sink_arg(text: str) -> tuple[str, str | None]:
     return name, (arg if sep else None)
 
 
-def make_sinks(
-    bus: Bus, sink_args: tuple[str, ...], opts: SinkOptions, schema: Schema
-) -> dict[str, object]:
+@dataclass(frozen=True)
+class Sinks:
+    """A session's sinks, built once from ``--sink`` arguments, with what they need."""
+
+    # "sink:NAME" (then "sink:NAME#2"...) -> the object ``SinkSpec.factory`` made.
+    objects: Mapping[str, object]
+    # Whether any of them needs every single event (``SinkSpec.streams``).
+    streams: bool
+    # The fields they read from events (``tracekit.Sink.fields_needed``).
+    fields_needed: frozenset[str]
+
+
+def build_sinks(bus: Bus, sink_args: tuple[str, ...], opts: SinkOptions, schema: Schema) -> Sinks:
     """Build one sink object per ``--sink``, validating names and arguments.
 
     Runs before a probe is compiled, so a typo costs nothing. Sinks may define
@@ -35,46 +49,57 @@ def make_sinks(
     early; a misspelt one is refused rather than silently never called.
     """
     out: dict[str, object] = {}
+    streams = False
+    needed: set[str] = set()
     for text in sink_args:
         name, arg = parse_sink_arg(text)
         spec = bus.sinks.get(name)
         obj = spec.factory(arg)
         configure_sink(name, obj, opts, schema)
+        streams = streams or spec.streams
+        needed.update(sink_fields_needed(obj, schema))
         key = f"sink:{name}"
         n = 2
         while key in out:
             key = f"sink:{name}#{n}"
             n += 1
         out[key] = obj
-    return out
-
-
-def sinks_stream(bus: Bus, sink_args: tuple[str, ...]) -> bool:
-    """Whether any requested sink needs every single event."""
-    return any(bus.sinks.get(parse_sink_arg(s)[0]).streams for s in sink_args)
+    return Sinks(MappingProxyType(out), streams, frozenset(needed))
 
 
 class Pipeline:
-    """Registers a session's sinks on the bus and drives the session hooks."""
+    """Registers a session's sinks on the bus and drives the session hooks.
 
-    def __init__(self, bus: Bus, session: Session, sinks: dict[str, object]) -> None:
+    The pipeline owns the session's ``Summary`` (counting events and losses as they
+    pass, finished by ``end``) and its sink failures: nothing else writes them.
+    """
+
+    def __init__(self, bus: Bus, session: Session, sinks: Mapping[str, object]) -> None:
         self.bus = bus
         self.session = session
         self.sinks = sinks
-        self.summary = Summary()
+        # Failures are per session: a sink that failed in an earlier run of this
+        # process (tests, labs running a probe twice) is a new object now.
+        self.failures = SinkFailures()
+        self._summary = Summary()
+        self._ended: Summary | None = None
         self._started = 0.0
         self._ctx: Any = None
 
     def __enter__(self) -> Pipeline:
-        # Failures are per session: a sink that failed in an earlier run of this
-        # process (tests, labs running a probe twice) is a new object now.
-        self.bus.failures.clear()
-        self.bus.explained.clear()
-        self._ctx = self.bus.session_plugins(self.sinks)
+        self._ctx = self.bus.session_plugins(dict(self.sinks))
         self._ctx.__enter__()
         self._started = time.monotonic()
-        self.bus.call("tracekit_session_start", session=self.session)
+        self._call("tracekit_session_start", session=self.session)
         return self
+
+    def _call(self, hook: str, **kwargs: Any) -> None:
+        self.bus.call(hook, self.failures, **kwargs)
+
+    @property
+    def events(self) -> int:
+        """Events delivered so far."""
+        return self._summary.events
 
     def batch(self, rows: list[tuple[Any, ...]] | EventBatch) -> None:
         """Deliver one batch: rows from a loader, or an ``EventBatch`` (a replay's
@@ -85,43 +110,61 @@ class Pipeline:
             batch = rows
         else:
             batch = EventBatch(self.session.probe, rows, schema=self.session.schema)
-        self.summary.events += len(batch)
-        self.bus.call("tracekit_events", session=self.session, batch=batch)
+        self._summary.events += len(batch)
+        self._call("tracekit_events", session=self.session, batch=batch)
 
     def lost(self, report: LostReport) -> None:
         if report.total == 0:
             return
-        self.summary.add_lost(report)
-        self.bus.call("tracekit_lost_events", session=self.session, lost=report)
+        self._summary.add_lost(report)
+        self._call("tracekit_lost_events", session=self.session, lost=report)
 
     def counters(self, counters: dict[str, dict[str, dict[int, int]]]) -> None:
         """The probe's in-kernel counters, read during a live run."""
-        self.bus.call("tracekit_counters", session=self.session, counters=counters)
+        self._call("tracekit_counters", session=self.session, counters=counters)
 
-    def end(self, summary: Summary | None = None) -> Summary:
-        """Finish with ``summary`` (a replay's footer) or the one this pipeline counted."""
+    def end(
+        self,
+        summary: Summary | None = None,
+        *,
+        counters: dict[str, dict[str, dict[int, int]]] | None = None,
+        kernel_agg: list[tuple[tuple[Any, ...], int]] | None = None,
+        interrupted: bool = False,
+        truncated: bool = False,
+        report: Callable[[Summary], list[str]] | None = None,
+    ) -> Summary:
+        """End the session with the summary this pipeline counted, finished with the
+        probe's final ``counters`` and ``kernel_agg`` and ``report``'s notes
+        (``truncated``: a replayed trace that lost its footer); or with
+        ``summary`` as given (a replay's footer says how the recorded run ended)."""
+        if self._ended is not None:
+            raise RuntimeError("a pipeline's session ends once")
         if summary is None:
-            summary = self.summary
+            summary = self._summary
             summary.duration = time.monotonic() - self._started
-        self.summary = summary
-        self.bus.call("tracekit_session_end", session=self.session, summary=summary)
+            summary.counters = counters or {}
+            summary.kernel_agg = list(kernel_agg or ())
+            summary.interrupted = interrupted
+            summary.truncated = truncated
+            if report is not None:
+                summary.notes = report(summary)
+        self._ended = summary
+        self._call("tracekit_session_end", session=self.session, summary=summary)
         return summary
 
     def __exit__(self, *exc: object) -> None:
         self._ctx.__exit__(*exc)
 
     def raise_if_sink_failed(self) -> None:
-        raise_if_sink_failed(self.bus)
-
-
-def raise_if_sink_failed(bus: Bus) -> None:
-    """End the command with status 10 if a sink failed during the session."""
-    if bus.failures:
-        names = ", ".join(sorted(bus.failures))
+        """End the command with status 10 if a sink failed during the session."""
+        failures = self.failures
+        if not failures:
+            return
+        names = ", ".join(sorted(failures.errors))
         err = SinkFailedError(f"sink failed: {names}")
-        if bus.explained.keys() == bus.failures.keys():
+        if failures.explained.keys() == failures.errors.keys():
             # Each failure already said why in its own line (a full disk while
             # recording): the command ends with that error's status, no second line.
-            err.exit_code = next(iter(bus.explained.values())).exit_code
+            err.exit_code = next(iter(failures.explained.values())).exit_code
             err.reported = True
         raise err

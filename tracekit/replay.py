@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Mapping
 
 from tracekit.bus import Bus
 from tracekit.errors import UsageError
-from tracekit.pipeline import Pipeline, SinkOptions, make_sinks
+from tracekit.pipeline import Pipeline, SinkOptions, build_sinks
 from tracekit.safe_text import printable
 from tracekit.session import EventBatch, Summary
 from tracekit.tracefile import BATCH, LOST, SYMBOLS, TraceReader, read_lost, read_symbols
@@ -17,7 +18,7 @@ from tracekit.tracefile import BATCH, LOST, SYMBOLS, TraceReader, read_lost, rea
 COALESCE_ROWS = 65536
 
 
-def _refuse_own_input(path: str, sinks: dict[str, object]) -> None:
+def _refuse_own_input(path: str, sinks: Mapping[str, object]) -> None:
     """A sink that writes a file (``msgpack=PATH``) must not write over the input.
 
     With ``--force`` the writer would truncate the file being replayed before the
@@ -46,14 +47,14 @@ def replay(bus: Bus, path: str, sink_args: tuple[str, ...], opts: SinkOptions) -
     reader = TraceReader(path)
     session = reader.session
     try:
-        sinks = make_sinks(bus, sink_args, opts, session.schema)
-        _refuse_own_input(path, sinks)
+        sinks = build_sinks(bus, sink_args, opts, session.schema)
+        _refuse_own_input(path, sinks.objects)
     except BaseException:
         reader.close()
         raise
     # Every record is checked again, batch rows included, before it is yielded: a
     # forged batch stops the replay with one line (status 2) before any sink sees it.
-    with Pipeline(bus, session, sinks) as pipe:
+    with Pipeline(bus, session, sinks.objects) as pipe:
         # Consecutive batch records go to the sinks as one batch of up to
         # COALESCE_ROWS events: a sink's per-batch costs (a hook call, numpy's
         # per-call overhead) then spread over more events. Symbols and lost-event
@@ -84,14 +85,11 @@ def replay(bus: Bus, path: str, sink_args: tuple[str, ...], opts: SinkOptions) -
         if reader.truncated:
             print(
                 f"tracekit: warning: {printable(path)} ends early (cut at byte "
-                f"{reader.truncated_at}); replayed {pipe.summary.events} events up to its "
+                f"{reader.truncated_at}); replayed {pipe.events} events up to its "
                 "last complete batch",
                 file=sys.stderr,
             )
-        footer = reader.footer
-        if footer is None:
-            footer = pipe.summary
-            footer.truncated = True
-        summary = pipe.end(footer)
+        # A trace without its footer ends with what the replay counted.
+        summary = pipe.end(reader.footer, truncated=reader.footer is None)
     pipe.raise_if_sink_failed()
     return summary

@@ -3,28 +3,22 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 from tracekit.bus import Bus
-from tracekit.contract import sink_fields_needed
 from tracekit.errors import InterruptedBeforeStart, UsageError
 from tracekit.loader import LoadedProbe, StopSignals, drain_for, remove_stale_bcc_events
-from tracekit.pipeline import (
-    Pipeline,
-    SinkOptions,
-    make_sinks,
-    raise_if_sink_failed,
-    sinks_stream,
-)
+from tracekit.pipeline import Pipeline, SinkOptions, Sinks, build_sinks
 from tracekit.preflight import choose_loader, preflight
 from tracekit.probe_base import KernelProbe
 from tracekit.registry import AttachPoint, ProbeSpec
 from tracekit.session import EventBatch, Session, Summary
 
 
-@dataclass
+@dataclass(frozen=True)
 class RunOptions:
     duration: float | None = None
     output: str = "auto"
@@ -51,14 +45,6 @@ class Compiled:
     probe: KernelProbe  # LoadedProbe (BCC) or CoreProbe (CO-RE)
     points: list[AttachPoint]
     loader: str = "bcc"
-
-
-def fields_needed(sinks: dict[str, object], spec: ProbeSpec) -> frozenset[str]:
-    """The fields the run's sinks read from events (``tracekit.Sink.fields_needed``)."""
-    out: set[str] = set()
-    for obj in sinks.values():
-        out.update(sink_fields_needed(obj, spec.schema))
-    return frozenset(out)
 
 
 def aggregated_fields(spec: ProbeSpec) -> frozenset[str]:
@@ -140,10 +126,90 @@ def compile_probe(
     return Compiled(probe, points)
 
 
+@dataclass(frozen=True)
+class RunPlan:
+    """Everything one run does, decided before anything is compiled or attached.
+
+    ``tracekit run``, the labs and the ``tracekit_run_probe`` fixture each build one
+    (``plan_run``) and hand it to ``execute``: sinks are built and checked once,
+    the stream/aggregate choice is made once, and the session the sinks see is
+    fixed here. A plan runs once (its sink objects hold one session's state).
+    """
+
+    spec: ProbeSpec
+    # The parameters the probe runs with (its compiled ones when ``compiled`` is given).
+    params: Mapping[str, int]
+    sinks: Sinks
+    # Stream single events to user space; count in the kernel (both may be on).
+    stream: bool
+    aggregate: bool
+    opts: RunOptions
+    # A probe compiled earlier and shared between runs (tests, labs); the run
+    # neither compiles nor closes it.
+    compiled: Compiled | None = None
+
+    def session(self) -> Session:
+        """The session the sinks are handed, read-only to them."""
+        sample = self.compiled.probe.sample if self.compiled else self.opts.sample
+        return Session(
+            probe=self.spec.name,
+            schema=self.spec.schema,
+            params=self.params,
+            sample_every=sample if self.stream else 1,
+            aggregated=(self.spec.agg_fields + self.spec.enriched_fields) if self.aggregate else (),
+        )
+
+
+def plan_run(
+    bus: Bus,
+    spec: ProbeSpec,
+    params: Mapping[str, int] | None,
+    sink_args: tuple[str, ...],
+    opts: RunOptions,
+    *,
+    compiled: Compiled | None = None,
+) -> RunPlan:
+    """Check and decide a run: sinks built, parameters and modes settled.
+
+    ``params`` None means the probe's defaults, or the parameters ``compiled`` was
+    compiled with; parameters that differ from a shared compiled probe's are a
+    usage error (the probe would trace with its own, not the ones asked for).
+    """
+    sinks = build_sinks(bus, sink_args, SinkOptions(force=opts.force), spec.schema)
+    if compiled is None:
+        values = dict(params) if params is not None else spec.resolve_params({})
+        stream, aggregate = modes(spec, sinks.streams, opts, sinks.fields_needed)
+        return RunPlan(spec, MappingProxyType(values), sinks, stream, aggregate, opts)
+    probe = compiled.probe
+    if probe.spec.name != spec.name:
+        raise UsageError(f"a compiled {probe.spec.name} probe cannot run as {spec.name}")
+    have = dict(probe.params)
+    if params is not None and dict(params) != have:
+        raise UsageError(
+            f"{spec.name}: parameters {_show(params)} differ from {_show(have)}, which the "
+            "shared compiled probe was compiled with; compile one probe per parameter set"
+        )
+    if probe.aggregate and not probe.stream:
+        missing = sinks.fields_needed - aggregated_fields(spec)
+        if missing:
+            raise UsageError(
+                f"{', '.join(sorted(missing))}: not in {spec.name}'s in-kernel aggregate "
+                f"({', '.join(sorted(aggregated_fields(spec)))}); add a streaming sink "
+                "(console, msgpack) or choose one of these fields"
+            )
+    return RunPlan(
+        spec, MappingProxyType(have), sinks, probe.stream, probe.aggregate, opts, compiled
+    )
+
+
+def _show(params: Mapping[str, int]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in sorted(params.items())) or "(none)"
+
+
 def run_probe(
     bus: Bus,
     spec: ProbeSpec,
-    params: dict[str, int],
+    params: Mapping[str, int] | None,
     sink_args: tuple[str, ...],
     opts: RunOptions,
     *,
@@ -152,7 +218,20 @@ def run_probe(
     on_attached: Callable[[], None] | None = None,
     on_detached: Callable[[], None] | None = None,
 ) -> Summary:
-    """Run one probe into the given sinks; ``compiled`` reuses an already compiled probe.
+    """Plan a run (``plan_run``) and execute it."""
+    plan = plan_run(bus, spec, params, sink_args, opts, compiled=compiled)
+    return execute(bus, plan, until=until, on_attached=on_attached, on_detached=on_detached)
+
+
+def execute(
+    bus: Bus,
+    plan: RunPlan,
+    *,
+    until: Callable[[], bool] | None = None,
+    on_attached: Callable[[], None] | None = None,
+    on_detached: Callable[[], None] | None = None,
+) -> Summary:
+    """Run a planned probe into its sinks; compiles unless the plan holds a probe.
 
     ``on_attached`` runs once the probe is attached, ``on_detached`` right after it
     is detached (its counters final), before the last drain and before the sinks end
@@ -162,30 +241,18 @@ def run_probe(
     Whatever happens (duration end, Ctrl-C, SIGTERM, an error), the probe is
     detached before this returns.
     """
-    if compiled is not None:
-        params = dict(compiled.probe.params)  # what the probe was compiled with
-    session = Session(probe=spec.name, schema=spec.schema, params=params)
-    sinks = make_sinks(bus, sink_args, SinkOptions(force=opts.force), spec.schema)
-    needed = fields_needed(sinks, spec)
-    if compiled is not None and compiled.probe.aggregate and not compiled.probe.stream:
-        missing = needed - aggregated_fields(spec)
-        if missing:
-            raise UsageError(
-                f"{', '.join(sorted(missing))}: not in {spec.name}'s in-kernel aggregate "
-                f"({', '.join(sorted(aggregated_fields(spec)))}); add a streaming sink "
-                "(console, msgpack) or choose one of these fields"
-            )
+    spec, opts = plan.spec, plan.opts
+    session = plan.session()
+    compiled = plan.compiled
     owned = compiled is None
     summary = Summary(interrupted=True)
     started = False
+    pipe: Pipeline | None = None
     with StopSignals() as signals:
         try:
             if compiled is None:
-                stream, aggregate = modes(spec, sinks_stream(bus, sink_args), opts, needed)
-                compiled = compile_probe(spec, params, opts, stream, aggregate)
+                compiled = compile_probe(spec, dict(plan.params), opts, plan.stream, plan.aggregate)
             probe = compiled.probe
-            session.sample_every = probe.sample if probe.stream else 1
-            session.aggregated = (spec.agg_fields + spec.enriched_fields) if probe.aggregate else ()
             enrich = spec.enrich
 
             def deliver(rows: list[tuple[Any, ...]] | EventBatch) -> None:
@@ -197,7 +264,7 @@ def run_probe(
                         rows = enrich(
                             probe.bpf, session, rows.rows if isinstance(rows, EventBatch) else rows
                         )
-                    pipe.batch(rows)
+                    running.batch(rows)
 
             with signals.held():
                 probe.open_output()
@@ -208,12 +275,13 @@ def run_probe(
                 say(f"attached {where} ({how}); Ctrl-C to stop")
             if on_attached is not None:
                 on_attached()
-            with Pipeline(bus, session, sinks) as pipe:
+            with Pipeline(bus, session, plan.sinks.objects) as pipe:
+                running = pipe
                 started = True
                 # Counters are read while running only for a sink that shows them live
                 # (prometheus): a map read per second is a system call per map.
                 tick = (
-                    (lambda: pipe.counters(probe.read_counters()))
+                    (lambda: running.counters(probe.read_counters()))
                     if bus.implements("tracekit_counters")
                     else None
                 )
@@ -229,12 +297,12 @@ def run_probe(
                     deliver(probe.poll(0))
                     for r in probe.new_losses():
                         pipe.lost(r)
-                    pipe.summary.counters = probe.read_counters()
-                    pipe.summary.kernel_agg = _enriched_agg(probe, session)
-                    pipe.summary.interrupted = interrupted
-                    if spec.report is not None:
-                        pipe.summary.notes = spec.report(pipe.summary)
-                    summary = pipe.end()
+                    summary = pipe.end(
+                        counters=probe.read_counters(),
+                        kernel_agg=_enriched_agg(probe, session),
+                        interrupted=interrupted,
+                        report=spec.report,
+                    )
         except KeyboardInterrupt:
             pass  # before the session started (compile, attach) unless `started`
         finally:
@@ -243,13 +311,13 @@ def run_probe(
                     compiled.probe.detach()
                     if owned:
                         compiled.probe.close()
-    if not started:
+    if not started or pipe is None:
         raise InterruptedBeforeStart(
             "interrupted before tracing started: nothing attached, nothing recorded"
         )
     if not opts.quiet:
         report_summary(summary)
-    raise_if_sink_failed(bus)
+    pipe.raise_if_sink_failed()
     return summary
 
 

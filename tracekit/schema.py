@@ -17,7 +17,7 @@ from __future__ import annotations
 import ipaddress
 import struct
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from importlib.resources.abc import Traversable
@@ -406,7 +406,7 @@ class Decoder:
 
 
 def format_value(
-    f: Field, value: Any, symbols: dict[int, str] | None = None, terminal: bool = True
+    f: Field, value: Any, symbols: Mapping[int, str] | None = None, terminal: bool = True
 ) -> str:
     """Render one raw value the way a person reads it.
 
@@ -456,7 +456,7 @@ def format_value(
 def format_row(
     schema: Schema,
     row: Sequence[Any],
-    symbols: dict[int, str] | None = None,
+    symbols: Mapping[int, str] | None = None,
     terminal: bool = True,
 ) -> list[str]:
     return [format_value(f, v, symbols, terminal) for f, v in zip(schema.fields, row, strict=False)]

@@ -6,45 +6,106 @@ import os
 import platform
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 from tracekit import __version__
 from tracekit.schema import HistSpec, Schema
 
 
-@dataclass
+class KernelNames:
+    """Kernel symbols and stacks a session has learnt, append-only.
+
+    A probe's ``enrich`` adds them (through ``tracekit.resolve_stack``) and a replay
+    adds those its trace stores; sinks read them (``Session.symbols``,
+    ``Session.stacks``), and a trace writer asks what is new since it last wrote
+    (``added_since``) instead of comparing sizes. ``labels`` memoises what a probe
+    derives from a stack id (a path classified once per stack, not once per event).
+    """
+
+    def __init__(self) -> None:
+        self._symbols: dict[int, str] = {}
+        self._stacks: dict[int, list[int]] = {}
+        self._sym_order: list[int] = []
+        self._stack_order: list[int] = []
+        self._labels: dict[str, dict[int, Any]] = {}
+        self.symbols: Mapping[int, str] = MappingProxyType(self._symbols)
+        self.stacks: Mapping[int, list[int]] = MappingProxyType(self._stacks)
+
+    def add_symbols(self, symbols: Mapping[int, str]) -> None:
+        for addr, name in symbols.items():
+            if addr not in self._symbols:
+                self._sym_order.append(addr)
+            self._symbols[addr] = name
+
+    def add_stacks(self, stacks: Mapping[int, list[int]]) -> None:
+        for sid, addrs in stacks.items():
+            if sid not in self._stacks:
+                self._stack_order.append(sid)
+            self._stacks[sid] = list(addrs)
+
+    def mark(self) -> tuple[int, int]:
+        """Where ``added_since`` starts next time: after everything known now."""
+        return len(self._sym_order), len(self._stack_order)
+
+    def added_since(
+        self, mark: tuple[int, int]
+    ) -> tuple[list[tuple[int, str]], list[tuple[int, list[int]]]]:
+        """Symbols and stacks added after ``mark`` (from ``mark()``), in order."""
+        syms = [(a, self._symbols[a]) for a in self._sym_order[mark[0] :]]
+        stacks = [(s, self._stacks[s]) for s in self._stack_order[mark[1] :]]
+        return syms, stacks
+
+    def labels(self, kind: str) -> dict[int, Any]:
+        """The probe's memo of ``kind`` per stack id, for this session's stacks."""
+        return self._labels.setdefault(kind, {})
+
+
+@dataclass(frozen=True)
 class Session:
-    """One tracing run or one replay.
+    """One tracing run or one replay, read-only to the plugins it is handed to.
 
     Live runs fill the machine fields from the running kernel; replays take them from
     the trace header, so a sink cannot tell (and need not care) where events come from,
-    except through ``mode``.
+    except through ``mode``. The run plan (``tracekit.RunPlan``) decides every field
+    before the session starts; only ``names`` grows while it runs.
     """
 
     probe: str
     schema: Schema
-    params: dict[str, int] = field(default_factory=dict)
+    params: Mapping[str, int] = field(default_factory=dict)
     mode: str = "live"  # "live" or "replay"
     kernel: str = field(default_factory=platform.release)
     ncpus: int = field(default_factory=lambda: os.cpu_count() or 1)
     hostname: str = field(default_factory=socket.gethostname)
     start_time: float = field(default_factory=time.time)
     tracekit_version: str = __version__
-    # Kernel addresses to names, for fields shown as ``ksym``; stored in the trace so
-    # replay shows names on a machine with other symbols.
-    symbols: dict[int, str] = field(default_factory=dict)
-    # Stack id -> list of kernel addresses, for probes that record stacks.
-    stacks: dict[int, list[int]] = field(default_factory=dict)
     # Sampling the probe applied to streamed events (1 = every event), stated by
     # sinks that print. In-kernel counters and aggregates are never sampled.
     sample_every: int = 1
     # Fields the kernel aggregated on, when the probe counted in the kernel instead
     # of streaming single events (empty when streaming).
     aggregated: tuple[str, ...] = ()
-    # Histograms the user asked for instead of the probe's defaults (``--sink hist=``).
-    extra: dict[str, Any] = field(default_factory=dict)
+    # Kernel addresses to names (fields shown as ``ksym``) and stacks, stored in the
+    # trace so replay shows names on a machine with other symbols.
+    names: KernelNames = field(default_factory=KernelNames, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        # A copy, read-only: the caller's dict can change neither the session nor the
+        # header it writes.
+        object.__setattr__(self, "params", MappingProxyType(dict(self.params)))
+
+    @property
+    def symbols(self) -> Mapping[int, str]:
+        """Kernel address -> symbol name (read-only)."""
+        return self.names.symbols
+
+    @property
+    def stacks(self) -> Mapping[int, list[int]]:
+        """Stack id -> kernel addresses, innermost first (read-only)."""
+        return self.names.stacks
 
     @property
     def histograms(self) -> tuple[HistSpec, ...]:

@@ -1,7 +1,8 @@
 """Kernel stacks: resolve a stack id to symbol names, stored in the session.
 
-Symbols go into ``session.symbols`` and stacks into ``session.stacks`` so the trace
-file carries them and replay never needs this machine's kallsyms.
+Symbols and stacks go into the session's ``names`` (read by sinks as
+``session.symbols`` and ``session.stacks``) so the trace file carries them and replay
+never needs this machine's kallsyms.
 """
 
 from __future__ import annotations
@@ -22,15 +23,12 @@ def resolve_stack(bpf: Any, table: str, stack_id: int, session: Session) -> list
             addrs = [int(a) for a in bpf[table.encode()].walk(stack_id)]
         except KeyError:
             return []
-        session.stacks[stack_id] = addrs
-    names = []
-    for a in addrs:
-        name = session.symbols.get(a)
-        if name is None:
-            name = bpf.ksym(a).decode("utf-8", "replace")
-            session.symbols[a] = name
-        names.append(name)
-    return names
+        session.names.add_stacks({stack_id: addrs})
+    known = session.symbols
+    new = {a: bpf.ksym(a).decode("utf-8", "replace") for a in addrs if a not in known}
+    if new:
+        session.names.add_symbols(new)
+    return [known[a] for a in addrs]
 
 
 def classify_stack(frames: list[str], rules: Iterable[tuple[frozenset[str], str]]) -> str | None:

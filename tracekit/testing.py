@@ -15,7 +15,7 @@ import os
 import random
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -23,7 +23,7 @@ import pytest
 
 from tracekit.bus import Bus, build_bus
 from tracekit.contract import KernelAggregate, SinkOptions
-from tracekit.pipeline import Pipeline, make_sinks
+from tracekit.pipeline import Pipeline, build_sinks
 from tracekit.schema import Schema
 from tracekit.session import LostReport, Session, Summary
 
@@ -60,23 +60,23 @@ def feed(
 ) -> Summary:
     """Drive sinks exactly as a live run does: start, batches, losses, end.
 
-    ``kernel_agg`` plays a run whose probe counted in the kernel: the session says
-    which fields were aggregated (``session.aggregated``) and the summary carries the
-    rows, as a live run's would (stream no ``batches`` with it, as such a run has none).
+    ``kernel_agg`` plays a run whose probe counted in the kernel: the sinks see a
+    copy of ``session`` saying which fields were aggregated (``session.aggregated``)
+    and the summary carries the rows, as a live run's would (stream no ``batches``
+    with it, as such a run has none).
     """
     bus = bus or build_bus()
-    sinks = make_sinks(bus, tuple(sink_args), SinkOptions(force=force), session.schema)
+    sinks = build_sinks(bus, tuple(sink_args), SinkOptions(force=force), session.schema)
     if kernel_agg is not None:
-        session.aggregated = kernel_agg.fields
-    with Pipeline(bus, session, sinks) as pipe:
+        session = replace(session, aggregated=kernel_agg.fields)
+    with Pipeline(bus, session, sinks.objects) as pipe:
         for b in batches:
             pipe.batch(b)
         for report in lost:
             pipe.lost(report)
-        pipe.summary.counters = counters or {}
-        if kernel_agg is not None:
-            pipe.summary.kernel_agg = list(kernel_agg.rows)
-        summary = pipe.end()
+        summary = pipe.end(
+            counters=counters, kernel_agg=list(kernel_agg.rows) if kernel_agg else None
+        )
     pipe.raise_if_sink_failed()
     return summary
 
@@ -204,7 +204,7 @@ def tracekit_run_probe(tracekit_bus: Bus) -> Iterator[RunProbeFixture]:
     the probe, attaches it, then runs ``action()`` (the traffic) in a thread while the
     probe drains, and stops when ``action`` returns; an exception in it is raised here.
     """
-    from tracekit.run import RunOptions, run_probe
+    from tracekit.run import RunOptions, execute, plan_run
 
     if os.environ.get(IN_VM_ENV) != "1":
         pytest.skip("runs a BPF probe: only inside the VM")
@@ -216,7 +216,15 @@ def tracekit_run_probe(tracekit_bus: Bus) -> Iterator[RunProbeFixture]:
         params: dict[str, str] | None = None,
     ) -> Output:
         spec = tracekit_bus.probes.get(name)
-        values = spec.resolve_params(params or {})
+        # Planned before the traffic thread exists: a bad sink or parameter fails
+        # here, with nothing started.
+        plan = plan_run(
+            tracekit_bus,
+            spec,
+            spec.resolve_params(params or {}),
+            tuple(sinks),
+            RunOptions(duration=3600, quiet=True, force=True),
+        )
         done = threading.Event()
         failed: list[BaseException] = []
 
@@ -235,12 +243,9 @@ def tracekit_run_probe(tracekit_bus: Bus) -> Iterator[RunProbeFixture]:
         buf = io.StringIO()
         try:
             with contextlib.redirect_stdout(buf):
-                summary = run_probe(
+                summary = execute(
                     tracekit_bus,
-                    spec,
-                    values,
-                    tuple(sinks),
-                    RunOptions(duration=3600, quiet=True, force=True),
+                    plan,
                     until=done.is_set,
                     on_attached=worker.start,
                 )

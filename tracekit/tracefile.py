@@ -147,8 +147,7 @@ class TraceWriter:
         self._seq = 0
         self.batches = 0
         self.rows = 0
-        self._symbols_written = 0
-        self._stacks_written = 0
+        self._names_written = (0, 0)  # KernelNames.mark() after the last SYMBOLS record
         self.closed = False
         self.failed = False
         self._raw(MAGIC)
@@ -190,18 +189,13 @@ class TraceWriter:
 
     def write_symbols(self, session: Session) -> None:
         """Write symbols and stacks the session learnt since the last call."""
-        if (
-            len(session.symbols) == self._symbols_written
-            and len(session.stacks) == self._stacks_written
-        ):
+        syms, stacks = session.names.added_since(self._names_written)
+        if not syms and not stacks:
             return
-        syms = list(session.symbols.items())[self._symbols_written :]
-        stacks = list(session.stacks.items())[self._stacks_written :]
         step = 20_000
         for i in range(0, max(len(syms), len(stacks)), step):
             self._write_symbols(syms[i : i + step], stacks[i : i + step])
-        self._symbols_written = len(session.symbols)
-        self._stacks_written = len(session.stacks)
+        self._names_written = session.names.mark()
 
     def _write_symbols(self, syms: list[tuple[int, str]], stacks: list[tuple[int, Any]]) -> None:
         payload = {"symbols": dict(syms), "stacks": dict(stacks)}
@@ -632,8 +626,8 @@ def _array_len(body: bytes | memoryview) -> int:
 def read_symbols(payload: Any, session: Session) -> None:
     """Merge a (checked) SYMBOLS record into the session."""
     syms, stacks = payload
-    session.symbols.update(syms)
-    session.stacks.update(stacks)
+    session.names.add_symbols(syms)
+    session.names.add_stacks(stacks)
 
 
 def read_lost(payload: Any) -> LostReport:

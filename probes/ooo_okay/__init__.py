@@ -173,7 +173,7 @@ HISTOGRAMS = (
 
 def enrich(bpf: Any, session: Session, rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
     """Fill ``path`` from the stack; remember stacks and symbols for the trace file."""
-    cache: dict[int, int] = session.extra.setdefault("ooo_paths", {})
+    cache: dict[int, int] = session.names.labels("ooo_paths")
     out = []
     for r in rows:
         sid = r[_STACK]

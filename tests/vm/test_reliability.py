@@ -157,7 +157,7 @@ def test_perf_buffer_over_memlock_is_one_error_with_its_status(
             run_probe(
                 bus,
                 spec,
-                {},
+                None,
                 (f"msgpack={trace}",),
                 RunOptions(duration=5, force=True, quiet=True),
                 compiled=rss_perf,
@@ -182,7 +182,7 @@ def test_perf_buffer_over_memlock_is_one_error_with_its_status(
         summary = run_probe(
             bus,
             spec,
-            {},
+            None,
             ("hist",),
             RunOptions(duration=3, quiet=True),
             compiled=rss_perf,
@@ -230,7 +230,7 @@ def test_ctrl_c_in_the_middle_of_attaching_leaves_nothing_attached(
             run_probe(
                 bus,
                 bus.probes.get("txq-flip"),
-                {},
+                None,
                 (f"msgpack={trace}",),
                 RunOptions(duration=30, force=True, quiet=True),
                 compiled=txq_compiled,

@@ -12,7 +12,7 @@ import re
 import signal
 import subprocess
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -118,7 +118,8 @@ def traced_iperf(
     probe is detached), so both sides cover the same traffic.
     """
     spec = bus.probes.get(probe)
-    values = spec.resolve_params(params or {})
+    # None: a shared compiled probe's own (given ones must match it, or the run refuses).
+    values = spec.resolve_params(params) if params is not None else None
     server = lab.start_server(server_cpu)
     before: dict[str, Any] = {}
     client: list[subprocess.Popen[str]] = []
@@ -147,10 +148,7 @@ def traced_iperf(
         after["tc"] = lab.tc_stats()
         after["queues"] = lab.queue_packets()
 
-    opts = run_opts or RunOptions()
-    opts.duration = seconds + 60
-    opts.force = force
-    opts.quiet = quiet
+    opts = replace(run_opts or RunOptions(), duration=seconds + 60, force=force, quiet=quiet)
     summary = run_probe(
         bus,
         spec,
@@ -280,7 +278,8 @@ def lab_txq_flip(
             "txq-flip",
             sinks,
             seconds=seconds,
-            params={"ifindex": str(lab.ifindex_a)},
+            # A shared compiled probe traces the interfaces it was compiled for.
+            params=None if compiled is not None else {"ifindex": str(lab.ifindex_a)},
             compiled=compiled,
             **kw,
         )
