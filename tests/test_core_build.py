@@ -232,3 +232,39 @@ def test_a_failed_build_says_what_the_compiler_said(
     with pytest.raises(TracekitError, match=r"CO-RE build failed: .*error"):
         cb.build(broken)
     assert not list(cache.glob("*.tmp")) and not list(cache.glob("*.bpf.o"))
+
+
+def test_a_build_keeps_other_trees_recent_objects(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Trees sharing the cache each load their own source's object: a build removes
+    only objects of the probe's other sources that nobody built for two weeks."""
+    import os
+    import types
+
+    from tracekit import core_build
+
+    monkeypatch.setattr(core_build, "CACHE_DIR", tmp_path)
+    now = 1_800_000_000.0
+    current = tmp_path / "p-aaaa.bpf.o"
+    files = {
+        "p-aaaa.bpf.o": now,  # this source's
+        "p-aaaa.bpf.o.json": now,
+        "p-bbbb.bpf.o": now - 3600,  # another tree's, built an hour ago
+        "p-bbbb.bpf.o.sha256": now - 3600,
+        "p-cccc.bpf.o": now - core_build.STALE_AFTER_S - 1,  # nobody's for two weeks
+        "p-cccc.bpf.o.json": now - core_build.STALE_AFTER_S - 1,
+        "q-dddd.bpf.o": now - core_build.STALE_AFTER_S - 1,  # another probe's
+    }
+    for name, mtime in files.items():
+        (tmp_path / name).write_bytes(b"x")
+        os.utime(tmp_path / name, (mtime, mtime))
+    spec = types.SimpleNamespace(name="p")
+    core_build._remove_stale(spec, current, now=now)  # type: ignore[arg-type]
+    assert sorted(f.name for f in tmp_path.iterdir()) == [
+        "p-aaaa.bpf.o",
+        "p-aaaa.bpf.o.json",
+        "p-bbbb.bpf.o",
+        "p-bbbb.bpf.o.sha256",
+        "q-dddd.bpf.o",
+    ]

@@ -19,6 +19,7 @@ import shutil
 import stat
 import subprocess
 import tempfile
+import time
 from importlib.resources import as_file, files
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -111,11 +112,23 @@ def build(spec: ProbeSpec) -> Path:
     return out
 
 
-def _remove_stale(spec: ProbeSpec, current: Path) -> None:
-    """Objects built from earlier sources of this probe can never be loaded again."""
+# How long an object of another source of the same probe stays in the cache. Several
+# trees may share it (two clones, a CI checkout beside a developer's, a helper's
+# worktree), each loading its own source's object: removing every other object at
+# each build made them remove each other's, and a VM run found its object gone
+# between its build and its load. Objects are small (tens of KB).
+STALE_AFTER_S = 14 * 24 * 3600
+
+
+def _remove_stale(spec: ProbeSpec, current: Path, now: float | None = None) -> None:
+    """Remove this probe's objects of other sources not built for STALE_AFTER_S."""
+    now = time.time() if now is None else now
     for old in CACHE_DIR.glob(f"{spec.name}-*.bpf.o*"):
-        if not old.name.startswith(current.name):
-            old.unlink()
+        if old.name.startswith(current.name):
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            if now - old.stat().st_mtime > STALE_AFTER_S:
+                old.unlink()
 
 
 def compile_core(src: Path, out: Path, include: list[Path]) -> None:
