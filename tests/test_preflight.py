@@ -200,7 +200,7 @@ qdisc fq 8001: parent 1:1 limit 10000p flow_limit 10p buckets 1024
 
 
 def test_parse_fq_stats_reads_cumulative_throttled_not_current() -> None:
-    from tracekit.lab.scenarios import parse_fq_stats
+    from tracekit.lab.oracles import parse_fq_stats
 
     assert parse_fq_stats(FQ_TC) == {
         1: {"throttled": 77, "flows_plimit": 3, "dropped": 3},

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tracekit.bus import Bus
-from tracekit.lab.scenarios import LabResult, lab_fq_throttle
+from tracekit.lab.fq_throttle import FqThrottleResult, lab_fq_throttle
 from tracekit.run import Compiled
 
 from .conftest import attached_residue, trace_rows
@@ -21,7 +21,7 @@ pytestmark = pytest.mark.vm
 
 
 @pytest.fixture(scope="module")
-def run(bus: Bus, fq_compiled: Compiled, out_dir: Path) -> tuple[LabResult, str]:
+def run(bus: Bus, fq_compiled: Compiled, out_dir: Path) -> tuple[FqThrottleResult, str]:
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
         res = lab_fq_throttle(
@@ -35,11 +35,11 @@ def run(bus: Bus, fq_compiled: Compiled, out_dir: Path) -> tuple[LabResult, str]
     return res, buf.getvalue()
 
 
-def test_counts_equal_the_qdisc_counters(run: tuple[LabResult, str]) -> None:
+def test_counts_equal_the_qdisc_counters(run: tuple[FqThrottleResult, str]) -> None:
     check_fq_throttle_against_tc(run[0])
 
 
-def test_events_carry_queue_and_flow(run: tuple[LabResult, str], out_dir: Path) -> None:
+def test_events_carry_queue_and_flow(run: tuple[FqThrottleResult, str], out_dir: Path) -> None:
     res, _ = run
     reader, rows = trace_rows(out_dir / "fq-throttle.tkt")
     assert reader.footer is not None and reader.footer.lost_total == 0, reader.footer.lost
@@ -55,7 +55,7 @@ def test_events_carry_queue_and_flow(run: tuple[LabResult, str], out_dir: Path) 
     assert all(r["ifname"] == "tk0" and r["dport"] == 5201 for r in drops)
 
 
-def test_live_hist_replays_identically(run: tuple[LabResult, str], out_dir: Path) -> None:
+def test_live_hist_replays_identically(run: tuple[FqThrottleResult, str], out_dir: Path) -> None:
     _, live = run
     assert "@throttle_delay[tk0," in live
     r = replay(out_dir / "fq-throttle.tkt", "hist")

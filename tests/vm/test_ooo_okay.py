@@ -12,7 +12,8 @@ import pytest
 from tracekit.bus import Bus
 from tracekit.hist import Histogram
 from tracekit.lab.netns import NetnsLab
-from tracekit.lab.scenarios import LabResult, lab_ooo_okay
+from tracekit.lab.ooo_okay import lab_ooo_okay
+from tracekit.lab.traced import LabRun
 from tracekit.run import Compiled
 from tracekit.session import Session
 
@@ -70,7 +71,7 @@ def test_every_flip_happens_on_an_ooo_okay_skb(
 
 
 @pytest.fixture(scope="module")
-def rate_runs(bus: Bus, ooo_compiled: Compiled, out_dir: Path) -> tuple[LabResult, LabResult, str]:
+def rate_runs(bus: Bus, ooo_compiled: Compiled, out_dir: Path) -> tuple[LabRun, LabRun, str]:
     trace = out_dir / "ooo-okay.tkt"
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):

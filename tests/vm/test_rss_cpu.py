@@ -12,7 +12,7 @@ import pytest
 from tracekit.bus import Bus
 from tracekit.hist import Histogram
 from tracekit.lab.nics import find_nic_pair
-from tracekit.lab.scenarios import LabResult, lab_rss_cpu
+from tracekit.lab.rss_cpu import RssCpuResult, lab_rss_cpu
 from tracekit.run import Compiled
 from tracekit.stats import imbalance
 
@@ -25,7 +25,7 @@ TOLERANCE = SOFTNET_TOLERANCE
 
 
 @pytest.fixture(scope="module")
-def runs(bus: Bus, rss_compiled: Compiled, out_dir: Path) -> dict[str, tuple[LabResult, str]]:
+def runs(bus: Bus, rss_compiled: Compiled, out_dir: Path) -> dict[str, tuple[RssCpuResult, str]]:
     out = {}
     for spread in ("none", "rps"):
         buf = io.StringIO()
@@ -81,7 +81,7 @@ def test_live_output_names_the_busiest_cpu_and_replays_the_same(runs: dict, out_
 
 
 @pytest.fixture(scope="module")
-def nic_runs(bus: Bus, rss_compiled: Compiled, out_dir: Path) -> dict[str, LabResult]:
+def nic_runs(bus: Bus, rss_compiled: Compiled, out_dir: Path) -> dict[str, RssCpuResult]:
     """The seed on the VM's virtio-net pair: RSS by addresses only, then by ports too."""
     pair = find_nic_pair()
     if pair is None:
