@@ -2,8 +2,13 @@
 
 A circle makes the import order matter (a name is missing while its module is half
 run) and ties modules that should not know each other; one hid for a while between
-tracekit/cli.py and the labs, through an import inside a function. So imports inside
-functions count here too; only those under ``if TYPE_CHECKING:`` (never run) do not.
+tracekit/cli.py and the labs: the CLI named ``tracekit.lab.cli`` in its table of
+lazily imported commands, which imported ``tracekit.cli`` inside a function. So
+imports inside functions count here, and so does a string naming a tracekit module
+(what ``importlib.import_module`` is given); only imports under ``if
+TYPE_CHECKING:`` (never run) do not, nor ``DEFAULT_PLUGINS``: the bus loads the
+built-in plugins by name exactly as it loads third-party ones, which import the
+bus's modules in turn; that is the plugin contract, not a circle.
 """
 
 from __future__ import annotations
@@ -56,7 +61,13 @@ def imports_of(name: str, path: Path, known: set[str]) -> set[str]:
             for child in node.orelse:
                 visit(child)
             return
-        if isinstance(node, ast.Import):
+        if isinstance(node, ast.AnnAssign | ast.Assign):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            if any(isinstance(t, ast.Name) and t.id == "DEFAULT_PLUGINS" for t in targets):
+                return
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in known:
+            found.add(node.value)
+        elif isinstance(node, ast.Import):
             for a in node.names:
                 found.add(a.name)
         elif isinstance(node, ast.ImportFrom):
@@ -125,6 +136,9 @@ def test_the_graph_sees_the_imports_it_should() -> None:
     assert "tracekit.registry" in g["tracekit.bus"]
     assert "tracekit.lab.traced" in g["tracekit.lab.txq_flip"]
     assert "tracekit.preflight" in g["tracekit.cli"]  # imported inside check_cmd
+    assert "tracekit.export" in g["tracekit.cli"]  # named in LAZY_COMMANDS
+    assert "tracekit.lab.rss_cpu" in g["tracekit.lab"]  # named in SEEDS
+    assert "tracekit.lab" not in g["tracekit.bus"]  # a plugin: loaded by name
     assert "tracekit.lab.netns" in g
     assert len(g) > 50
 
@@ -145,8 +159,12 @@ def test_an_import_inside_a_function_counts(tmp_path: Path) -> None:
         "if TYPE_CHECKING:\n    import tracekit.x\n"
         "def f():\n    from .y import z\n"
     )
-    known = {"tracekit.m", "tracekit.x", "tracekit.y", "tracekit.y.z"}
+    known = {"tracekit.m", "tracekit.x", "tracekit.y", "tracekit.y.z", "tracekit.w"}
     assert imports_of("tracekit.m", tmp_path / "m.py", known) == {"tracekit.y.z"}
+    (tmp_path / "m.py").write_text(
+        "LAZY = {'w': 'tracekit.w'}\nDEFAULT_PLUGINS = ('tracekit.x',)\n"
+    )
+    assert imports_of("tracekit.m", tmp_path / "m.py", known) == {"tracekit.w"}
 
 
 @pytest.mark.parametrize("name", sorted(modules()))
