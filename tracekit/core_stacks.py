@@ -15,6 +15,8 @@ import re
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
+from tracekit import kernel
+
 if TYPE_CHECKING:
     from tracekit.libbpf import BpfObject
 
@@ -34,8 +36,7 @@ class KernelSymbols:
 
     @classmethod
     def read(cls) -> KernelSymbols:
-        with open("/proc/kallsyms", "rb") as f:
-            return cls(f.read())
+        return cls(kernel.kallsyms_bytes())
 
     def name(self, addr: int) -> bytes:
         i = bisect.bisect_right(self._addrs, addr) - 1

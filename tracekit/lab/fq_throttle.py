@@ -40,7 +40,7 @@ def lab_fq_throttle(
     """
     args = ("flow_limit", str(flow_limit), "maxrate", maxrate)
     with NetnsLab(txqueues=4, qdisc="fq", qdisc_args=args) as lab:
-        run, kernel = traced_iperf(
+        run, counted = traced_iperf(
             bus,
             lab,
             "fq-throttle",
@@ -50,7 +50,7 @@ def lab_fq_throttle(
             client_args=("-u", "-b", rate, "-P", "2", "-l", "1400"),
             **kw,
         )
-    return extend(run, FqThrottleResult, fq_delta=kernel.fq)
+    return extend(run, FqThrottleResult, fq_delta=counted.fq)
 
 
 @click.command("fq-throttle")

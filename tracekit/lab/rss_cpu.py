@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import click
 
+from tracekit import kernel
 from tracekit.bus import Bus, current_bus
 from tracekit.errors import LabError
 from tracekit.lab.netns import DEV_B, NetnsLab
@@ -63,7 +63,7 @@ def lab_rss_cpu(
     as a NIC ignoring ports. ``spread="rps"`` (either link) turns on RPS on the
     receiving device, which hashes ports in software, and the flows spread.
     """
-    ncpus = os.cpu_count() or 1
+    ncpus = kernel.ncpus()
     link = rss_link(link)
     if spread == "rss" and link != "nics":
         raise LabError("--spread rss needs the VM's RSS NIC pair (vm/run makes it); try rps")
@@ -72,7 +72,7 @@ def lab_rss_cpu(
             lab.set_rx_flow_hash(HASH_FIELDS["ports" if spread == "rss" else "addresses"])
         if spread == "rps":
             set_rps(lab, (1 << ncpus) - 1)
-        run, kernel = traced_iperf(
+        run, counted = traced_iperf(
             bus,
             lab,
             "rss-cpu",
@@ -85,7 +85,7 @@ def lab_rss_cpu(
             label=f"spread={spread}",
             **kw,
         )
-    return extend(run, RssCpuResult, softnet_delta=kernel.softnet, rxq_delta=kernel.rxq)
+    return extend(run, RssCpuResult, softnet_delta=counted.softnet, rxq_delta=counted.rxq)
 
 
 @click.command("rss-cpu")

@@ -67,7 +67,7 @@ def lab_txq_flip(
     with NetnsLab(txqueues=4, qdisc=qdisc, qdisc_args=qdisc_args) as lab:
         if reselection_ms is not None:
             set_txq_reselection(lab, reselection_ms)
-        run, kernel = traced_iperf(
+        run, counted = traced_iperf(
             bus,
             lab,
             "txq-flip",
@@ -77,7 +77,7 @@ def lab_txq_flip(
             compiled=compiled,
             **kw,
         )
-    return extend(run, TxqFlipResult, queue_delta=kernel.queues)
+    return extend(run, TxqFlipResult, queue_delta=counted.queues)
 
 
 @click.command("txq-flip")
