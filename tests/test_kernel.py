@@ -37,8 +37,14 @@ def test_online_cpus_ranges(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> 
 # Calls and paths that read the running kernel; anywhere but tracekit/kernel.py they
 # would be a second place to keep right (and to patch in tests).
 READERS = {"platform.release", "os.uname", "os.cpu_count"}
-PATHS = ("/proc/kallsyms", "/sys/kernel/tracing", "/sys/kernel/debug/tracing",
-         "/sys/kernel/btf", "/sys/module", "/sys/devices/system/cpu")
+PATHS = (
+    "/proc/kallsyms",
+    "/sys/kernel/tracing",
+    "/sys/kernel/debug/tracing",
+    "/sys/kernel/btf",
+    "/sys/module",
+    "/sys/devices/system/cpu",
+)
 # Session's defaults are being rewritten (issue #16, the read-only session); they
 # move to tracekit.kernel with it.
 ALLOWED = {"tracekit/session.py": {"platform.release", "os.cpu_count"}}

@@ -9,11 +9,14 @@ same check, whichever loader loaded the probe.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import signal
 import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 from tracekit.bus import Bus
 from tracekit.lab.fq_throttle import FqThrottleResult, lab_fq_throttle
@@ -44,6 +47,29 @@ def replay(trace: Path, *sinks: str) -> subprocess.CompletedProcess[str]:
     printed, a replay must print again."""
     args = [a for s in (sinks or ("hist",)) for a in ("--sink", s)]
     return tracekit("replay", str(trace), *args)
+
+
+def assert_replay_prints(live: str, *traces: Path, sinks: tuple[str, ...] = ("hist",)) -> None:
+    """Replaying ``traces`` (one after the other) prints exactly what the live run
+    printed: the sinks cannot tell a replay from the kernel."""
+    outs = []
+    for trace in traces:
+        r = replay(trace, *sinks)
+        assert r.returncode == 0, r.stderr
+        outs.append(r.stdout)
+    assert "".join(outs) == live
+
+
+T = TypeVar("T")
+
+
+def printed(fn: Callable[..., T], *args: Any, **kw: Any) -> tuple[T, str]:
+    """``fn(*args, **kw)`` in this process with its standard output captured: what it
+    returned and what it printed (a lab's sinks and report)."""
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        res = fn(*args, **kw)
+    return res, buf.getvalue()
 
 
 def launch(*args: str) -> subprocess.Popen[str]:

@@ -13,7 +13,7 @@ from tracekit.lab.txq_flip import TxqFlipResult, lab_txq_flip
 from tracekit.run import Compiled, RunOptions, compile_probe
 
 from .conftest import attached_residue
-from .helpers import check_txq_flip_against_tc, read_trace
+from .helpers import check_txq_flip_against_tc, printed, read_trace
 
 pytestmark = pytest.mark.vm
 
@@ -24,12 +24,17 @@ def core_run(bus: Bus, out_dir: Path) -> tuple[TxqFlipResult, str, Path, Compile
     compiled = compile_probe(spec, spec.resolve_params({}), RunOptions(quiet=True, loader="core"))
     assert compiled.loader == "core"
     trace = out_dir / "txq-flip-core.tkt"
-    buf = io.StringIO()
-    with contextlib.redirect_stdout(buf):
-        res = lab_txq_flip(
-            bus, ("hist", f"msgpack={trace}"), 6, "fq", compiled=compiled, force=True, quiet=True
-        )
-    yield res, buf.getvalue(), trace, compiled
+    res, live = printed(
+        lab_txq_flip,
+        bus,
+        ("hist", f"msgpack={trace}"),
+        6,
+        "fq",
+        compiled=compiled,
+        force=True,
+        quiet=True,
+    )
+    yield res, live, trace, compiled
     compiled.probe.close()
 
 

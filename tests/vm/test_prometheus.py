@@ -167,9 +167,7 @@ class Scraped(Generic[R]):
         return self.prom.query(promql.replace("{", f'{{instance="{self.instance}",', 1), self.at)
 
 
-def scraped_run(
-    prom: Prometheus, port: int, lab: Callable[[tuple[str, ...]], R]
-) -> Scraped[R]:
+def scraped_run(prom: Prometheus, port: int, lab: Callable[[tuple[str, ...]], R]) -> Scraped[R]:
     """Run ``lab`` with ``--sink prometheus`` (serving until stopped) beside ``hist``.
 
     A thread waits until Prometheus holds a scrape of this run with

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
 import signal
 import subprocess
 import time
@@ -18,7 +16,14 @@ from tracekit.run import Compiled
 from tracekit.tracefile import TraceReader
 
 from .conftest import attached_residue
-from .helpers import replay, run_then_signal, trace_batch_rows, trace_events, tracekit
+from .helpers import (
+    assert_replay_prints,
+    printed,
+    run_then_signal,
+    trace_batch_rows,
+    trace_events,
+    tracekit,
+)
 
 
 def tc_of(ns: str) -> str:
@@ -38,18 +43,16 @@ LabOut = tuple[TxqFlipResult, str, Path]
 @pytest.fixture(scope="module")
 def lab_run(bus: Bus, txq_compiled: Compiled, out_dir: Path) -> LabOut:
     trace = out_dir / "txq-flip-lab.tkt"
-    buf = io.StringIO()
-    with contextlib.redirect_stdout(buf):
-        res = lab_txq_flip(
-            bus,
-            ("hist", f"msgpack={trace}"),
-            6,
-            "fq",
-            compiled=txq_compiled,
-            force=True,
-            quiet=True,
-        )
-    live = buf.getvalue()
+    res, live = printed(
+        lab_txq_flip,
+        bus,
+        ("hist", f"msgpack={trace}"),
+        6,
+        "fq",
+        compiled=txq_compiled,
+        force=True,
+        quiet=True,
+    )
     (out_dir / "txq-flip-lab.hist.txt").write_text(live)
     (out_dir / "txq-flip-lab.tc.txt").write_text(res.tc_after)
     return res, live, trace
@@ -96,9 +99,7 @@ def test_kernel_counters_agree_with_streamed_events(lab_run: LabOut) -> None:
 
 def test_replay_in_the_vm_prints_the_live_histogram(lab_run: LabOut) -> None:
     _, live, trace = lab_run
-    r = replay(trace, "hist")
-    assert r.returncode == 0, r.stderr
-    assert r.stdout == live
+    assert_replay_prints(live, trace)
 
 
 def test_nothing_left_attached_after_the_lab(lab_run: LabOut) -> None:

@@ -39,8 +39,7 @@ def set_txq_reselection(lab: NetnsLab, ms: int) -> int:
     knob = "/proc/sys/net/core/txq_reselection_ms"
     if not os.path.exists(knob):
         raise LabError(
-            "this kernel has no net.core.txq_reselection_ms (the TX-queue reselection "
-            "came in 6.19)"
+            "this kernel has no net.core.txq_reselection_ms (the TX-queue reselection came in 6.19)"
         )
     lab.ns(lab.ns_a, "sysctl", "-qw", f"net.core.txq_reselection_ms={ms}")
     return int(lab.ns(lab.ns_a, "cat", knob).strip())
