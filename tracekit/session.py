@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tracekit import __version__
-from tracekit.schema import HistSpec, Schema
+from tracekit.schema import Schema
 
 
 @dataclass
@@ -45,10 +45,6 @@ class Session:
     aggregated: tuple[str, ...] = ()
     # Histograms the user asked for instead of the probe's defaults (``--sink hist=``).
     extra: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def histograms(self) -> tuple[HistSpec, ...]:
-        return self.schema.histograms
 
     def header(self) -> dict[str, Any]:
         """The trace file header fields that describe this session."""
