@@ -27,7 +27,7 @@ def test_clone_suffixes_are_recognised() -> None:
 @pytest.fixture
 def kprobe_kernel(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     """A tracefs of a kernel with kprobes (kprobe_events) and two traceable functions."""
-    import tracekit.kernel as pf
+    import tracekit.kernel as kernel
 
     root = tmp_path / "tracing"
     (root / "events").mkdir(parents=True)
@@ -35,9 +35,9 @@ def kprobe_kernel(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     (root / "available_filter_functions").write_text(
         "netdev_pick_tx\nfq_enqueue\t[sch_fq]\nfq_dequeue [sch_fq]\n"
     )
-    monkeypatch.setattr(pf, "tracefs", lambda: root)
-    monkeypatch.setattr(pf, "KPROBE_PMU", tmp_path / "no-pmu")
-    monkeypatch.setattr(pf, "KPROBE_BLACKLIST", tmp_path / "blacklist")
+    monkeypatch.setattr(kernel, "tracefs", lambda: root)
+    monkeypatch.setattr(kernel, "KPROBE_PMU", tmp_path / "no-pmu")
+    monkeypatch.setattr(kernel, "KPROBE_BLACKLIST", tmp_path / "blacklist")
     (tmp_path / "blacklist").write_text("0xffffffff81000000-0xffffffff81000010\tdo_int3\n")
     return root
 
@@ -58,7 +58,7 @@ def test_missing_and_renamed_functions_get_precise_messages(kprobe_kernel: Path)
 
 def test_kallsyms_is_not_enough_for_a_kprobe(kprobe_kernel: Path) -> None:
     """In kallsyms but notrace, blacklisted, or on a kernel without kprobes: refused."""
-    import tracekit.kernel as pf
+    import tracekit.kernel as kernel
 
     syms = frozenset({"netdev_pick_tx", "fq_enqueue", "some_notrace_fn", "do_int3"})
     r = Report()
@@ -76,7 +76,7 @@ def test_kallsyms_is_not_enough_for_a_kprobe(kprobe_kernel: Path) -> None:
     r = Report()
     assert not check_attach_point(r, AttachPoint("kprobe", "netdev_pick_tx", "f"), syms)
     assert "cannot attach kprobes" in r.checks[0].message
-    pf.refresh()
+    kernel.refresh()
 
 
 def test_check_on_this_machines_own_kernel() -> None:
@@ -84,9 +84,9 @@ def test_check_on_this_machines_own_kernel() -> None:
     import subprocess
     import sys
 
-    import tracekit.kernel as pf
+    import tracekit.kernel as kernel
 
-    if pf.kprobes_supported() is not None:
+    if kernel.kprobes_supported() is not None:
         pytest.skip("this kernel has kprobes: the unit test above covers the refusal")
     p = subprocess.run(
         [sys.executable, "-m", "tracekit", "check", "txq-flip"],
