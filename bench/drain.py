@@ -35,12 +35,16 @@ import ctypes as ct
 import os
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-from tracekit.core_build import compile_core
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+from ringfeed import fill, load_feeder  # the XDP feeder the buffer tests use
+
 from tracekit.libbpf import BpfObject
 from tracekit.perfbuf import PerfBuffer, sample_stride
 from tracekit.ringbuf import RingBuffer
@@ -48,7 +52,6 @@ from tracekit.schema import Field, Schema
 from tracekit.session import EventBatch, Session
 from tracekit.tracefile import TraceWriter
 
-ROOT = Path(__file__).resolve().parents[1]
 RING = 1 << 27  # 128 MiB: room for the whole backlog (32-byte slots)
 SCHEMA = Schema((Field("seq", "u64"), Field("cpu", "u32"), Field("tag", "str12")))
 CPU = 1  # the producer's CPU (its perf ring is the one filled)
@@ -91,40 +94,12 @@ int main(int argc, char **argv) {
 Case = Callable[[], tuple[int, float]]
 
 
-def build(tmp: Path) -> tuple[Path, Path]:
-    obj = tmp / "ringfeed.o"
-    compile_core(ROOT / "tests" / "bpf" / "ringfeed.bpf.c", obj, [ROOT / "probes"])
+def build_consumer(tmp: Path) -> Path:
     src = tmp / "consume.c"
     src.write_text(C_CONSUMER)
     exe = tmp / "consume"
     subprocess.run(["gcc", "-O2", str(src), "-o", str(exe), "-lbpf"], check=True)
-    return obj, exe
-
-
-def counts(feed: BpfObject) -> tuple[int, int]:
-    fd = feed.map_fd("counts")
-    out = []
-    for i in (0, 1):
-        k, v = ct.c_uint32(i), ct.c_uint64()
-        feed.lib.lib.bpf_map_lookup_elem(fd, ct.byref(k), ct.byref(v))
-        out.append(v.value)
-    return out[0], out[1]
-
-
-def fill(feed: BpfObject, prog: str, events: int) -> None:
-    """Put ``events`` records in the buffer from CPU ``CPU`` (100,000 per test run)."""
-    old = os.sched_getaffinity(0)
-    os.sched_setaffinity(0, {CPU})
-    try:
-        _, refused0 = counts(feed)
-        left = events
-        while left > 0:
-            feed.test_run(prog, min(left, 100_000))
-            left -= 100_000
-        _, refused1 = counts(feed)
-        assert refused1 == refused0, "the buffer is too small for --events"
-    finally:
-        os.sched_setaffinity(0, old)
+    return exe
 
 
 def perf_pages(events: int) -> int:
@@ -151,7 +126,7 @@ def to_trace(next_batch: Callable[[], EventBatch | None]) -> tuple[int, float]:
 
 def tracekit_ring(feed: BpfObject, events: int, sink: bool = True) -> Case:
     ring = RingBuffer(feed.map_fd("feed"), RING)  # mapped before, as a live run's is
-    fill(feed, "tk_feed", events)
+    fill(feed, "tk_feed", events, CPU)
 
     def batch() -> EventBatch | None:
         if not ring.pending():
@@ -175,7 +150,7 @@ def tracekit_ring(feed: BpfObject, events: int, sink: bool = True) -> Case:
 
 def tracekit_perf(feed: BpfObject, events: int) -> Case:
     buf = PerfBuffer.for_map(feed.lib, feed.map_fd("feed_perf"), [CPU], perf_pages(events))
-    fill(feed, "tk_feed_perf", events)
+    fill(feed, "tk_feed_perf", events, CPU)
 
     def go() -> tuple[int, float]:
         def batch() -> EventBatch | None:
@@ -198,7 +173,7 @@ _PERF_CB = ct.CFUNCTYPE(None, ct.c_void_p, ct.c_int, ct.c_void_p, ct.c_uint32)
 
 def callback_ring(feed: BpfObject, events: int) -> Case:
     """libbpf's ring_buffer__consume calling a Python (ctypes) callback per event."""
-    fill(feed, "tk_feed", events)
+    fill(feed, "tk_feed", events, CPU)
     lib = feed.lib.lib
     got = [0]
 
@@ -244,7 +219,7 @@ def callback_perf(feed: BpfObject, events: int) -> Case:
     lib.perf_buffer__free.argtypes = [ct.c_void_p]
     pb = lib.perf_buffer__new(feed.map_fd("feed_perf"), perf_pages(events), fn, None, None, None)
     assert pb, "perf_buffer__new failed"
-    fill(feed, "tk_feed_perf", events)
+    fill(feed, "tk_feed_perf", events, CPU)
 
     def go() -> tuple[int, float]:
         t = time.perf_counter()
@@ -258,7 +233,7 @@ def callback_perf(feed: BpfObject, events: int) -> Case:
 
 
 def c_ring(feed: BpfObject, events: int, exe: Path, write: bool) -> Case:
-    fill(feed, "tk_feed", events)
+    fill(feed, "tk_feed", events, CPU)
 
     def go() -> tuple[int, float]:
         fd = feed.map_fd("feed")
@@ -281,10 +256,8 @@ def main() -> None:
     if os.geteuid() != 0:
         raise SystemExit("needs root (BPF)")
     with tempfile.TemporaryDirectory() as d:
-        obj, exe = build(Path(d))
-        feed = BpfObject(str(obj))
-        feed.set_max_entries("feed", RING)
-        feed.load()
+        exe = build_consumer(Path(d))
+        feed = load_feeder(Path(d), RING)
         n = a.events
         cases: dict[str, Callable[[], Case]] = {
             "tracekit ring buffer -> trace": lambda: tracekit_ring(feed, n),

@@ -31,7 +31,7 @@ from probe import SPEC
 
 from tracekit.bus import build_bus
 from tracekit.lab.netns import NetnsLab
-from tracekit.lab.scenarios import lab_txq_flip
+from tracekit.lab.txq_flip import lab_txq_flip
 from tracekit.run import RunOptions, compile_probe, run_probe
 
 SEED_BT = """

@@ -5,9 +5,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import click
 import pytest
 from click.testing import CliRunner
 
+import tracekit
 from tracekit import hookimpl
 from tracekit.bus import build_bus
 from tracekit.cli import cli
@@ -225,3 +227,39 @@ def test_lab_rss_spread_without_the_nic_pair_is_one_line() -> None:
     assert r.stderr.strip() == (
         "tracekit: --spread rss needs the VM's RSS NIC pair (vm/run makes it); try rps"
     )
+
+
+class Commands:
+    """A plugin adding a command, as docs/writing-plugins.md shows."""
+
+    @hookimpl
+    def tracekit_add_commands(self, cli: click.Group) -> None:
+        @click.command("plugins")
+        def plugins() -> None:
+            for name in tracekit.current_bus().plugins:
+                click.echo(name)
+
+        cli.add_command(plugins)
+
+
+def test_a_plugin_command_runs_with_the_command_lines_bus(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    bus = build_bus(extra_plugins=(("commands", Commands()),))
+    monkeypatch.setattr(cli, "_plugins_added", False, raising=False)
+    try:
+        res = CliRunner().invoke(cli, ["plugins"], obj={"bus": bus})
+    finally:
+        cli.commands.pop("plugins", None)  # the module's group outlives this test
+    assert res.exit_code == 0, res.output
+    # The same bus (one built afresh would not have the extra plugin), labs included.
+    assert res.output.split() == list(bus.plugins)
+    assert "commands" in res.output.split() and "tracekit.lab" in res.output.split()
+    # The labs come the same way: a plugin (here disabled) and its command are gone.
+    r = subprocess.run(
+        [sys.executable, "-m", "tracekit", "lab", "--help"],
+        capture_output=True,
+        text=True,
+        env={**__import__("os").environ, "TRACEKIT_DISABLE_PLUGINS": "lab"},
+    )
+    assert r.returncode == 2 and "No such command 'lab'" in r.stderr, r.stderr

@@ -17,11 +17,12 @@ def test_a_loaded_module_without_btf_is_named_as_such(
 ) -> None:
     # 5.10 has vmlinux BTF but no module BTF: sch_fq loaded, /sys/kernel/btf/sch_fq absent.
     import tracekit.btf as btf
+    import tracekit.kernel as kernel
 
     (tmp_path / "btf").mkdir()
     (tmp_path / "btf" / "vmlinux").write_bytes(b"")
-    monkeypatch.setattr(btf, "BTF_DIR", tmp_path / "btf")
-    monkeypatch.setattr(btf, "MODULE_DIR", tmp_path / "module")
+    monkeypatch.setattr(kernel, "BTF_DIR", tmp_path / "btf")
+    monkeypatch.setattr(kernel, "MODULE_DIR", tmp_path / "module")
     with pytest.raises(ModuleNotLoadedError, match="module sch_fq is not loaded"):
         btf.module_btf("sch_fq")
     (tmp_path / "module" / "sch_fq").mkdir(parents=True)

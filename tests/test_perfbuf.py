@@ -9,23 +9,17 @@ records the kernel writes into the ring for them.
 
 from __future__ import annotations
 
-import ctypes as ct
 import os
 import shutil
-import struct
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
+from ringfeed import REC, counts, load_feeder, on_cpu
 
-from tracekit.core_build import compile_core
 from tracekit.errors import TracekitError
 from tracekit.libbpf import BpfObject
 from tracekit.perfbuf import PerfBuffer, sample_stride
 
-HERE = Path(__file__).parent
-PROBES = HERE.parent / "probes"
-REC = struct.Struct("=QI12s")  # struct rec in ringfeed.bpf.c
 PAGES = 4  # 16 KiB per CPU: 40-byte samples straddle its end as they go round
 
 
@@ -33,14 +27,9 @@ PAGES = 4  # 16 KiB per CPU: 40-byte samples straddle its end as they go round
 def feed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BpfObject]:
     if os.geteuid() != 0 or shutil.which("clang") is None:
         pytest.skip("needs root and clang")
-    out = tmp_path_factory.mktemp("bpf") / "ringfeed.o"
-    compile_core(HERE / "bpf" / "ringfeed.bpf.c", out, [PROBES])
-    obj = BpfObject(str(out))
-    obj.set_max_entries("feed", 4096)
     try:
-        obj.load()
+        obj = load_feeder(tmp_path_factory.mktemp("bpf"), 4096)
     except TracekitError as exc:
-        obj.close()
         pytest.skip(f"this kernel cannot load the feeder: {exc}")
     yield obj
     obj.close()
@@ -49,20 +38,8 @@ def feed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BpfObject]:
 @pytest.fixture
 def on_cpu0() -> Iterator[int]:
     """Run the test on CPU 0: the program writes into the ring of the CPU it runs on."""
-    old = os.sched_getaffinity(0)
-    os.sched_setaffinity(0, {0})
-    yield 0
-    os.sched_setaffinity(0, old)
-
-
-def counts(obj: BpfObject) -> tuple[int, int]:
-    fd = obj.map_fd("counts")
-    out = []
-    for i in (0, 1):
-        k, v = ct.c_uint32(i), ct.c_uint64()
-        obj.lib.lib.bpf_map_lookup_elem(fd, ct.byref(k), ct.byref(v))
-        out.append(v.value)
-    return out[0], out[1]
+    with on_cpu(0) as cpu:
+        yield cpu
 
 
 def drained(buf: PerfBuffer) -> list[tuple[int, ...]]:

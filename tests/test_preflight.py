@@ -1,18 +1,16 @@
 from __future__ import annotations
 
-import platform
 from pathlib import Path
 
 import pytest
 
 from tracekit.errors import AttachPointError, ModuleNotLoadedError
+from tracekit.kernel import module_functions, module_path
 from tracekit.lab.netns import parse_iperf, parse_tc_queue_packets
 from tracekit.preflight import (
     Report,
     check_attach_point,
     find_clones,
-    module_functions,
-    module_path,
 )
 from tracekit.registry import AttachPoint
 
@@ -29,7 +27,7 @@ def test_clone_suffixes_are_recognised() -> None:
 @pytest.fixture
 def kprobe_kernel(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     """A tracefs of a kernel with kprobes (kprobe_events) and two traceable functions."""
-    import tracekit.preflight as pf
+    import tracekit.kernel as kernel
 
     root = tmp_path / "tracing"
     (root / "events").mkdir(parents=True)
@@ -37,9 +35,9 @@ def kprobe_kernel(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     (root / "available_filter_functions").write_text(
         "netdev_pick_tx\nfq_enqueue\t[sch_fq]\nfq_dequeue [sch_fq]\n"
     )
-    monkeypatch.setattr(pf, "tracefs", lambda: root)
-    monkeypatch.setattr(pf, "KPROBE_PMU", tmp_path / "no-pmu")
-    monkeypatch.setattr(pf, "KPROBE_BLACKLIST", tmp_path / "blacklist")
+    monkeypatch.setattr(kernel, "tracefs", lambda: root)
+    monkeypatch.setattr(kernel, "KPROBE_PMU", tmp_path / "no-pmu")
+    monkeypatch.setattr(kernel, "KPROBE_BLACKLIST", tmp_path / "blacklist")
     (tmp_path / "blacklist").write_text("0xffffffff81000000-0xffffffff81000010\tdo_int3\n")
     return root
 
@@ -60,7 +58,7 @@ def test_missing_and_renamed_functions_get_precise_messages(kprobe_kernel: Path)
 
 def test_kallsyms_is_not_enough_for_a_kprobe(kprobe_kernel: Path) -> None:
     """In kallsyms but notrace, blacklisted, or on a kernel without kprobes: refused."""
-    import tracekit.preflight as pf
+    import tracekit.kernel as kernel
 
     syms = frozenset({"netdev_pick_tx", "fq_enqueue", "some_notrace_fn", "do_int3"})
     r = Report()
@@ -78,7 +76,7 @@ def test_kallsyms_is_not_enough_for_a_kprobe(kprobe_kernel: Path) -> None:
     r = Report()
     assert not check_attach_point(r, AttachPoint("kprobe", "netdev_pick_tx", "f"), syms)
     assert "cannot attach kprobes" in r.checks[0].message
-    pf._text.cache_clear()
+    kernel.refresh()
 
 
 def test_check_on_this_machines_own_kernel() -> None:
@@ -86,9 +84,9 @@ def test_check_on_this_machines_own_kernel() -> None:
     import subprocess
     import sys
 
-    import tracekit.preflight as pf
+    import tracekit.kernel as kernel
 
-    if pf.kprobes_supported() is not None:
+    if kernel.kprobes_supported() is not None:
         pytest.skip("this kernel has kprobes: the unit test above covers the refusal")
     p = subprocess.run(
         [sys.executable, "-m", "tracekit", "check", "txq-flip"],
@@ -126,17 +124,16 @@ def test_not_loaded_module_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
     release = _a_debian_kernel()
     if release is None:
         pytest.skip("no Debian kernel modules installed")
-    import tracekit.preflight as pf
+    import tracekit.kernel as kernel
 
-    monkeypatch.setattr(pf, "module_loaded", lambda m: False)
-    monkeypatch.setattr(pf.platform, "release", lambda: release)
+    monkeypatch.setattr(kernel, "module_loaded", lambda m: False)
+    monkeypatch.setattr(kernel, "release", lambda: release)
     r = Report()
     ok = check_attach_point(
         r, AttachPoint("kprobe", "fq_dequeue", "f", module="sch_fq"), frozenset()
     )
     assert not ok and r.checks[0].error is ModuleNotLoadedError
     assert "module sch_fq is not loaded" in r.checks[0].message
-    assert platform.release  # the real function is restored by monkeypatch
 
 
 TC = """\
@@ -166,11 +163,12 @@ def test_parse_iperf() -> None:
 
 
 def test_btf_offsets_and_layout_mismatch_refused() -> None:
-    from tracekit.btf import BTF_DIR, Btf, struct_offsets
+    from tracekit.btf import Btf, struct_offsets
     from tracekit.errors import TracekitError
+    from tracekit.kernel import vmlinux_btf_path
 
-    vmlinux = BTF_DIR / "vmlinux"
-    if not vmlinux.exists():
+    vmlinux = vmlinux_btf_path()
+    if vmlinux is None:
         pytest.skip("this kernel has no BTF")
     btf = Btf(vmlinux.read_bytes())
     # sk_buff.hash sits inside an anonymous union/struct group: found all the same.
@@ -200,7 +198,7 @@ qdisc fq 8001: parent 1:1 limit 10000p flow_limit 10p buckets 1024
 
 
 def test_parse_fq_stats_reads_cumulative_throttled_not_current() -> None:
-    from tracekit.lab.scenarios import parse_fq_stats
+    from tracekit.lab.oracles import parse_fq_stats
 
     assert parse_fq_stats(FQ_TC) == {
         1: {"throttled": 77, "flows_plimit": 3, "dropped": 3},
@@ -257,6 +255,7 @@ def test_stack_paths_of_the_seed() -> None:
 
 def test_missing_headers_and_btf_are_named(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     import tracekit.btf as btf
+    import tracekit.kernel as kernel
     import tracekit.preflight as pf
     from tracekit.errors import BtfMissingError, HeadersMissingError
 
@@ -264,8 +263,8 @@ def test_missing_headers_and_btf_are_named(monkeypatch: pytest.MonkeyPatch, tmp_
     pf.check_headers(r, release="0.0.0-nonexistent")
     assert r.checks[0].error is HeadersMissingError
     assert "install linux-headers-0.0.0-nonexistent" in r.checks[0].message
-    monkeypatch.setattr(btf, "BTF_DIR", tmp_path)
-    monkeypatch.setattr(btf, "MODULE_DIR", tmp_path / "module")
+    monkeypatch.setattr(kernel, "BTF_DIR", tmp_path)
+    monkeypatch.setattr(kernel, "MODULE_DIR", tmp_path / "module")
     with pytest.raises(BtfMissingError, match="no BTF"):
         btf.module_btf("sch_fq")
     (tmp_path / "vmlinux").write_bytes(b"")
@@ -276,6 +275,7 @@ def test_missing_headers_and_btf_are_named(monkeypatch: pytest.MonkeyPatch, tmp_
 def test_each_preflight_reads_the_kernels_lists_afresh(kprobe_kernel: Path) -> None:
     """A module loaded between two runs in one process (the VM suite loads sch_fq after
     other probes ran) must be seen: the function lists are not cached across runs."""
+    import tracekit.kernel as kernel
     import tracekit.preflight as pf
     from tracekit.registry import ProbeSpec
     from tracekit.schema import Field, Schema
@@ -290,6 +290,6 @@ def test_each_preflight_reads_the_kernels_lists_afresh(kprobe_kernel: Path) -> N
     pf.preflight(spec, "core")  # reads the lists: late_fn is in neither yet
     funcs = kprobe_kernel / "available_filter_functions"
     funcs.write_text(funcs.read_text() + "late_fn\t[late_mod]\n")
-    assert pf.traceable(kprobe_kernel, "late_fn") is False  # within one preflight: cached
+    assert kernel.traceable(kprobe_kernel, "late_fn") is False  # within one preflight: cached
     report, points = pf.preflight(spec, "core")
     assert [p.target for p in points] == ["late_fn"], report.render()

@@ -9,49 +9,28 @@ from __future__ import annotations
 
 import os
 import shutil
-import struct
-from pathlib import Path
+from collections.abc import Iterator
 
 import pytest
+from ringfeed import REC, counts, load_feeder
 
-from tracekit.core_build import compile_core
 from tracekit.errors import TracekitError
 from tracekit.libbpf import BpfObject
 from tracekit.ringbuf import HEADER, RingBuffer
 
-HERE = Path(__file__).parent
-PROBES = HERE.parent / "probes"
-REC = struct.Struct("=QI12s")  # struct rec in ringfeed.bpf.c
 SIZE = 4096 * 4  # small, so a few hundred records wrap around
 
 
 @pytest.fixture(scope="module")
-def feed(tmp_path_factory: pytest.TempPathFactory) -> BpfObject:
+def feed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BpfObject]:
     if os.geteuid() != 0 or shutil.which("clang") is None:
         pytest.skip("needs root and clang")
-    out = tmp_path_factory.mktemp("bpf") / "ringfeed.o"
-    compile_core(HERE / "bpf" / "ringfeed.bpf.c", out, [PROBES])
-    obj = BpfObject(str(out))
-    obj.set_max_entries("feed", SIZE)
     try:
-        obj.load()
+        obj = load_feeder(tmp_path_factory.mktemp("bpf"), SIZE)
     except TracekitError as exc:
-        obj.close()
         pytest.skip(f"this kernel cannot load the feeder: {exc}")
     yield obj
     obj.close()
-
-
-def counts(obj: BpfObject) -> tuple[int, int]:
-    import ctypes as ct
-
-    fd = obj.map_fd("counts")
-    out = []
-    for i in (0, 1):
-        k, v = ct.c_uint32(i), ct.c_uint64()
-        obj.lib.lib.bpf_map_lookup_elem(fd, ct.byref(k), ct.byref(v))
-        out.append(v.value)
-    return out[0], out[1]
 
 
 def drained(ring: RingBuffer) -> list[tuple[int, ...]]:

@@ -71,6 +71,8 @@ _LAZY: dict[str, str] = {
     "NetnsLab": "tracekit.lab.netns",
     "build_bus": "tracekit.bus",
     "Bus": "tracekit.bus",
+    # Commands: what a command added with tracekit_add_commands runs with.
+    "current_bus": "tracekit.bus",
 }
 
 # Written out (not derived from _LAZY) so linters and mypy read it; a test checks
@@ -110,6 +112,7 @@ __all__ = [
     "UsageError",
     "__version__",
     "build_bus",
+    "current_bus",
     "execute",
     "feed",
     "format_row",
@@ -136,7 +139,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # what mypy and editors see; at run time __getattr__ imports them
-    from tracekit.bus import Bus, build_bus
+    from tracekit.bus import Bus, build_bus, current_bus
     from tracekit.contract import KernelAggregate, Sink, SinkOptions
     from tracekit.errors import LabError, PluginError, TracekitError, UsageError
     from tracekit.lab.netns import NetnsLab

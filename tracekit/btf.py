@@ -11,12 +11,10 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
-from pathlib import Path
 
+from tracekit import kernel
 from tracekit.errors import BtfMissingError, ModuleNotLoadedError, TracekitError
 
-BTF_DIR = Path("/sys/kernel/btf")
-MODULE_DIR = Path("/sys/module")
 _MAGIC = 0xEB9F
 
 # kind -> bytes of kind-specific data after the 12-byte btf_type, per vlen item or fixed.
@@ -179,20 +177,21 @@ class Btf:
 
 def vmlinux_btf() -> Btf:
     """The running kernel's own BTF."""
-    vmlinux = BTF_DIR / "vmlinux"
-    if not vmlinux.exists():
+    vmlinux = kernel.vmlinux_btf_path()
+    if vmlinux is None:
         raise BtfMissingError("the kernel has no BTF (/sys/kernel/btf/vmlinux)")
     return Btf(vmlinux.read_bytes())
 
 
 def module_btf(module: str) -> Btf:
     """The BTF of a loaded module, split on vmlinux's."""
-    vmlinux = BTF_DIR / "vmlinux"
-    if not vmlinux.exists():
+    vmlinux = kernel.vmlinux_btf_path()
+    if vmlinux is None:
         raise BtfMissingError("the kernel has no BTF (/sys/kernel/btf/vmlinux)")
-    path = BTF_DIR / module
-    if not path.exists():
-        if (MODULE_DIR / module).exists():
+    path = kernel.module_btf_path(module)
+    if path is None:
+        path = kernel.BTF_DIR / module
+        if kernel.module_loaded(module):
             raise BtfMissingError(
                 f"module {module} is loaded but has no BTF ({path}): this kernel has no "
                 "module BTF (CONFIG_DEBUG_INFO_BTF_MODULES, Linux 5.11 and later)"

@@ -14,7 +14,7 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pluggy
 
@@ -23,6 +23,9 @@ from tracekit.entry_points import entry_points
 from tracekit.errors import PluginError, TracekitError
 from tracekit.registry import PlotRegistry, ProbeRegistry, SinkRegistry
 from tracekit.safe_text import printable
+
+if TYPE_CHECKING:
+    import click
 
 ENTRY_POINT_GROUP = "tracekit"
 
@@ -35,6 +38,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "tracekit.probes.ooo_okay",
     "tracekit.probes.rss_cpu",
     "tracekit.probes.fq_throttle",
+    "tracekit.lab",
 )
 
 
@@ -219,3 +223,20 @@ def _call_registration(
         registry.current_plugin = impl.plugin_name
         impl.function(registry)
     registry.current_plugin = "?"
+
+
+def current_bus(ctx: click.Context | None = None) -> Bus:
+    """The bus of the running ``tracekit`` command line, for a plugin's click command.
+
+    Built once per process, on first use, and shared by every command: the commands a
+    plugin adds with ``tracekit_add_commands`` see the same probes and sinks as
+    ``tracekit run``. ``ctx`` defaults to click's current context.
+    """
+    import click
+
+    root = (ctx or click.get_current_context()).find_root()
+    obj = root.ensure_object(dict)
+    if "bus" not in obj:
+        obj["bus"] = build_bus()
+    bus: Bus = obj["bus"]
+    return bus

@@ -13,7 +13,7 @@ from typing import Any
 import click
 
 from tracekit import __version__
-from tracekit.bus import Bus, build_bus
+from tracekit.bus import Bus, current_bus
 from tracekit.errors import TracekitError, UsageError
 from tracekit.pipeline import SinkOptions
 from tracekit.safe_text import printable
@@ -25,11 +25,7 @@ MAX_EVENTS_PER_SEC = (1 << 32) - 1
 
 
 def _bus(ctx: click.Context) -> Bus:
-    obj = ctx.ensure_object(dict)
-    if "bus" not in obj:
-        obj["bus"] = build_bus()
-    bus: Bus = obj["bus"]
-    return bus
+    return current_bus(ctx)
 
 
 def _parse_params(items: tuple[str, ...]) -> dict[str, str]:
@@ -60,10 +56,10 @@ class OutputClosed(TracekitError):
 
 
 # Built-in commands whose modules load only when the command runs: `tracekit run`
-# starts in about a second only if it does not import the labs, export and plot
-# (under emulation every imported module costs tens of milliseconds).
+# starts in about a second only if it does not import export and plot (under
+# emulation every imported module costs tens of milliseconds). The labs are a
+# plugin (tracekit/lab/): they add `lab` through tracekit_add_commands.
 LAZY_COMMANDS: dict[str, tuple[str, str]] = {
-    "lab": ("tracekit.lab.cli", "lab"),
     "export": ("tracekit.export", "export_cmd"),
     "plot": ("tracekit.plot", "plot_cmd"),
 }
@@ -88,7 +84,10 @@ class TracekitGroup(click.Group):
         self._plugins_added = True
         try:
             bus = _bus(ctx)
-        except TracekitError:
+        except TracekitError as exc:
+            # --help still lists the built-in commands; a plugin's command (`lab`)
+            # named on the command line reports why plugins could not load.
+            self._plugins_error: TracekitError | None = exc
             return
         bus.pm.hook.tracekit_add_commands(cli=self)
 
@@ -110,6 +109,9 @@ class TracekitGroup(click.Group):
         if cmd is None:
             self._load(ctx)
             cmd = super().get_command(ctx, name)
+            error = getattr(self, "_plugins_error", None)
+            if cmd is None and error is not None:
+                raise error
         return cmd
 
 

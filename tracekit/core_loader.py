@@ -15,11 +15,12 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from tracekit import kernel
 from tracekit.core_build import manifest
 from tracekit.core_stacks import CoreTables, KernelSymbols, read_symbols_in_background
 from tracekit.errors import CompileError, ResourceError, TracekitError
 from tracekit.libbpf import BpfObject, LibbpfError, libbpf, map_items
-from tracekit.loader import WAKEUP_EVENTS, layout_problems, online_cpus
+from tracekit.loader import WAKEUP_EVENTS, layout_problems
 from tracekit.perfbuf import PerfBuffer
 from tracekit.probe_base import KernelProbe, import_in_background
 from tracekit.records import record_decoder, rows_from_records
@@ -137,7 +138,7 @@ class CoreProbe(KernelProbe):
             "tk_cfg_agg": int(self.aggregate),
             "tk_cfg_sample": self.sample,
             "tk_cfg_max_events_per_sec": int(max_events_per_sec),
-            "tk_cfg_ncpus": max(1, len(online_cpus())),
+            "tk_cfg_ncpus": max(1, len(kernel.online_cpus())),
             "tk_cfg_use_ringbuf": int(self.output == "ringbuf"),
             "tk_cfg_wakeup_events": 64,
         }
@@ -253,7 +254,7 @@ class CoreProbe(KernelProbe):
         fd = self.lib.lib.bpf_map__fd(self._map("tk_events_perf"))
         try:
             self._ring = PerfBuffer.for_map(
-                self.lib, fd, online_cpus(), self.page_cnt, WAKEUP_EVENTS
+                self.lib, fd, kernel.online_cpus(), self.page_cnt, WAKEUP_EVENTS
             )
         except (OSError, LibbpfError) as exc:
             raise ResourceError(
@@ -301,7 +302,7 @@ class CoreProbe(KernelProbe):
         n = self.ncpus_possible
         vals = (ct.c_uint64 * n)()  # per-CPU values are 8-byte aligned: u64 counters
         key = ct.c_uint32()
-        online = online_cpus()
+        online = kernel.online_cpus()
         out = []
         for i in range(slots):
             key.value = i

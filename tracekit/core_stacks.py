@@ -16,6 +16,8 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
+from tracekit import kernel
+
 if TYPE_CHECKING:
     from tracekit.libbpf import BpfObject
 
@@ -43,8 +45,7 @@ class KernelSymbols:
 
     @classmethod
     def read(cls) -> KernelSymbols:
-        with open("/proc/kallsyms", "rb") as f:
-            return cls(f.read())
+        return cls(kernel.kallsyms_bytes())
 
     def name(self, addr: int) -> bytes:
         key = b"%0*x\xff" % (self._width, addr)  # after every line of this address

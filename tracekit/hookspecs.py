@@ -87,7 +87,10 @@ def tracekit_counters(session: Session, counters: dict[str, dict[str, dict[int, 
 def tracekit_add_commands(cli: click.Group) -> None:
     """Add click commands or groups to the ``tracekit`` command line.
 
-    Called once, when the CLI starts, with the top-level group.
+    Called once, with the top-level group, when the command named is not a built-in
+    one (and for ``--help``). A command finds the plugins' probes and sinks with
+    ``tracekit.current_bus()``. The labs (``tracekit lab``, tracekit/lab/) are added
+    through this hook, as a built-in plugin.
     """
 
 

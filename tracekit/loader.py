@@ -21,9 +21,9 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from tracekit import kernel
 from tracekit.errors import BccMissingError, CompileError, ResourceError, TracekitError
 from tracekit.perfbuf import PerfBuffer
-from tracekit.preflight import tracefs
 from tracekit.probe_base import KernelProbe, import_in_background
 from tracekit.records import record_decoder
 from tracekit.registry import AttachPoint, ProbeSpec
@@ -121,20 +121,7 @@ def expand_common_header(source: str) -> str:
 
 def ringbuf_supported() -> bool:
     # BPF_MAP_TYPE_RINGBUF arrived in 5.8.
-    m = re.match(r"(\d+)\.(\d+)", os.uname().release)
-    return m is not None and (int(m.group(1)), int(m.group(2))) >= (5, 8)
-
-
-def online_cpus() -> list[int]:
-    try:
-        text = Path("/sys/devices/system/cpu/online").read_text().strip()
-    except OSError:
-        return list(range(os.cpu_count() or 1))
-    cpus: list[int] = []
-    for part in text.split(","):
-        lo, _, hi = part.partition("-")
-        cpus.extend(range(int(lo), int(hi or lo) + 1))
-    return cpus
+    return kernel.at_least(5, 8)
 
 
 class LoadedProbe(KernelProbe):
@@ -173,7 +160,7 @@ class LoadedProbe(KernelProbe):
         self._open = False
         self._output_open = False
         bcc = import_bcc()
-        self.ncpus = len(online_cpus())
+        self.ncpus = len(kernel.online_cpus())
         # TK_PARAM_NAME for probes testing it with #if; TK_PARAM_name for TK_PARAM(name).
         cflags = [f"-D{p.macro}={params[p.name]}" for p in spec.params]
         cflags += [f"-DTK_PARAM_{p.name}={params[p.name]}" for p in spec.params]
@@ -182,7 +169,7 @@ class LoadedProbe(KernelProbe):
             f"-DTK_AGG={1 if self.aggregate else 0}",
             f"-DTK_SAMPLE={self.sample}",
             f"-DTK_MAX_EVENTS_PER_SEC={int(max_events_per_sec)}",
-            f"-DTK_NCPUS={max(1, os.cpu_count() or 1)}",
+            f"-DTK_NCPUS={kernel.ncpus()}",
             "-Wno-macro-redefined",
         ]
         if spec.prepare is not None:
@@ -320,7 +307,7 @@ class LoadedProbe(KernelProbe):
             table[table.Key(cpu)] = table.Leaf(fd)
 
         try:
-            self._reader = PerfBuffer(set_cpu, online_cpus(), self.page_cnt, WAKEUP_EVENTS)
+            self._reader = PerfBuffer(set_cpu, kernel.online_cpus(), self.page_cnt, WAKEUP_EVENTS)
         except Exception as exc:  # noqa: BLE001 - perf_event_open, mmap or the map update
             why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
             raise ResourceError(
@@ -371,7 +358,7 @@ class LoadedProbe(KernelProbe):
 
     def read_percpu(self, name: str, slots: int) -> list[dict[int, int]]:
         table = self.bpf[name.encode()]
-        cpus = set(online_cpus())  # BCC returns a value per possible CPU; keep online ones
+        cpus = set(kernel.online_cpus())  # BCC returns a value per possible CPU; keep online ones
         out = []
         for i in range(slots):
             values = table[table.Key(i)]
@@ -388,7 +375,7 @@ class LoadedProbe(KernelProbe):
         )
 
     def kretprobe_misses(self) -> int:
-        root = tracefs()
+        root = kernel.tracefs()
         if root is None:
             return 0
         tag = f"_bcc_{os.getpid()}"
@@ -409,7 +396,7 @@ def remove_stale_bcc_events() -> list[str]:
     perf-based kprobes vanish with their process, but kretprobes created with
     maxactive are tracefs events that outlive it. Only events of dead processes go.
     """
-    root = tracefs()
+    root = kernel.tracefs()
     if root is None:
         return []
     path = Path(root, "kprobe_events")

@@ -9,13 +9,12 @@ whose module is not loaded yet.
 from __future__ import annotations
 
 import os
-import platform
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 
+from tracekit import kernel
 from tracekit.errors import (
     AttachPointError,
     BccMissingError,
@@ -26,15 +25,13 @@ from tracekit.errors import (
     PermissionProblem,
     TracekitError,
 )
-from tracekit.registry import AttachPoint, ProbeSpec, kernel_version, min_kernel_version
+from tracekit.registry import AttachPoint, ProbeSpec, min_kernel_version
 
 # Suffixes GCC gives to specialised or split copies of a function. A kprobe on the
 # plain name does not exist when only these do.
 _CLONE_SUFFIX = re.compile(
     r"^(?P<base>[A-Za-z0-9_]+)(\.(isra|constprop|part|cold|lto_priv|llvm)(\.\d+)?)+$"
 )
-
-TRACEFS_ROOTS = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
 
 CAP_SYS_ADMIN, CAP_PERFMON, CAP_BPF = 21, 38, 39
 
@@ -112,13 +109,12 @@ def check_bcc(report: Report) -> None:
 
 
 def check_headers(report: Report, release: str | None = None) -> None:
-    release = release or platform.release()
-    build = Path("/lib/modules") / release / "build"
-    if (build / "include").is_dir() or (build / "Makefile").exists():
-        report.add("kernel headers", True, str(build.resolve()))
-    elif Path("/sys/kernel/kheaders.tar.xz").exists():
-        report.add("kernel headers", True, "/sys/kernel/kheaders.tar.xz (CONFIG_IKHEADERS)")
+    release = release or kernel.release()
+    where = kernel.headers(release)
+    if where is not None:
+        report.add("kernel headers", True, where)
     else:
+        build = Path("/lib/modules") / release / "build"
         report.add(
             "kernel headers",
             False,
@@ -129,8 +125,8 @@ def check_headers(report: Report, release: str | None = None) -> None:
 
 def check_kernel_version(report: Report, spec: ProbeSpec, release: str | None = None) -> None:
     """The running kernel is at least ``spec.min_kernel`` (what the probe's C needs)."""
-    release = release or platform.release()
-    running = kernel_version(release)
+    release = release or kernel.release()
+    running = kernel.kernel_version(release)
     if running is None:
         # A release string we cannot read (a custom build's name): the attach and
         # compile checks still stop a probe this kernel cannot run.
@@ -147,25 +143,11 @@ def check_kernel_version(report: Report, spec: ProbeSpec, release: str | None = 
 
 
 def check_btf(report: Report) -> None:
-    if Path("/sys/kernel/btf/vmlinux").exists():
-        report.add("BTF", True, "/sys/kernel/btf/vmlinux")
+    path = kernel.vmlinux_btf_path()
+    if path is not None:
+        report.add("BTF", True, str(path))
     else:
         report.add("BTF", False, "the kernel has no BTF (/sys/kernel/btf/vmlinux)", BtfMissingError)
-
-
-@lru_cache(maxsize=1)
-def kallsyms() -> frozenset[str]:
-    """Function names in /proc/kallsyms (text symbols only), module suffix stripped."""
-    names: set[str] = set()
-    try:
-        with open("/proc/kallsyms") as f:
-            for line in f:
-                parts = line.split()
-                if len(parts) >= 3 and parts[1] in ("t", "T"):
-                    names.add(parts[2])
-    except OSError:
-        pass
-    return frozenset(names)
 
 
 def find_clones(name: str, symbols: Iterable[str]) -> list[str]:
@@ -175,122 +157,6 @@ def find_clones(name: str, symbols: Iterable[str]) -> list[str]:
         if m and m.group("base") == name:
             out.append(s)
     return sorted(out)
-
-
-def module_loaded(module: str) -> bool:
-    return Path("/sys/module", module).is_dir()
-
-
-def module_path(module: str, release: str | None = None) -> Path | None:
-    """The .ko file of a module, from modules.dep."""
-    release = release or platform.release()
-    base = Path("/lib/modules") / release
-    try:
-        dep = (base / "modules.dep").read_text()
-    except OSError:
-        return None
-    wanted = {module, module.replace("_", "-")}
-    for line in dep.splitlines():
-        path = line.split(":", 1)[0]
-        stem = Path(path).name.split(".ko", 1)[0]
-        if stem in wanted or stem.replace("-", "_") == module:
-            return base / path
-    return None
-
-
-def module_functions(path: Path) -> frozenset[str]:
-    """Function names in a module's ELF symbol table (read with pyelftools)."""
-    from elftools.elf.elffile import ELFFile
-
-    opener = open
-    if path.suffix == ".xz":
-        import lzma
-
-        opener = lzma.open  # type: ignore[assignment]
-    elif path.suffix == ".zst":
-        return frozenset()  # no zstd in the standard library; the caller says so
-    with opener(path, "rb") as raw:
-        import io
-
-        data = io.BytesIO(raw.read())
-    elf = ELFFile(data)
-    from elftools.elf.sections import SymbolTableSection
-
-    symtab = elf.get_section_by_name(".symtab")
-    if not isinstance(symtab, SymbolTableSection):
-        return frozenset()
-    return frozenset(
-        s.name for s in symtab.iter_symbols() if s["st_info"]["type"] == "STT_FUNC" and s.name
-    )
-
-
-def tracefs() -> Path | None:
-    for root in TRACEFS_ROOTS:
-        if Path(root, "events").is_dir():
-            return Path(root)
-    return None
-
-
-# The perf PMU BCC opens kprobes through (4.17+); older kernels and BCC fall back
-# to writing tracefs's kprobe_events. A kernel built without CONFIG_KPROBES has
-# neither, though its functions are all still listed in /proc/kallsyms.
-KPROBE_PMU = Path("/sys/bus/event_source/devices/kprobe")
-KPROBE_BLACKLIST = Path("/sys/kernel/debug/kprobes/blacklist")
-
-
-def kprobes_supported(pmu: Path | None = None, root: Path | None = None) -> str | None:
-    """How this kernel takes kprobes (a phrase for the report), or None if it cannot."""
-    pmu = pmu if pmu is not None else KPROBE_PMU
-    if (pmu / "type").exists():
-        return f"kprobe PMU ({pmu})"
-    root = root if root is not None else tracefs()
-    if root is not None and (root / "kprobe_events").exists():
-        return f"{root}/kprobe_events"
-    return None
-
-
-@lru_cache(maxsize=8)
-def _text(path: str) -> str | None:
-    try:
-        with open(path) as f:
-            return f.read()
-    except OSError:
-        return None
-
-
-def traceable(root: Path | None, name: str) -> bool | None:
-    """Whether ``name`` is in tracefs's available_filter_functions (``name`` or
-    ``name [module]`` lines); None where the file cannot be read (tracefs not
-    mounted, no CONFIG_DYNAMIC_FTRACE): a missing file says nothing about a function.
-
-    One regular-expression search over the file's text: building a set of its tens
-    of thousands of names costs seconds under emulation, on every run.
-    """
-    if root is None:
-        return None
-    text = _text(str(root / "available_filter_functions"))
-    if text is None:
-        return None
-    # A module's functions are listed as "name\t[module]" (a tab on 6.1, a space in
-    # older kernels): any blank run before the bracket.
-    return re.search(rf"^{re.escape(name)}(?:[ \t]+\[[^\]\n]*\])?[ \t]*$", text, re.M) is not None
-
-
-def in_kallsyms(name: str) -> bool:
-    """Whether /proc/kallsyms has ``name`` as a text symbol (module or not)."""
-    text = _text("/proc/kallsyms") or ""
-    pattern = rf"^\S+ [tT] {re.escape(name)}(?:[ \t]+\[[^\]\n]*\])?[ \t]*$"
-    return re.search(pattern, text, re.M) is not None
-
-
-@lru_cache(maxsize=2)
-def kprobe_blacklist(path: Path) -> frozenset[str]:
-    """Functions the kernel refuses to kprobe (NOKPROBE_SYMBOL; readable with debugfs)."""
-    try:
-        with open(path) as f:
-            return frozenset(ln.split()[-1] for ln in f if ln.split())
-    except OSError:
-        return frozenset()
 
 
 def check_kprobe_target(
@@ -303,9 +169,9 @@ def check_kprobe_target(
     blacklist: Path | None = None,
 ) -> bool:
     """Whether ``target`` (present in kallsyms) can really take a kprobe here."""
-    root = root if root is not None else tracefs()
-    blacklist = blacklist if blacklist is not None else KPROBE_BLACKLIST
-    how = kprobes_supported(pmu, root)
+    root = root if root is not None else kernel.tracefs()
+    blacklist = blacklist if blacklist is not None else kernel.KPROBE_BLACKLIST
+    how = kernel.kprobes_supported(pmu, root)
     if how is None:
         report.add(
             label,
@@ -315,10 +181,10 @@ def check_kprobe_target(
             AttachPointError,
         )
         return False
-    if target in kprobe_blacklist(blacklist):
+    if target in kernel.kprobe_blacklist(blacklist):
         report.add(label, False, f"{target} is on the kernel's kprobe blacklist", AttachPointError)
         return False
-    listed = traceable(root, target)
+    listed = kernel.traceable(root, target)
     if listed is False:
         report.add(
             label,
@@ -337,9 +203,7 @@ def check_attach_point(report: Report, ap: AttachPoint, syms: frozenset[str] | N
     """Check one attach point; returns whether it is usable."""
     label = ap.describe()
     if ap.kind in ("tracepoint", "raw_tracepoint"):
-        root = tracefs()
-        cat, _, name = ap.target.partition(":")
-        ok = root is not None and Path(root, "events", cat, name).is_dir()
+        ok = kernel.tracepoint_exists(ap.target)
         report.add(
             label, ok, "present" if ok else "no such tracepoint in this kernel", AttachPointError
         )
@@ -347,13 +211,13 @@ def check_attach_point(report: Report, ap: AttachPoint, syms: frozenset[str] | N
     if syms is None:
         # available_filter_functions lists every traceable function (a tenth of
         # kallsyms' size): kallsyms is read only when it cannot answer.
-        if traceable(tracefs(), ap.target) or in_kallsyms(ap.target):
+        if kernel.traceable(kernel.tracefs(), ap.target) or kernel.in_kallsyms(ap.target):
             return check_kprobe_target(report, label, ap.target)
-        syms = kallsyms()  # the slow path, only to name what exists instead
+        syms = kernel.kallsyms()  # the slow path, only to name what exists instead
     if ap.target in syms:
         return check_kprobe_target(report, label, ap.target)
-    if ap.module and not module_loaded(ap.module):
-        path = module_path(ap.module)
+    if ap.module and not kernel.module_loaded(ap.module):
+        path = kernel.module_path(ap.module)
         if path is None:
             report.add(
                 label,
@@ -362,7 +226,7 @@ def check_attach_point(report: Report, ap: AttachPoint, syms: frozenset[str] | N
                 ModuleNotLoadedError,
             )
             return False
-        funcs = module_functions(path)
+        funcs = kernel.module_functions(path)
         if ap.target in funcs:
             report.add(
                 label,
@@ -403,8 +267,8 @@ def usable_attach_points(
     chosen: list[AttachPoint] = []
     done_groups: set[str] = set()
     pending: dict[str, list[AttachPoint]] = {}
-    release = release or platform.release()
-    running = kernel_version(release)
+    release = release or kernel.release()
+    running = kernel.kernel_version(release)
     points = []
     for ap in spec.attach:
         # A release we cannot read is taken as new enough, as check_kernel_version does.
@@ -452,15 +316,15 @@ def module_btf_problem(spec: ProbeSpec, release: str | None = None) -> str | Non
     modules = sorted({ap.module for ap in spec.attach if ap.module})
     if not modules:
         return None
-    release = release or platform.release()
-    running = kernel_version(release)
+    release = release or kernel.release()
+    running = kernel.kernel_version(release)
     if running is not None and running < MODULE_BTF_SINCE:
         return (
             f"kernel {release} has no module BTF (5.11+), which relocating "
             f"{', '.join(modules)}'s types needs"
         )
     for m in modules:
-        if module_loaded(m) and not Path("/sys/kernel/btf", m).exists():
+        if kernel.module_loaded(m) and kernel.module_btf_path(m) is None:
             return f"module {m} has no BTF (/sys/kernel/btf/{m}: CONFIG_DEBUG_INFO_BTF_MODULES)"
     return None
 
@@ -482,9 +346,9 @@ def choose_loader(
     path, found = find_object(spec)
     if path is None:
         why = found
-    elif not Path("/sys/kernel/btf/vmlinux").exists():
+    elif kernel.vmlinux_btf_path() is None:
         why = "the kernel has no BTF (/sys/kernel/btf/vmlinux)"
-    elif output == "perf" and (kernel_version(platform.release()) or (0,)) < (5, 8):
+    elif output == "perf" and not kernel.at_least(5, 8):
         # The object declares a ring buffer map too, which such a kernel cannot create.
         why = "the CO-RE object needs BPF ring buffers (5.8) even with --output perf"
     else:
@@ -493,7 +357,7 @@ def choose_loader(
         modules = sorted({ap.module for ap in spec.attach if ap.module})
         if modules:
             found += "; module types relocated against " + ", ".join(
-                f"/sys/kernel/btf/{m}" for m in modules
+                str(kernel.BTF_DIR / m) for m in modules
             )
         return "core", found
     if wanted == "core":
@@ -504,8 +368,7 @@ def choose_loader(
 def preflight(spec: ProbeSpec, loader: str = "bcc") -> tuple[Report, list[AttachPoint]]:
     # Kernel lists are read afresh for each preflight: a module loaded since the last
     # one (sch_fq, loaded by configuring the qdisc) adds functions to both.
-    _text.cache_clear()
-    kallsyms.cache_clear()
+    kernel.refresh()
     report = Report()
     check_kernel_version(report, spec)
     check_privileges(report)

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, replace
 from importlib.resources.abc import Traversable
 from typing import Any, Generic, TypeVar
 
+from tracekit import kernel
 from tracekit.cdecl import CDeclError, CSource
 from tracekit.errors import DuplicateError, UsageError
 from tracekit.schema import Field, HistSpec, Schema
@@ -46,7 +47,7 @@ class AttachPoint:
                 "attach kind must be tracepoint, raw_tracepoint, kprobe or kretprobe: "
                 f"{self.kind!r}"
             )
-        if self.since is not None and kernel_version(self.since) is None:
+        if self.since is not None and kernel.kernel_version(self.since) is None:
             # A typo fails at registration.
             raise ValueError(
                 f"attach point {self.describe()}: since must be MAJOR.MINOR[.PATCH]: {self.since!r}"
@@ -124,17 +125,9 @@ class CounterMap:
         return replace(self, labels=labels, labels_from=None)
 
 
-def kernel_version(release: str) -> tuple[int, ...] | None:
-    """``(6, 1, 0)`` from a release such as ``6.1.0-18-amd64``; None if it has none."""
-    parts = release.split("-", 1)[0].split("+", 1)[0].split(".")
-    if len(parts) >= 2 and all(p.isdigit() for p in parts[:3]):
-        return tuple(int(p) for p in parts[:3])
-    return None
-
-
 def min_kernel_version(text: str) -> tuple[int, ...]:
     """A ``ProbeSpec.min_kernel`` as a tuple; ValueError for a malformed one."""
-    v = kernel_version(text)
+    v = kernel.kernel_version(text)
     if v is None:
         raise ValueError(f"min_kernel must be MAJOR.MINOR[.PATCH]: {text!r}")
     return v

@@ -12,7 +12,7 @@ from types import MappingProxyType
 from typing import Any
 
 from tracekit import __version__
-from tracekit.schema import HistSpec, Schema
+from tracekit.schema import Schema
 
 
 class KernelNames:
@@ -106,10 +106,6 @@ class Session:
     def stacks(self) -> Mapping[int, list[int]]:
         """Stack id -> kernel addresses, innermost first (read-only)."""
         return self.names.stacks
-
-    @property
-    def histograms(self) -> tuple[HistSpec, ...]:
-        return self.schema.histograms
 
     def header(self) -> dict[str, Any]:
         """The trace file header fields that describe this session."""

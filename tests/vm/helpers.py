@@ -9,20 +9,21 @@ same check, whichever loader loaded the probe.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import signal
 import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 from tracekit.bus import Bus
-from tracekit.lab.scenarios import (
-    LabResult,
-    lab_fq_throttle,
-    lab_ooo_okay,
-    lab_rss_cpu,
-    lab_txq_flip,
-)
+from tracekit.lab.fq_throttle import FqThrottleResult, lab_fq_throttle
+from tracekit.lab.ooo_okay import lab_ooo_okay
+from tracekit.lab.rss_cpu import RssCpuResult, lab_rss_cpu
+from tracekit.lab.traced import LabRun
+from tracekit.lab.txq_flip import TxqFlipResult, lab_txq_flip
 from tracekit.run import Compiled
 from tracekit.tracefile import BATCH, TraceReader
 
@@ -46,6 +47,29 @@ def replay(trace: Path, *sinks: str) -> subprocess.CompletedProcess[str]:
     printed, a replay must print again."""
     args = [a for s in (sinks or ("hist",)) for a in ("--sink", s)]
     return tracekit("replay", str(trace), *args)
+
+
+def assert_replay_prints(live: str, *traces: Path, sinks: tuple[str, ...] = ("hist",)) -> None:
+    """Replaying ``traces`` (one after the other) prints exactly what the live run
+    printed: the sinks cannot tell a replay from the kernel."""
+    outs = []
+    for trace in traces:
+        r = replay(trace, *sinks)
+        assert r.returncode == 0, r.stderr
+        outs.append(r.stdout)
+    assert "".join(outs) == live
+
+
+T = TypeVar("T")
+
+
+def printed(fn: Callable[..., T], *args: Any, **kw: Any) -> tuple[T, str]:
+    """``fn(*args, **kw)`` in this process with its standard output captured: what it
+    returned and what it printed (a lab's sinks and report)."""
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        res = fn(*args, **kw)
+    return res, buf.getvalue()
 
 
 def launch(*args: str) -> subprocess.Popen[str]:
@@ -121,7 +145,7 @@ def trace_batch_rows(trace: Path) -> tuple[TraceReader, int]:
 # -- each probe against what the kernel counted itself ---------------------------------
 
 
-def check_txq_flip_against_tc(res: LabResult, trace: Path) -> None:
+def check_txq_flip_against_tc(res: TxqFlipResult, trace: Path) -> None:
     """The queues txq-flip saw sockets move to and from are the queues whose packet
     counters grew in `tc -s qdisc`, and it lost nothing on the way."""
     r, evs = read_trace(trace)
@@ -140,7 +164,7 @@ def check_txq_flip_against_tc(res: LabResult, trace: Path) -> None:
     assert {e["ifname"] for e in evs} == {"tk0"}
 
 
-def check_rss_cpu_against_softnet(res: LabResult) -> None:
+def check_rss_cpu_against_softnet(res: RssCpuResult) -> None:
     """Packets per CPU as rss-cpu counted them, against /proc/net/softnet_stat."""
     probe = res.counter_delta("rss_counts", "packets")
     assert sum(probe.values()) > 1000, probe
@@ -148,7 +172,7 @@ def check_rss_cpu_against_softnet(res: LabResult) -> None:
         assert abs(probe.get(cpu, 0) - n) <= SOFTNET_TOLERANCE, (cpu, probe, res.softnet_delta)
 
 
-def check_fq_throttle_against_tc(res: LabResult) -> None:
+def check_fq_throttle_against_tc(res: FqThrottleResult) -> None:
     """fq-throttle's throttles and flow_limit drops are tc's `throttled` and
     `flows_plimit`, exactly."""
     tc_throttled = sum(v["throttled"] for v in res.fq_delta.values())
@@ -161,12 +185,12 @@ def check_fq_throttle_against_tc(res: LabResult) -> None:
     assert (throttled, drops) == (tc_throttled, tc_plimit), res.tc_after
 
 
-def ooo_okay_share(r: LabResult) -> float:
+def ooo_okay_share(r: LabRun) -> float:
     tx = sum(r.counter_delta("ooo_counts", "transmitted").values())
     return sum(r.counter_delta("ooo_counts", "ooo_okay").values()) / tx
 
 
-def check_ooo_okay_runs(full: LabResult, limited: LabResult, limited_trace: Path) -> None:
+def check_ooo_okay_runs(full: LabRun, limited: LabRun, limited_trace: Path) -> None:
     """The seed's experiment: rate-limited, a larger share of skbs may change queue;
     with all=1 every TCP skb the kernel sent is one event, and on 6.1 (before the
     retransmit queue condition) ooo_okay is exactly the wmem condition the probe

@@ -9,32 +9,37 @@ from pathlib import Path
 import pytest
 
 from tracekit.bus import Bus
-from tracekit.lab.scenarios import LabResult, lab_txq_flip
+from tracekit.lab.txq_flip import TxqFlipResult, lab_txq_flip
 from tracekit.run import Compiled, RunOptions, compile_probe
 
 from .conftest import attached_residue
-from .helpers import check_txq_flip_against_tc, read_trace
+from .helpers import check_txq_flip_against_tc, printed, read_trace
 
 pytestmark = pytest.mark.vm
 
 
 @pytest.fixture(scope="module")
-def core_run(bus: Bus, out_dir: Path) -> tuple[LabResult, str, Path, Compiled]:
+def core_run(bus: Bus, out_dir: Path) -> tuple[TxqFlipResult, str, Path, Compiled]:
     spec = bus.probes.get("txq-flip")
     compiled = compile_probe(spec, spec.resolve_params({}), RunOptions(quiet=True, loader="core"))
     assert compiled.loader == "core"
     trace = out_dir / "txq-flip-core.tkt"
-    buf = io.StringIO()
-    with contextlib.redirect_stdout(buf):
-        res = lab_txq_flip(
-            bus, ("hist", f"msgpack={trace}"), 6, "fq", compiled=compiled, force=True, quiet=True
-        )
-    yield res, buf.getvalue(), trace, compiled
+    res, live = printed(
+        lab_txq_flip,
+        bus,
+        ("hist", f"msgpack={trace}"),
+        6,
+        "fq",
+        compiled=compiled,
+        force=True,
+        quiet=True,
+    )
+    yield res, live, trace, compiled
     compiled.probe.close()
 
 
 def test_core_flips_are_the_queues_tc_counted(
-    core_run: tuple[LabResult, str, Path, Compiled],
+    core_run: tuple[TxqFlipResult, str, Path, Compiled],
 ) -> None:
     res, live, trace, _ = core_run
     check_txq_flip_against_tc(res, trace)
@@ -69,6 +74,6 @@ def test_each_loader_and_output_delivers_what_the_kernel_counted(
     assert sum(footer.counters["txq_counts"]["changes"].values()) == len(evs) == footer.events
 
 
-def test_core_detach_leaves_nothing(core_run: tuple[LabResult, str, Path, Compiled]) -> None:
+def test_core_detach_leaves_nothing(core_run: tuple[TxqFlipResult, str, Path, Compiled]) -> None:
     core_run[3].probe.detach()
     assert attached_residue() == []

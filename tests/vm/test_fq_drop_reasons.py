@@ -16,7 +16,7 @@ import pytest
 
 from tracekit.btf import vmlinux_btf
 from tracekit.bus import Bus
-from tracekit.lab.scenarios import LabResult, lab_fq_throttle
+from tracekit.lab.fq_throttle import FqThrottleResult, lab_fq_throttle
 from tracekit.probes.fq_throttle import DROP_REASONS, DROP_SLOTS
 from tracekit.run import Compiled
 
@@ -33,7 +33,7 @@ def kernel_names_fq_drops() -> bool:
 
 
 @pytest.fixture(scope="module")
-def run(bus: Bus, fq_compiled: Compiled, out_dir: Path) -> LabResult:
+def run(bus: Bus, fq_compiled: Compiled, out_dir: Path) -> FqThrottleResult:
     with contextlib.redirect_stdout(io.StringIO()):
         return lab_fq_throttle(
             bus,
@@ -45,7 +45,7 @@ def run(bus: Bus, fq_compiled: Compiled, out_dir: Path) -> LabResult:
         )
 
 
-def test_drops_by_reason_are_the_drops_tc_counted(run: LabResult) -> None:
+def test_drops_by_reason_are_the_drops_tc_counted(run: FqThrottleResult) -> None:
     tc_dropped = sum(v["dropped"] for v in run.fq_delta.values())
     tc_plimit = sum(v["flows_plimit"] for v in run.fq_delta.values())
     assert tc_dropped > 0 and tc_plimit > 0, run.tc_after

@@ -2,44 +2,39 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from tracekit.bus import Bus
-from tracekit.lab.scenarios import LabResult, lab_fq_throttle
+from tracekit.lab.fq_throttle import FqThrottleResult, lab_fq_throttle
 from tracekit.run import Compiled
 
 from .conftest import attached_residue, trace_rows
-from .helpers import check_fq_throttle_against_tc, replay
+from .helpers import assert_replay_prints, check_fq_throttle_against_tc, printed, tracekit
 
 pytestmark = pytest.mark.vm
 
 
 @pytest.fixture(scope="module")
-def run(bus: Bus, fq_compiled: Compiled, out_dir: Path) -> tuple[LabResult, str]:
-    buf = io.StringIO()
-    with contextlib.redirect_stdout(buf):
-        res = lab_fq_throttle(
-            bus,
-            ("hist", f"msgpack={out_dir / 'fq-throttle.tkt'}"),
-            4,
-            compiled=fq_compiled,
-            force=True,
-            quiet=True,
-        )
-    return res, buf.getvalue()
+def run(bus: Bus, fq_compiled: Compiled, out_dir: Path) -> tuple[FqThrottleResult, str]:
+    return printed(
+        lab_fq_throttle,
+        bus,
+        ("hist", f"msgpack={out_dir / 'fq-throttle.tkt'}"),
+        4,
+        compiled=fq_compiled,
+        force=True,
+        quiet=True,
+    )
 
 
-def test_counts_equal_the_qdisc_counters(run: tuple[LabResult, str]) -> None:
+def test_counts_equal_the_qdisc_counters(run: tuple[FqThrottleResult, str]) -> None:
     check_fq_throttle_against_tc(run[0])
 
 
-def test_events_carry_queue_and_flow(run: tuple[LabResult, str], out_dir: Path) -> None:
+def test_events_carry_queue_and_flow(run: tuple[FqThrottleResult, str], out_dir: Path) -> None:
     res, _ = run
     reader, rows = trace_rows(out_dir / "fq-throttle.tkt")
     assert reader.footer is not None and reader.footer.lost_total == 0, reader.footer.lost
@@ -55,28 +50,19 @@ def test_events_carry_queue_and_flow(run: tuple[LabResult, str], out_dir: Path) 
     assert all(r["ifname"] == "tk0" and r["dport"] == 5201 for r in drops)
 
 
-def test_live_hist_replays_identically(run: tuple[LabResult, str], out_dir: Path) -> None:
+def test_live_hist_replays_identically(run: tuple[FqThrottleResult, str], out_dir: Path) -> None:
     _, live = run
     assert "@throttle_delay[tk0," in live
-    r = replay(out_dir / "fq-throttle.tkt", "hist")
-    assert r.returncode == 0 and r.stdout == live
+    assert_replay_prints(live, out_dir / "fq-throttle.tkt")
 
 
 def test_check_reports_module_not_loaded_then_ok() -> None:
-    def check() -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "tracekit", "check", "fq-throttle"],
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-
     if subprocess.run(["rmmod", "sch_fq"], capture_output=True).returncode == 0:
-        r = check()
+        r = tracekit("check", "fq-throttle")
         assert r.returncode == 7, r.stdout
         assert "module sch_fq is not loaded" in r.stdout
         subprocess.run(["modprobe", "sch_fq"], check=True)
-    r = check()
+    r = tracekit("check", "fq-throttle")
     assert r.returncode == 0, r.stdout
     assert "ok   kprobe:fq_dequeue" in r.stdout
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
 import time
 from pathlib import Path
 
@@ -12,12 +10,13 @@ import pytest
 from tracekit.bus import Bus
 from tracekit.hist import Histogram
 from tracekit.lab.netns import NetnsLab
-from tracekit.lab.scenarios import LabResult, lab_ooo_okay
+from tracekit.lab.ooo_okay import lab_ooo_okay
+from tracekit.lab.traced import LabRun
 from tracekit.run import Compiled
 from tracekit.session import Session
 
 from .conftest import attached_residue, trace_rows
-from .helpers import check_ooo_okay_runs, replay
+from .helpers import assert_replay_prints, check_ooo_okay_runs, printed
 
 pytestmark = pytest.mark.vm
 
@@ -70,20 +69,19 @@ def test_every_flip_happens_on_an_ooo_okay_skb(
 
 
 @pytest.fixture(scope="module")
-def rate_runs(bus: Bus, ooo_compiled: Compiled, out_dir: Path) -> tuple[LabResult, LabResult, str]:
+def rate_runs(bus: Bus, ooo_compiled: Compiled, out_dir: Path) -> tuple[LabRun, LabRun, str]:
     trace = out_dir / "ooo-okay.tkt"
-    buf = io.StringIO()
-    with contextlib.redirect_stdout(buf):
-        full, limited = lab_ooo_okay(
-            bus,
-            ("hist", f"msgpack={trace}"),
-            5,
-            None,
-            compiled=ooo_compiled,
-            force=True,
-            quiet=True,
-        )
-    return full, limited, buf.getvalue()
+    (full, limited), live = printed(
+        lab_ooo_okay,
+        bus,
+        ("hist", f"msgpack={trace}"),
+        5,
+        None,
+        compiled=ooo_compiled,
+        force=True,
+        quiet=True,
+    )
+    return full, limited, live
 
 
 def test_counters_match_streamed_skbs_and_the_rate_limit_raises_the_share(
@@ -111,12 +109,7 @@ def test_kernel_aggregate_and_streamed_events_give_the_same_histogram(
 
 def test_replay_prints_what_the_live_lab_printed(rate_runs: tuple, out_dir: Path) -> None:
     _, _, live = rate_runs
-    outs = []
-    for part in ("unlimited", "limited"):
-        r = replay(out_dir / f"ooo-okay.{part}.tkt", "hist")
-        assert r.returncode == 0, r.stderr
-        outs.append(r.stdout)
-    assert "".join(outs) == live
+    assert_replay_prints(live, out_dir / "ooo-okay.unlimited.tkt", out_dir / "ooo-okay.limited.tkt")
     assert "ooo_okay share:" in live and "ack-" in live
 
 

@@ -20,8 +20,8 @@ from collections import Counter
 
 import pytest
 
+from tracekit.kernel import kernel_version
 from tracekit.lab.netns import ADDR_A, ADDR_B, NetnsLab
-from tracekit.registry import kernel_version
 from tracekit.run import Compiled
 
 pytestmark = pytest.mark.vm

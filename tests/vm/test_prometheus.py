@@ -28,14 +28,16 @@ import urllib.request
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import fleet_data
 import pytest
 
 import tracekit
 from tracekit.bus import Bus
-from tracekit.lab.scenarios import LabResult, lab_rss_cpu, lab_txq_flip
+from tracekit.lab.rss_cpu import RssCpuResult, lab_rss_cpu
+from tracekit.lab.traced import LabRun
+from tracekit.lab.txq_flip import TxqFlipResult, lab_txq_flip
 from tracekit.run import Compiled, RunOptions, compile_probe
 
 from .conftest import attached_residue
@@ -149,9 +151,12 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Prome
         log.close()
 
 
+R = TypeVar("R", bound=LabRun)
+
+
 @dataclass
-class Scraped:
-    res: LabResult
+class Scraped(Generic[R]):
+    res: R
     printed: str  # what the hist sink printed
     at: float  # the time of a scrape taken after the run ended
     target: dict[str, Any]  # Prometheus's view of the target then
@@ -162,9 +167,7 @@ class Scraped:
         return self.prom.query(promql.replace("{", f'{{instance="{self.instance}",', 1), self.at)
 
 
-def scraped_run(
-    prom: Prometheus, port: int, lab: Callable[[tuple[str, ...]], LabResult]
-) -> Scraped:
+def scraped_run(prom: Prometheus, port: int, lab: Callable[[tuple[str, ...]], R]) -> Scraped[R]:
     """Run ``lab`` with ``--sink prometheus`` (serving until stopped) beside ``hist``.
 
     A thread waits until Prometheus holds a scrape of this run with
@@ -226,14 +229,14 @@ def printed_counters(printed: str, counter: str) -> dict[str, int]:
 
 
 @pytest.fixture(scope="module")
-def rss(bus: Bus, prometheus: tuple[Prometheus, list[int]]) -> Iterator[Scraped]:
+def rss(bus: Bus, prometheus: tuple[Prometheus, list[int]]) -> Iterator[Scraped[RssCpuResult]]:
     spec = bus.probes.get("rss-cpu")
     compiled = compile_probe(
         spec, spec.resolve_params({}), RunOptions(quiet=True, max_events_per_sec=RATE_LIMIT)
     )
     prom, ports = prometheus
 
-    def lab(sinks: tuple[str, ...]) -> LabResult:
+    def lab(sinks: tuple[str, ...]) -> RssCpuResult:
         return lab_rss_cpu(
             bus, sinks, 4, "rps", compiled=compiled, link="veth", force=True, quiet=True
         )
@@ -322,12 +325,12 @@ def test_run_info_names_the_run(rss: Scraped) -> None:
 
 
 @pytest.fixture(scope="module")
-def txq(bus: Bus, prometheus: tuple[Prometheus, list[int]]) -> Iterator[Scraped]:
+def txq(bus: Bus, prometheus: tuple[Prometheus, list[int]]) -> Iterator[Scraped[TxqFlipResult]]:
     spec = bus.probes.get("txq-flip")
     compiled: Compiled = compile_probe(spec, spec.resolve_params({}), RunOptions(quiet=True))
     prom, ports = prometheus
 
-    def lab(sinks: tuple[str, ...]) -> LabResult:
+    def lab(sinks: tuple[str, ...]) -> TxqFlipResult:
         return lab_txq_flip(bus, sinks, 6, "fq", compiled=compiled, force=True, quiet=True)
 
     try:

@@ -24,7 +24,7 @@ import pytest
 
 from tracekit.bus import Bus
 from tracekit.errors import InterruptedBeforeStart, ResourceError
-from tracekit.lab.scenarios import LabResult, lab_rss_cpu
+from tracekit.lab.rss_cpu import RssCpuResult, lab_rss_cpu
 from tracekit.run import Compiled, RunOptions, compile_probe, run_probe
 
 from .conftest import attached_residue
@@ -45,7 +45,7 @@ def rss_perf(bus: Bus) -> Iterator[Compiled]:
 
 def flood(
     bus: Bus, out_dir: Path, name: str, opts: RunOptions, compiled: Compiled | None = None
-) -> tuple[LabResult, float]:
+) -> tuple[RssCpuResult, float]:
     t = time.monotonic()
     with contextlib.redirect_stdout(io.StringIO()):
         res = lab_rss_cpu(

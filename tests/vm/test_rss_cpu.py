@@ -12,12 +12,17 @@ import pytest
 from tracekit.bus import Bus
 from tracekit.hist import Histogram
 from tracekit.lab.nics import find_nic_pair
-from tracekit.lab.scenarios import LabResult, lab_rss_cpu
+from tracekit.lab.rss_cpu import RssCpuResult, lab_rss_cpu
 from tracekit.run import Compiled
 from tracekit.stats import imbalance
 
 from .conftest import attached_residue, trace_rows
-from .helpers import SOFTNET_TOLERANCE, check_rss_cpu_against_softnet, replay
+from .helpers import (
+    SOFTNET_TOLERANCE,
+    assert_replay_prints,
+    check_rss_cpu_against_softnet,
+    printed,
+)
 
 pytestmark = pytest.mark.vm
 
@@ -25,22 +30,20 @@ TOLERANCE = SOFTNET_TOLERANCE
 
 
 @pytest.fixture(scope="module")
-def runs(bus: Bus, rss_compiled: Compiled, out_dir: Path) -> dict[str, tuple[LabResult, str]]:
+def runs(bus: Bus, rss_compiled: Compiled, out_dir: Path) -> dict[str, tuple[RssCpuResult, str]]:
     out = {}
     for spread in ("none", "rps"):
-        buf = io.StringIO()
-        with contextlib.redirect_stdout(buf):
-            res = lab_rss_cpu(
-                bus,
-                ("hist", f"msgpack={out_dir / 'rss-cpu.tkt'}"),
-                4,
-                spread,
-                compiled=rss_compiled,
-                link="veth",
-                force=True,
-                quiet=True,
-            )
-        out[spread] = (res, buf.getvalue())
+        out[spread] = printed(
+            lab_rss_cpu,
+            bus,
+            ("hist", f"msgpack={out_dir / 'rss-cpu.tkt'}"),
+            4,
+            spread,
+            compiled=rss_compiled,
+            link="veth",
+            force=True,
+            quiet=True,
+        )
     return out
 
 
@@ -76,12 +79,11 @@ def test_kernel_aggregate_and_streamed_events_agree(runs: dict, out_dir: Path) -
 def test_live_output_names_the_busiest_cpu_and_replays_the_same(runs: dict, out_dir: Path) -> None:
     _, live = runs["none"]
     assert "busiest CPU: cpu0" in live and "imbalance" in live
-    r = replay(out_dir / "rss-cpu.none.tkt", "hist")
-    assert r.returncode == 0 and r.stdout == live
+    assert_replay_prints(live, out_dir / "rss-cpu.none.tkt")
 
 
 @pytest.fixture(scope="module")
-def nic_runs(bus: Bus, rss_compiled: Compiled, out_dir: Path) -> dict[str, LabResult]:
+def nic_runs(bus: Bus, rss_compiled: Compiled, out_dir: Path) -> dict[str, RssCpuResult]:
     """The seed on the VM's virtio-net pair: RSS by addresses only, then by ports too."""
     pair = find_nic_pair()
     if pair is None:

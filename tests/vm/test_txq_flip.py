@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
 import signal
 import subprocess
 import time
@@ -13,12 +11,19 @@ import pytest
 
 from tracekit.bus import Bus
 from tracekit.lab.netns import parse_tc_queue_packets
-from tracekit.lab.scenarios import LabResult, lab_txq_flip
+from tracekit.lab.txq_flip import TxqFlipResult, lab_txq_flip
 from tracekit.run import Compiled
 from tracekit.tracefile import TraceReader
 
 from .conftest import attached_residue
-from .helpers import replay, run_then_signal, trace_batch_rows, trace_events, tracekit
+from .helpers import (
+    assert_replay_prints,
+    printed,
+    run_then_signal,
+    trace_batch_rows,
+    trace_events,
+    tracekit,
+)
 
 
 def tc_of(ns: str) -> str:
@@ -31,22 +36,23 @@ def tc_of(ns: str) -> str:
 
 pytestmark = pytest.mark.vm
 
+# The lab's result, what it printed and its trace.
+LabOut = tuple[TxqFlipResult, str, Path]
+
 
 @pytest.fixture(scope="module")
-def lab_run(bus: Bus, txq_compiled: Compiled, out_dir: Path) -> tuple[LabResult, str, Path]:
+def lab_run(bus: Bus, txq_compiled: Compiled, out_dir: Path) -> LabOut:
     trace = out_dir / "txq-flip-lab.tkt"
-    buf = io.StringIO()
-    with contextlib.redirect_stdout(buf):
-        res = lab_txq_flip(
-            bus,
-            ("hist", f"msgpack={trace}"),
-            6,
-            "fq",
-            compiled=txq_compiled,
-            force=True,
-            quiet=True,
-        )
-    live = buf.getvalue()
+    res, live = printed(
+        lab_txq_flip,
+        bus,
+        ("hist", f"msgpack={trace}"),
+        6,
+        "fq",
+        compiled=txq_compiled,
+        force=True,
+        quiet=True,
+    )
     (out_dir / "txq-flip-lab.hist.txt").write_text(live)
     (out_dir / "txq-flip-lab.tc.txt").write_text(res.tc_after)
     return res, live, trace
@@ -55,7 +61,7 @@ def lab_run(bus: Bus, txq_compiled: Compiled, out_dir: Path) -> tuple[LabResult,
 events = trace_events
 
 
-def test_flips_between_the_two_cpus_queues(lab_run: tuple[LabResult, str, Path]) -> None:
+def test_flips_between_the_two_cpus_queues(lab_run: LabOut) -> None:
     res, live, trace = lab_run
     evs = events(trace)
     assert res.iperf_mbit > 1, "iperf3 moved no data"
@@ -70,7 +76,7 @@ def test_flips_between_the_two_cpus_queues(lab_run: tuple[LabResult, str, Path])
 
 
 def test_flip_queues_are_exactly_the_queues_tc_counted(
-    lab_run: tuple[LabResult, str, Path],
+    lab_run: LabOut,
 ) -> None:
     res, _, trace = lab_run
     evs = events(trace)
@@ -81,7 +87,7 @@ def test_flip_queues_are_exactly_the_queues_tc_counted(
     assert in_events == grew, (in_events, res.queue_delta)
 
 
-def test_kernel_counters_agree_with_streamed_events(lab_run: tuple[LabResult, str, Path]) -> None:
+def test_kernel_counters_agree_with_streamed_events(lab_run: LabOut) -> None:
     _, _, trace = lab_run
     r, n = trace_batch_rows(trace)
     footer = r.footer
@@ -91,14 +97,12 @@ def test_kernel_counters_agree_with_streamed_events(lab_run: tuple[LabResult, st
     assert sum(footer.counters["txq_counts"]["calls"].values()) >= n
 
 
-def test_replay_in_the_vm_prints_the_live_histogram(lab_run: tuple[LabResult, str, Path]) -> None:
+def test_replay_in_the_vm_prints_the_live_histogram(lab_run: LabOut) -> None:
     _, live, trace = lab_run
-    r = replay(trace, "hist")
-    assert r.returncode == 0, r.stderr
-    assert r.stdout == live
+    assert_replay_prints(live, trace)
 
 
-def test_nothing_left_attached_after_the_lab(lab_run: tuple[LabResult, str, Path]) -> None:
+def test_nothing_left_attached_after_the_lab(lab_run: LabOut) -> None:
     assert attached_residue() == []
 
 

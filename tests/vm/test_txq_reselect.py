@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from tracekit.bus import Bus
-from tracekit.lab.scenarios import LabResult, lab_txq_flip
+from tracekit.lab.txq_flip import TxqFlipResult, lab_txq_flip
 from tracekit.probes.txq_flip import CAUSES
 from tracekit.run import Compiled, RunOptions, compile_probe
 
@@ -37,7 +37,7 @@ JIFFY_MS = 4  # Debian's HZ=250: the kernel's timer and the sysctl move in 4 ms 
 
 
 @pytest.fixture(scope="module")
-def runs(bus: Bus, out_dir: Path) -> dict[int, tuple[LabResult, Path]]:
+def runs(bus: Bus, out_dir: Path) -> dict[int, tuple[TxqFlipResult, Path]]:
     if not KNOB.exists():
         pytest.skip("this kernel has no net.core.txq_reselection_ms (6.19+)")
     spec = bus.probes.get("txq-flip")

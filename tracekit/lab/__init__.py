@@ -1,1 +1,51 @@
-"""Namespace labs that rebuild the seeds situations (``tracekit lab``)."""
+"""Namespace labs that rebuild the seeds' situations: ``tracekit lab SEED``.
+
+A built-in plugin (``tracekit.bus.DEFAULT_PLUGINS``; ``TRACEKIT_DISABLE_PLUGINS=lab``
+leaves it out) adding its command through ``tracekit_add_commands``, as a
+third-party plugin adds its own. It loads on every start, so this module imports
+nothing but click (which the CLI has loaded already). Each seed has its own module
+(``txq_flip``, ``ooo_okay``, ``fq_throttle``, ``rss_cpu``: scenario, result type,
+command), which loads with tracekit.run behind it only when its command runs or
+``tracekit lab --help`` lists it.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import click
+
+from tracekit import hookimpl
+
+# Seed lab -> the module defining its ``command`` (and its scenario and result type).
+SEEDS: dict[str, str] = {
+    "txq-flip": "tracekit.lab.txq_flip",
+    "ooo-okay": "tracekit.lab.ooo_okay",
+    "fq-throttle": "tracekit.lab.fq_throttle",
+    "rss-cpu": "tracekit.lab.rss_cpu",
+}
+
+
+class LabGroup(click.Group):
+    """``tracekit lab``: its seed commands imported when first named."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(super().list_commands(ctx)) | set(SEEDS))
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        cmd = super().get_command(ctx, name)
+        if cmd is None and name in SEEDS:
+            cmd = importlib.import_module(SEEDS[name]).command
+            assert isinstance(cmd, click.Command), name
+            self.add_command(cmd, name)
+        return cmd
+
+
+@click.group("lab", cls=LabGroup)
+def lab() -> None:
+    """Rebuild a seed's situation in network namespaces and trace it."""
+
+
+@hookimpl
+def tracekit_add_commands(cli: click.Group) -> None:
+    cli.add_command(lab)

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from tracekit import kernel
 from tracekit.errors import LabError
 from tracekit.lab.nics import (
     NicPair,
@@ -170,7 +171,7 @@ class NetnsLab:
         self.ns(self.ns_b, "ethtool", "-K", DEV_B, "rxhash", "on")
         # Each RX queue's interrupt on its own CPU (the NIC driver only hints at
         # this): which queue RSS picks then decides which CPU does the receive work.
-        ncpus = os.cpu_count() or 1
+        ncpus = kernel.ncpus()
         for q, irq in rx_queue_irqs(virtio, Path("/proc/interrupts").read_text()).items():
             Path(f"/proc/irq/{irq}/smp_affinity_list").write_text(f"{q % ncpus}\n")
 
@@ -233,7 +234,7 @@ class NetnsLab:
                     self.qdisc,
                     *self.qdisc_args,
                 )
-        ncpus = os.cpu_count() or 1
+        ncpus = kernel.ncpus()
         # XPS only means something with several queues (the kernel refuses it on one).
         for q in range(self.txqueues if self.txqueues > 1 else 0):
             mask = (1 << q) if q < ncpus else 0

@@ -1,0 +1,190 @@
+"""No import circles among tracekit's modules, and every module imports on the host.
+
+A circle makes the import order matter (a name is missing while its module is half
+run) and ties modules that should not know each other; one hid for a while between
+tracekit/cli.py and the labs: the CLI named ``tracekit.lab.cli`` in its table of
+lazily imported commands, which imported ``tracekit.cli`` inside a function. So
+imports inside functions count here, and so does a string naming a tracekit module
+(what ``importlib.import_module`` is given); only imports under ``if
+TYPE_CHECKING:`` (never run) do not, nor ``DEFAULT_PLUGINS``: the bus loads the
+built-in plugins by name exactly as it loads third-party ones, which import the
+bus's modules in turn; that is the plugin contract, not a circle.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+# Where each part of the installed package lives in the repository (pyproject.toml's
+# package-dir).
+PACKAGE_DIRS = {
+    "tracekit": ROOT / "tracekit",
+    "tracekit.probes": ROOT / "probes",
+    "tracekit.plugins": ROOT / "plugins",
+}
+
+
+def modules() -> dict[str, Path]:
+    out: dict[str, Path] = {}
+    for pkg, base in PACKAGE_DIRS.items():
+        for path in sorted(base.rglob("*.py")):
+            rel = path.relative_to(base).with_suffix("")
+            parts = [p for p in rel.parts if p != "__init__"]
+            if "templates" in parts:
+                continue
+            out[".".join([pkg, *parts])] = path
+    return out
+
+
+def _type_checking(node: ast.If) -> bool:
+    t = node.test
+    return (isinstance(t, ast.Name) and t.id == "TYPE_CHECKING") or (
+        isinstance(t, ast.Attribute) and t.attr == "TYPE_CHECKING"
+    )
+
+
+def imports_of(name: str, path: Path, known: set[str]) -> set[str]:
+    """The tracekit modules ``name`` imports anywhere but under ``if TYPE_CHECKING``."""
+    tree = ast.parse(path.read_text(), str(path))
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found: set[str] = set()
+
+    def visit(node: ast.AST) -> None:
+        if isinstance(node, ast.If) and _type_checking(node):
+            for child in node.orelse:
+                visit(child)
+            return
+        if isinstance(node, ast.AnnAssign | ast.Assign):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            if any(isinstance(t, ast.Name) and t.id == "DEFAULT_PLUGINS" for t in targets):
+                return
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in known:
+            found.add(node.value)
+        elif isinstance(node, ast.Import):
+            for a in node.names:
+                found.add(a.name)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                up = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join([*up, base] if base else up)
+            for a in node.names:
+                sub = f"{base}.{a.name}"
+                found.add(sub if sub in known else base)
+        for child in ast.iter_child_nodes(node):
+            visit(child)
+
+    visit(tree)
+    # A name from one's own package (``from . import KINDS`` in a probe's plot.py) is
+    # no circle even when the package imports that submodule back: Python runs a
+    # package's __init__ completely before any of its submodules, in any order.
+    return {m for m in found if m in known and m != name and not name.startswith(m + ".")}
+
+
+def graph() -> dict[str, set[str]]:
+    mods = modules()
+    known = set(mods)
+    return {name: imports_of(name, path, known) for name, path in mods.items()}
+
+
+def cycles(g: dict[str, set[str]]) -> list[list[str]]:
+    """One cycle per strongly connected component with more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on: set[str] = set()
+    out: list[list[str]] = []
+
+    def strong(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on.add(v)
+        for w in sorted(g.get(v, ())):
+            if w not in index:
+                strong(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp))
+
+    sys.setrecursionlimit(max(sys.getrecursionlimit(), 10_000))
+    for v in sorted(g):
+        if v not in index:
+            strong(v)
+    return out
+
+
+def test_the_graph_sees_the_imports_it_should() -> None:
+    """The walker itself: known edges, relative and in-function imports included."""
+    g = graph()
+    assert "tracekit.registry" in g["tracekit.bus"]
+    assert "tracekit.lab.traced" in g["tracekit.lab.txq_flip"]
+    assert "tracekit.preflight" in g["tracekit.cli"]  # imported inside check_cmd
+    assert "tracekit.export" in g["tracekit.cli"]  # named in LAZY_COMMANDS
+    assert "tracekit.lab.rss_cpu" in g["tracekit.lab"]  # named in SEEDS
+    assert "tracekit.lab" not in g["tracekit.bus"]  # a plugin: loaded by name
+    assert "tracekit.lab.netns" in g
+    assert len(g) > 50
+
+
+def test_no_import_circles() -> None:
+    found = cycles(graph())
+    assert not found, "import circles: " + "; ".join(" <-> ".join(c) for c in found)
+
+
+def test_a_circle_is_found() -> None:
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert cycles({"a": {"b"}, "b": set()}) == []
+
+
+def test_an_import_inside_a_function_counts(tmp_path: Path) -> None:
+    (tmp_path / "m.py").write_text(
+        "from typing import TYPE_CHECKING\n"
+        "if TYPE_CHECKING:\n    import tracekit.x\n"
+        "def f():\n    from .y import z\n"
+    )
+    known = {"tracekit.m", "tracekit.x", "tracekit.y", "tracekit.y.z", "tracekit.w"}
+    assert imports_of("tracekit.m", tmp_path / "m.py", known) == {"tracekit.y.z"}
+    (tmp_path / "m.py").write_text(
+        "LAZY = {'w': 'tracekit.w'}\nDEFAULT_PLUGINS = ('tracekit.x',)\n"
+    )
+    assert imports_of("tracekit.m", tmp_path / "m.py", known) == {"tracekit.w"}
+
+
+@pytest.mark.parametrize("name", sorted(modules()))
+def test_every_module_imports(name: str) -> None:
+    """Each module imports on its own (BCC, absent on the host, is imported lazily)."""
+    if name.endswith("__main__"):
+        pytest.skip("runs the CLI")
+    importlib.import_module(name)
+
+
+def test_tracekit_run_does_not_import_the_labs() -> None:
+    """The labs are a plugin loaded on every start: their seed modules are not."""
+    code = (
+        "import sys\n"
+        "from tracekit.cli import cli\n"
+        "from click.testing import CliRunner\n"
+        "CliRunner().invoke(cli, ['list'])\n"
+        "print(sorted(m for m in sys.modules if m.startswith('tracekit.lab')))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    assert out.strip() == "['tracekit.lab']"

@@ -1,0 +1,245 @@
+"""Facts about the running kernel, read in one place.
+
+Its release and version, tracefs, /proc/kallsyms and available_filter_functions,
+kprobe support, modules (loaded, their .ko files and functions, their BTF), BTF,
+headers and CPUs. Preflight, both loaders, the BTF reader, stacks and the labs ask
+here; tests point a fact at a fixture by patching this module's names (the callers
+look them up here at each use, never copy them).
+
+Reading these is cheap but not free (kallsyms is megabytes, read in seconds under
+emulation), so the large files are read once and kept until ``refresh()``: a module
+loaded meanwhile (sch_fq, loaded by configuring the qdisc) adds functions to them.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+from functools import lru_cache
+from pathlib import Path
+
+TRACEFS_ROOTS = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
+BTF_DIR = Path("/sys/kernel/btf")
+MODULE_DIR = Path("/sys/module")
+KALLSYMS = "/proc/kallsyms"
+ONLINE_CPUS = Path("/sys/devices/system/cpu/online")
+# The perf PMU BCC opens kprobes through (4.17+); older kernels and BCC fall back
+# to writing tracefs's kprobe_events. A kernel built without CONFIG_KPROBES has
+# neither, though its functions are all still listed in /proc/kallsyms.
+KPROBE_PMU = Path("/sys/bus/event_source/devices/kprobe")
+KPROBE_BLACKLIST = Path("/sys/kernel/debug/kprobes/blacklist")
+
+
+# -- release and version ----------------------------------------------------------------
+
+
+def release() -> str:
+    """The running kernel's release (``6.1.0-18-amd64``)."""
+    return platform.release()
+
+
+def kernel_version(text: str) -> tuple[int, ...] | None:
+    """``(6, 1, 0)`` from a release such as ``6.1.0-18-amd64``; None if it has none."""
+    parts = text.split("-", 1)[0].split("+", 1)[0].split(".")
+    if len(parts) >= 2 and all(p.isdigit() for p in parts[:3]):
+        return tuple(int(p) for p in parts[:3])
+    return None
+
+
+def version() -> tuple[int, ...] | None:
+    """The running kernel's version, None for a release that names none."""
+    return kernel_version(release())
+
+
+def at_least(*wanted: int) -> bool:
+    """Whether the running kernel is at least ``wanted`` (False if its release names
+    no version: a feature is not assumed)."""
+    v = version()
+    return v is not None and v >= wanted
+
+
+# -- CPUs ---------------------------------------------------------------------------------
+
+
+def ncpus() -> int:
+    """CPUs the kernel has (``os.cpu_count``, at least 1)."""
+    return os.cpu_count() or 1
+
+
+def online_cpus() -> list[int]:
+    """The online CPUs' numbers, from /sys/devices/system/cpu/online."""
+    try:
+        text = ONLINE_CPUS.read_text().strip()
+    except OSError:
+        return list(range(ncpus()))
+    cpus: list[int] = []
+    for part in text.split(","):
+        lo, _, hi = part.partition("-")
+        cpus.extend(range(int(lo), int(hi or lo) + 1))
+    return cpus
+
+
+# -- tracefs, kallsyms, kprobes -----------------------------------------------------------
+
+
+def tracefs() -> Path | None:
+    """Where tracefs is mounted (its ``events`` directory present), or None."""
+    for root in TRACEFS_ROOTS:
+        if Path(root, "events").is_dir():
+            return Path(root)
+    return None
+
+
+def tracepoint_exists(target: str) -> bool:
+    """Whether tracefs lists the tracepoint ``category:name``."""
+    root = tracefs()
+    cat, _, name = target.partition(":")
+    return root is not None and Path(root, "events", cat, name).is_dir()
+
+
+@lru_cache(maxsize=8)
+def _text(path: str) -> str | None:
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return None
+
+
+@lru_cache(maxsize=1)
+def kallsyms() -> frozenset[str]:
+    """Function names in /proc/kallsyms (text symbols only), module suffix stripped."""
+    names: set[str] = set()
+    for line in (_text(KALLSYMS) or "").splitlines():
+        parts = line.split()
+        if len(parts) >= 3 and parts[1] in ("t", "T"):
+            names.add(parts[2])
+    return frozenset(names)
+
+
+def kallsyms_bytes() -> bytes:
+    """/proc/kallsyms as it is now (addresses included: the caller needs root)."""
+    with open(KALLSYMS, "rb") as f:
+        return f.read()
+
+
+def in_kallsyms(name: str) -> bool:
+    """Whether /proc/kallsyms has ``name`` as a text symbol (module or not)."""
+    text = _text(KALLSYMS) or ""
+    pattern = rf"^\S+ [tT] {re.escape(name)}(?:[ \t]+\[[^\]\n]*\])?[ \t]*$"
+    return re.search(pattern, text, re.M) is not None
+
+
+def traceable(root: Path | None, name: str) -> bool | None:
+    """Whether ``name`` is in tracefs's available_filter_functions (``name`` or
+    ``name [module]`` lines); None where the file cannot be read (tracefs not
+    mounted, no CONFIG_DYNAMIC_FTRACE): a missing file says nothing about a function.
+
+    One regular-expression search over the file's text: building a set of its tens
+    of thousands of names costs seconds under emulation, on every run.
+    """
+    if root is None:
+        return None
+    text = _text(str(root / "available_filter_functions"))
+    if text is None:
+        return None
+    # A module's functions are listed as "name\t[module]" (a tab on 6.1, a space in
+    # older kernels): any blank run before the bracket.
+    return re.search(rf"^{re.escape(name)}(?:[ \t]+\[[^\]\n]*\])?[ \t]*$", text, re.M) is not None
+
+
+def kprobes_supported(pmu: Path | None = None, root: Path | None = None) -> str | None:
+    """How this kernel takes kprobes (a phrase for the report), or None if it cannot."""
+    pmu = pmu if pmu is not None else KPROBE_PMU
+    if (pmu / "type").exists():
+        return f"kprobe PMU ({pmu})"
+    root = root if root is not None else tracefs()
+    if root is not None and (root / "kprobe_events").exists():
+        return f"{root}/kprobe_events"
+    return None
+
+
+@lru_cache(maxsize=2)
+def kprobe_blacklist(path: Path) -> frozenset[str]:
+    """Functions the kernel refuses to kprobe (NOKPROBE_SYMBOL; readable with debugfs)."""
+    try:
+        with open(path) as f:
+            return frozenset(ln.split()[-1] for ln in f if ln.split())
+    except OSError:
+        return frozenset()
+
+
+def refresh() -> None:
+    """Forget the lists read so far: a module loaded since adds functions to them."""
+    _text.cache_clear()
+    kallsyms.cache_clear()
+
+
+# -- modules, BTF, headers ----------------------------------------------------------------
+
+
+def module_loaded(module: str) -> bool:
+    return (MODULE_DIR / module).is_dir()
+
+
+def module_path(module: str, release_: str | None = None) -> Path | None:
+    """The .ko file of a module, from modules.dep."""
+    base = Path("/lib/modules") / (release_ or release())
+    try:
+        dep = (base / "modules.dep").read_text()
+    except OSError:
+        return None
+    wanted = {module, module.replace("_", "-")}
+    for line in dep.splitlines():
+        path = line.split(":", 1)[0]
+        stem = Path(path).name.split(".ko", 1)[0]
+        if stem in wanted or stem.replace("-", "_") == module:
+            return base / path
+    return None
+
+
+def module_functions(path: Path) -> frozenset[str]:
+    """Function names in a module's ELF symbol table (read with pyelftools)."""
+    import io
+
+    from elftools.elf.elffile import ELFFile
+    from elftools.elf.sections import SymbolTableSection
+
+    opener = open
+    if path.suffix == ".xz":
+        import lzma
+
+        opener = lzma.open  # type: ignore[assignment]
+    elif path.suffix == ".zst":
+        return frozenset()  # no zstd in the standard library; the caller says so
+    with opener(path, "rb") as raw:
+        data = io.BytesIO(raw.read())
+    symtab = ELFFile(data).get_section_by_name(".symtab")
+    if not isinstance(symtab, SymbolTableSection):
+        return frozenset()
+    return frozenset(
+        s.name for s in symtab.iter_symbols() if s["st_info"]["type"] == "STT_FUNC" and s.name
+    )
+
+
+def vmlinux_btf_path() -> Path | None:
+    """The kernel's own BTF, or None for a kernel without it."""
+    path = BTF_DIR / "vmlinux"
+    return path if path.exists() else None
+
+
+def module_btf_path(module: str) -> Path | None:
+    """A loaded module's own BTF (5.11+, CONFIG_DEBUG_INFO_BTF_MODULES), or None."""
+    path = BTF_DIR / module
+    return path if path.exists() else None
+
+
+def headers(release_: str | None = None) -> str | None:
+    """Where the kernel's headers are (the build tree or CONFIG_IKHEADERS), or None."""
+    build = Path("/lib/modules") / (release_ or release()) / "build"
+    if (build / "include").is_dir() or (build / "Makefile").exists():
+        return str(build.resolve())
+    if Path("/sys/kernel/kheaders.tar.xz").exists():
+        return "/sys/kernel/kheaders.tar.xz (CONFIG_IKHEADERS)"
+    return None
