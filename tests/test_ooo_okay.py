@@ -95,7 +95,7 @@ def test_rule_texts_name_what_each_kernel_tests() -> None:
 @pytest.fixture
 def all_traceable(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """A tracefs of a kernel with kprobes where every ooo-okay function is traceable."""
-    import tracekit.preflight as pf
+    import tracekit.kernel as pf
 
     root = tmp_path / "tracing"
     (root / "events").mkdir(parents=True)
