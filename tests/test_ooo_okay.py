@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from fake_tracefs import fake_kprobe_tracefs
 
 # test_bcc_compile's tree of Debian's kernel headers (skips without them or root).
 from test_bcc_compile import kernel_source as _headers  # noqa: F401
@@ -95,18 +96,7 @@ def test_rule_texts_name_what_each_kernel_tests() -> None:
 @pytest.fixture
 def all_traceable(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """A tracefs of a kernel with kprobes where every ooo-okay function is traceable."""
-    import tracekit.kernel as pf
-
-    root = tmp_path / "tracing"
-    (root / "events").mkdir(parents=True)
-    (root / "kprobe_events").write_text("")
-    (root / "available_filter_functions").write_text(
-        "ip_queue_xmit\ninet6_csk_xmit\nskb_set_owner_w\n"
-    )
-    monkeypatch.setattr(pf, "tracefs", lambda: root)
-    monkeypatch.setattr(pf, "KPROBE_PMU", tmp_path / "no-pmu")
-    monkeypatch.setattr(pf, "KPROBE_BLACKLIST", tmp_path / "blacklist")
-    (tmp_path / "blacklist").write_text("")
+    fake_kprobe_tracefs(monkeypatch, tmp_path, "ip_queue_xmit\ninet6_csk_xmit\nskb_set_owner_w\n")
 
 
 @pytest.mark.parametrize(

@@ -3,6 +3,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from fake_tracefs import fake_kprobe_tracefs
 
 from tracekit.errors import AttachPointError, ModuleNotLoadedError
 from tracekit.kernel import module_functions, module_path
@@ -27,19 +28,12 @@ def test_clone_suffixes_are_recognised() -> None:
 @pytest.fixture
 def kprobe_kernel(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     """A tracefs of a kernel with kprobes (kprobe_events) and two traceable functions."""
-    import tracekit.kernel as kernel
-
-    root = tmp_path / "tracing"
-    (root / "events").mkdir(parents=True)
-    (root / "kprobe_events").write_text("")
-    (root / "available_filter_functions").write_text(
-        "netdev_pick_tx\nfq_enqueue\t[sch_fq]\nfq_dequeue [sch_fq]\n"
+    return fake_kprobe_tracefs(
+        monkeypatch,
+        tmp_path,
+        "netdev_pick_tx\nfq_enqueue\t[sch_fq]\nfq_dequeue [sch_fq]\n",
+        "0xffffffff81000000-0xffffffff81000010\tdo_int3\n",
     )
-    monkeypatch.setattr(kernel, "tracefs", lambda: root)
-    monkeypatch.setattr(kernel, "KPROBE_PMU", tmp_path / "no-pmu")
-    monkeypatch.setattr(kernel, "KPROBE_BLACKLIST", tmp_path / "blacklist")
-    (tmp_path / "blacklist").write_text("0xffffffff81000000-0xffffffff81000010\tdo_int3\n")
-    return root
 
 
 def test_missing_and_renamed_functions_get_precise_messages(kprobe_kernel: Path) -> None:
