@@ -151,9 +151,8 @@ def _traced_run(bus: Bus, compiled: Compiled, ms: int, trace: Path) -> Run:
         def end() -> None:
             after["queues"] = lab.queue_packets()
 
-        opts = RunOptions(quiet=True, force=True)
         # The sender keeps its own schedule (5 s); the rest is slack for a slow VM.
-        opts.duration = DWELLS * DWELL_MS / 1000 + 120
+        opts = RunOptions(quiet=True, force=True, duration=DWELLS * DWELL_MS / 1000 + 120)
         with contextlib.redirect_stdout(io.StringIO()):
             run_probe(
                 bus,
