@@ -211,6 +211,10 @@ def by(got: dict[Labels, float], *names: str) -> dict[tuple[str, ...], float]:
     out: dict[tuple[str, ...], float] = {}
     for labels, v in got.items():
         d = dict(labels)
+        # A bucket's bound as the client wrote it: "0" (prometheus-client 0.26 from PyPI,
+        # the 6.1 row's) or "0.0" (Debian sid's 0.21.1, on the 7.2 row).
+        if d.get("le", "+Inf") != "+Inf" and float(d["le"]).is_integer():
+            d["le"] = str(int(float(d["le"])))
         key = tuple(d[n] for n in names)
         assert key not in out, (key, got)
         out[key] = v
