@@ -73,10 +73,15 @@ if ! .venv/bin/python -c 'import pyarrow, duckdb, matplotlib, prometheus_client'
   pip_install -e '.[dev,fleet]'
   .venv/bin/python -c 'import pyarrow, duckdb, matplotlib, prometheus_client'
 fi
-# The example third-party plugin, installed as a user would: with pip, from its folder.
-if ! .venv/bin/python -c 'import tracekit_tcp_retrans' 2>/dev/null; then
+# The example third-party plugin, installed as a user would: with pip, from its folder;
+# again whenever its files change (a copy installed once went stale in a long-lived .venv).
+example_sum="$(find examples/tracekit-tcp-retrans -type f -not -path '*/__pycache__/*' \
+  -not -path '*.egg-info/*' -not -path '*/build/*' | LC_ALL=C sort | xargs sha256sum | sha256sum | cut -d' ' -f1)"
+if ! .venv/bin/python -c 'import tracekit_tcp_retrans' 2>/dev/null \
+  || [ "$(cat .venv/.tracekit-tcp-retrans.sum 2>/dev/null)" != "$example_sum" ]; then
   echo "setup: installing examples/tracekit-tcp-retrans" >&2
-  pip_install ./examples/tracekit-tcp-retrans
+  pip_install --force-reinstall --no-deps ./examples/tracekit-tcp-retrans
+  echo "$example_sum" > .venv/.tracekit-tcp-retrans.sum
 fi
 
 # Byte-code of the tree's modules. An editable install has none (a wheel gets it
