@@ -30,7 +30,7 @@ for i in $(seq 1 "$runs"); do
   start=$(date +%s)
   rm -f .vm-out/*.tkt .vm-out/*.txt
   set +e
-  vm/run "${vm_opts[@]}" -- python -m pytest -p no:hypothesispytest -m vm -v tests/vm \
+  vm/run "${vm_opts[@]}" -- python -m pytest -p no:hypothesispytest -m vm -v --durations=15 tests/vm \
     examples/tracekit-tcp-retrans/tests
   rc=$?
   set -e

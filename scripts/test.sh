@@ -18,7 +18,7 @@ $py -m pytest -m "not vm and not after_vm" tests
 
 echo "== VM tests"
 rm -f .vm-out/*.tkt .vm-out/*.txt
-vm/run -- python -m pytest -p no:hypothesispytest -m vm -v tests/vm \
+vm/run -- python -m pytest -p no:hypothesispytest -m vm -v --durations=15 tests/vm \
   examples/tracekit-tcp-retrans/tests
 
 echo "== host checks of the VM's recordings"
