@@ -23,7 +23,11 @@ outputs at zero):
   counts (the issue's reference), built here with gcc -O2;
 - C, copy + write: the same loop whose callback copies each record into a buffer
   written to a tmpfs file every 8,192 records: the work tracekit's path does, less
-  the trace framing and CRC.
+  the trace framing and CRC;
+- file write only: no ring at all, the backlog's bytes (24 per event) written from
+  one buffer in 2 MiB pieces to a fresh tmpfs file: the ceiling of any consumer
+  that delivers the events into a file on this machine (the kernel allocates and
+  fills the file's pages), whatever reads the ring.
 
 Events per second are compared side by side, rounds interleaved.
 """
@@ -247,6 +251,27 @@ def c_ring(feed: BpfObject, events: int, exe: Path, write: bool) -> Case:
     return go
 
 
+def write_only(events: int) -> Case:
+    piece = bytes(2 << 20)
+    total = events * SCHEMA.size
+
+    def go() -> tuple[int, float]:
+        path = f"/dev/shm/tk-bench-w-{os.getpid()}.bin"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            left = total
+            t = time.perf_counter()
+            while left > 0:
+                left -= os.write(fd, piece[: min(left, len(piece))])
+            took = time.perf_counter() - t
+        finally:
+            os.close(fd)
+            os.unlink(path)
+        return events, took
+
+    return go
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--events", type=int, default=2_000_000)
@@ -267,6 +292,7 @@ def main() -> None:
             "Python callback, perf (BCC's)": lambda: callback_perf(feed, n),
             "C, ring, empty callback": lambda: c_ring(feed, n, exe, write=False),
             "C, ring, copy + write": lambda: c_ring(feed, n, exe, write=True),
+            "file write only (ceiling)": lambda: write_only(n),
         }
         if a.only:
             cases = {k: v for k, v in cases.items() if k.startswith(a.only)}
