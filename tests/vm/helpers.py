@@ -32,6 +32,18 @@ from tracekit.tracefile import BATCH, TraceReader
 SOFTNET_TOLERANCE = 8
 
 
+def too_old(probe: str) -> str | None:
+    """The probe's ``min_kernel`` when the running kernel is older (the 5.10 row's
+    fq-throttle: module BTF came in 5.11), else None."""
+    from tracekit import kernel
+    from tracekit.bus import build_bus
+    from tracekit.registry import min_kernel_version
+
+    need = build_bus().probes.get(probe).min_kernel
+    running = kernel.version()
+    return need if running is not None and running < min_kernel_version(need) else None
+
+
 def tracekit(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     """``python -m tracekit ARGS`` to completion, output captured as text."""
     return subprocess.run(

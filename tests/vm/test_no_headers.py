@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from .helpers import ORACLES
+from .helpers import ORACLES, too_old
 
 pytestmark = pytest.mark.vm
 
@@ -52,18 +52,6 @@ def without_headers(*args: str, timeout: float = 900) -> subprocess.CompletedPro
 def sch_fq() -> None:
     # fq-throttle attaches in sch_fq and reads its types from the module's BTF.
     subprocess.run(["modprobe", "sch_fq"], check=True)
-
-
-def too_old(probe: str) -> str | None:
-    """The probe's ``min_kernel`` when this kernel is older (the 5.10 row's fq-throttle:
-    module BTF came in 5.11), else None."""
-    from tracekit import kernel
-    from tracekit.bus import build_bus
-    from tracekit.registry import min_kernel_version
-
-    need = build_bus().probes.get(probe).min_kernel
-    running = kernel.version()
-    return need if running is not None and running < min_kernel_version(need) else None
 
 
 def test_check_says_core_and_asks_for_no_headers() -> None:
