@@ -257,3 +257,34 @@ def test_execute_delivers_enriches_records_names_and_summarises(tmp_path: Any) -
     want = {PATHS.index(path_of([NAMES[a] for a in s])) for s in STACKS.values()}
     assert paths == want and len(want) == 2
     assert replay(bus, str(trace), (), SinkOptions()).events == 40
+
+
+def test_a_stop_signal_right_after_attached_ends_the_run_as_interrupted(tmp_path: Any) -> None:
+    """SIGTERM between "attached" and the drain loop (the sinks still starting: seen
+    on a loaded 7.2 VM) is an interrupted run with a summary and a trace footer,
+    not "interrupted before tracing started: nothing attached"."""
+    import os
+    import signal
+
+    from tracekit.run import execute
+    from tracekit.testing import synthetic_rows
+    from tracekit.tracefile import TraceReader
+
+    bus = build_bus(load_entry_points=False)
+    spec = bus.probes.get("rss-cpu")
+    probe = StandInProbe(spec, [synthetic_rows(spec.schema, 5)] * 100)
+    trace = tmp_path / "t.tkt"
+    plan = plan_run(
+        bus,
+        spec,
+        None,
+        (f"msgpack={trace}",),
+        RunOptions(duration=60, quiet=True),
+        compiled=Compiled(probe, []),  # type: ignore[arg-type]
+    )
+    summary = execute(bus, plan, on_attached=lambda: os.kill(os.getpid(), signal.SIGTERM))
+    assert summary.interrupted and probe.detached >= 1
+    assert len(probe.batches) > 90, "the run went on draining after the signal"
+    reader = TraceReader(str(trace))
+    list(reader.records())
+    assert reader.footer is not None and reader.footer.interrupted

@@ -453,6 +453,17 @@ class StopSignals:
             self.stopping = True
             raise KeyboardInterrupt
 
+    @contextlib.contextmanager
+    def noted(self) -> Iterator[None]:
+        """Hold a stop signal through a block and only note it (``received``): the
+        caller ends the run normally, as interrupted. For the window between attach
+        and the drain loop, where the user was told the probe is attached."""
+        self.holding = True
+        try:
+            yield
+        finally:
+            self.holding = False
+
     def __enter__(self) -> StopSignals:
         for s in (signal.SIGINT, signal.SIGTERM):
             self._old[s] = signal.signal(s, self._handler)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -269,15 +270,24 @@ def execute(
             with signals.held():
                 probe.open_output()
                 probe.attach(compiled.points)
-            if not opts.quiet:
-                where = ", ".join(a.describe() for a in probe.attached)
-                how = probe.output if probe.stream else "in-kernel aggregation"
-                say(f"attached {where} ({how}); Ctrl-C to stop")
-            if on_attached is not None:
-                on_attached()
-            with Pipeline(bus, session, plan.sinks.objects) as pipe:
-                running = pipe
-                started = True
+            with contextlib.ExitStack() as stack:
+                # From "attached" on, a stop signal ends the run as an interrupted
+                # run (summary, trace footer), never as "nothing attached": it is
+                # noted until the sinks have started and the drain loop looks at it.
+                with signals.noted():
+                    if not opts.quiet:
+                        where = ", ".join(a.describe() for a in probe.attached)
+                        how = probe.output if probe.stream else "in-kernel aggregation"
+                        say(f"attached {where} ({how}); Ctrl-C to stop")
+                    if on_attached is not None:
+                        on_attached()
+                    pipe = stack.enter_context(Pipeline(bus, session, plan.sinks.objects))
+                    running = pipe
+                    started = True
+
+                def stop() -> bool:
+                    return signals.received is not None or (until is not None and until())
+
                 # Counters are read while running only for a sink that shows them live
                 # (prometheus): a map read per second is a system call per map.
                 tick = (
@@ -286,8 +296,9 @@ def execute(
                     else None
                 )
                 interrupted = drain_for(
-                    probe, deliver, pipe.lost, opts.duration, until, on_tick=tick
+                    probe, deliver, pipe.lost, opts.duration, stop, on_tick=tick
                 )
+                interrupted = interrupted or signals.received is not None
                 with signals.deferred():
                     # Detach first so the last drain and the counters are final.
                     probe.detach()
