@@ -263,3 +263,23 @@ def test_a_plugin_command_runs_with_the_command_lines_bus(
         env={**__import__("os").environ, "TRACEKIT_DISABLE_PLUGINS": "lab"},
     )
     assert r.returncode == 2 and "No such command 'lab'" in r.stderr, r.stderr
+
+
+def test_run_and_the_labs_share_their_option_declarations() -> None:
+    """--sink, --force and --loader are declared once (tracekit/cli_options.py): a
+    lab's differ from `tracekit run`'s only in --sink's default."""
+    from tracekit.cli import cli
+
+    ctx = click.Context(cli)
+    run = {p.name: p for p in cli.commands["run"].params}
+    lab_group = cli.get_command(ctx, "lab")
+    assert isinstance(lab_group, click.Group)
+    labs = [lab_group.get_command(ctx, n) for n in lab_group.list_commands(ctx)]
+    assert len(labs) == 4
+    for lab in labs:
+        assert lab is not None
+        params = {p.name: p for p in lab.params}
+        for name in ("force",) + (("loader",) if "loader" in params else ()):
+            assert params[name].help == run[name].help, (lab.name, name)
+        sink_help = params["sinks"].help or ""
+        assert sink_help == f"{run['sinks'].help}; default: hist", lab.name

@@ -14,6 +14,7 @@ import click
 
 from tracekit import __version__
 from tracekit.bus import Bus, current_bus
+from tracekit.cli_options import force_option, loader_option, sink_option
 from tracekit.errors import TracekitError, UsageError
 from tracekit.pipeline import SinkOptions
 from tracekit.safe_text import printable
@@ -36,16 +37,6 @@ def _parse_params(items: tuple[str, ...]) -> dict[str, str]:
             raise UsageError(f"bad --param {item!r}: expected KEY=VALUE")
         out[k.strip()] = v.strip()
     return out
-
-
-sink_option = click.option(
-    "--sink",
-    "sinks",
-    multiple=True,
-    metavar="NAME[=ARG]",
-    help="where events go; repeat for several (console, hist, msgpack=PATH, ...)",
-)
-force_option = click.option("--force", is_flag=True, help="overwrite existing trace files")
 
 
 class OutputClosed(TracekitError):
@@ -167,7 +158,7 @@ def list_cmd(ctx: click.Context, as_json: bool) -> None:
 
 @cli.command("run")
 @click.argument("probe")
-@sink_option
+@sink_option()
 @click.option("--duration", type=float, default=None, help="stop after SECONDS (default: Ctrl-C)")
 @click.option("--param", "params", multiple=True, metavar="KEY=VALUE", help="probe parameter")
 @click.option(
@@ -197,13 +188,7 @@ def list_cmd(ctx: click.Context, as_json: bool) -> None:
     metavar="N",
     help="perf buffer pages per CPU, a power of two (the shared ring buffer gets 16 x N)",
 )
-@click.option(
-    "--loader",
-    type=click.Choice(["auto", "core", "bcc"]),
-    default="auto",
-    show_default=True,
-    help="core: the probe's CO-RE object (built once, needs BTF); bcc: compile now",
-)
+@loader_option
 @force_option
 @click.pass_context
 def run_cmd(
@@ -254,7 +239,7 @@ def run_cmd(
 
 @cli.command("replay")
 @click.argument("file", type=click.Path(dir_okay=False))
-@sink_option
+@sink_option()
 @force_option
 @click.pass_context
 def replay_cmd(ctx: click.Context, file: str, sinks: tuple[str, ...], force: bool) -> None:

@@ -6,26 +6,17 @@ import sys
 
 import click
 
+from tracekit import cli_options
 from tracekit.errors import UsageError
 
 duration_option = click.option(
     "--duration", type=float, default=10.0, show_default=True, help="iperf3 seconds"
 )
-sink_option = click.option(
-    "--sink",
-    "sinks",
-    multiple=True,
-    metavar="NAME[=ARG]",
-    help="as for tracekit run (default: hist)",
-)
-force_option = click.option("--force", is_flag=True, help="overwrite existing trace files")
-loader_option = click.option(
-    "--loader",
-    type=click.Choice(["auto", "core", "bcc"]),
-    default="auto",
-    show_default=True,
-    help="as for tracekit run",
-)
+# The options a lab shares with `tracekit run` are run's own (tracekit/cli_options.py);
+# a lab's sinks default to hist.
+sink_option = cli_options.sink_option(default="hist")
+force_option = cli_options.force_option
+loader_option = cli_options.loader_option
 
 
 def check_duration(duration: float) -> None:
