@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import platform
 import socket
 import time
 from collections.abc import Iterator, Mapping
@@ -12,6 +10,7 @@ from types import MappingProxyType
 from typing import Any
 
 from tracekit import __version__
+from tracekit import kernel as kernel_facts
 from tracekit.schema import Schema
 
 
@@ -77,8 +76,8 @@ class Session:
     schema: Schema
     params: Mapping[str, int] = field(default_factory=dict)
     mode: str = "live"  # "live" or "replay"
-    kernel: str = field(default_factory=platform.release)
-    ncpus: int = field(default_factory=lambda: os.cpu_count() or 1)
+    kernel: str = field(default_factory=kernel_facts.release)
+    ncpus: int = field(default_factory=kernel_facts.ncpus)
     hostname: str = field(default_factory=socket.gethostname)
     start_time: float = field(default_factory=time.time)
     tracekit_version: str = __version__
