@@ -38,7 +38,7 @@ import sys
 import threading
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from operator import itemgetter
 from typing import Any
 
@@ -138,7 +138,7 @@ class _HistState:
             counts[k][bucket(v)] += n
             sums[k] += v * n
 
-    def add_weighted(self, pairs: list[tuple[tuple[Any, ...], int]]) -> None:
+    def add_weighted(self, pairs: Sequence[tuple[tuple[Any, ...], int]]) -> None:
         for r, n in pairs:
             k = self.key(r)
             if self.vi is None:
@@ -180,7 +180,7 @@ class PrometheusSink:
         self.hists: list[_HistState] = []
         self.events = 0
         self.lost: dict[tuple[str, int], int] = defaultdict(int)
-        self.counters: dict[str, dict[str, dict[int, int]]] = {}
+        self.counters: Mapping[str, Mapping[str, Mapping[int, int]]] = {}
         self.ended = False
 
     def _parse(self, arg: str) -> None:

@@ -156,7 +156,7 @@ def test_kernel_aggregate_feeds_the_hist_sink() -> None:
     # The sinks saw a session saying what the kernel aggregated; the caller's is
     # read-only and unchanged.
     assert "# counted in the kernel by cpu, q" in buf.getvalue() and session.aggregated == ()
-    assert summary.kernel_agg == agg.rows
+    assert summary.kernel_agg == tuple(agg.rows)  # read-only: a tuple
     assert "@count[0, 1]: 5" in buf.getvalue() and "@count[1, 1]: 2" in buf.getvalue()
     with pytest.raises(ValueError, match="has 1 values"):
         KernelAggregate.from_counts(S, ("cpu", "q"), {(0,): 1})

@@ -239,9 +239,9 @@ def test_execute_delivers_enriches_records_names_and_summarises(tmp_path: Any) -
     )
     summary = execute(bus, plan, until=lambda: not probe.batches)
     assert summary.events == 40 and not summary.interrupted and probe.detached >= 1
-    assert summary.notes == [
-        "ooo_okay share: 10/40 skbs = 25.00% (wmem low: 0, rtx queue empty: 0)"
-    ]
+    assert summary.notes == (
+        "ooo_okay share: 10/40 skbs = 25.00% (wmem low: 0, rtx queue empty: 0)",
+    )
     # Each stack walked and each address named once, however many events carry them.
     assert (probe.bpf.walks, probe.bpf.ksyms) == (2, 3)
     reader = TraceReader(str(trace))
@@ -288,3 +288,38 @@ def test_a_stop_signal_right_after_attached_ends_the_run_as_interrupted(tmp_path
     reader = TraceReader(str(trace))
     list(reader.records())
     assert reader.footer is not None and reader.footer.interrupted
+
+
+def test_the_summary_sinks_get_is_read_only() -> None:
+    """Every sink's tracekit_session_end gets one Summary that none can change."""
+    import dataclasses
+
+    from tracekit.session import LostReport, Summary
+
+    seen: list[Summary] = []
+
+    class Meddler:
+        @hookimpl
+        def tracekit_session_end(self, session: Any, summary: Summary) -> None:
+            seen.append(summary)
+            with pytest.raises(dataclasses.FrozenInstanceError):
+                summary.events = 0  # type: ignore[misc]
+            with pytest.raises(TypeError):
+                summary.counters["c"] = {}  # type: ignore[index]
+            with pytest.raises(TypeError):
+                summary.counters["c"]["x"][0] = 5  # type: ignore[index]
+            with pytest.raises(TypeError):
+                summary.lost["perf"][0] = 0  # type: ignore[index]
+            with pytest.raises(AttributeError):
+                summary.notes.append("x")  # type: ignore[attr-defined]
+
+    bus = build_bus(load_entry_points=False)
+    spec = bus.probes.get("rss-cpu")
+    session = Session(probe="rss-cpu", schema=spec.schema, params={})
+    with Pipeline(bus, session, {"meddler": Meddler()}) as pipe:
+        pipe.lost(LostReport("perf", {0: 3}))
+        got = pipe.end(counters={"c": {"x": {0: 1}}}, report=lambda s: ["a note"])
+    assert pipe.failures.errors == {}, pipe.failures.errors
+    assert seen == [got]
+    assert got.lost == {"perf": {0: 3}} and got.counters == {"c": {"x": {0: 1}}}
+    assert got.notes == ("a note",)

@@ -6,6 +6,7 @@ Live runs (``tracekit.loader``) and replays (``tracekit.replay``) both drive a
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -81,7 +82,9 @@ class Pipeline:
         # Failures are per session: a sink that failed in an earlier run of this
         # process (tests, labs running a probe twice) is a new object now.
         self.failures = SinkFailures()
-        self._summary = Summary()
+        # What this pipeline counts; the Summary is built from it once, at the end.
+        self._events = 0
+        self._lost: dict[str, dict[int, int]] = {}
         self._ended: Summary | None = None
         self._started = 0.0
         self._ctx: Any = None
@@ -99,7 +102,7 @@ class Pipeline:
     @property
     def events(self) -> int:
         """Events delivered so far."""
-        return self._summary.events
+        return self._events
 
     def batch(self, rows: list[tuple[Any, ...]] | EventBatch) -> None:
         """Deliver one batch: rows from a loader, or an ``EventBatch`` (a replay's
@@ -110,13 +113,15 @@ class Pipeline:
             batch = rows
         else:
             batch = EventBatch(self.session.probe, rows, schema=self.session.schema)
-        self._summary.events += len(batch)
+        self._events += len(batch)
         self._call("tracekit_events", session=self.session, batch=batch)
 
     def lost(self, report: LostReport) -> None:
         if report.total == 0:
             return
-        self._summary.add_lost(report)
+        per = self._lost.setdefault(report.source, {})
+        for cpu, n in report.per_cpu.items():
+            per[cpu] = per.get(cpu, 0) + n
         self._call("tracekit_lost_events", session=self.session, lost=report)
 
     def counters(self, counters: dict[str, dict[str, dict[int, int]]]) -> None:
@@ -140,14 +145,17 @@ class Pipeline:
         if self._ended is not None:
             raise RuntimeError("a pipeline's session ends once")
         if summary is None:
-            summary = self._summary
-            summary.duration = time.monotonic() - self._started
-            summary.counters = counters or {}
-            summary.kernel_agg = list(kernel_agg or ())
-            summary.interrupted = interrupted
-            summary.truncated = truncated
+            summary = Summary(
+                events=self._events,
+                lost=self._lost,
+                duration=time.monotonic() - self._started,
+                counters=counters or {},
+                kernel_agg=tuple(kernel_agg or ()),
+                interrupted=interrupted,
+                truncated=truncated,
+            )
             if report is not None:
-                summary.notes = report(summary)
+                summary = dataclasses.replace(summary, notes=tuple(report(summary)))
         self._ended = summary
         self._call("tracekit_session_end", session=self.session, summary=summary)
         return summary

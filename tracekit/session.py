@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import socket
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
@@ -357,38 +357,54 @@ class LostReport:
         return sum(self.per_cpu.values())
 
 
-@dataclass
+def _frozen(m: Mapping[Any, Any]) -> Mapping[Any, Any]:
+    """A read-only copy of nested mappings."""
+    return MappingProxyType({k: _frozen(v) if isinstance(v, Mapping) else v for k, v in m.items()})
+
+
+@dataclass(frozen=True)
 class Summary:
-    """How a session ended: totals, losses, duration and in-kernel counters."""
+    """How a session ended: totals, losses, duration and in-kernel counters.
+
+    Read-only, like the session: the pipeline counts and builds it once, at the end,
+    and every sink's ``tracekit_session_end`` gets the same object (mappings are
+    read-only views, sequences tuples), so no sink can change what the next sees."""
 
     events: int = 0
-    lost: dict[str, dict[int, int]] = field(default_factory=dict)
+    # Source ("perf", "ringbuf", "rate limit", ...) -> CPU -> events lost.
+    lost: Mapping[str, Mapping[int, int]] = field(default_factory=dict)
     duration: float = 0.0
     # Counter map name -> label -> per-CPU values, read from the kernel at the end.
-    counters: dict[str, dict[str, dict[int, int]]] = field(default_factory=dict)
+    counters: Mapping[str, Mapping[str, Mapping[int, int]]] = field(default_factory=dict)
     interrupted: bool = False
     truncated: bool = False
     # Events counted in the kernel instead of streamed: (row, count) pairs whose
     # rows carry the aggregated fields (others are zero), for histogram sinks.
-    kernel_agg: list[tuple[tuple[Any, ...], int]] = field(default_factory=list)
+    kernel_agg: Sequence[tuple[tuple[Any, ...], int]] = ()
     # Lines the probe adds to the results (for example rss-cpu's imbalance).
-    notes: list[str] = field(default_factory=list)
+    notes: Sequence[str] = ()
+
+    def __post_init__(self) -> None:
+        # Callers may pass dicts and lists; what the object holds cannot be changed.
+        set_ = object.__setattr__
+        set_(self, "lost", _frozen(self.lost))
+        set_(self, "counters", _frozen(self.counters))
+        set_(self, "kernel_agg", tuple((tuple(r), int(n)) for r, n in self.kernel_agg))
+        set_(self, "notes", tuple(self.notes))
 
     @property
     def lost_total(self) -> int:
         return sum(sum(v.values()) for v in self.lost.values())
-
-    def add_lost(self, report: LostReport) -> None:
-        per = self.lost.setdefault(report.source, {})
-        for cpu, n in report.per_cpu.items():
-            per[cpu] = per.get(cpu, 0) + n
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "events": self.events,
             "lost": {k: {int(c): n for c, n in v.items()} for k, v in self.lost.items()},
             "duration": self.duration,
-            "counters": self.counters,
+            "counters": {
+                m: {lbl: dict(per) for lbl, per in labels.items()}
+                for m, labels in self.counters.items()
+            },
             "interrupted": self.interrupted,
             "kernel_agg": [[list(r), n] for r, n in self.kernel_agg],
             "notes": list(self.notes),

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 
-def imbalance(per_cpu: dict[int, int], ncpus: int) -> tuple[int, float, float]:
+
+def imbalance(per_cpu: Mapping[int, int], ncpus: int) -> tuple[int, float, float]:
     """(busiest CPU, its share of the total, that share against an even share).
 
     1.0 is perfectly even; ``ncpus`` is the worst (everything on one CPU).

@@ -43,7 +43,7 @@ class LabRun:
 
     def counter(self, m: str, label: str) -> dict[int, int]:
         """Counter ``m``'s slot ``label`` per CPU, totals at the end of the run."""
-        return self.summary.counters.get(m, {}).get(label, {})
+        return dict(self.summary.counters.get(m, {}).get(label, {}))
 
     def counter_delta(self, m: str, label: str) -> dict[int, int]:
         """Counter ``m``'s slot ``label`` per CPU, over the client's run only."""
