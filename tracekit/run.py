@@ -11,6 +11,7 @@ from typing import Any
 
 from tracekit.bus import Bus
 from tracekit.errors import InterruptedBeforeStart, UsageError
+from tracekit.ksyms import KsymNamer
 from tracekit.loader import LoadedProbe, StopSignals, drain_for, remove_stale_bcc_events
 from tracekit.pipeline import Pipeline, SinkOptions, Sinks, build_sinks
 from tracekit.preflight import choose_loader, preflight
@@ -249,6 +250,8 @@ def execute(
     summary = Summary(interrupted=True)
     started = False
     pipe: Pipeline | None = None
+    # ksym fields are named from /proc/kallsyms (read on a thread while the probe loads).
+    namer = KsymNamer(session)
     with StopSignals() as signals:
         try:
             if compiled is None:
@@ -265,6 +268,7 @@ def execute(
                         rows = enrich(
                             probe.bpf, session, rows.rows if isinstance(rows, EventBatch) else rows
                         )
+                    namer.name_batch(rows)
                     running.batch(rows)
 
             with signals.held():
@@ -310,7 +314,7 @@ def execute(
                         pipe.lost(r)
                     summary = pipe.end(
                         counters=probe.read_counters(),
-                        kernel_agg=_enriched_agg(probe, session),
+                        kernel_agg=_enriched_agg(probe, session, namer),
                         interrupted=interrupted,
                         report=spec.report,
                     )
@@ -332,13 +336,16 @@ def execute(
     return summary
 
 
-def _enriched_agg(probe: KernelProbe, session: Session) -> list[tuple[tuple[Any, ...], int]]:
+def _enriched_agg(
+    probe: KernelProbe, session: Session, namer: KsymNamer
+) -> list[tuple[tuple[Any, ...], int]]:
     agg = probe.read_agg()
     enrich = probe.spec.enrich
-    if not agg or enrich is None:
-        return agg
-    rows = enrich(probe.bpf, session, [r for r, _ in agg])
-    return list(zip(rows, (n for _, n in agg), strict=True))
+    if agg and enrich is not None:
+        rows = enrich(probe.bpf, session, [r for r, _ in agg])
+        agg = list(zip(rows, (n for _, n in agg), strict=True))
+    namer.name_rows(r for r, _ in agg)
+    return agg
 
 
 def report_summary(summary: Summary) -> None:
