@@ -77,7 +77,7 @@ def test_perf_buffer_overrun_is_counted_exactly(
     assert took < 120  # the tool kept up with draining; nothing stalled
     (out_dir / "reliability.txt").open("a").write(
         f"perf buffer 1 page/CPU: {packets} packets, {s.events} delivered, "
-        f"{s.lost_total} lost {s.lost}\n"
+        f"{s.lost_total} lost {s.to_dict()['lost']}\n"
     )
 
 
@@ -97,7 +97,7 @@ def test_ring_buffer_and_rate_limit_are_counted_exactly(bus: Bus, out_dir: Path)
     assert s.events <= (limit + 2) * (s.duration + 1)
     (out_dir / "reliability.txt").open("a").write(
         f"ring buffer 16 pages + --max-events-per-sec {limit}: {packets} packets, "
-        f"{s.events} delivered in {s.duration:.1f}s, lost {s.lost}\n"
+        f"{s.events} delivered in {s.duration:.1f}s, lost {s.to_dict()['lost']}\n"
     )
 
 
