@@ -34,6 +34,38 @@ def test_online_cpus_ranges(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> 
     assert kernel.online_cpus() == list(range(kernel.ncpus()))
 
 
+# tcp_retransmit_skb's format as 7.2 prints it (6.17 added err): header fields,
+# pointers with spaces, arrays.
+TCP_RETRANSMIT_FORMAT = """name: tcp_retransmit_skb
+ID: 1589
+format:
+\tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;
+\tfield:const void * skbaddr;\toffset:8;\tsize:8;\tsigned:0;
+\tfield:__u16 sport;\toffset:28;\tsize:2;\tsigned:0;
+\tfield:__u8 saddr_v6[16];\toffset:42;\tsize:16;\tsigned:0;
+\tfield:int err;\toffset:76;\tsize:4;\tsigned:1;
+
+print fmt: "skbaddr=%p sport=%hu err=%d", REC->skbaddr, REC->sport, REC->err
+"""
+
+
+def test_tracepoint_fields_from_the_format(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    fmt = tmp_path / "events" / "tcp" / "tcp_retransmit_skb" / "format"
+    fmt.parent.mkdir(parents=True)
+    fmt.write_text(TCP_RETRANSMIT_FORMAT)
+    monkeypatch.setattr(kernel, "tracefs", lambda: tmp_path)
+    assert kernel.tracepoint_fields("tcp:tcp_retransmit_skb") == {
+        "common_type",
+        "skbaddr",
+        "sport",
+        "saddr_v6",
+        "err",
+    }
+    assert kernel.tracepoint_fields("tcp:tcp_probe") is None
+    monkeypatch.setattr(kernel, "tracefs", lambda: None)
+    assert kernel.tracepoint_fields("tcp:tcp_retransmit_skb") is None
+
+
 # Calls and paths that read the running kernel; anywhere but tracekit/kernel.py they
 # would be a second place to keep right (and to patch in tests).
 READERS = {"platform.release", "os.uname", "os.cpu_count"}

@@ -45,6 +45,8 @@ _LAZY: dict[str, str] = {
     "format_row": "tracekit.schema",
     "printable": "tracekit.safe_text",
     "resolve_stack": "tracekit.stacks",
+    # Kernel facts a probe's ``prepare`` chooses by.
+    "tracepoint_fields": "tracekit.kernel",
     # What session hooks receive.
     "Session": "tracekit.session",
     "EventBatch": "tracekit.session",
@@ -122,6 +124,7 @@ __all__ = [
     "printable",
     "resolve_stack",
     "synthetic_rows",
+    "tracepoint_fields",
 ]
 
 
@@ -142,6 +145,7 @@ if TYPE_CHECKING:  # what mypy and editors see; at run time __getattr__ imports 
     from tracekit.bus import Bus, build_bus, current_bus
     from tracekit.contract import KernelAggregate, Sink, SinkOptions
     from tracekit.errors import LabError, PluginError, TracekitError, UsageError
+    from tracekit.kernel import tracepoint_fields
     from tracekit.lab.netns import NetnsLab
     from tracekit.registry import (
         AttachPoint,

@@ -98,6 +98,27 @@ def tracepoint_exists(target: str) -> bool:
     return root is not None and Path(root, "events", cat, name).is_dir()
 
 
+def tracepoint_fields(target: str) -> frozenset[str] | None:
+    """The field names of tracepoint ``category:name`` (its tracefs ``format``), or
+    None where tracefs or the tracepoint is missing.
+
+    A tracepoint's arguments change between kernels (6.17 gave tcp_retransmit_skb
+    an ``err`` and made it fire for attempts that fail): a probe reads them here to
+    choose what it compiles.
+    """
+    root = tracefs()
+    cat, _, name = target.partition(":")
+    if root is None:
+        return None
+    try:
+        text = Path(root, "events", cat, name, "format").read_text()
+    except OSError:
+        return None
+    # "field:const void * skbaddr;\toffset:8;..." and "field:__u8 saddr[4];": the
+    # name is the last word before the ';', without its array size.
+    return frozenset(m.group(1) for m in re.finditer(r"field:[^;]*?(\w+)(?:\[[^\]]*\])?;", text))
+
+
 @lru_cache(maxsize=8)
 def _text(path: str) -> str | None:
     try:

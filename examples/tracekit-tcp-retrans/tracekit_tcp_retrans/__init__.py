@@ -28,9 +28,18 @@ from tracekit import (
     UsageError,
     format_value,
     hookimpl,
+    tracepoint_fields,
 )
 
 __version__ = "0.1.0"
+
+
+def prepare(params: dict[str, int]) -> dict[str, int]:
+    """Compile for this kernel's tracepoint: from 6.17 it carries ``err`` and also
+    fires for attempts that failed, which the C then counts apart."""
+    fields = tracepoint_fields("tcp:tcp_retransmit_skb") or frozenset()
+    return {"TK_RETRANS_ERR": int("err" in fields)}
+
 
 # struct tk_event in tcp_retrans.bpf.c declares the fields, their types and order;
 # here only how they are shown. Its `pad` members never become fields.
@@ -59,6 +68,7 @@ PROBE = ProbeSpec(
     ),
     # Slot names from `enum retrans_counts` in the C.
     counters=(CounterMap("retrans_counts"),),
+    prepare=prepare,
     min_kernel="5.8",
 )
 SCHEMA = PROBE.schema
