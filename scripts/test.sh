@@ -16,6 +16,14 @@ echo "== host tests"
 $py -m pytest -m "not vm and not after_vm" tests
 (cd examples/tracekit-tcp-retrans && ../../$py -m pytest)
 
+# The host tests again on the newer rows' Pythons (3.13: 6.12, 3.14: 7.2; the host's is
+# 3.11, the oldest tracekit supports), chrooted into each row's root, no VM
+# (TRACEKIT_CI_PYTHONS; "" skips them).
+for row in ${TRACEKIT_CI_PYTHONS-6.12 7.2}; do
+  echo "== host tests on kernel row $row's Python"
+  vm/guest-root chroot "$row" python -m pytest -q -p no:cacheprovider -m "not vm and not after_vm" tests
+done
+
 # The kernel matrix (docs/kernels.md, "CI"). The whole VM suite runs on the newest row
 # (TRACEKIT_CI_FULL, default 7.2: the kernel users move to), then the host checks of what
 # it recorded; on the other rows (TRACEKIT_CI_ROWS, default "6.1 6.12 5.10"; "" skips
