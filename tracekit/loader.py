@@ -22,6 +22,7 @@ from types import FrameType
 from typing import Any
 
 from tracekit import kernel
+from tracekit.clang_messages import sorted_compiler_messages
 from tracekit.errors import BccMissingError, CompileError, ResourceError, TracekitError
 from tracekit.perfbuf import PerfBuffer
 from tracekit.probe_base import KernelProbe, import_in_background
@@ -65,6 +66,22 @@ def bcc_guard(what: str) -> Iterator[None]:
     else:
         # Not an error: whatever BCC printed on its Python side still reaches the user.
         sys.stderr.write(buf.getvalue())
+
+
+def own_files(source_name: str, include_dirs: list[str]) -> Callable[[str], bool]:
+    """Whether clang's warning about a file is one the probe's author can act on: the
+    probe's source (BCC's ``/virtual/main.c``, or its name through the line markers
+    expand_common_header adds), or a header of the probe's or tracekit's ``-I``
+    folders; not the kernel's headers. ``TRACEKIT_CLANG_WARNINGS=all``: every file."""
+    if os.environ.get("TRACEKIT_CLANG_WARNINGS") == "all":
+        return lambda path: True
+    dirs = tuple(d.rstrip("/") + "/" for d in include_dirs)
+    return lambda path: (
+        path.startswith("/virtual/")
+        or Path(path).name == source_name
+        or path.startswith(dirs)
+        or Path(path).name == COMMON_HEADER
+    )
 
 
 def ctypes_members(cls: Any) -> list[tuple[str, int]]:
@@ -187,7 +204,8 @@ class LoadedProbe(KernelProbe):
                 cflags.append(f"-I{stack.enter_context(as_file(inc))}")
             text = expand_common_header(Path(src).read_text())
             import_in_background("numpy")  # the batches need it; clang takes long enough
-            with bcc_guard(f"probe {spec.name} failed to compile"):
+            own = own_files(Path(src).name, [f[2:] for f in cflags if f.startswith("-I")])
+            with sorted_compiler_messages(own), bcc_guard(f"probe {spec.name} failed to compile"):
                 self.bpf = bcc.BPF(text=text.encode(), cflags=cflags)
         self._open = True
         self._check_layout()

@@ -69,7 +69,8 @@ static __always_inline int handle(void *ctx, struct sock *sk, struct sk_buff *sk
     ev.cpu = bpf_get_smp_processor_id();
     ev.segs = segs;
     tk_read_flow(sk, &ev.saddr, &ev.daddr, &ev.sport, &ev.dport);
-    bpf_probe_read_kernel(&ev.state, sizeof(ev.state), &sk->__sk_common.skc_state);
+    bpf_probe_read_kernel(&ev.state, sizeof(ev.state),
+                          (const void *)&sk->__sk_common.skc_state);
     tk_emit(ctx, &ev);
 #endif
     return 0;
