@@ -42,6 +42,13 @@ def test_errors_stay_wherever_they_are() -> None:
     assert shown[shown.index("In file included from /virtual/main.c:3:") + 1].endswith("'bogus_t'")
 
 
+def test_a_message_without_a_location_is_not_lost_with_the_warning_before_it() -> None:
+    shown, dropped = sort_messages(CLANG_7_2.replace("2 warnings", "error: too many"), own)
+    assert dropped == 1 and shown[-1] == "error: too many generated."
+    shown, _ = sort_messages(CLANG_7_2.split("probe.bpf.c")[0] + "fatal error: stop\n", own)
+    assert shown == ["fatal error: stop"]
+
+
 def test_other_output_stays() -> None:
     shown, _ = sort_messages("bcc: something BCC said\n" + CLANG_7_2, own)
     assert shown[0] == "bcc: something BCC said"

@@ -26,6 +26,8 @@ from collections.abc import Callable, Iterator
 _DIAG = re.compile(r"^(?P<file>[^\s:][^:]*):\d+:\d+: (?P<kind>warning|error|fatal error): ")
 _INCLUDED = "In file included from "
 _SUMMARY = re.compile(r"^\d+ (warning|error)s? generated\.$")
+# A message with no location ("error: unknown argument"): a block of its own, kept.
+_BARE = re.compile(r"^(fatal error|error|warning): ")
 
 
 def sort_messages(text: str, own: Callable[[str], bool]) -> tuple[list[str], int]:
@@ -44,7 +46,7 @@ def sort_messages(text: str, own: Callable[[str], bool]) -> tuple[list[str], int
             in_chain = False
             continue
         starts_chain = line.startswith(_INCLUDED)
-        if (starts_chain and not in_chain) or (_DIAG.match(line) and not in_chain):
+        if not in_chain and (starts_chain or _DIAG.match(line) or _BARE.match(line)):
             blocks.append([])
         in_chain = starts_chain
         blocks[-1].append(line)
