@@ -30,8 +30,9 @@ done
 # them) every built-in probe against its kernel oracle from BTF alone (CO-RE, headers
 # hidden) and the tests of what changed between kernels (fq's drop reasons, the TX-queue
 # reselection timer, ooo_okay's rules; their second tracer, bpftrace, needs a newer
-# bpftrace than the 5.10 row's). The whole suite on every row does not fit in CI's time:
-# it costs 15 (6.1) to 45 (7.2) minutes a row under TCG, these 4 to 7 minutes a row.
+# bpftrace than the 5.10 row's). The whole suite on every row leaves no room in CI's
+# time for a busy machine: about 15 minutes a row idle under TCG, up to 45 under load;
+# these 2 to 3 minutes a row (docs/kernels.md, "CI").
 full="${TRACEKIT_CI_FULL-7.2}"
 echo "== VM tests: the whole suite on kernel row $full"
 rm -f .vm-out/*.tkt .vm-out/*.txt
