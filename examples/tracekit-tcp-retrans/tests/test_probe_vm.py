@@ -84,3 +84,8 @@ def test_segments_match_tcp_retrans_segs(
     # none left.
     err = capfd.readouterr().err
     assert "warning:" not in err, err
+    print(  # the figures, for -rA
+        f"probe {counts}; kernel Tcp.RetransSegs {d['Tcp.RetransSegs']}, "
+        f"TcpExt.TCPRetransFail {d.get('TcpExt.TCPRetransFail', 0)}, "
+        f"TcpExt.TCPSynRetrans {d.get('TcpExt.TCPSynRetrans', 0)}"
+    )
