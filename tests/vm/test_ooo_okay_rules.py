@@ -88,11 +88,23 @@ while True:
 """
 
 
+def bpftrace_without_btf() -> bool:
+    """Whether ``bpftrace --info`` says it cannot use the kernel's BTF here."""
+    info = subprocess.run(
+        ["bpftrace", "--info"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    ).stdout
+    return re.search(r"^\s*btf: no\s*$", info, re.M) is not None
+
+
 class Bpftrace:
     """The second tracer: started and awaited (its BEGIN runs once every probe is
     attached), stopped with SIGINT, its maps read from what it prints on exit."""
 
     def __init__(self, script: str) -> None:
+        if bpftrace_without_btf():
+            # Bookworm's bpftrace (0.17) on 5.10 says "btf: no" (the kernel has
+            # vmlinux BTF) and then knows no struct: the kernel's headers tell it.
+            script = "#include <linux/skbuff.h>\n#include <net/sock.h>\n" + script
         self.p = subprocess.Popen(
             ["bpftrace", "-B", "line", "-e", script],
             stdout=subprocess.PIPE,
