@@ -91,11 +91,17 @@ def tracefs() -> Path | None:
     return None
 
 
-def tracepoint_exists(target: str) -> bool:
-    """Whether tracefs lists the tracepoint ``category:name``."""
+def _event_dir(target: str) -> Path | None:
+    """tracefs's folder of tracepoint ``category:name`` (whether it exists or not)."""
     root = tracefs()
     cat, _, name = target.partition(":")
-    return root is not None and Path(root, "events", cat, name).is_dir()
+    return None if root is None else Path(root, "events", cat, name)
+
+
+def tracepoint_exists(target: str) -> bool:
+    """Whether tracefs lists the tracepoint ``category:name``."""
+    d = _event_dir(target)
+    return d is not None and d.is_dir()
 
 
 def tracepoint_fields(target: str) -> frozenset[str] | None:
@@ -106,12 +112,11 @@ def tracepoint_fields(target: str) -> frozenset[str] | None:
     an ``err`` and made it fire for attempts that fail): a probe reads them here to
     choose what it compiles.
     """
-    root = tracefs()
-    cat, _, name = target.partition(":")
-    if root is None:
+    d = _event_dir(target)
+    if d is None:
         return None
     try:
-        text = Path(root, "events", cat, name, "format").read_text()
+        text = (d / "format").read_text()
     except OSError:
         return None
     # "field:const void * skbaddr;\toffset:8;..." and "field:__u8 saddr[4];": the

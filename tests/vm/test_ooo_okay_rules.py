@@ -10,6 +10,7 @@ shows that the kernel indeed never sets the flag on a UDP skb.
 
 from __future__ import annotations
 
+import functools
 import platform
 import re
 import signal
@@ -88,6 +89,7 @@ while True:
 """
 
 
+@functools.cache  # one answer per boot; each lab run starts a Bpftrace
 def bpftrace_without_btf() -> bool:
     """Whether ``bpftrace --info`` says it cannot use the kernel's BTF here."""
     info = subprocess.run(
