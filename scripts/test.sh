@@ -29,10 +29,10 @@ done
 # it recorded; on the other rows (TRACEKIT_CI_ROWS, default "6.1 6.12 5.10"; "" skips
 # them) every built-in probe against its kernel oracle from BTF alone (CO-RE, headers
 # hidden) and the tests of what changed between kernels (fq's drop reasons, the TX-queue
-# reselection timer, ooo_okay's rules; each skips where its kernel lacks it). The whole
-# suite on every row leaves no room in CI's time for a busy machine: about 15 minutes a
-# row idle under TCG, up to 45 under load; these 2 to 3 minutes a row (docs/kernels.md,
-# "CI").
+# reselection timer, ooo_okay's rules; each skips where its kernel lacks it; not on 5.10,
+# below). The whole suite on every row leaves no room in CI's time for a busy machine:
+# about 15 minutes a row idle under TCG, up to 45 under load; these 2 to 3 minutes a row
+# (docs/kernels.md, "CI").
 full="${TRACEKIT_CI_FULL-7.2}"
 echo "== VM tests: the whole suite on kernel row $full"
 rm -f .vm-out/*.tkt .vm-out/*.txt
@@ -47,6 +47,9 @@ matrix=(tests/vm/test_no_headers.py tests/vm/test_fq_drop_reasons.py
 for row in ${TRACEKIT_CI_ROWS-6.1 6.12 5.10}; do
   echo "== VM tests on kernel row $row: each probe's oracle"
   files=("${matrix[@]}")
+  # 5.10: fq-throttle's tests skip (5.11+) and the ooo-okay rules' bpftrace (0.17, given
+  # the headers there) once did not exit within 120 s of SIGINT: its oracles only.
+  [ "$row" != 5.10 ] || files=(tests/vm/test_no_headers.py)
   vm/run --kernel "$row" -- python -m pytest -p no:hypothesispytest -m vm -v "${files[@]}"
 done
 
