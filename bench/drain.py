@@ -49,12 +49,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from ringfeed import fill, load_feeder  # the XDP feeder the buffer tests use
 
-from tracekit.libbpf import BpfObject
-from tracekit.perfbuf import PerfBuffer, sample_stride
-from tracekit.ringbuf import RingBuffer
-from tracekit.schema import Field, Schema
-from tracekit.session import EventBatch, Session
-from tracekit.tracefile import TraceWriter
+from tracekit.base.schema import Field, Schema
+from tracekit.base.session import EventBatch, Session
+from tracekit.bpf.libbpf import BpfObject
+from tracekit.bpf.perfbuf import PerfBuffer, sample_stride
+from tracekit.bpf.ringbuf import RingBuffer
+from tracekit.traces.tracefile import TraceWriter
 
 RING = 1 << 27  # 128 MiB: room for the whole backlog (32-byte slots)
 SCHEMA = Schema((Field("seq", "u64"), Field("cpu", "u32"), Field("tag", "str12")))

@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 import msgpack
 import tracefuzz
 
-from tracekit.tracefile import BATCH, FOOTER, LOST, MAX_RECORD, SYMBOLS
+from tracekit.traces.tracefile import BATCH, FOOTER, LOST, MAX_RECORD, SYMBOLS
 
 
 def forge(kind: str, target: int) -> bytes:
@@ -84,7 +84,7 @@ def run(argv: list[str]) -> tuple[float, int, int]:
     """
     code = (
         "import sys\n"
-        "from tracekit.cli import main\n"
+        "from tracekit.cli.main import main\n"
         "try:\n"
         f"    main({argv!r})\n"
         "except SystemExit as e:\n"

@@ -8,7 +8,7 @@ process, rounds interleaved:
 
 - ``by number``: each text-symbol line parsed into an (address, name) pair, sorted
   (the table before #14's start-up work, kept here as the reference);
-- ``lines as bytes``: ``tracekit.core_stacks.KernelSymbols``, the text-symbol lines
+- ``lines as bytes``: ``tracekit.bpf.core_stacks.KernelSymbols``, the text-symbol lines
   kept whole and sorted as bytes.
 
 Both name every address alike (tests/test_core_build.py checks it on this kernel).
@@ -23,7 +23,7 @@ import statistics
 import time
 from collections.abc import Callable
 
-from tracekit.core_stacks import KernelSymbols
+from tracekit.bpf.core_stacks import KernelSymbols
 
 _BY_NUMBER = re.compile(rb"^([0-9a-f]+) [tT] (\S+)", re.M)
 

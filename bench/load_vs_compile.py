@@ -16,8 +16,8 @@ import subprocess
 import sys
 import time
 
-from tracekit.bus import build_bus
-from tracekit.run import RunOptions, compile_probe
+from tracekit.live.run import RunOptions, compile_probe
+from tracekit.plugin.bus import build_bus
 
 # Parameters the VM suite loads each probe with.
 PARAMS = {"ooo-okay": {"all": "1"}}

@@ -29,10 +29,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from probe import SPEC
 
-from tracekit.bus import build_bus
 from tracekit.lab.netns import NetnsLab
 from tracekit.lab.txq_flip import lab_txq_flip
-from tracekit.run import RunOptions, compile_probe, run_probe
+from tracekit.live.run import RunOptions, compile_probe, run_probe
+from tracekit.plugin.bus import build_bus
 
 SEED_BT = """
 kprobe:netdev_pick_tx {

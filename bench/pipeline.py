@@ -31,8 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from probe import HERE, SPEC
 
-from tracekit.bus import build_bus
-from tracekit.run import RunOptions, compile_probe, run_probe
+from tracekit.live.run import RunOptions, compile_probe, run_probe
+from tracekit.plugin.bus import build_bus
 
 DRIVER = (
     "import os, time\nend = time.monotonic() + {s}\nn = 0\n"

@@ -30,9 +30,9 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from tracekit.bus import build_bus
-from tracekit.pipeline import Pipeline, SinkOptions, build_sinks
-from tracekit.session import LostReport, Session
+from tracekit.base.session import LostReport, Session
+from tracekit.plugin.bus import build_bus
+from tracekit.plugin.pipeline import Pipeline, SinkOptions, build_sinks
 from tracekit.testing import synthetic_rows
 
 NCPUS = 4

@@ -20,11 +20,11 @@ import time
 import types
 from typing import Any
 
-from tracekit.core_loader import CoreProbe
+from tracekit.base.schema import Field, Schema
+from tracekit.base.session import EventBatch
+from tracekit.bpf.core import CoreProbe
+from tracekit.bpf.ringbuf import HEADER
 from tracekit.probes.txq_flip import SCHEMA
-from tracekit.ringbuf import HEADER
-from tracekit.schema import Field, Schema
-from tracekit.session import EventBatch
 
 
 def with_pad_as_field() -> Schema:

@@ -28,14 +28,22 @@ from pathlib import Path
 import msgpack
 
 from tracekit import hookimpl
-from tracekit.bus import build_bus
-from tracekit.pipeline import SinkOptions
+from tracekit.base.session import EventBatch, Session, Summary
+from tracekit.plugin.bus import build_bus
+from tracekit.plugin.pipeline import SinkOptions
+from tracekit.plugin.registry import SinkRegistry, SinkSpec
 from tracekit.probes.txq_flip import SCHEMA
-from tracekit.registry import SinkRegistry, SinkSpec
-from tracekit.replay import replay
-from tracekit.session import EventBatch, Session, Summary
 from tracekit.testing import synthetic_rows
-from tracekit.tracefile import BATCH, FOOTER, HEADER, MAGIC, MAX_BATCH, TraceReader, TraceWriter
+from tracekit.traces.replay import replay
+from tracekit.traces.tracefile import (
+    BATCH,
+    FOOTER,
+    HEADER,
+    MAGIC,
+    MAX_BATCH,
+    TraceReader,
+    TraceWriter,
+)
 
 
 class Null:

@@ -11,11 +11,11 @@ from collections.abc import Mapping
 from typing import Any, TextIO
 
 from tracekit import hookimpl
-from tracekit.errors import UsageError
-from tracekit.registry import SinkRegistry, SinkSpec
-from tracekit.safe_text import printable
-from tracekit.schema import Field, format_value
-from tracekit.session import EventBatch, LostReport, Session, Summary
+from tracekit.base.errors import UsageError
+from tracekit.base.schema import Field, format_value
+from tracekit.base.session import EventBatch, LostReport, Session, Summary
+from tracekit.base.text import printable
+from tracekit.plugin.registry import SinkRegistry, SinkSpec
 
 _WIDTH_BY_DISPLAY = {"ipv4": 15, "ip": 39, "queue": 5, "port": 5, "bool": 3, "ts": 14}
 _WIDTH_BY_TYPE = {"u8": 3, "s8": 4, "u16": 5, "s16": 6, "u32": 10, "s32": 11, "u64": 12, "s64": 12}

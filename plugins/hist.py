@@ -12,15 +12,15 @@ import sys
 from typing import TYPE_CHECKING, TextIO
 
 from tracekit import hookimpl
-from tracekit.errors import UsageError
-from tracekit.registry import SinkRegistry, SinkSpec
-from tracekit.safe_text import printable
-from tracekit.schema import HistSpec, Schema
-from tracekit.session import EventBatch, Session, Summary
+from tracekit.base.errors import UsageError
+from tracekit.base.schema import HistSpec, Schema
+from tracekit.base.session import EventBatch, Session, Summary
+from tracekit.base.text import printable
+from tracekit.plugin.registry import SinkRegistry, SinkSpec
 
 if TYPE_CHECKING:
     # Imported where a hist sink is made: runs without one never load it.
-    from tracekit.hist import Histogram
+    from tracekit.base.hist import Histogram
 
 
 class HistSink:
@@ -30,7 +30,7 @@ class HistSink:
         self.hists: list[Histogram] = []
 
     def specs(self, schema: Schema) -> tuple[HistSpec, ...]:
-        from tracekit.hist import parse_hist_arg
+        from tracekit.base.hist import parse_hist_arg
 
         if not self.arg:
             return schema.histograms or (HistSpec(value=None, kind="count"),)
@@ -56,7 +56,7 @@ class HistSink:
 
     @hookimpl
     def tracekit_session_start(self, session: Session) -> None:
-        from tracekit.hist import Histogram
+        from tracekit.base.hist import Histogram
 
         self.hists = [Histogram(s, session.schema) for s in self.specs(session.schema)]
 

@@ -7,13 +7,13 @@ import stat
 from typing import TYPE_CHECKING
 
 from tracekit import hookimpl
-from tracekit.errors import UsageError
-from tracekit.pipeline import SinkOptions
-from tracekit.registry import SinkRegistry, SinkSpec
-from tracekit.session import EventBatch, LostReport, Session, Summary
+from tracekit.base.errors import UsageError
+from tracekit.base.session import EventBatch, LostReport, Session, Summary
+from tracekit.plugin.pipeline import SinkOptions
+from tracekit.plugin.registry import SinkRegistry, SinkSpec
 
 if TYPE_CHECKING:
-    from tracekit.tracefile import TraceWriter
+    from tracekit.traces.tracefile import TraceWriter
 
 
 class MsgpackSink:
@@ -37,7 +37,7 @@ class MsgpackSink:
     def tracekit_session_start(self, session: Session) -> None:
         # Imported here: the trace writer (msgpack, CRC, checks) is not needed by a
         # run that records nothing, and every import delays its first event.
-        from tracekit.tracefile import TraceWriter
+        from tracekit.traces.tracefile import TraceWriter
 
         self.writer = TraceWriter(self.path, session, force=self.force)
 

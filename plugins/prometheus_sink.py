@@ -43,12 +43,12 @@ from operator import itemgetter
 from typing import Any
 
 from tracekit import hookimpl
-from tracekit.errors import UsageError
-from tracekit.fleet import need, printable
-from tracekit.pipeline import SinkOptions
-from tracekit.registry import SinkRegistry, SinkSpec
-from tracekit.schema import HistSpec, Schema, format_value
-from tracekit.session import EventBatch, LostReport, Session, Summary
+from tracekit.base.errors import UsageError
+from tracekit.base.schema import HistSpec, Schema, format_value
+from tracekit.base.session import EventBatch, LostReport, Session, Summary
+from tracekit.fleet.extras import need, printable
+from tracekit.plugin.pipeline import SinkOptions
+from tracekit.plugin.registry import SinkRegistry, SinkSpec
 
 DEFAULT_ADDR = "127.0.0.1"
 DEFAULT_PORT = 9435
@@ -101,7 +101,7 @@ class _HistState:
         self.schema = schema
         self.name = hist_metric(probe, schema, spec)
         self.labels = bounded_labels(schema, spec, all_labels)
-        from tracekit.hist import Histogram  # here: runs without this sink never load it
+        from tracekit.base.hist import Histogram  # here: runs without this sink never load it
 
         self.bucket = Histogram(spec, schema).bucket
         idx = tuple(schema.index(n) for n in self.labels)

@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
+from tracekit.base.session import Session
 from tracekit.probes.txq_flip import SCHEMA
-from tracekit.session import Session
 from tracekit.testing import synthetic_rows
 
 

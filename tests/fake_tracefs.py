@@ -11,9 +11,9 @@ import pytest
 def fake_kprobe_tracefs(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, functions: str, blacklist: str = ""
 ) -> Path:
-    """tracekit.kernel sees a tracefs with kprobe_events, ``functions`` (the text of
+    """tracekit.base.kernel sees a tracefs with kprobe_events, ``functions`` (the text of
     available_filter_functions) and ``blacklist`` (kprobes/blacklist); returns its root."""
-    import tracekit.kernel as kernel
+    import tracekit.base.kernel as kernel
 
     root = tmp_path / "tracing"
     (root / "events").mkdir(parents=True)

@@ -17,9 +17,9 @@ import re
 from pathlib import Path
 from typing import Any
 
-from tracekit.bus import Bus
-from tracekit.schema import Schema
-from tracekit.session import LostReport, Session
+from tracekit.base.schema import Schema
+from tracekit.base.session import LostReport, Session
+from tracekit.plugin.bus import Bus
 from tracekit.testing import feed
 
 T0 = 1_000_000_000_000  # ns: a monotonic clock some 17 minutes after boot
@@ -239,7 +239,7 @@ def record(
     extra_sinks: tuple[str, ...] = (),
 ) -> str:
     """Record a trace of ``probe`` at ``path``; returns what the hist sink printed."""
-    from tracekit.bus import build_bus
+    from tracekit.plugin.bus import build_bus
 
     bus = bus or build_bus()
     spec = bus.probes.get(probe)

@@ -16,9 +16,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from tracekit.core_build import compile_core
-from tracekit.errors import TracekitError
-from tracekit.libbpf import BpfObject
+from tracekit.base.errors import TracekitError
+from tracekit.bpf.core_build import compile_core
+from tracekit.bpf.libbpf import BpfObject
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCE = ROOT / "tests" / "bpf" / "ringfeed.bpf.c"

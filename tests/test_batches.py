@@ -9,10 +9,10 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from tracekit.hist import Histogram
+from tracekit.base.hist import Histogram
+from tracekit.base.schema import Field, HistSpec, Schema
+from tracekit.base.session import EventBatch
 from tracekit.probes.txq_flip import SCHEMA
-from tracekit.schema import Field, HistSpec, Schema
-from tracekit.session import EventBatch
 from tracekit.testing import synthetic_rows
 
 WIDE = Schema(
@@ -124,7 +124,7 @@ def test_hist_counts_a_packed_batch_exactly_as_its_rows(seed: int, n: int) -> No
 def test_distinct_without_sorting_is_np_unique(dtype: str, raw: list[int], base: int) -> None:
     import numpy as np
 
-    from tracekit.hist import _distinct
+    from tracekit.base.hist import _distinct
 
     info = np.iinfo(dtype)
     width = int(info.max) - int(info.min) + 1
@@ -167,8 +167,8 @@ def test_a_field_of_a_joined_batch_without_joining_the_rest() -> None:
 def test_rows_by_struct_are_the_rows_of_the_numpy_batch(probe: str) -> None:
     """Before numpy is imported the CO-RE loader decodes with struct; the rows must
     be those the numpy path gives, padding dropped and strings decoded alike."""
-    from tracekit.bus import build_bus
-    from tracekit.records import record_decoder, rows_from_records
+    from tracekit.bpf.records import record_decoder, rows_from_records
+    from tracekit.plugin.bus import build_bus
 
     schema = build_bus(load_entry_points=False).probes.get(probe).schema
     rng = random.Random(probe)

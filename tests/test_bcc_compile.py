@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from tracekit.bus import build_bus
-from tracekit.errors import ModuleNotLoadedError
-from tracekit.loader import LoadedProbe
+from tracekit.base.errors import ModuleNotLoadedError
+from tracekit.bpf.bcc import LoadedProbe
+from tracekit.plugin.bus import build_bus
 
 
 def _headers() -> tuple[Path, Path] | None:

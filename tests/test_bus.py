@@ -4,12 +4,12 @@ from typing import Any
 
 import pytest
 
-from tracekit import bus as bus_module
 from tracekit import hookimpl
-from tracekit.bus import build_bus
-from tracekit.errors import DuplicateError, SinkFailedError, TracekitError
-from tracekit.registry import ProbeRegistry, SinkRegistry, SinkSpec
-from tracekit.session import EventBatch, Session
+from tracekit.base.errors import DuplicateError, SinkFailedError, TracekitError
+from tracekit.base.session import EventBatch, Session
+from tracekit.plugin import bus as bus_module
+from tracekit.plugin.bus import build_bus
+from tracekit.plugin.registry import ProbeRegistry, SinkRegistry, SinkSpec
 from tracekit.testing import feed
 
 

@@ -1,4 +1,4 @@
-"""The C declarations read without a compiler (tracekit/cdecl.py), and against clang.
+"""The C declarations read without a compiler (tracekit/base/cdecl.py), and against clang.
 
 A probe's struct tk_event, struct tk_agg_key and counter enums are declared once, in
 its C. tracekit lays them out itself (replay, tests and `tracekit new` have no
@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from tracekit.btf import Btf
-from tracekit.bus import build_bus
-from tracekit.cdecl import CDeclError, CSource
-from tracekit.registry import AttachPoint, CounterMap, ProbeSpec
-from tracekit.schema import Field, HistSpec, Schema
+from tracekit.base.cdecl import CDeclError, CSource
+from tracekit.base.schema import Field, HistSpec, Schema
+from tracekit.bpf.btf import Btf
+from tracekit.plugin.bus import build_bus
+from tracekit.plugin.registry import AttachPoint, CounterMap, ProbeSpec
 
 # The types probes use, as the kernel (and tk_compat.h) defines them.
 PRELUDE = """
@@ -105,7 +105,7 @@ def test_every_probe_is_laid_out_as_clang_does(
 
 @needs_clang
 def test_the_tracekit_new_template_is_laid_out_as_clang_does(tmp_path: Path) -> None:
-    from tracekit.scaffold import scaffold
+    from tracekit.cli.scaffold import scaffold
 
     root = scaffold("probe", "my-probe", tmp_path)
     src = CSource.parse((root / "tracekit_my_probe" / "my_probe.bpf.c").read_text())
@@ -218,8 +218,8 @@ def test_kernel_records_with_holes_decode_to_packed_rows() -> None:
 
     import numpy as np
 
-    from tracekit.core_loader import CoreProbe
-    from tracekit.ringbuf import HEADER
+    from tracekit.bpf.core import CoreProbe
+    from tracekit.bpf.ringbuf import HEADER
 
     text = "struct tk_event { u8 a; u64 b; u16 pad; char s[3]; };"
     schema = Schema.from_c(text)
@@ -300,7 +300,7 @@ def test_a_probe_spec_refuses_what_its_c_contradicts(
 def test_a_compiled_layout_that_drifted_from_the_source_is_named(tmp_path: Path) -> None:
     """What both loaders do before a run: compare the compiler's struct with the one
     tracekit read. Here the compiler saw another declaration (a u64 port)."""
-    from tracekit.loader import layout_problems
+    from tracekit.bpf.bcc import layout_problems
 
     schema = Schema.from_c(AWKWARD)
     size, members = clang_layout(AWKWARD, ["tk_event"], tmp_path)["tk_event"]
@@ -327,8 +327,8 @@ def test_settings_are_read_from_the_c_and_reach_a_core_object(tmp_path: Path) ->
     """A value prepare() computes at load reaches the CO-RE object's variable named by
     its TK_SETTING; other macros are the BCC build's only; a setting the object lacks
     is refused (the program would run with its default)."""
-    from tracekit.core_loader import prepared_settings
-    from tracekit.errors import CompileError
+    from tracekit.base.errors import CompileError
+    from tracekit.bpf.core import prepared_settings
 
     def prepare(params: dict[str, int]) -> dict[str, int]:
         return {"TK_LIMIT": 7, "TK_OTHER": 9, "TK_OFF_ONLY_FOR_BCC": 3}

@@ -1,4 +1,4 @@
-"""tracekit/clang_messages.py: the kernel's header warnings dropped, the probe's kept."""
+"""tracekit/bpf/clang_messages.py: the kernel's header warnings dropped, the probe's kept."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from tracekit.clang_messages import sort_messages, sorted_compiler_messages
-from tracekit.loader import own_files
+from tracekit.bpf.bcc import own_files
+from tracekit.bpf.clang_messages import sort_messages, sorted_compiler_messages
 
 # What BCC 0.37's clang printed compiling the tcp-retrans example on Debian's 7.2 (CI,
 # 2026-12): a warning in a kernel header, reached through net/tcp.h, then one in the

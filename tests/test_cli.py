@@ -11,10 +11,10 @@ from click.testing import CliRunner
 
 import tracekit
 from tracekit import hookimpl
-from tracekit.bus import build_bus
-from tracekit.cli import cli
-from tracekit.registry import SinkRegistry, SinkSpec
-from tracekit.session import EventBatch, LostReport, Session
+from tracekit.base.session import EventBatch, LostReport, Session
+from tracekit.cli.main import cli
+from tracekit.plugin.bus import build_bus
+from tracekit.plugin.registry import SinkRegistry, SinkSpec
 from tracekit.testing import feed
 
 TRACEKIT = [sys.executable, "-m", "tracekit"]
@@ -138,7 +138,7 @@ def test_list_and_json_and_version() -> None:
 def test_run_without_bcc_says_so_in_one_line(tmp_path: Path) -> None:
     # A Python with tracekit but without the system's site-packages cannot see BCC.
     code = (
-        "import sys; sys.modules['bcc'] = None; from tracekit.cli import main; "
+        "import sys; sys.modules['bcc'] = None; from tracekit.cli.main import main; "
         "main(['run', 'txq-flip', '--loader', 'bcc', '--duration', '1'])"
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
@@ -150,13 +150,13 @@ def test_run_without_bcc_says_so_in_one_line(tmp_path: Path) -> None:
 def test_the_core_loader_never_imports_bcc() -> None:
     """Where the probe's CO-RE object is built and the kernel has BTF, BCC is not
     needed at all: the run gets past the point where the BCC path would stop."""
-    from tracekit.bus import build_bus
-    from tracekit.preflight import choose_loader
+    from tracekit.bpf.preflight import choose_loader
+    from tracekit.plugin.bus import build_bus
 
     if choose_loader(build_bus().probes.get("txq-flip"))[0] != "core":
         pytest.skip("no CO-RE object or no BTF here")
     code = (
-        "import sys; sys.modules['bcc'] = None; from tracekit.cli import main; "
+        "import sys; sys.modules['bcc'] = None; from tracekit.cli.main import main; "
         "main(['run', 'txq-flip', '--loader', 'core', '--duration', '1'])"
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
@@ -187,7 +187,7 @@ def test_third_party_sink_used_by_replay(
     trace: tuple[Path, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     path, _ = trace
-    import tracekit.cli as tcli
+    import tracekit.cli.main as tcli
 
     bus = build_bus(extra_plugins=(("thirdparty", ThirdParty()),))
     monkeypatch.setattr(tcli, "_bus", lambda ctx: bus)
@@ -266,9 +266,9 @@ def test_a_plugin_command_runs_with_the_command_lines_bus(
 
 
 def test_run_and_the_labs_share_their_option_declarations() -> None:
-    """--sink, --force and --loader are declared once (tracekit/cli_options.py): a
+    """--sink, --force and --loader are declared once (tracekit/cli/options.py): a
     lab's differ from `tracekit run`'s only in --sink's default."""
-    from tracekit.cli import cli
+    from tracekit.cli.main import cli
 
     ctx = click.Context(cli)
     run = {p.name: p for p in cli.commands["run"].params}

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-import tracekit.core_build as cb
-from tracekit.bus import build_bus
-from tracekit.errors import TracekitError
-from tracekit.loader import layout_problems
-from tracekit.preflight import choose_loader, module_btf_problem
-from tracekit.registry import ProbeSpec
+import tracekit.bpf.core_build as cb
+from tracekit.base.errors import TracekitError
+from tracekit.bpf.bcc import layout_problems
+from tracekit.bpf.preflight import choose_loader, module_btf_problem
+from tracekit.plugin.bus import build_bus
+from tracekit.plugin.registry import ProbeSpec
 from tracekit.testing import synthetic_rows
 
 pytestmark = pytest.mark.skipif(shutil.which("clang") is None, reason="clang not installed")
@@ -88,7 +88,7 @@ def test_the_loader_choice_says_why(cache: Path, txq: ProbeSpec) -> None:
     if Path("/sys/kernel/btf/vmlinux").exists():
         assert choose_loader(spec)[0] == "core"
     assert choose_loader(spec, aggregate=True)[0] == choose_loader(spec)[0]
-    # --output perf: the object has a perf buffer too (read by tracekit.perfbuf).
+    # --output perf: the object has a perf buffer too (read by tracekit.bpf.perfbuf).
     assert choose_loader(spec, output="perf") == choose_loader(spec)
     assert choose_loader(spec, "bcc") == ("bcc", "asked for (--loader bcc)")
     bcc_only = dataclasses.replace(spec, core=False)
@@ -123,7 +123,7 @@ def test_every_core_object_loads_into_this_kernel(name: str) -> None:
     once caught sk_tx_queue_mapping, a macro, declared as a member)."""
     import os
 
-    from tracekit.core_loader import CoreProbe
+    from tracekit.bpf.core import CoreProbe
 
     if os.geteuid() != 0 or not Path("/sys/kernel/btf/vmlinux").exists():
         pytest.skip("needs root and a kernel with BTF")
@@ -144,7 +144,7 @@ def test_core_decode_strips_ring_headers_in_one_step() -> None:
     import os
     import struct
 
-    from tracekit.core_loader import CoreProbe
+    from tracekit.bpf.core import CoreProbe
 
     if os.geteuid() != 0 or not Path("/sys/kernel/btf/vmlinux").exists():
         pytest.skip("needs root and a kernel with BTF")
@@ -176,7 +176,7 @@ def test_core_decode_strips_ring_headers_in_one_step() -> None:
 
 def test_core_stacks_name_addresses_as_bcc_does() -> None:
     """The CO-RE path's stand-in for BCC's ksym: the function an address falls in."""
-    from tracekit.core_stacks import KernelSymbols
+    from tracekit.bpf.core_stacks import KernelSymbols
 
     syms = KernelSymbols(
         b"ffffffff81000000 T _stext\n"
@@ -201,7 +201,7 @@ def test_kernel_symbols_agree_with_a_table_by_number_on_this_kernel() -> None:
     import random
     import re
 
-    from tracekit.core_stacks import KernelSymbols
+    from tracekit.bpf.core_stacks import KernelSymbols
 
     text = Path("/proc/kallsyms").read_bytes()
     pairs = sorted((int(a, 16), n) for a, n in re.findall(rb"^(\S+) [tT] (\S+)", text, re.M))
@@ -242,7 +242,7 @@ def test_a_build_keeps_other_trees_recent_objects(
     import os
     import types
 
-    from tracekit import core_build
+    from tracekit.bpf import core_build
 
     monkeypatch.setattr(core_build, "CACHE_DIR", tmp_path)
     now = 1_800_000_000.0

@@ -4,7 +4,7 @@ rss-cpu attaches to the raw tracepoint net:netif_receive_skb (no kprobes needed)
 and counts every received packet in a per-CPU counter before it emits the event.
 UDP to 127.0.0.1 makes packets; the kernel's counter is the oracle: every packet
 is an event the loader delivered or a loss the kernel counted, on the ring buffer
-and on the per-CPU perf buffers alike (tracekit.ringbuf, tracekit.perfbuf).
+and on the per-CPU perf buffers alike (tracekit.bpf.ringbuf, tracekit.bpf.perfbuf).
 """
 
 from __future__ import annotations
@@ -18,11 +18,11 @@ from pathlib import Path
 
 import pytest
 
-import tracekit.core_build as cb
-from tracekit.bus import build_bus
-from tracekit.core_loader import CoreProbe
-from tracekit.errors import TracekitError
-from tracekit.registry import ProbeSpec
+import tracekit.bpf.core_build as cb
+from tracekit.base.errors import TracekitError
+from tracekit.bpf.core import CoreProbe
+from tracekit.plugin.bus import build_bus
+from tracekit.plugin.registry import ProbeSpec
 
 
 @pytest.fixture(scope="module")

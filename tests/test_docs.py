@@ -43,15 +43,16 @@ def test_every_public_name_is_documented() -> None:
 
 def test_guide_examples_use_one_import() -> None:
     """The guide's Python examples import tracekit's API from ``tracekit`` only
-    (``tracekit.plot`` is the one exception: it needs the fleet extra)."""
+    (``tracekit.fleet.plot`` is the one exception: it needs the fleet extra)."""
     text = DOC.read_text()
     for line in text.splitlines():
         if line.startswith("from tracekit.") or line.startswith("import tracekit."):
-            assert line.startswith("from tracekit.plot import"), line
+            assert line.startswith("from tracekit.fleet.plot import"), line
 
 
 def test_fixtures_display_kinds_and_c_helpers_are_documented() -> None:
-    from tracekit import schema, testing
+    from tracekit import testing
+    from tracekit.base import schema
 
     text = DOC.read_text()
     fixtures = [n for n, f in vars(testing).items() if n.startswith("tracekit_") and callable(f)]
@@ -70,7 +71,9 @@ def test_fixtures_display_kinds_and_c_helpers_are_documented() -> None:
 
 
 def test_trace_format_doc_states_the_limits_the_reader_enforces() -> None:
-    from tracekit import hist, trace_checks, tracefile
+    from tracekit.base import hist
+    from tracekit.traces import checks as trace_checks
+    from tracekit.traces import tracefile
 
     text = (DOC.parent / "trace-format.md").read_text()
     assert f"{tracefile.MAX_BATCH:,} rows" in text

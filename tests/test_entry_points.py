@@ -1,4 +1,4 @@
-"""tracekit.entry_points: the same answers as importlib.metadata, without importing it."""
+"""tracekit.plugin.entry_points: the same answers as importlib.metadata, without importing it."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tracekit.entry_points import entry_points
+from tracekit.plugin.entry_points import entry_points
 
 
 def _groups() -> set[str]:

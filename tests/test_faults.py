@@ -13,16 +13,16 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tracekit.errors import TraceFileError
-from tracekit.session import Session
-from tracekit.tracefile import BATCH, TraceReader, TraceWriter
+from tracekit.base.errors import TraceFileError
+from tracekit.base.session import Session
+from tracekit.traces.tracefile import BATCH, TraceReader, TraceWriter
 
 RECORDER = """
 import sys, time
 from tracekit.probes.txq_flip import SCHEMA
-from tracekit.session import Session
+from tracekit.base.session import Session
 from tracekit.testing import synthetic_rows
-from tracekit.tracefile import TraceWriter
+from tracekit.traces.tracefile import TraceWriter
 w = TraceWriter(sys.argv[1], Session(probe="txq-flip", schema=SCHEMA))
 rows = synthetic_rows(SCHEMA, 100)
 n = 0
@@ -164,8 +164,8 @@ def test_bcc_calling_sys_exit_becomes_one_compile_error(capsys: pytest.CaptureFi
     map: tracekit turns that into its own one-line error, BCC's words folded in."""
     import sys
 
-    from tracekit.errors import CompileError
-    from tracekit.loader import bcc_guard
+    from tracekit.base.errors import CompileError
+    from tracekit.bpf.bcc import bcc_guard
 
     def bcc_like() -> None:
         print(

@@ -19,12 +19,12 @@ from typing import Any
 import fleet_data
 import pytest
 
-from tracekit.bus import Bus, build_bus
-from tracekit.errors import UsageError
-from tracekit.export import export
-from tracekit.hist import Histogram
-from tracekit.pipeline import Pipeline
-from tracekit.session import LostReport, Session
+from tracekit.base.errors import UsageError
+from tracekit.base.hist import Histogram
+from tracekit.base.session import LostReport, Session
+from tracekit.fleet.export import export
+from tracekit.plugin.bus import Bus, build_bus
+from tracekit.plugin.pipeline import Pipeline
 
 duckdb = pytest.importorskip("duckdb")
 pa = pytest.importorskip("pyarrow")
@@ -184,7 +184,7 @@ def test_without_the_extra_the_command_says_what_to_install(
     argv = [a.format(trace=traces["txq-flip"][0], tmp=tmp_path) for a in args]
     code = (
         f"import sys; sys.modules[{module!r}] = None\n"
-        "from tracekit.cli import main\n"
+        "from tracekit.cli.main import main\n"
         f"main({argv!r})\n"
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
@@ -209,7 +209,7 @@ def test_each_probe_plot_renders(
 def test_rss_cpu_plot_draws_every_packet_on_its_cpu(
     traces: dict[str, tuple[Path, str]], bus: Bus
 ) -> None:
-    from tracekit.plot import Trace
+    from tracekit.fleet.plot import Trace
 
     trace = Trace(str(traces["rss-cpu"][0]))
     fig = bus.probes.get("rss-cpu").plot(trace)
@@ -226,7 +226,7 @@ def test_rss_cpu_plot_draws_every_packet_on_its_cpu(
 def test_txq_flip_plot_marks_every_flip_of_the_sockets_it_draws(
     traces: dict[str, tuple[Path, str]], bus: Bus
 ) -> None:
-    from tracekit.plot import Trace
+    from tracekit.fleet.plot import Trace
 
     trace = Trace(str(traces["txq-flip"][0]))
     fig = bus.probes.get("txq-flip").plot(trace)
@@ -238,8 +238,8 @@ def test_a_plugin_adds_a_plot_and_svg_works(
     traces: dict[str, tuple[Path, str]], tmp_path: Path
 ) -> None:
     from tracekit import hookimpl
-    from tracekit.plot import new_figure, render
-    from tracekit.registry import PlotRegistry, PlotSpec
+    from tracekit.fleet.plot import new_figure, render
+    from tracekit.plugin.registry import PlotRegistry, PlotSpec
 
     def events_per_second(trace: Any) -> Any:
         fig = new_figure(1)

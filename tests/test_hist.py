@@ -4,8 +4,8 @@ from typing import Any
 
 import pytest
 
-from tracekit.hist import Histogram, log2_bucket, log2_label, parse_hist_arg
-from tracekit.schema import Field, HistSpec, Schema
+from tracekit.base.hist import Histogram, log2_bucket, log2_label, parse_hist_arg
+from tracekit.base.schema import Field, HistSpec, Schema
 
 S = Schema(
     fields=(
@@ -85,9 +85,9 @@ def test_parse_hist_arg() -> None:
 
 
 def test_hist_sink_prints_the_kernel_aggregate(capsys: pytest.CaptureFixture[str]) -> None:
-    from tracekit.bus import build_bus
-    from tracekit.pipeline import Pipeline, SinkOptions, build_sinks
-    from tracekit.session import Session
+    from tracekit.base.session import Session
+    from tracekit.plugin.bus import build_bus
+    from tracekit.plugin.pipeline import Pipeline, SinkOptions, build_sinks
 
     session = Session(probe="p", schema=S, aggregated=("cpu", "q"))
     bus = build_bus(load_entry_points=False)
@@ -111,9 +111,9 @@ def test_hist_sink_prints_the_kernel_aggregate(capsys: pytest.CaptureFixture[str
 def test_hist_on_a_field_the_kernel_does_not_aggregate_streams_instead() -> None:
     """``--sink hist=wmem`` on ooo-okay: the kernel's aggregate has no wmem, so the run
     streams events (it used to aggregate, then fail as a sink after the whole run)."""
-    from tracekit.bus import build_bus
-    from tracekit.pipeline import SinkOptions, build_sinks
-    from tracekit.run import RunOptions, modes
+    from tracekit.live.run import RunOptions, modes
+    from tracekit.plugin.bus import build_bus
+    from tracekit.plugin.pipeline import SinkOptions, build_sinks
 
     bus = build_bus()
     spec = bus.probes.get("ooo-okay")
@@ -130,9 +130,9 @@ def test_hist_field_missing_from_a_precompiled_aggregate_is_a_usage_error() -> N
     """A lab or test reusing a probe compiled to aggregate: refused before attaching."""
     from types import SimpleNamespace
 
-    from tracekit.bus import build_bus
-    from tracekit.errors import UsageError
-    from tracekit.run import Compiled, RunOptions, run_probe
+    from tracekit.base.errors import UsageError
+    from tracekit.live.run import Compiled, RunOptions, run_probe
+    from tracekit.plugin.bus import build_bus
 
     bus = build_bus()
     spec = bus.probes.get("ooo-okay")
@@ -144,7 +144,7 @@ def test_hist_field_missing_from_a_precompiled_aggregate_is_a_usage_error() -> N
 def test_keys_beyond_the_counter_limit_are_folded_and_said(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import tracekit.hist as hist
+    import tracekit.base.hist as hist
 
     monkeypatch.setattr(hist, "MAX_HIST_CELLS", 3)
     h = Histogram(HistSpec(value="lat", by=("cpu",)), S)
@@ -158,7 +158,7 @@ def test_keys_beyond_the_counter_limit_are_folded_and_said(
 
 
 def test_sparse_wide_histograms_leave_out_empty_buckets(monkeypatch: pytest.MonkeyPatch) -> None:
-    import tracekit.hist as hist
+    import tracekit.base.hist as hist
 
     spec = HistSpec(value="lat", by=("cpu",), kind="linear", lo=0, hi=10_000, step=1)
     h = Histogram(spec, S)

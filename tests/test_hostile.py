@@ -22,11 +22,11 @@ import pytest
 import tracefuzz
 from tracefuzz import base_records, serialize
 
-from tracekit.errors import SinkFailedError, TraceFileError
-from tracekit.session import Session, Summary
+from tracekit.base.errors import SinkFailedError, TraceFileError
+from tracekit.base.session import Session, Summary
 from tracekit.testing import feed, synthetic_rows
-from tracekit.trace_checks import MAX_FIELDS
-from tracekit.tracefile import (
+from tracekit.traces.checks import MAX_FIELDS
+from tracekit.traces.tracefile import (
     BATCH,
     FOOTER,
     LOST,

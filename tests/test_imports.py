@@ -2,8 +2,8 @@
 
 A circle makes the import order matter (a name is missing while its module is half
 run) and ties modules that should not know each other; one hid for a while between
-tracekit/cli.py and the labs: the CLI named ``tracekit.lab.cli`` in its table of
-lazily imported commands, which imported ``tracekit.cli`` inside a function. So
+tracekit/cli/main.py and the labs: the CLI named ``tracekit.lab.cli`` in its table of
+lazily imported commands, which imported ``tracekit.cli.main`` inside a function. So
 imports inside functions count here, and so does a string naming a tracekit module
 (what ``importlib.import_module`` is given); only imports under ``if
 TYPE_CHECKING:`` (never run) do not, nor ``DEFAULT_PLUGINS``: the bus loads the
@@ -29,6 +29,11 @@ PACKAGE_DIRS = {
     "tracekit.probes": ROOT / "probes",
     "tracekit.plugins": ROOT / "plugins",
 }
+
+
+# Tables of module names that are not imports: the built-ins the bus loads by name, and
+# the old paths tracekit._compat forwards (the old name imports the new, not the reverse).
+_NOT_IMPORTS = {"DEFAULT_PLUGINS", "MOVED_MODULES"}
 
 
 def modules() -> dict[str, Path]:
@@ -63,7 +68,7 @@ def imports_of(name: str, path: Path, known: set[str]) -> set[str]:
             return
         if isinstance(node, ast.AnnAssign | ast.Assign):
             targets = node.targets if isinstance(node, ast.Assign) else [node.target]
-            if any(isinstance(t, ast.Name) and t.id == "DEFAULT_PLUGINS" for t in targets):
+            if any(isinstance(t, ast.Name) and t.id in _NOT_IMPORTS for t in targets):
                 return
         if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in known:
             found.add(node.value)
@@ -133,12 +138,12 @@ def cycles(g: dict[str, set[str]]) -> list[list[str]]:
 def test_the_graph_sees_the_imports_it_should() -> None:
     """The walker itself: known edges, relative and in-function imports included."""
     g = graph()
-    assert "tracekit.registry" in g["tracekit.bus"]
+    assert "tracekit.plugin.registry" in g["tracekit.plugin.bus"]
     assert "tracekit.lab.traced" in g["tracekit.lab.txq_flip"]
-    assert "tracekit.preflight" in g["tracekit.cli"]  # imported inside check_cmd
-    assert "tracekit.export" in g["tracekit.cli"]  # named in LAZY_COMMANDS
+    assert "tracekit.bpf.preflight" in g["tracekit.cli.main"]  # imported inside check_cmd
+    assert "tracekit.fleet.export" in g["tracekit.cli.main"]  # named in LAZY_COMMANDS
     assert "tracekit.lab.rss_cpu" in g["tracekit.lab"]  # named in SEEDS
-    assert "tracekit.lab" not in g["tracekit.bus"]  # a plugin: loaded by name
+    assert "tracekit.lab" not in g["tracekit.plugin.bus"]  # a plugin: loaded by name
     assert "tracekit.lab.netns" in g
     assert len(g) > 50
 
@@ -179,7 +184,7 @@ def test_tracekit_run_does_not_import_the_labs() -> None:
     """The labs are a plugin loaded on every start: their seed modules are not."""
     code = (
         "import sys\n"
-        "from tracekit.cli import cli\n"
+        "from tracekit.cli.main import cli\n"
         "from click.testing import CliRunner\n"
         "CliRunner().invoke(cli, ['list'])\n"
         "print(sorted(m for m in sys.modules if m.startswith('tracekit.lab')))"
@@ -188,3 +193,75 @@ def test_tracekit_run_does_not_import_the_labs() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout
     assert out.strip() == "['tracekit.lab']"
+
+
+# The layers, lowest first: a module may import its own layer and those below it,
+# never one above (each subpackage's docstring says the same in words).
+LAYERS: dict[str, int] = {
+    "tracekit._compat": 0,
+    "tracekit.base": 0,
+    "tracekit.hookspecs": 1,
+    "tracekit.plugin": 1,
+    "tracekit.bpf": 2,
+    "tracekit.traces": 2,
+    "tracekit.live": 3,
+    "tracekit.fleet": 3,
+    "tracekit.testing": 4,
+    "tracekit.lab": 5,  # a plugin adding commands, beside the CLI
+    "tracekit.cli": 5,
+    "tracekit.plugins": 6,  # built-in plugins, loaded by name like third-party ones
+    "tracekit.probes": 6,
+    "tracekit": 7,  # the package's lazy names reach every layer
+    "tracekit.__main__": 7,
+}
+
+
+def layer(module: str) -> tuple[str, int]:
+    parts = module.split(".")
+    for n in range(len(parts), 0, -1):
+        key = ".".join(parts[:n])
+        if key in LAYERS:
+            return key, LAYERS[key]
+    raise KeyError(module)
+
+
+def test_every_module_has_a_layer() -> None:
+    for name in modules():
+        layer(name)
+
+
+# Package data, not code: the loaders read the shared C headers (probes/*.h) that live
+# beside the built-in probes with ``importlib.resources.files("tracekit.probes")``.
+DATA_ONLY = {
+    ("tracekit.bpf.bcc", "tracekit.probes"),
+    ("tracekit.bpf.core_build", "tracekit.probes"),
+}
+
+
+def test_lower_layers_never_import_upper_ones() -> None:
+    wrong = []
+    for name, deps in graph().items():
+        home, rank = layer(name)
+        for dep in sorted(deps):
+            if (name, dep) in DATA_ONLY:
+                continue
+            there, above = layer(dep)
+            if above > rank:
+                wrong.append(f"{name} ({home}) imports {dep} ({there})")
+    assert not wrong, "imports against the layers:\n" + "\n".join(wrong)
+
+
+def test_each_subpackage_says_what_it_holds_and_may_import() -> None:
+    for pkg in ("base", "plugin", "bpf", "traces", "live", "fleet", "cli", "lab"):
+        doc = ast.get_docstring(ast.parse((ROOT / "tracekit" / pkg / "__init__.py").read_text()))
+        assert doc, pkg
+        if pkg != "lab":
+            assert "What it holds" in doc and "May import" in doc, pkg
+
+
+def test_the_layer_check_sees_an_upward_import(tmp_path: Path) -> None:
+    (tmp_path / "m.py").write_text("def f():\n    from tracekit.live import run\n")
+    known = {"tracekit.base.m", "tracekit.live.run", "tracekit.live"}
+    deps = imports_of("tracekit.base.m", tmp_path / "m.py", known)
+    assert deps == {"tracekit.live.run"}
+    assert layer("tracekit.live.run")[1] > layer("tracekit.base.m")[1]

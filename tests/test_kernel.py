@@ -1,4 +1,4 @@
-"""tracekit/kernel.py: the one module that reads facts about the running kernel."""
+"""tracekit/base/kernel.py: the one module that reads facts about the running kernel."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tracekit import kernel
+from tracekit.base import kernel
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -66,7 +66,7 @@ def test_tracepoint_fields_from_the_format(monkeypatch: pytest.MonkeyPatch, tmp_
     assert kernel.tracepoint_fields("tcp:tcp_retransmit_skb") is None
 
 
-# Calls and paths that read the running kernel; anywhere but tracekit/kernel.py they
+# Calls and paths that read the running kernel; anywhere but tracekit/base/kernel.py they
 # would be a second place to keep right (and to patch in tests).
 READERS = {"platform.release", "os.uname", "os.cpu_count"}
 PATHS = (
@@ -77,7 +77,7 @@ PATHS = (
     "/sys/module",
     "/sys/devices/system/cpu",
 )
-# Every module asks tracekit.kernel; none is allowed to read these itself.
+# Every module asks tracekit.base.kernel; none is allowed to read these itself.
 ALLOWED: dict[str, set[str]] = {}
 
 
@@ -92,7 +92,7 @@ def test_kernel_facts_are_read_only_in_tracekit_kernel() -> None:
     for base in ("tracekit", "probes", "plugins"):
         for path in sorted((ROOT / base).rglob("*.py")):
             rel = str(path.relative_to(ROOT))
-            if rel == "tracekit/kernel.py":
+            if rel == "tracekit/base/kernel.py":
                 continue
             tree = ast.parse(path.read_text())
             docstrings = {
@@ -115,4 +115,4 @@ def test_kernel_facts_are_read_only_in_tracekit_kernel() -> None:
                     what = node.value
                 if what and what not in ALLOWED.get(rel, set()):
                     found.append(f"{rel}:{node.lineno}: {what}")
-    assert not found, "read the kernel through tracekit.kernel:\n" + "\n".join(found)
+    assert not found, "read the kernel through tracekit.base.kernel:\n" + "\n".join(found)

@@ -8,16 +8,16 @@ from pathlib import Path
 
 import pytest
 
-from tracekit.btf import vmlinux_btf
-from tracekit.errors import BtfMissingError, ModuleNotLoadedError
+from tracekit.base.errors import BtfMissingError, ModuleNotLoadedError
+from tracekit.bpf.btf import vmlinux_btf
 
 
 def test_a_loaded_module_without_btf_is_named_as_such(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # 5.10 has vmlinux BTF but no module BTF: sch_fq loaded, /sys/kernel/btf/sch_fq absent.
-    import tracekit.btf as btf
-    import tracekit.kernel as kernel
+    import tracekit.base.kernel as kernel
+    import tracekit.bpf.btf as btf
 
     (tmp_path / "btf").mkdir()
     (tmp_path / "btf" / "vmlinux").write_bytes(b"")

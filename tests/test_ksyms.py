@@ -6,12 +6,12 @@ import dataclasses
 from typing import Any
 
 from tracekit import Field, RunOptions, Schema, Session
-from tracekit.bus import build_bus
-from tracekit.core_stacks import KernelSymbols
-from tracekit.ksyms import KsymNamer
-from tracekit.run import Compiled, execute, plan_run
-from tracekit.session import EventBatch
-from tracekit.tracefile import SYMBOLS, TraceReader
+from tracekit.base.session import EventBatch
+from tracekit.bpf.core_stacks import KernelSymbols
+from tracekit.bpf.ksyms import KsymNamer
+from tracekit.live.run import Compiled, execute, plan_run
+from tracekit.plugin.bus import build_bus
+from tracekit.traces.tracefile import SYMBOLS, TraceReader
 
 KALLSYMS = (
     b"ffffffff81000000 T _stext\n"
@@ -84,9 +84,9 @@ class Probe:
 def test_a_run_names_ksym_fields_and_the_trace_keeps_the_names(
     tmp_path: Any, monkeypatch: Any
 ) -> None:
-    import tracekit.ksyms
+    import tracekit.bpf.ksyms
 
-    monkeypatch.setattr(tracekit.ksyms, "read_symbols_in_background", lambda: CountingTable())
+    monkeypatch.setattr(tracekit.bpf.ksyms, "read_symbols_in_background", lambda: CountingTable())
     bus = build_bus(load_entry_points=False)
     spec = dataclasses.replace(
         bus.probes.get("rss-cpu"),

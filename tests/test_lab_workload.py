@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from tracekit.errors import LabError
+from tracekit.base.errors import LabError
 from tracekit.lab.netns import finish_client, parse_iperf
 
 pytestmark = pytest.mark.skipif(shutil.which("iperf3") is None, reason="iperf3 not installed")

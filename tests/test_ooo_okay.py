@@ -12,13 +12,13 @@ from fake_tracefs import fake_kprobe_tracefs
 # test_bcc_compile's tree of Debian's kernel headers (skips without them or root).
 from test_bcc_compile import kernel_source as _headers  # noqa: F401
 
-from tracekit.bus import build_bus
-from tracekit.cdecl import CSource
-from tracekit.preflight import Report, usable_attach_points
+from tracekit.base.cdecl import CSource
+from tracekit.base.schema import format_row, format_value
+from tracekit.base.session import Summary
+from tracekit.bpf.preflight import Report, usable_attach_points
+from tracekit.plugin.bus import build_bus
+from tracekit.plugin.registry import AttachPoint, ProbeSpec
 from tracekit.probes.ooo_okay import RULE_TEXT, RULES, TRANSPORTS, path_of, report
-from tracekit.registry import AttachPoint, ProbeSpec
-from tracekit.schema import format_row, format_value
-from tracekit.session import Summary
 
 
 @pytest.fixture(scope="module")
@@ -158,7 +158,7 @@ def test_every_program_passes_this_kernels_verifier_under_bcc(
     here, the 6.19-only ones too, with every skb streamed or counted in the kernel."""
     from bcc import BPF
 
-    from tracekit.loader import LoadedProbe
+    from tracekit.bpf.bcc import LoadedProbe
 
     monkeypatch.setenv("BCC_KERNEL_SOURCE", request.getfixturevalue("_headers"))
     kw: dict[str, object] = {"stream": False, "aggregate": True} if aggregate else {}

@@ -16,9 +16,9 @@ from collections.abc import Iterator
 import pytest
 from ringfeed import REC, counts, load_feeder, on_cpu
 
-from tracekit.errors import TracekitError
-from tracekit.libbpf import BpfObject
-from tracekit.perfbuf import PerfBuffer, sample_stride
+from tracekit.base.errors import TracekitError
+from tracekit.bpf.libbpf import BpfObject
+from tracekit.bpf.perfbuf import PerfBuffer, sample_stride
 
 PAGES = 4  # 16 KiB per CPU: 40-byte samples straddle its end as they go round
 

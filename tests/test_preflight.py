@@ -5,15 +5,15 @@ from pathlib import Path
 import pytest
 from fake_tracefs import fake_kprobe_tracefs
 
-from tracekit.errors import AttachPointError, ModuleNotLoadedError
-from tracekit.kernel import module_functions, module_path
-from tracekit.lab.netns import parse_iperf, parse_tc_queue_packets
-from tracekit.preflight import (
+from tracekit.base.errors import AttachPointError, ModuleNotLoadedError
+from tracekit.base.kernel import module_functions, module_path
+from tracekit.bpf.preflight import (
     Report,
     check_attach_point,
     find_clones,
 )
-from tracekit.registry import AttachPoint
+from tracekit.lab.netns import parse_iperf, parse_tc_queue_packets
+from tracekit.plugin.registry import AttachPoint
 
 
 def test_clone_suffixes_are_recognised() -> None:
@@ -52,7 +52,7 @@ def test_missing_and_renamed_functions_get_precise_messages(kprobe_kernel: Path)
 
 def test_kallsyms_is_not_enough_for_a_kprobe(kprobe_kernel: Path) -> None:
     """In kallsyms but notrace, blacklisted, or on a kernel without kprobes: refused."""
-    import tracekit.kernel as kernel
+    import tracekit.base.kernel as kernel
 
     syms = frozenset({"netdev_pick_tx", "fq_enqueue", "some_notrace_fn", "do_int3"})
     r = Report()
@@ -78,7 +78,7 @@ def test_check_on_this_machines_own_kernel() -> None:
     import subprocess
     import sys
 
-    import tracekit.kernel as kernel
+    import tracekit.base.kernel as kernel
 
     if kernel.kprobes_supported() is not None:
         pytest.skip("this kernel has kprobes: the unit test above covers the refusal")
@@ -118,7 +118,7 @@ def test_not_loaded_module_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
     release = _a_debian_kernel()
     if release is None:
         pytest.skip("no Debian kernel modules installed")
-    import tracekit.kernel as kernel
+    import tracekit.base.kernel as kernel
 
     monkeypatch.setattr(kernel, "module_loaded", lambda m: False)
     monkeypatch.setattr(kernel, "release", lambda: release)
@@ -157,9 +157,9 @@ def test_parse_iperf() -> None:
 
 
 def test_btf_offsets_and_layout_mismatch_refused() -> None:
-    from tracekit.btf import Btf, struct_offsets
-    from tracekit.errors import TracekitError
-    from tracekit.kernel import vmlinux_btf_path
+    from tracekit.base.errors import TracekitError
+    from tracekit.base.kernel import vmlinux_btf_path
+    from tracekit.bpf.btf import Btf, struct_offsets
 
     vmlinux = vmlinux_btf_path()
     if vmlinux is None:
@@ -201,7 +201,7 @@ def test_parse_fq_stats_reads_cumulative_throttled_not_current() -> None:
 
 
 def test_imbalance() -> None:
-    from tracekit.stats import imbalance
+    from tracekit.base.stats import imbalance
 
     assert imbalance({0: 90, 1: 10}, 2) == (0, 0.9, 1.8)
     assert imbalance({0: 50, 1: 50}, 2)[2] == 1.0
@@ -248,10 +248,10 @@ def test_stack_paths_of_the_seed() -> None:
 
 
 def test_missing_headers_and_btf_are_named(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    import tracekit.btf as btf
-    import tracekit.kernel as kernel
-    import tracekit.preflight as pf
-    from tracekit.errors import BtfMissingError, HeadersMissingError
+    import tracekit.base.kernel as kernel
+    import tracekit.bpf.btf as btf
+    import tracekit.bpf.preflight as pf
+    from tracekit.base.errors import BtfMissingError, HeadersMissingError
 
     r = Report()
     pf.check_headers(r, release="0.0.0-nonexistent")
@@ -269,10 +269,10 @@ def test_missing_headers_and_btf_are_named(monkeypatch: pytest.MonkeyPatch, tmp_
 def test_each_preflight_reads_the_kernels_lists_afresh(kprobe_kernel: Path) -> None:
     """A module loaded between two runs in one process (the VM suite loads sch_fq after
     other probes ran) must be seen: the function lists are not cached across runs."""
-    import tracekit.kernel as kernel
-    import tracekit.preflight as pf
-    from tracekit.registry import ProbeSpec
-    from tracekit.schema import Field, Schema
+    import tracekit.base.kernel as kernel
+    import tracekit.bpf.preflight as pf
+    from tracekit.base.schema import Field, Schema
+    from tracekit.plugin.registry import ProbeSpec
 
     spec = ProbeSpec(
         name="x",

@@ -14,9 +14,9 @@ from collections.abc import Iterator
 import pytest
 from ringfeed import REC, counts, load_feeder
 
-from tracekit.errors import TracekitError
-from tracekit.libbpf import BpfObject
-from tracekit.ringbuf import HEADER, RingBuffer
+from tracekit.base.errors import TracekitError
+from tracekit.bpf.libbpf import BpfObject
+from tracekit.bpf.ringbuf import HEADER, RingBuffer
 
 SIZE = 4096 * 4  # small, so a few hundred records wrap around
 

@@ -21,10 +21,10 @@ from tracekit import (
     UsageError,
     hookimpl,
 )
-from tracekit.bus import build_bus
-from tracekit.cli import cli
-from tracekit.pipeline import Pipeline
-from tracekit.run import Compiled, plan_run
+from tracekit.cli.main import cli
+from tracekit.live.run import Compiled, plan_run
+from tracekit.plugin.bus import build_bus
+from tracekit.plugin.pipeline import Pipeline
 
 S = Schema(fields=(Field("cpu", "u32", key=True), Field("n", "u16")))
 
@@ -47,8 +47,8 @@ class Counting:
 def test_tracekit_run_builds_each_sink_once_and_compiles_the_given_params(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import tracekit.cli as tcli
-    import tracekit.run as trun
+    import tracekit.cli.main as tcli
+    import tracekit.live.run as trun
 
     plugin = Counting()
     bus = build_bus(extra_plugins=(("counting", plugin),))
@@ -215,11 +215,11 @@ class StandInProbe:
 
 
 def test_execute_delivers_enriches_records_names_and_summarises(tmp_path: Any) -> None:
+    from tracekit.live.run import execute
     from tracekit.probes.ooo_okay import PATHS, path_of
-    from tracekit.replay import replay
-    from tracekit.run import execute
     from tracekit.testing import synthetic_rows
-    from tracekit.tracefile import SYMBOLS, TraceReader
+    from tracekit.traces.replay import replay
+    from tracekit.traces.tracefile import SYMBOLS, TraceReader
 
     bus = build_bus(load_entry_points=False)
     spec = bus.probes.get("ooo-okay")
@@ -266,9 +266,9 @@ def test_a_stop_signal_right_after_attached_ends_the_run_as_interrupted(tmp_path
     import os
     import signal
 
-    from tracekit.run import execute
+    from tracekit.live.run import execute
     from tracekit.testing import synthetic_rows
-    from tracekit.tracefile import TraceReader
+    from tracekit.traces.tracefile import TraceReader
 
     bus = build_bus(load_entry_points=False)
     spec = bus.probes.get("rss-cpu")
@@ -294,7 +294,7 @@ def test_the_summary_sinks_get_is_read_only() -> None:
     """Every sink's tracekit_session_end gets one Summary that none can change."""
     import dataclasses
 
-    from tracekit.session import LostReport, Summary
+    from tracekit.base.session import LostReport, Summary
 
     seen: list[Summary] = []
 

@@ -4,8 +4,8 @@ import struct
 
 import pytest
 
+from tracekit.base.schema import Field, HistSpec, Schema, format_value
 from tracekit.probes.txq_flip import FIELDS
-from tracekit.schema import Field, HistSpec, Schema, format_value
 
 # txq-flip's event as it was before it carried `cause`: one explicit `pad` byte (so
 # every byte the program copies out is initialised), which is never a field.
@@ -103,7 +103,7 @@ def test_duplicate_field_names_rejected() -> None:
 def test_no_probe_has_padding_among_its_fields() -> None:
     """Every probe of every installed plugin, built-in or not, reads its schema from
     its C: padding members stay in the kernel's record, never among the fields."""
-    from tracekit.bus import build_bus
+    from tracekit.plugin.bus import build_bus
 
     for spec in build_bus().probes:
         layout = spec.schema.layout
@@ -119,7 +119,7 @@ def test_drained_kernel_records_lose_their_padding_in_one_step() -> None:
     # included; the batch holds the fields only, in the trace's packed layout.
     import struct as st
 
-    from tracekit.records import record_decoder
+    from tracekit.bpf.records import record_decoder
     from tracekit.testing import synthetic_rows
 
     rows = synthetic_rows(SCHEMA, 7, seed=5)

@@ -9,7 +9,7 @@ import msgpack
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tracekit.trace_framing import Framer, RecordTooLong
+from tracekit.traces.framing import Framer, RecordTooLong
 
 LIMITS = {
     "max_bin_len": 1000,

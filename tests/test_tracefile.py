@@ -9,11 +9,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tracekit.errors import TraceFileError, UsageError
+from tracekit.base.errors import TraceFileError, UsageError
+from tracekit.base.schema import Field
+from tracekit.base.session import LostReport, Session, Summary
 from tracekit.probes.txq_flip import SCHEMA
-from tracekit.schema import Field
-from tracekit.session import LostReport, Session, Summary
-from tracekit.tracefile import (
+from tracekit.traces.tracefile import (
     BATCH,
     MAGIC,
     MAX_BATCH,

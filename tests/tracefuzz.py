@@ -42,10 +42,10 @@ from typing import Any
 
 import msgpack
 
-from tracekit.cli import main
-from tracekit.schema import DISPLAYS, Field, HistSpec, Schema
-from tracekit.session import Session
-from tracekit.tracefile import BATCH, FOOTER, HEADER, LOST, MAGIC, SYMBOLS
+from tracekit.base.schema import DISPLAYS, Field, HistSpec, Schema
+from tracekit.base.session import Session
+from tracekit.cli.main import main
+from tracekit.traces.tracefile import BATCH, FOOTER, HEADER, LOST, MAGIC, SYMBOLS
 
 CASE_SECONDS = 5.0
 COMMANDS: tuple[tuple[str, ...], ...] = (

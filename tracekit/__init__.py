@@ -17,52 +17,57 @@ from typing import TYPE_CHECKING, Any
 
 import pluggy
 
+from tracekit import _compat
+
 __version__ = "0.1.0"
 
 hookimpl = pluggy.HookimplMarker("tracekit")
 
+# Module paths of 0.1.0 (``tracekit.bus``, ...) keep working until 0.3.0, with a warning.
+_compat.install()
+
 # Public name -> module that defines it (imported when the name is first used).
 _LAZY: dict[str, str] = {
     # Probes: what tracekit_register_probes adds.
-    "ProbeSpec": "tracekit.registry",
-    "AttachPoint": "tracekit.registry",
-    "Param": "tracekit.registry",
-    "CounterMap": "tracekit.registry",
-    "ProbeRegistry": "tracekit.registry",
+    "ProbeSpec": "tracekit.plugin.registry",
+    "AttachPoint": "tracekit.plugin.registry",
+    "Param": "tracekit.plugin.registry",
+    "CounterMap": "tracekit.plugin.registry",
+    "ProbeRegistry": "tracekit.plugin.registry",
     # Sinks and plots.
-    "SinkSpec": "tracekit.registry",
-    "SinkRegistry": "tracekit.registry",
-    "PlotSpec": "tracekit.registry",
-    "PlotRegistry": "tracekit.registry",
-    "Sink": "tracekit.contract",
-    "SinkOptions": "tracekit.contract",
-    "KernelAggregate": "tracekit.contract",
+    "SinkSpec": "tracekit.plugin.registry",
+    "SinkRegistry": "tracekit.plugin.registry",
+    "PlotSpec": "tracekit.plugin.registry",
+    "PlotRegistry": "tracekit.plugin.registry",
+    "Sink": "tracekit.plugin.contract",
+    "SinkOptions": "tracekit.plugin.contract",
+    "KernelAggregate": "tracekit.plugin.contract",
     # Events.
-    "Schema": "tracekit.schema",
-    "Field": "tracekit.schema",
-    "HistSpec": "tracekit.schema",
-    "format_value": "tracekit.schema",
-    "format_row": "tracekit.schema",
-    "printable": "tracekit.safe_text",
-    "resolve_stack": "tracekit.stacks",
+    "Schema": "tracekit.base.schema",
+    "Field": "tracekit.base.schema",
+    "HistSpec": "tracekit.base.schema",
+    "format_value": "tracekit.base.schema",
+    "format_row": "tracekit.base.schema",
+    "printable": "tracekit.base.text",
+    "resolve_stack": "tracekit.bpf.stacks",
     # Kernel facts a probe's ``prepare`` chooses by.
-    "tracepoint_fields": "tracekit.kernel",
+    "tracepoint_fields": "tracekit.base.kernel",
     # What session hooks receive.
-    "Session": "tracekit.session",
-    "EventBatch": "tracekit.session",
-    "LostReport": "tracekit.session",
-    "Summary": "tracekit.session",
-    "KernelNames": "tracekit.session",
+    "Session": "tracekit.base.session",
+    "EventBatch": "tracekit.base.session",
+    "LostReport": "tracekit.base.session",
+    "Summary": "tracekit.base.session",
+    "KernelNames": "tracekit.base.session",
     # Runs: planned once, then executed (the CLI, the labs and the fixtures do).
-    "RunPlan": "tracekit.run",
-    "RunOptions": "tracekit.run",
-    "plan_run": "tracekit.run",
-    "execute": "tracekit.run",
+    "RunPlan": "tracekit.live.run",
+    "RunOptions": "tracekit.live.run",
+    "plan_run": "tracekit.live.run",
+    "execute": "tracekit.live.run",
     # Errors: one line, a distinct exit status each.
-    "TracekitError": "tracekit.errors",
-    "UsageError": "tracekit.errors",
-    "PluginError": "tracekit.errors",
-    "LabError": "tracekit.errors",
+    "TracekitError": "tracekit.base.errors",
+    "UsageError": "tracekit.base.errors",
+    "PluginError": "tracekit.base.errors",
+    "LabError": "tracekit.base.errors",
     # Tests: no kernel needed for feed/synthetic_rows; the lab runs in the VM.
     "feed": "tracekit.testing",
     "synthetic_rows": "tracekit.testing",
@@ -71,10 +76,10 @@ _LAZY: dict[str, str] = {
     "ReplayFixture": "tracekit.testing",
     "RunProbeFixture": "tracekit.testing",
     "NetnsLab": "tracekit.lab.netns",
-    "build_bus": "tracekit.bus",
-    "Bus": "tracekit.bus",
+    "build_bus": "tracekit.plugin.bus",
+    "Bus": "tracekit.plugin.bus",
     # Commands: what a command added with tracekit_add_commands runs with.
-    "current_bus": "tracekit.bus",
+    "current_bus": "tracekit.plugin.bus",
 }
 
 # Written out (not derived from _LAZY) so linters and mypy read it; a test checks
@@ -130,6 +135,8 @@ __all__ = [
 
 def __getattr__(name: str) -> Any:
     module = _LAZY.get(name)
+    if module is None and f"tracekit.{name}" in _compat.MOVED_MODULES:
+        return importlib.import_module(f"tracekit.{name}")  # warns, names the new path
     if module is None:
         raise AttributeError(f"module 'tracekit' has no attribute {name!r}")
     value = getattr(importlib.import_module(module), name)
@@ -142,12 +149,17 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # what mypy and editors see; at run time __getattr__ imports them
-    from tracekit.bus import Bus, build_bus, current_bus
-    from tracekit.contract import KernelAggregate, Sink, SinkOptions
-    from tracekit.errors import LabError, PluginError, TracekitError, UsageError
-    from tracekit.kernel import tracepoint_fields
+    from tracekit.base.errors import LabError, PluginError, TracekitError, UsageError
+    from tracekit.base.kernel import tracepoint_fields
+    from tracekit.base.schema import Field, HistSpec, Schema, format_row, format_value
+    from tracekit.base.session import EventBatch, KernelNames, LostReport, Session, Summary
+    from tracekit.base.text import printable
+    from tracekit.bpf.stacks import resolve_stack
     from tracekit.lab.netns import NetnsLab
-    from tracekit.registry import (
+    from tracekit.live.run import RunOptions, RunPlan, execute, plan_run
+    from tracekit.plugin.bus import Bus, build_bus, current_bus
+    from tracekit.plugin.contract import KernelAggregate, Sink, SinkOptions
+    from tracekit.plugin.registry import (
         AttachPoint,
         CounterMap,
         Param,
@@ -158,11 +170,6 @@ if TYPE_CHECKING:  # what mypy and editors see; at run time __getattr__ imports 
         SinkRegistry,
         SinkSpec,
     )
-    from tracekit.run import RunOptions, RunPlan, execute, plan_run
-    from tracekit.safe_text import printable
-    from tracekit.schema import Field, HistSpec, Schema, format_row, format_value
-    from tracekit.session import EventBatch, KernelNames, LostReport, Session, Summary
-    from tracekit.stacks import resolve_stack
     from tracekit.testing import (
         FeedFixture,
         Output,

@@ -20,7 +20,7 @@ Two kinds of hooks:
 Every hook returns ``None``; return values are ignored. Each implementation is called
 on its own, so pluggy hookwrappers cannot work: registering one raises
 ``PluginError``. What a sink object may define besides hooks (``configure``,
-``check_schema``, ``fields_needed``) is ``tracekit.Sink`` (tracekit/contract.py).
+``check_schema``, ``fields_needed``) is ``tracekit.Sink`` (tracekit/plugin/contract.py).
 """
 
 from __future__ import annotations
@@ -32,8 +32,8 @@ import pluggy
 if TYPE_CHECKING:
     import click
 
-    from tracekit.registry import PlotRegistry, ProbeRegistry, SinkRegistry
-    from tracekit.session import EventBatch, LostReport, Session, Summary
+    from tracekit.base.session import EventBatch, LostReport, Session, Summary
+    from tracekit.plugin.registry import PlotRegistry, ProbeRegistry, SinkRegistry
 
 hookspec = pluggy.HookspecMarker("tracekit")
 

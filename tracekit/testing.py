@@ -21,11 +21,11 @@ from typing import Any, Protocol
 
 import pytest
 
-from tracekit.bus import Bus, build_bus
-from tracekit.contract import KernelAggregate, SinkOptions
-from tracekit.pipeline import Pipeline, build_sinks
-from tracekit.schema import Schema
-from tracekit.session import LostReport, Session, Summary
+from tracekit.base.schema import Schema
+from tracekit.base.session import LostReport, Session, Summary
+from tracekit.plugin.bus import Bus, build_bus
+from tracekit.plugin.contract import KernelAggregate, SinkOptions
+from tracekit.plugin.pipeline import Pipeline, build_sinks
 
 
 def synthetic_rows(schema: Schema, n: int, seed: int = 0) -> list[tuple[Any, ...]]:
@@ -187,7 +187,7 @@ def tracekit_feed(tracekit_bus: Bus) -> FeedFixture:
 @pytest.fixture
 def tracekit_replay(tracekit_bus: Bus) -> ReplayFixture:
     """``tracekit_replay(path, ["hist"])``: replay a trace file through sinks."""
-    from tracekit.replay import replay
+    from tracekit.traces.replay import replay
 
     def run(path: str | Path, sinks: Sequence[str] = ("hist",)) -> Output:
         buf = io.StringIO()
@@ -204,7 +204,7 @@ def tracekit_run_probe(tracekit_bus: Bus) -> Iterator[RunProbeFixture]:
     the probe, attaches it, then runs ``action()`` (the traffic) in a thread while the
     probe drains, and stops when ``action`` returns; an exception in it is raised here.
     """
-    from tracekit.run import RunOptions, execute, plan_run
+    from tracekit.live.run import RunOptions, execute, plan_run
 
     if os.environ.get(IN_VM_ENV) != "1":
         pytest.skip("runs a BPF probe: only inside the VM")

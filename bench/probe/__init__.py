@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tracekit.registry import AttachPoint, CounterMap, ProbeSpec
-from tracekit.schema import Field
+from tracekit.base.schema import Field
+from tracekit.plugin.registry import AttachPoint, CounterMap, ProbeSpec
 
 HERE = Path(__file__).resolve().parent
 

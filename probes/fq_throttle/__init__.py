@@ -12,10 +12,10 @@ from importlib.resources import files
 from typing import Any
 
 from tracekit import hookimpl
-from tracekit.errors import AttachPointError, TracekitError
-from tracekit.registry import AttachPoint, CounterMap, ProbeRegistry, ProbeSpec
-from tracekit.schema import Field, HistSpec
-from tracekit.session import Summary
+from tracekit.base.errors import AttachPointError, TracekitError
+from tracekit.base.schema import Field, HistSpec
+from tracekit.base.session import Summary
+from tracekit.plugin.registry import AttachPoint, CounterMap, ProbeRegistry, ProbeSpec
 
 KINDS = ("-", "throttle", "flow_limit_drop", "empty_dequeue")
 
@@ -77,7 +77,7 @@ def prepare(params: dict[str, int]) -> dict[str, int]:
     """sch_fq's offsets (the BCC build's; CO-RE relocates) and the drop reasons'
     values (both builds: TK_SETTINGs), from the running kernel's BTF."""
     # Imported here: a run of another probe need not load the BTF reader.
-    from tracekit.btf import module_btf, struct_offsets, vmlinux_btf
+    from tracekit.bpf.btf import module_btf, struct_offsets, vmlinux_btf
 
     try:
         offs = struct_offsets(module_btf("sch_fq"), "fq_sched_data", FQ_MEMBERS)

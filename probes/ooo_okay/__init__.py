@@ -15,11 +15,11 @@ from importlib.resources import files
 from typing import Any
 
 from tracekit import hookimpl
-from tracekit.cdecl import CSource
-from tracekit.registry import AttachPoint, CounterMap, Param, ProbeRegistry, ProbeSpec
-from tracekit.schema import Field, HistSpec
-from tracekit.session import Session, Summary
-from tracekit.stacks import classify_stack, resolve_stack
+from tracekit.base.cdecl import CSource
+from tracekit.base.schema import Field, HistSpec
+from tracekit.base.session import Session, Summary
+from tracekit.bpf.stacks import classify_stack, resolve_stack
+from tracekit.plugin.registry import AttachPoint, CounterMap, Param, ProbeRegistry, ProbeSpec
 
 PATHS = ("unknown", "sendmsg", "ack-softirq", "ack-backlog", "recvmsg", "timer", "other")
 

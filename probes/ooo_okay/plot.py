@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tracekit.plot import Binned, Trace, new_figure
+from tracekit.fleet.plot import Binned, Trace, new_figure
 
 from . import PATHS
 

@@ -21,7 +21,7 @@ from tracekit import (
     Summary,
     hookimpl,
 )
-from tracekit.stats import imbalance
+from tracekit.base.stats import imbalance
 
 # How the fields of struct tk_event (rss_cpu.bpf.c) are shown; the C declares them.
 FIELDS = (

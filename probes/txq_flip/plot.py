@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tracekit.plot import Trace, new_figure
+from tracekit.fleet.plot import Trace, new_figure
 
 TOP = 6
 NO_QUEUE = 0xFFFF

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from tracekit.bus import Bus, build_bus
-from tracekit.run import Compiled, RunOptions, compile_probe
-from tracekit.tracefile import TraceReader
+from tracekit.live.run import Compiled, RunOptions, compile_probe
+from tracekit.plugin.bus import Bus, build_bus
+from tracekit.traces.tracefile import TraceReader
 
 from .helpers import read_trace, too_old
 

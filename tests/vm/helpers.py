@@ -18,14 +18,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from tracekit.bus import Bus
 from tracekit.lab.fq_throttle import FqThrottleResult, lab_fq_throttle
 from tracekit.lab.ooo_okay import lab_ooo_okay
 from tracekit.lab.rss_cpu import RssCpuResult, lab_rss_cpu
 from tracekit.lab.traced import LabRun
 from tracekit.lab.txq_flip import TxqFlipResult, lab_txq_flip
-from tracekit.run import Compiled
-from tracekit.tracefile import BATCH, TraceReader
+from tracekit.live.run import Compiled
+from tracekit.plugin.bus import Bus
+from tracekit.traces.tracefile import BATCH, TraceReader
 
 # Packets the kernel may process between reading softnet_stat and the probe's
 # counters (a straggling ACK or FIN): per CPU, at most this many.
@@ -35,9 +35,9 @@ SOFTNET_TOLERANCE = 8
 def too_old(probe: str) -> str | None:
     """The probe's ``min_kernel`` when the running kernel is older (the 5.10 row's
     fq-throttle: module BTF came in 5.11), else None."""
-    from tracekit import kernel
-    from tracekit.bus import build_bus
-    from tracekit.registry import min_kernel_version
+    from tracekit.base import kernel
+    from tracekit.plugin.bus import build_bus
+    from tracekit.plugin.registry import min_kernel_version
 
     need = build_bus().probes.get(probe).min_kernel
     running = kernel.version()

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from tracekit.bus import Bus
 from tracekit.lab.txq_flip import TxqFlipResult, lab_txq_flip
-from tracekit.run import Compiled, RunOptions, compile_probe
+from tracekit.live.run import Compiled, RunOptions, compile_probe
+from tracekit.plugin.bus import Bus
 
 from .conftest import attached_residue
 from .helpers import check_txq_flip_against_tc, printed, read_trace
@@ -52,8 +52,8 @@ def test_core_flips_are_the_queues_tc_counted(
 def test_each_loader_and_output_delivers_what_the_kernel_counted(
     bus: Bus, out_dir: Path, loader: str, output: str
 ) -> None:
-    """Both loaders drain both outputs from the buffers' pages (tracekit.ringbuf,
-    tracekit.perfbuf): every change the kernel counted reached the trace."""
+    """Both loaders drain both outputs from the buffers' pages (tracekit.bpf.ringbuf,
+    tracekit.bpf.perfbuf): every change the kernel counted reached the trace."""
     spec = bus.probes.get("txq-flip")
     opts = RunOptions(quiet=True, loader=loader, output=output)
     compiled = compile_probe(spec, spec.resolve_params({}), opts)

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from tracekit.btf import vmlinux_btf
-from tracekit.bus import Bus
+from tracekit.bpf.btf import vmlinux_btf
 from tracekit.lab.fq_throttle import FqThrottleResult, lab_fq_throttle
+from tracekit.live.run import Compiled
+from tracekit.plugin.bus import Bus
 from tracekit.probes.fq_throttle import DROP_REASONS, DROP_SLOTS
-from tracekit.run import Compiled
 
 pytestmark = pytest.mark.vm
 

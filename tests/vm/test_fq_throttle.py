@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from tracekit.bus import Bus
 from tracekit.lab.fq_throttle import FqThrottleResult, lab_fq_throttle
-from tracekit.run import Compiled
+from tracekit.live.run import Compiled
+from tracekit.plugin.bus import Bus
 
 from .conftest import attached_residue, trace_rows
 from .helpers import assert_replay_prints, check_fq_throttle_against_tc, printed, tracekit

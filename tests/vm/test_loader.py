@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from tracekit.errors import CompileError
-from tracekit.registry import AttachPoint, ProbeSpec
-from tracekit.run import RunOptions, compile_probe
-from tracekit.schema import Field, Schema
+from tracekit.base.errors import CompileError
+from tracekit.base.schema import Field, Schema
+from tracekit.live.run import RunOptions, compile_probe
+from tracekit.plugin.registry import AttachPoint, ProbeSpec
 
 pytestmark = pytest.mark.vm
 

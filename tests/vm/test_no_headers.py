@@ -110,7 +110,7 @@ def test_every_builtin_probe_is_covered() -> None:
     """Every probe tracekit ships (not third-party plugins, which may be BCC-only)."""
     from importlib.resources import files
 
-    from tracekit.bus import build_bus
+    from tracekit.plugin.bus import build_bus
 
     builtin = Path(str(files("tracekit.probes")))
     names = [s.name for s in build_bus().probes if Path(str(s.source)).is_relative_to(builtin)]
@@ -123,8 +123,8 @@ def _child(probe: str, out: Path) -> None:
     hidden = [d for d in header_dirs() if os.listdir(d)]
     assert not hidden, f"headers still visible in {hidden}"
     sys.modules["bcc"] = None  # type: ignore[assignment]  # `import bcc` now fails
-    from tracekit.bus import build_bus
-    from tracekit.run import RunOptions, compile_probe
+    from tracekit.live.run import RunOptions, compile_probe
+    from tracekit.plugin.bus import build_bus
 
     params, aggregate, oracle = ORACLES[probe]
     bus = build_bus()

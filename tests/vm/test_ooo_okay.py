@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from tracekit.bus import Bus
-from tracekit.hist import Histogram
+from tracekit.base.hist import Histogram
+from tracekit.base.session import Session
 from tracekit.lab.netns import NetnsLab
 from tracekit.lab.ooo_okay import lab_ooo_okay
 from tracekit.lab.traced import LabRun
-from tracekit.run import Compiled
-from tracekit.session import Session
+from tracekit.live.run import Compiled
+from tracekit.plugin.bus import Bus
 
 from .conftest import attached_residue, trace_rows
 from .helpers import assert_replay_prints, check_ooo_okay_runs, printed

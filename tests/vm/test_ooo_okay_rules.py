@@ -21,9 +21,9 @@ from collections import Counter
 
 import pytest
 
-from tracekit.kernel import kernel_version
+from tracekit.base.kernel import kernel_version
 from tracekit.lab.netns import ADDR_A, ADDR_B, NetnsLab
-from tracekit.run import Compiled
+from tracekit.live.run import Compiled
 
 pytestmark = pytest.mark.vm
 
@@ -269,8 +269,8 @@ def test_before_6_19_no_udp_skb_carries_the_flag(traced: dict[str, object]) -> N
 
 
 def test_the_report_names_the_rules_applied(traced: dict[str, object]) -> None:
+    from tracekit.base.session import Summary
     from tracekit.probes.ooo_okay import report
-    from tracekit.session import Summary
 
     lines = report(Summary(counters=traced["counters"]))  # type: ignore[arg-type]
     text = "\n".join(lines)

@@ -34,11 +34,11 @@ import fleet_data
 import pytest
 
 import tracekit
-from tracekit.bus import Bus
 from tracekit.lab.rss_cpu import RssCpuResult, lab_rss_cpu
 from tracekit.lab.traced import LabRun
 from tracekit.lab.txq_flip import TxqFlipResult, lab_txq_flip
-from tracekit.run import Compiled, RunOptions, compile_probe
+from tracekit.live.run import Compiled, RunOptions, compile_probe
+from tracekit.plugin.bus import Bus
 
 from .conftest import attached_residue
 

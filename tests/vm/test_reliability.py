@@ -22,10 +22,10 @@ from typing import Any
 
 import pytest
 
-from tracekit.bus import Bus
-from tracekit.errors import InterruptedBeforeStart, ResourceError
+from tracekit.base.errors import InterruptedBeforeStart, ResourceError
 from tracekit.lab.rss_cpu import RssCpuResult, lab_rss_cpu
-from tracekit.run import Compiled, RunOptions, compile_probe, run_probe
+from tracekit.live.run import Compiled, RunOptions, compile_probe, run_probe
+from tracekit.plugin.bus import Bus
 
 from .conftest import attached_residue
 

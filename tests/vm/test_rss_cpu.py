@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from tracekit.bus import Bus
-from tracekit.hist import Histogram
+from tracekit.base.hist import Histogram
+from tracekit.base.stats import imbalance
 from tracekit.lab.nics import find_nic_pair
 from tracekit.lab.rss_cpu import RssCpuResult, lab_rss_cpu
-from tracekit.run import Compiled
-from tracekit.stats import imbalance
+from tracekit.live.run import Compiled
+from tracekit.plugin.bus import Bus
 
 from .conftest import attached_residue, trace_rows
 from .helpers import (

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from tracekit.bus import Bus
 from tracekit.lab.netns import parse_tc_queue_packets
 from tracekit.lab.txq_flip import TxqFlipResult, lab_txq_flip
-from tracekit.run import Compiled
-from tracekit.tracefile import TraceReader
+from tracekit.live.run import Compiled
+from tracekit.plugin.bus import Bus
+from tracekit.traces.tracefile import TraceReader
 
 from .conftest import attached_residue
 from .helpers import (

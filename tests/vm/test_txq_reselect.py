@@ -34,11 +34,11 @@ from typing import Any
 
 import pytest
 
-from tracekit.bus import Bus
 from tracekit.lab.netns import ADDR_A, ADDR_B, NetnsLab
 from tracekit.lab.txq_flip import set_txq_reselection
+from tracekit.live.run import Compiled, RunOptions, compile_probe, run_probe
+from tracekit.plugin.bus import Bus
 from tracekit.probes.txq_flip import CAUSES
-from tracekit.run import Compiled, RunOptions, compile_probe, run_probe
 
 from .helpers import trace_batch_rows, trace_events
 

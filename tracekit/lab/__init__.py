@@ -1,11 +1,11 @@
 """Namespace labs that rebuild the seeds' situations: ``tracekit lab SEED``.
 
-A built-in plugin (``tracekit.bus.DEFAULT_PLUGINS``; ``TRACEKIT_DISABLE_PLUGINS=lab``
+A built-in plugin (``tracekit.plugin.bus.DEFAULT_PLUGINS``; ``TRACEKIT_DISABLE_PLUGINS=lab``
 leaves it out) adding its command through ``tracekit_add_commands``, as a
 third-party plugin adds its own. It loads on every start, so this module imports
 nothing but click (which the CLI has loaded already). Each seed has its own module
 (``txq_flip``, ``ooo_okay``, ``fq_throttle``, ``rss_cpu``: scenario, result type,
-command), which loads with tracekit.run behind it only when its command runs or
+command), which loads with tracekit.live.run behind it only when its command runs or
 ``tracekit lab --help`` lists it.
 """
 

@@ -20,8 +20,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from tracekit import kernel
-from tracekit.errors import LabError
+from tracekit.base import kernel
+from tracekit.base.errors import LabError
 from tracekit.lab.nics import (
     NicPair,
     find_nic_pair,

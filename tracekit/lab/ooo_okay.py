@@ -7,11 +7,11 @@ from typing import Any, NamedTuple
 
 import click
 
-from tracekit.bus import Bus, current_bus
 from tracekit.lab.netns import NetnsLab
 from tracekit.lab.options import check_duration, duration_option, force_option, out, sink_option
 from tracekit.lab.traced import LabRun, sink_variant, traced_iperf
-from tracekit.run import Compiled
+from tracekit.live.run import Compiled
+from tracekit.plugin.bus import Bus, current_bus
 
 
 class OooOkayResult(NamedTuple):

@@ -6,13 +6,13 @@ import sys
 
 import click
 
-from tracekit import cli_options
-from tracekit.errors import UsageError
+from tracekit.base.errors import UsageError
+from tracekit.cli import options as cli_options
 
 duration_option = click.option(
     "--duration", type=float, default=10.0, show_default=True, help="iperf3 seconds"
 )
-# The options a lab shares with `tracekit run` are run's own (tracekit/cli_options.py);
+# The options a lab shares with `tracekit run` are run's own (tracekit/cli/options.py);
 # a lab's sinks default to hist.
 sink_option = cli_options.sink_option(default="hist")
 force_option = cli_options.force_option

@@ -8,15 +8,15 @@ from typing import Any
 
 import click
 
-from tracekit import kernel
-from tracekit.bus import Bus, current_bus
-from tracekit.errors import LabError
+from tracekit.base import kernel
+from tracekit.base.errors import LabError
+from tracekit.base.stats import imbalance
 from tracekit.lab.netns import DEV_B, NetnsLab
 from tracekit.lab.nics import HASH_FIELDS, find_nic_pair
 from tracekit.lab.options import check_duration, duration_option, force_option, out, sink_option
 from tracekit.lab.traced import LabRun, extend, sink_variant, traced_iperf
-from tracekit.run import Compiled
-from tracekit.stats import imbalance
+from tracekit.live.run import Compiled
+from tracekit.plugin.bus import Bus, current_bus
 
 
 @dataclass

@@ -17,12 +17,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, TypeVar
 
-from tracekit.bus import Bus
-from tracekit.errors import LabError
+from tracekit.base.errors import LabError
+from tracekit.base.session import Summary
 from tracekit.lab.netns import NetnsLab, finish_client
 from tracekit.lab.oracles import parse_fq_stats, read_softnet
-from tracekit.run import Compiled, RunOptions, run_probe
-from tracekit.session import Summary
+from tracekit.live.run import Compiled, RunOptions, run_probe
+from tracekit.plugin.bus import Bus
 
 Counters = dict[str, dict[str, dict[int, int]]]
 

@@ -9,8 +9,7 @@ from typing import Any
 
 import click
 
-from tracekit.bus import Bus, current_bus
-from tracekit.errors import LabError
+from tracekit.base.errors import LabError
 from tracekit.lab.netns import NetnsLab
 from tracekit.lab.options import (
     check_duration,
@@ -21,7 +20,8 @@ from tracekit.lab.options import (
     sink_option,
 )
 from tracekit.lab.traced import LabRun, extend, traced_iperf
-from tracekit.run import Compiled, RunOptions
+from tracekit.live.run import Compiled, RunOptions
+from tracekit.plugin.bus import Bus, current_bus
 
 
 @dataclass

@@ -1,0 +1,264 @@
+"""The few libbpf calls tracekit makes, through ctypes over Debian's ``libbpf1``.
+
+libbpf loads a compiled CO-RE object: it relocates every kernel type access against
+the running kernel's BTF (``/sys/kernel/btf/vmlinux`` and the modules'), creates
+the maps, loads the programs and attaches them. Nothing is compiled at run time,
+and ``import bcc`` (10-27 s under emulation) is never paid on this path.
+
+Every failing call raises ``TracekitError`` with what libbpf itself printed (its
+log goes to a buffer, not to the terminal) folded into one line.
+"""
+
+from __future__ import annotations
+
+import ctypes as ct
+import ctypes.util
+import errno
+import os
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from tracekit.base.errors import TracekitError
+
+_PRINT_FN = ct.CFUNCTYPE(ct.c_int, ct.c_int, ct.c_char_p, ct.c_void_p)
+
+
+class LibbpfError(TracekitError):
+    """A libbpf call failed; the message carries libbpf's own words."""
+
+    exit_code = 11
+
+
+class Libbpf:
+    """libbpf.so.1, with argument types declared once."""
+
+    def __init__(self) -> None:
+        name = ctypes.util.find_library("bpf") or "libbpf.so.1"
+        try:
+            self.lib = ct.CDLL(name, use_errno=True)
+        except OSError:
+            raise TracekitError(
+                "libbpf is not installed: apt-get install libbpf1 (the CO-RE loader needs it)"
+            ) from None
+        self._libc = ct.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        self._libc.vsnprintf.argtypes = [ct.c_char_p, ct.c_size_t, ct.c_char_p, ct.c_void_p]
+        self.log: list[str] = []
+        self._printer = _PRINT_FN(self._print)  # kept alive as long as the library
+        L = self.lib
+        vp, cp, i, u32 = ct.c_void_p, ct.c_char_p, ct.c_int, ct.c_uint32
+        for fn, res, args in (
+            ("libbpf_set_print", vp, [_PRINT_FN]),
+            ("bpf_object__open_file", vp, [cp, vp]),
+            ("bpf_object__load", i, [vp]),
+            ("bpf_object__close", None, [vp]),
+            ("bpf_object__find_map_by_name", vp, [vp, cp]),
+            ("bpf_object__find_program_by_name", vp, [vp, cp]),
+            ("bpf_map__fd", i, [vp]),
+            ("bpf_map__set_max_entries", i, [vp, u32]),
+            ("bpf_map__initial_value", vp, [vp, ct.POINTER(ct.c_size_t)]),
+            ("bpf_map__value_size", u32, [vp]),
+            ("bpf_map__key_size", u32, [vp]),
+            ("bpf_program__attach_kprobe", vp, [vp, ct.c_bool, cp]),
+            ("bpf_program__attach_tracepoint", vp, [vp, cp, cp]),
+            ("bpf_program__attach_raw_tracepoint", vp, [vp, cp]),
+            ("bpf_link__destroy", i, [vp]),
+            ("bpf_map_lookup_elem", i, [i, vp, vp]),
+            ("bpf_map_update_elem", i, [i, vp, vp, ct.c_uint64]),
+            ("bpf_map_delete_elem", i, [i, vp]),
+            ("bpf_map_get_next_key", i, [i, vp, vp]),
+            ("libbpf_num_possible_cpus", i, []),
+            ("bpf_program__fd", i, [vp]),
+            ("bpf_prog_test_run_opts", i, [i, vp]),
+        ):
+            f = getattr(L, fn)
+            f.restype = res
+            f.argtypes = args
+        L.libbpf_set_print(self._printer)
+
+    def _print(self, _level: int, fmt: bytes, args: int) -> int:
+        # A verifier log arrives as one message of many lines (tens of KB).
+        buf = ct.create_string_buffer(1 << 20)
+        self._libc.vsnprintf(buf, len(buf), fmt, args)
+        for line in buf.value.decode("utf-8", "replace").splitlines():
+            if line.strip():
+                self.log.append(line.strip())
+        return 0
+
+    def reason(self) -> str:
+        """The lines of libbpf's log that say why: the verifier's last words, if any."""
+        log = self.log
+        for i, line in enumerate(log):
+            if "-- END PROG LOAD LOG --" in line:
+                # The verifier's own words come last, before its statistics line;
+                # instructions are numbered ("12: (79) ...") or source (";").
+                words = [
+                    ln
+                    for ln in log[:i]
+                    if not re.search(r"^(\d+:|;|processed \d+ insns)|BEGIN PROG LOAD LOG", ln)
+                ]
+                return " | ".join([*words[-2:], *log[i + 1 :][-1:]])
+        return " | ".join(log[-3:])
+
+    @contextmanager
+    def call(self, what: str) -> Iterator[None]:
+        """Collect libbpf's log for one step; on failure, raise it as one line."""
+        self.log.clear()
+        try:
+            yield
+        except LibbpfError as exc:
+            # The last lines say why (the verifier's log is long: keep its end).
+            said = self.reason()
+            raise LibbpfError(f"{what}: {exc}" + (f" ({said})" if said else "")) from None
+
+    def check_ptr(self, ptr: int | None, call: str) -> int:
+        if not ptr:
+            e = ct.get_errno()
+            raise LibbpfError(f"{call}: {os.strerror(e) if e else 'failed'}")
+        return ptr
+
+    def check_rc(self, rc: int, call: str) -> int:
+        if rc < 0:
+            e = -rc if rc != -1 else ct.get_errno()
+            raise LibbpfError(f"{call}: {os.strerror(e)}")
+        return rc
+
+    def possible_cpus(self) -> int:
+        return int(self.check_rc(self.lib.libbpf_num_possible_cpus(), "possible CPUs"))
+
+
+class TestRunOpts(ct.Structure):
+    """struct bpf_test_run_opts (libbpf 1.x), for BPF_PROG_TEST_RUN."""
+
+    _fields_ = (
+        ("sz", ct.c_size_t),
+        ("data_in", ct.c_void_p),
+        ("data_out", ct.c_void_p),
+        ("data_size_in", ct.c_uint32),
+        ("data_size_out", ct.c_uint32),
+        ("ctx_in", ct.c_void_p),
+        ("ctx_out", ct.c_void_p),
+        ("ctx_size_in", ct.c_uint32),
+        ("ctx_size_out", ct.c_uint32),
+        ("retval", ct.c_uint32),
+        ("repeat", ct.c_int),
+        ("duration", ct.c_uint32),
+        ("flags", ct.c_uint32),
+        ("cpu", ct.c_uint32),
+        ("batch_size", ct.c_uint32),
+    )
+
+
+class BpfObject:
+    """One compiled object: opened, configured, loaded, closed (``with`` closes it).
+
+    Maps of a tracekit probe are named ``NAME__map`` in the object (tk_compat.h);
+    ``map("NAME")`` finds either spelling.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.lib = libbpf()
+        self.path = path
+        with self.lib.call(f"opening {path}"):
+            self.obj: int | None = self.lib.check_ptr(
+                self.lib.lib.bpf_object__open_file(path.encode(), None), "open"
+            )
+
+    def __enter__(self) -> BpfObject:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def map(self, name: str) -> int:
+        L = self.lib.lib
+        m = L.bpf_object__find_map_by_name(self.obj, f"{name}__map".encode()) or (
+            L.bpf_object__find_map_by_name(self.obj, name.encode())
+        )
+        if not m:
+            raise LibbpfError(f"no map {name} in {self.path}")
+        return int(m)
+
+    def map_fd(self, name: str) -> int:
+        return int(self.lib.check_rc(self.lib.lib.bpf_map__fd(self.map(name)), f"map {name}"))
+
+    def set_max_entries(self, name: str, n: int) -> None:
+        self.lib.check_rc(self.lib.lib.bpf_map__set_max_entries(self.map(name), n), name)
+
+    def set_rodata(self, offsets: dict[str, tuple[int, int]], values: dict[str, int]) -> None:
+        """Write integer globals of .rodata (name -> (offset, size)) before load."""
+        rodata = self.lib.lib.bpf_object__find_map_by_name(self.obj, b".rodata")
+        if not rodata:
+            raise LibbpfError(f"{self.path} has no .rodata")
+        size = ct.c_size_t()
+        ptr = self.lib.check_ptr(
+            self.lib.lib.bpf_map__initial_value(rodata, ct.byref(size)), "rodata"
+        )
+        for name, value in values.items():
+            off, width = offsets[name]
+            if off + width > size.value or width not in (1, 2, 4, 8):
+                raise LibbpfError(f"setting {name} does not fit .rodata")
+            ct.memmove(ptr + off, value.to_bytes(width, "little", signed=value < 0), width)
+
+    def load(self) -> None:
+        with self.lib.call(f"loading {self.path} into the kernel"):
+            self.lib.check_rc(self.lib.lib.bpf_object__load(self.obj), "load")
+
+    def program(self, name: str) -> int:
+        p = self.lib.lib.bpf_object__find_program_by_name(self.obj, name.encode())
+        if not p:
+            raise LibbpfError(f"no program {name} in {self.path}")
+        return int(p)
+
+    def test_run(self, prog: str, repeat: int, data: bytes = bytes(64)) -> None:
+        """Run a program ``repeat`` times in the kernel (BPF_PROG_TEST_RUN), no attach."""
+        buf = ct.create_string_buffer(data, len(data))
+        opts = TestRunOpts(
+            sz=ct.sizeof(TestRunOpts),
+            data_in=ct.cast(buf, ct.c_void_p),
+            data_size_in=len(data),
+            repeat=repeat,
+        )
+        fd = self.lib.lib.bpf_program__fd(self.program(prog))
+        self.lib.check_rc(self.lib.lib.bpf_prog_test_run_opts(fd, ct.byref(opts)), "test run")
+
+    def close(self) -> None:
+        if self.obj:
+            self.lib.lib.bpf_object__close(self.obj)
+            self.obj = None
+
+
+_LIB: Libbpf | None = None
+
+
+def libbpf() -> Libbpf:
+    global _LIB
+    if _LIB is None:
+        _LIB = Libbpf()
+    return _LIB
+
+
+def map_items(
+    lib: Libbpf, fd: int, key_size: int, value_size: int
+) -> Iterator[tuple[bytes, bytes]]:
+    """Every (key, value) of a hash map, as raw bytes."""
+    key = ct.create_string_buffer(key_size)
+    nxt = ct.create_string_buffer(key_size)
+    val = ct.create_string_buffer(value_size)
+    first = True
+    while True:
+        rc = lib.lib.bpf_map_get_next_key(fd, None if first else key, nxt)
+        if rc < 0:
+            e = ct.get_errno()
+            if e == errno.ENOENT or rc == -errno.ENOENT:
+                return
+            raise LibbpfError(f"reading a map: {os.strerror(e)}")
+        first = False
+        ct.memmove(key, nxt, key_size)
+        if lib.lib.bpf_map_lookup_elem(fd, key, val) == 0:
+            yield key.raw, val.raw
+
+
+def as_buffer(data: Any) -> Any:
+    return (ct.c_char * len(data)).from_buffer_copy(data)

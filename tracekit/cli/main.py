@@ -1,0 +1,363 @@
+"""The ``tracekit`` command line (click).
+
+Every user error ends in one line ``tracekit: ...`` and a non-zero exit status, never
+a traceback; click's own usage errors are folded into the same one-line form.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+import click
+
+from tracekit import __version__
+from tracekit.base.errors import TracekitError, UsageError
+from tracekit.base.text import printable
+from tracekit.cli.options import force_option, loader_option, sink_option
+from tracekit.plugin.bus import Bus, current_bus
+from tracekit.plugin.pipeline import SinkOptions
+
+# Bounds on numbers from the command line: finite, and small enough for the kernel
+# side (a u32 rate) and for timers (a year).
+MAX_DURATION = 366 * 24 * 3600.0
+MAX_EVENTS_PER_SEC = (1 << 32) - 1
+
+
+def _bus(ctx: click.Context) -> Bus:
+    return current_bus(ctx)
+
+
+def _parse_params(items: tuple[str, ...]) -> dict[str, str]:
+    out = {}
+    for item in items:
+        k, sep, v = item.partition("=")
+        if not sep or not k:
+            raise UsageError(f"bad --param {item!r}: expected KEY=VALUE")
+        out[k.strip()] = v.strip()
+    return out
+
+
+class OutputClosed(TracekitError):
+    """Standard output was closed by its reader: stop quietly, status 0."""
+
+    exit_code = 0
+    reported = True
+
+
+# Built-in commands whose modules load only when the command runs: `tracekit run`
+# starts in about a second only if it does not import export and plot (under
+# emulation every imported module costs tens of milliseconds). The labs are a
+# plugin (tracekit/lab/): they add `lab` through tracekit_add_commands.
+LAZY_COMMANDS: dict[str, tuple[str, str]] = {
+    "export": ("tracekit.fleet.export", "export_cmd"),
+    "plot": ("tracekit.fleet.plot", "plot_cmd"),
+}
+
+
+class TracekitGroup(click.Group):
+    """Adds plugin commands lazily, so ``--help`` lists them."""
+
+    def _lazy(self, name: str) -> click.Command | None:
+        if name not in LAZY_COMMANDS or name in self.commands:
+            return None
+        import importlib
+
+        module, attr = LAZY_COMMANDS[name]
+        cmd: click.Command = getattr(importlib.import_module(module), attr)
+        self.add_command(cmd, name)
+        return cmd
+
+    def _load(self, ctx: click.Context) -> None:
+        if getattr(self, "_plugins_added", False):
+            return
+        self._plugins_added = True
+        try:
+            bus = _bus(ctx)
+        except TracekitError as exc:
+            # --help still lists the built-in commands; a plugin's command (`lab`)
+            # named on the command line reports why plugins could not load.
+            self._plugins_error: TracekitError | None = exc
+            return
+        bus.pm.hook.tracekit_add_commands(cli=self)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except BrokenPipeError:
+            # Caught here, before click turns it into status 1: the reader of our
+            # output went away (``| head``), which is how a pipeline ends, not an error.
+            _quiet_after_broken_pipe()
+            raise OutputClosed() from None
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        self._load(ctx)
+        return sorted(set(super().list_commands(ctx)) | set(LAZY_COMMANDS))
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        cmd = super().get_command(ctx, name) or self._lazy(name)
+        if cmd is None:
+            self._load(ctx)
+            cmd = super().get_command(ctx, name)
+            error = getattr(self, "_plugins_error", None)
+            if cmd is None and error is not None:
+                raise error
+        return cmd
+
+
+@click.group(cls=TracekitGroup)
+@click.version_option(__version__, prog_name="tracekit")
+@click.pass_context
+def cli(ctx: click.Context) -> None:
+    """eBPF tracing for Linux network-stack performance work."""
+    ctx.ensure_object(dict)
+
+
+@cli.command("list")
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+@click.pass_context
+def list_cmd(ctx: click.Context, as_json: bool) -> None:
+    """List probes and sinks, with the plugin each comes from."""
+    bus = _bus(ctx)
+
+    def version(plugin: str) -> str:
+        info = bus.plugins.get(plugin)
+        return info.version if info else "?"
+
+    probes = [
+        {
+            "name": p.name,
+            "plugin": bus.probes.plugin_of(p.name),
+            "version": version(bus.probes.plugin_of(p.name)),
+            "description": p.description,
+        }
+        for p in bus.probes
+    ]
+    sinks = [
+        {
+            "name": s.name,
+            "plugin": bus.sinks.plugin_of(s.name),
+            "version": version(bus.sinks.plugin_of(s.name)),
+            "description": s.description,
+        }
+        for s in bus.sinks
+    ]
+    if as_json:
+        plugins = [vars(p) for p in bus.plugins.values()]
+        click.echo(json.dumps({"probes": probes, "sinks": sinks, "plugins": plugins}, indent=2))
+        return
+    for title, rows in (("probes", probes), ("sinks", sinks)):
+        click.echo(f"{title}:")
+        w = max((len(r["name"]) for r in rows), default=0)
+        pw = max((len(f"{r['plugin']} {r['version']}") for r in rows), default=0)
+        for r in rows:
+            origin = f"{r['plugin']} {r['version']}"
+            click.echo(f"  {r['name']:<{w}}  {origin:<{pw}}  {r['description']}")
+
+
+@cli.command("run")
+@click.argument("probe")
+@sink_option()
+@click.option("--duration", type=float, default=None, help="stop after SECONDS (default: Ctrl-C)")
+@click.option("--param", "params", multiple=True, metavar="KEY=VALUE", help="probe parameter")
+@click.option(
+    "--output",
+    type=click.Choice(["auto", "ringbuf", "perf"]),
+    default="auto",
+    help="kernel-to-user buffer (auto: ring buffer where the kernel has it)",
+)
+@click.option(
+    "--sample",
+    type=click.IntRange(min=1),
+    default=1,
+    metavar="N",
+    help="stream 1 in N events (counters and in-kernel histograms stay exact)",
+)
+@click.option(
+    "--max-events-per-sec",
+    type=click.IntRange(min=0, max=MAX_EVENTS_PER_SEC),
+    default=0,
+    help="drop events above this rate in the kernel, counted as lost (0: no limit)",
+)
+@click.option(
+    "--buffer-pages",
+    type=click.IntRange(min=1),
+    default=64,
+    show_default=True,
+    metavar="N",
+    help="perf buffer pages per CPU, a power of two (the shared ring buffer gets 16 x N)",
+)
+@loader_option
+@force_option
+@click.pass_context
+def run_cmd(
+    ctx: click.Context,
+    probe: str,
+    sinks: tuple[str, ...],
+    duration: float | None,
+    params: tuple[str, ...],
+    output: str,
+    sample: int,
+    max_events_per_sec: int,
+    buffer_pages: int,
+    loader: str,
+    force: bool,
+) -> None:
+    """Compile PROBE, attach it and send its events to sinks until Ctrl-C or --duration."""
+    from tracekit.live.run import RunOptions, execute, plan_run
+
+    bus = _bus(ctx)
+    spec = bus.probes.get(probe)
+    values = spec.resolve_params(_parse_params(params))
+    sinks = sinks or ("console",)
+    if duration is not None and not 0 < duration <= MAX_DURATION:
+        # Also refuses nan and inf (click's float accepts them) and 1e309 (inf).
+        raise UsageError(
+            f"--duration must be a number of seconds, above 0 and at most {MAX_DURATION:.0f}"
+        )
+    if buffer_pages & (buffer_pages - 1):
+        raise UsageError(f"--buffer-pages must be a power of two, not {buffer_pages}")
+    # One plan: sinks built and checked once, before the (slow) compile.
+    plan = plan_run(
+        bus,
+        spec,
+        values,
+        sinks,
+        RunOptions(
+            duration=duration,
+            output=output,
+            max_events_per_sec=max_events_per_sec,
+            force=force,
+            sample=sample,
+            page_cnt=buffer_pages,
+            loader=loader,
+        ),
+    )
+    execute(bus, plan)
+
+
+@cli.command("replay")
+@click.argument("file", type=click.Path(dir_okay=False))
+@sink_option()
+@force_option
+@click.pass_context
+def replay_cmd(ctx: click.Context, file: str, sinks: tuple[str, ...], force: bool) -> None:
+    """Feed a recorded trace FILE through sinks, on any machine."""
+    from tracekit.traces.replay import replay
+
+    replay(_bus(ctx), file, sinks or ("console",), SinkOptions(force=force))
+
+
+@cli.command("info")
+@click.argument("file", type=click.Path(dir_okay=False))
+def info_cmd(file: str) -> None:
+    """Describe a trace FILE: its header and footer in words."""
+    from tracekit.traces.info import describe
+
+    for line in describe(file):
+        click.echo(line)
+
+
+@cli.command("check")
+@click.argument("probe", required=False)
+@click.pass_context
+def check_cmd(ctx: click.Context, probe: str | None) -> None:
+    """Report whether this machine can run PROBE (or every probe): all problems at once."""
+    from tracekit.bpf.preflight import choose_loader, preflight
+
+    bus = _bus(ctx)
+    specs = [bus.probes.get(probe)] if probe else list(bus.probes)
+    failed: TracekitError | None = None
+    for spec in specs:
+        loader, why = choose_loader(spec)
+        report, _ = preflight(spec, loader)
+        click.echo(f"{spec.name}:")
+        click.echo(f"  loader: {loader} ({why})")
+        for line in report.render().splitlines():
+            click.echo(f"  {line}")
+        if not report.ok and failed is None:
+            c = next(c for c in report.checks if not c.ok)
+            failed = (c.error or TracekitError)(c.message)
+    if failed is not None:
+        ctx.exit(failed.exit_code)
+
+
+@cli.command("build")
+@click.argument("probes", nargs=-1)
+@click.pass_context
+def build_cmd(ctx: click.Context, probes: tuple[str, ...]) -> None:
+    """Build the CO-RE objects of PROBES (default: every probe that has one) with clang."""
+    from tracekit.bpf.core_build import CACHE_DIR, build
+
+    bus = _bus(ctx)
+    specs = [bus.probes.get(p) for p in probes] if probes else [s for s in bus.probes if s.core]
+    for spec in specs:
+        click.echo(f"{spec.name}: {build(spec)}")
+    if not specs:
+        click.echo(f"no probe has a CO-RE build; objects would go to {CACHE_DIR}")
+
+
+@cli.command("new")
+@click.argument("kind", type=click.Choice(["probe", "sink"]))
+@click.argument("name")
+@click.option(
+    "--dir",
+    "where",
+    type=click.Path(file_okay=False),
+    default=".",
+    help="where to create the package (default: here)",
+)
+def new_cmd(kind: str, name: str, where: str) -> None:
+    """Write a plugin package skeleton for a new probe or sink, with passing tests."""
+    from pathlib import Path
+
+    from tracekit.cli.scaffold import scaffold
+
+    root = scaffold(kind, name, Path(where))
+    click.echo(f"created {root}: pip install {root}, then python -m pytest {root}")
+
+
+
+
+def main(argv: list[str] | None = None) -> Any:
+    try:
+        rv = cli.main(args=argv, prog_name="tracekit", standalone_mode=False)
+        if isinstance(rv, int) and rv:
+            sys.exit(rv)
+        return None
+    except TracekitError as exc:
+        # Messages quote paths, arguments and values read from trace files: escaped.
+        if not exc.reported:
+            click.echo(f"tracekit: {printable(str(exc))}", err=True)
+        sys.exit(exc.exit_code)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.Abort:
+        click.echo("tracekit: interrupted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        click.echo(f"tracekit: {printable(exc.format_message())}", err=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        click.echo("tracekit: interrupted", err=True)
+        sys.exit(130)
+    except BrokenPipeError:
+        _quiet_after_broken_pipe()
+        sys.exit(0)
+
+
+def _quiet_after_broken_pipe() -> None:
+    """The reader of stdout went away (``| head``): stop quietly, as Unix tools do.
+
+    Python would flush stdout again at exit and print "Exception ignored ... Broken
+    pipe"; pointing the descriptor at /dev/null makes that flush harmless.
+    """
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass

@@ -1,0 +1,381 @@
+"""``tracekit export``: traces as tables for DuckDB, pandas or Spark.
+
+One row per event, one typed column per schema field (``u32`` stays an unsigned
+32-bit integer, ``str16`` a string), then the run's metadata as columns (host,
+kernel, probe, parameters, start time, ...), so the exports of many hosts
+concatenate into one dataset and a query can group by host.
+
+Streaming: a trace is read batch by batch (at most ``MAX_BATCH`` rows each) and
+each batch becomes Arrow columns in one call per column; memory stays flat in the
+trace's size. Parquet row groups collect ``ROW_GROUP`` rows first, because many
+tiny row groups make the file slow to query.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import os
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+import click
+
+from tracekit.base.errors import TraceFileError, UsageError
+from tracekit.base.schema import Field, Schema
+from tracekit.base.session import Session, Summary
+from tracekit.fleet.extras import need, printable
+from tracekit.traces.tracefile import BATCH, TraceReader
+
+FORMATS = ("parquet", "csv", "jsonl")
+ROW_GROUP = 128 * 1024
+
+# Columns added to every row, after the schema's fields. Names a schema may not use.
+META_COLUMNS = (
+    "host",
+    "kernel",
+    "probe",
+    "params",
+    "start_time",
+    "ncpus",
+    "sample_every",
+    "tracekit_version",
+    "trace",
+)
+
+_ARROW_INTS = {
+    "u8": "uint8",
+    "u16": "uint16",
+    "u32": "uint32",
+    "u64": "uint64",
+    "s8": "int8",
+    "s16": "int16",
+    "s32": "int32",
+    "s64": "int64",
+}
+
+
+def arrow_type(f: Field) -> Any:
+    pa = need("pyarrow", "tracekit export")
+    return pa.string() if f.is_str else getattr(pa, _ARROW_INTS[f.type])()
+
+
+def arrow_schema(schema: Schema) -> Any:
+    """The Arrow schema of an export: typed fields (with unit, display, doc and enum
+    names as field metadata, so a reader can decode them) and the metadata columns."""
+    pa = need("pyarrow", "tracekit export")
+    fields = [
+        pa.field(
+            f.name,
+            arrow_type(f),
+            nullable=False,
+            metadata={
+                "unit": f.unit,
+                "display": f.display,
+                "doc": f.doc,
+                "choices": json.dumps(list(f.choices)),
+            },
+        )
+        for f in schema.fields
+    ]
+    fields += [
+        pa.field("host", pa.string()),
+        pa.field("kernel", pa.string()),
+        pa.field("probe", pa.string()),
+        pa.field("params", pa.string()),
+        pa.field("start_time", pa.timestamp("us", tz="UTC")),
+        pa.field("ncpus", pa.uint32()),
+        pa.field("sample_every", pa.uint32()),
+        pa.field("tracekit_version", pa.string()),
+        pa.field("trace", pa.string()),
+    ]
+    return pa.schema(fields)
+
+
+@dataclass
+class Run:
+    """One trace being exported: its session, its metadata values, and how it ended."""
+
+    path: str
+    session: Session
+    host: str
+    footer: Summary | None = None
+    truncated_at: int | None = None
+    events: int = 0
+
+    def meta(self) -> dict[str, Any]:
+        s = self.session
+        return {
+            "host": self.host,
+            "kernel": s.kernel,
+            "probe": s.probe,
+            # JSON so a query can take one parameter: params->>'ifindex' in DuckDB.
+            "params": json.dumps(dict(s.params), sort_keys=True),
+            "start_time": dt.datetime.fromtimestamp(s.start_time, tz=dt.UTC),
+            "ncpus": s.ncpus,
+            "sample_every": s.sample_every,
+            "tracekit_version": s.tracekit_version,
+            "trace": os.path.basename(self.path),
+        }
+
+
+@dataclass
+class Exported:
+    events: int = 0
+    runs: list[Run] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def open_runs(paths: tuple[str, ...], host: str | None) -> list[tuple[Run, TraceReader]]:
+    """Open every trace first: a schema that does not match the first one is refused
+    before anything is written."""
+    out: list[tuple[Run, TraceReader]] = []
+    try:
+        for p in paths:
+            r = TraceReader(p)
+            out.append((Run(p, r.session, host or r.session.hostname), r))
+            first = out[0][1].session
+            if [(f.name, f.type) for f in r.session.schema.fields] != [
+                (f.name, f.type) for f in first.schema.fields
+            ]:
+                raise UsageError(
+                    f"{printable(p)} is a {printable(r.session.probe)} trace whose fields differ "
+                    f"from {printable(paths[0])} ({printable(first.probe)}): export each probe "
+                    "to its own file"
+                )
+            if r.session.aggregated:
+                raise UsageError(
+                    f"{printable(p)}: the kernel counted these events instead of streaming them; "
+                    "there are no single events to export"
+                )
+        clash = set(out[0][1].session.schema.names) & set(META_COLUMNS)
+        if clash:
+            raise UsageError(
+                f"field {', '.join(sorted(clash))} of {printable(out[0][0].session.probe)} "
+                "has the name of a metadata column"
+            )
+    except BaseException:
+        for _, r in out:
+            r.close()
+        raise
+    return out
+
+
+def batches(run: Run, reader: TraceReader) -> Iterator[list[tuple[Any, ...]]]:
+    for rec in reader.records():
+        if rec.kind == BATCH and rec.payload:
+            run.events += len(rec.payload)
+            yield rec.payload.rows
+    run.footer = reader.footer
+    if reader.truncated:
+        run.truncated_at = reader.truncated_at
+
+
+class _Writer:
+    def write(self, run: Run, rows: list[tuple[Any, ...]]) -> None:
+        raise NotImplementedError
+
+    def close(self, runs: list[Run]) -> None:
+        raise NotImplementedError
+
+
+class _ArrowWriter(_Writer):
+    """Parquet or CSV through pyarrow: a batch becomes one RecordBatch."""
+
+    def __init__(self, fmt: str, path: str, schema: Schema) -> None:
+        self.pa = need("pyarrow", "tracekit export")
+        self.schema = arrow_schema(schema)
+        self.types = [arrow_type(f) for f in schema.fields]
+        self.fmt = fmt
+        self.pending: list[Any] = []
+        self.pending_rows = 0
+        self._meta_for: tuple[Run, list[Any]] | None = None
+        if fmt == "parquet":
+            pq = need("pyarrow.parquet", "tracekit export --to parquet")
+            self.out: Any = pq.ParquetWriter(path, self.schema, compression="zstd")
+        else:
+            pacsv = need("pyarrow.csv", "tracekit export --to csv")
+            self.out = pacsv.CSVWriter(path, self.schema)
+
+    def _meta_scalars(self, run: Run) -> list[Any]:
+        if self._meta_for is None or self._meta_for[0] is not run:
+            meta = run.meta()
+            n = len(self.types)
+            scalars = [
+                self.pa.scalar(meta[name], type=self.schema.field(n + i).type)
+                for i, name in enumerate(META_COLUMNS)
+            ]
+            self._meta_for = (run, scalars)
+        return self._meta_for[1]
+
+    def write(self, run: Run, rows: list[tuple[Any, ...]]) -> None:
+        pa = self.pa
+        n = len(rows)
+        # zip(*rows) transposes in C; pa.array converts a whole column in C++.
+        try:
+            cols = [
+                pa.array(c, type=t)
+                for c, t in zip(zip(*rows, strict=True), self.types, strict=True)
+            ]
+        except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError, TypeError) as exc:
+            raise TraceFileError(
+                f"{printable(run.path)}: a value does not fit its field's type ({exc})"
+            ) from None
+        cols += [pa.repeat(s, n) for s in self._meta_scalars(run)]
+        batch = pa.RecordBatch.from_arrays(cols, schema=self.schema)
+        if self.fmt != "parquet":
+            self.out.write_batch(batch)
+            return
+        self.pending.append(batch)
+        self.pending_rows += n
+        if self.pending_rows >= ROW_GROUP:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self.pending:
+            table = self.pa.Table.from_batches(self.pending, schema=self.schema)
+            self.out.write_table(table, row_group_size=max(self.pending_rows, 1))
+            self.pending, self.pending_rows = [], 0
+
+    def close(self, runs: list[Run]) -> None:
+        if self.fmt == "parquet":
+            self._flush()
+            # Each run's header and footer (counters, losses, duration) in the file's
+            # key-value metadata: what no event row carries.
+            self.out.add_key_value_metadata({"tracekit.runs": json.dumps(_runs_meta(runs))})
+        self.out.close()
+
+
+class _JsonlWriter(_Writer):
+    """One JSON object a line; needs nothing beyond the standard library.
+
+    A batch is encoded with ``map`` over the C encoder, and the run's metadata is
+    spliced in front of each object with one ``str.replace`` on the joined batch:
+    JSON escapes newlines inside strings, so ``\\n{`` only ever starts an object.
+    """
+
+    def __init__(self, path: str, schema: Schema) -> None:
+        self.f: IO[str] = open(path, "w", encoding="utf-8")  # noqa: SIM115 - closed in close()
+        self.names = schema.names
+        self.enc = json.JSONEncoder(ensure_ascii=True)
+        self._prefix_for: tuple[Run, str] | None = None
+
+    def _prefix(self, run: Run) -> str:
+        if self._prefix_for is None or self._prefix_for[0] is not run:
+            meta = run.meta()
+            meta["start_time"] = meta["start_time"].isoformat()
+            self._prefix_for = (run, json.dumps(meta)[:-1] + ", ")
+        return self._prefix_for[1]
+
+    def write(self, run: Run, rows: list[tuple[Any, ...]]) -> None:
+        names = self.names
+        objs = map(dict, map(zip, [names] * len(rows), rows))
+        text = "\n".join(map(self.enc.encode, objs))
+        prefix = self._prefix(run)
+        self.f.write(prefix + text[1:].replace("\n{", "\n" + prefix) + "\n")
+
+    def close(self, runs: list[Run]) -> None:
+        self.f.close()
+
+
+def _runs_meta(runs: list[Run]) -> list[dict[str, Any]]:
+    out = []
+    for r in runs:
+        d: dict[str, Any] = {"trace": os.path.basename(r.path), "host": r.host}
+        d.update(r.session.header())
+        d["events_exported"] = r.events
+        d["footer"] = r.footer.to_dict() if r.footer is not None else None
+        d["truncated_at"] = r.truncated_at
+        out.append(d)
+    return out
+
+
+def export(
+    paths: tuple[str, ...], fmt: str, out: str, force: bool = False, host: str | None = None
+) -> Exported:
+    """Export ``paths`` (traces of one probe) to ``out`` in ``fmt``."""
+    if fmt not in FORMATS:
+        raise UsageError(f"--to {fmt}: valid formats are {', '.join(FORMATS)}")
+    if not paths:
+        raise UsageError("export needs at least one trace file")
+    if os.path.exists(out) and not force:
+        raise UsageError(f"{printable(out)} exists; pass --force to overwrite it")
+    parent = os.path.dirname(os.path.abspath(out))
+    if not os.path.isdir(parent):
+        raise UsageError(
+            f"cannot write {printable(out)}: directory {printable(parent)} does not exist"
+        )
+    if fmt != "jsonl":
+        need("pyarrow", "tracekit export")
+    started = time.monotonic()
+    runs = open_runs(paths, host)
+    schema = runs[0][0].session.schema
+    # Written beside OUT and renamed at the end: a failed export leaves no half file
+    # that a later query would read as complete.
+    tmp = f"{out}.part"
+    writer: _Writer = (
+        _JsonlWriter(tmp, schema) if fmt == "jsonl" else _ArrowWriter(fmt, tmp, schema)
+    )
+    result = Exported()
+    ok = False
+    try:
+        for run, reader in runs:
+            for rows in batches(run, reader):
+                writer.write(run, rows)
+            result.events += run.events
+            result.runs.append(run)
+        writer.close(result.runs)
+        os.replace(tmp, out)
+        ok = True
+    finally:
+        for _, reader in runs:
+            reader.close()
+        if not ok:
+            # The first error is the one to report, not one from closing after it.
+            with contextlib.suppress(Exception):
+                writer.close(result.runs)
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    result.seconds = time.monotonic() - started
+    return result
+
+
+@click.command("export")
+@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--to", "fmt", type=click.Choice(FORMATS), required=True, help="the output's format")
+@click.argument("out", nargs=1, type=click.Path(dir_okay=False))
+@click.option(
+    "--host",
+    default=None,
+    metavar="NAME",
+    help="the host column's value (default: the hostname recorded in each trace)",
+)
+@click.option("--force", is_flag=True, help="overwrite OUT")
+def export_cmd(files: tuple[str, ...], fmt: str, out: str, host: str | None, force: bool) -> None:
+    """Write the events of trace FILEs (one probe) to OUT as Parquet, CSV or JSON lines.
+
+    One typed column per event field, then host, kernel, probe, params (JSON),
+    start_time, ncpus, sample_every, tracekit_version and trace: exports from many
+    hosts concatenate into one dataset.
+    """
+    result = export(files, fmt, out, force=force, host=host)
+    for run in result.runs:
+        if run.truncated_at is not None:
+            click.echo(
+                f"tracekit: warning: {printable(run.path)} ends early (cut at byte "
+                f"{run.truncated_at}); exported its {run.events} events up to there",
+                err=True,
+            )
+    hosts = sorted({r.host for r in result.runs})
+    rate = result.events / result.seconds if result.seconds > 0 else 0.0
+    click.echo(
+        f"tracekit: exported {result.events} events from {len(result.runs)} trace(s) "
+        f"(hosts: {printable(', '.join(hosts))}) to {printable(out)} "
+        f"in {result.seconds:.2f}s ({rate:,.0f} events/s)",
+        err=True,
+    )
+    sys.stderr.flush()

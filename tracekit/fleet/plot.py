@@ -1,0 +1,241 @@
+"""``tracekit plot``: the picture of a trace a person would rather look at.
+
+A probe declares its plot (``ProbeSpec.plot``); a plugin can add plots for any probe
+with the ``tracekit_register_plots`` hook. A plot is a function ``draw(trace)``
+that reads the trace through ``Trace`` (batches as numpy columns, never one Python
+call per event) and returns a matplotlib ``Figure`` (``new_figure`` makes one).
+
+A plot usually reads the trace twice: ``Trace.span()`` first (the time range, to
+choose the bins), then the columns it draws. Both passes stream, so memory stays
+flat in the trace's size: only the binned counts (and, for txq-flip, the flips of
+the sockets drawn) are kept.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from operator import itemgetter
+from typing import Any
+
+import click
+
+from tracekit.base.errors import UsageError
+from tracekit.base.schema import _NUMPY_CODES, format_value
+from tracekit.base.session import Session, Summary
+from tracekit.fleet.extras import need, printable
+from tracekit.traces.tracefile import BATCH, TraceReader
+
+FORMATS = (".png", ".svg", ".pdf")
+
+# Bin widths a reader takes in at a glance, in seconds.
+_NICE_WIDTHS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30, 60, 300)
+MAX_BINS = 150
+
+
+
+@dataclass
+class Span:
+    """The time range of a trace's events: ``t0`` (ns) and its length (s)."""
+
+    t0: int
+    seconds: float
+    events: int
+
+    def bins(self) -> tuple[float, int]:
+        """(width in seconds, number of bins): at most ``MAX_BINS`` nice bins."""
+        width = next(
+            (w for w in _NICE_WIDTHS if self.seconds / w <= MAX_BINS), float(_NICE_WIDTHS[-1])
+        )
+        return width, max(1, math.floor(self.seconds / width) + 1)
+
+
+class Trace:
+    """A trace file read as numpy columns, batch by batch, as often as a plot needs."""
+
+    def __init__(self, path: str) -> None:
+        self.np = need("numpy", "tracekit plot")
+        self.path = path
+        reader = TraceReader(path)
+        reader.close()
+        self.session: Session = reader.session
+        self.footer: Summary | None = None
+        self._span: Span | None = None
+
+    @property
+    def schema(self) -> Any:
+        return self.session.schema
+
+    def batches(self) -> Iterator[list[tuple[Any, ...]]]:
+        reader = TraceReader(self.path)
+        for rec in reader.records():
+            if rec.kind == BATCH and rec.payload:
+                yield rec.payload.rows
+        self.footer = reader.footer
+
+    def column(self, rows: list[tuple[Any, ...]], name: str) -> Any:
+        """One field of a batch as a numpy array (strings as an object array)."""
+        np = self.np
+        f = self.schema.field(name)
+        values = map(itemgetter(self.schema.index(name)), rows)
+        if f.is_str:
+            return np.array(list(values), dtype=object)
+        return np.fromiter(values, dtype=_NUMPY_CODES[f.type], count=len(rows))
+
+    def columns(self, *names: str) -> Iterator[dict[str, Any]]:
+        """Per batch, the named fields as arrays, plus ``t``: seconds since ``span().t0``."""
+        t0 = self.span().t0
+        ts = self._ts_name()
+        for rows in self.batches():
+            cols = {n: self.column(rows, n) for n in names}
+            cols["t"] = (self.column(rows, ts).astype("int64") - t0) / 1e9
+            yield cols
+
+    def _ts_name(self) -> str:
+        for f in self.schema.fields:
+            if f.display == "ts":
+                return str(f.name)
+        raise UsageError(f"{printable(self.path)}: the events have no time field to plot over")
+
+    def span(self) -> Span:
+        if self._span is None:
+            lo, hi, n = None, None, 0
+            ts = self._ts_name()
+            for rows in self.batches():
+                col = self.column(rows, ts)
+                lo = int(col.min()) if lo is None else min(lo, int(col.min()))
+                hi = int(col.max()) if hi is None else max(hi, int(col.max()))
+                n += len(rows)
+            if lo is None or hi is None:
+                raise UsageError(f"{printable(self.path)}: no events to plot")
+            self._span = Span(lo, (hi - lo) / 1e9, n)
+        return self._span
+
+    def label(self, name: str, value: Any) -> str:
+        """A field's value as a person reads it, safe to draw."""
+        return printable(format_value(self.schema.field(name), value, self.session.symbols))
+
+    def title(self, what: str) -> str:
+        s = self.session
+        sampled = f", sampled 1 in {s.sample_every} (counts scaled)" if s.sample_every > 1 else ""
+        return printable(f"{s.probe} on {s.hostname} (kernel {s.kernel}){sampled}: {what}")
+
+
+class Binned:
+    """Sums per (time bin, key), keys numbered as they appear: the grid grows by key."""
+
+    def __init__(self, trace: Trace) -> None:
+        self.np = trace.np
+        self.width, self.nbins = trace.span().bins()
+        self.keys: dict[Any, int] = {}
+        self.grid = self.np.zeros((self.nbins, 8))
+
+    def add(self, t: Any, keys: list[Any], weights: Any = None) -> None:
+        np = self.np
+        if not len(keys):
+            return
+        ids = self.keys
+        for k in dict.fromkeys(keys):  # once per distinct key in the batch
+            if k not in ids:
+                ids[k] = len(ids)
+        if len(ids) > self.grid.shape[1]:
+            grown = np.zeros((self.nbins, max(len(ids), 2 * self.grid.shape[1])))
+            grown[:, : self.grid.shape[1]] = self.grid
+            self.grid = grown
+        col = np.fromiter(map(ids.__getitem__, keys), dtype=np.int64, count=len(keys))
+        row = np.clip((t / self.width).astype(np.int64), 0, self.nbins - 1)
+        np.add.at(self.grid, (row, col), 1 if weights is None else weights)
+
+    def series(self) -> dict[Any, Any]:
+        """Key -> per-bin sums."""
+        return {k: self.grid[:, i] for k, i in self.keys.items()}
+
+    def times(self) -> Any:
+        """The start of every bin, in seconds."""
+        return self.np.arange(self.nbins) * self.width
+
+    def top(self, n: int) -> list[Any]:
+        """The ``n`` keys with the largest totals."""
+        totals = self.grid.sum(axis=0)
+        return sorted(self.keys, key=lambda k: -totals[self.keys[k]])[:n]
+
+
+def keys_of(trace: Trace, cols: dict[str, Any], names: tuple[str, ...]) -> list[Any]:
+    """Row keys (tuples of field values) of a batch's columns, built with zip in C."""
+    return list(zip(*(cols[n].tolist() for n in names), strict=True))
+
+
+def new_figure(rows: int, height: float = 2.4) -> Any:
+    """A Figure with ``rows`` stacked axes sharing the time axis; no pyplot, no display."""
+    need("matplotlib", "tracekit plot")
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(11, 1.2 + height * rows), layout="constrained")
+    axes = fig.subplots(rows, 1, sharex=True, squeeze=False)[:, 0]
+    for ax in axes:
+        ax.grid(True, alpha=0.3)
+    axes[-1].set_xlabel("seconds since the first event")
+    return fig
+
+
+def render(path: str, out: str, plot: str | None = None, bus: Any = None) -> str:
+    """Draw ``plot`` (default: the probe's own) of trace ``path`` into ``out``; its name."""
+    ext = os.path.splitext(out)[1].lower()
+    if ext not in FORMATS:
+        raise UsageError(f"-o {printable(out)}: the name must end in {', '.join(FORMATS)}")
+    need("matplotlib", "tracekit plot")
+    need("numpy", "tracekit plot")
+    from tracekit.plugin.bus import build_bus
+
+    bus = bus or build_bus()
+    trace = Trace(path)
+    probe = trace.session.probe
+    choices: dict[str, Callable[[Any], Any]] = {}
+    if probe in bus.probes and bus.probes.get(probe).plot is not None:
+        choices[probe] = bus.probes.get(probe).plot
+    for spec in bus.plots:
+        if spec.probe == probe:
+            choices[spec.name] = spec.draw
+    if not choices:
+        raise UsageError(
+            f"no plot for probe {printable(probe)}: a plugin adds one with tracekit_register_plots"
+        )
+    name = plot or (probe if probe in choices else sorted(choices)[0])
+    if name not in choices:
+        raise UsageError(
+            f"no plot {printable(name)} for {printable(probe)}; plots: {', '.join(sorted(choices))}"
+        )
+    fig = choices[name](trace)
+    try:
+        fig.savefig(out, dpi=110)
+    except OSError as exc:
+        raise UsageError(f"cannot write {printable(out)}: {exc.strerror}") from None
+    return name
+
+
+@click.command("plot")
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option(
+    "-o",
+    "--output",
+    "out",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="the picture: OUT.png, OUT.svg or OUT.pdf",
+)
+@click.option(
+    "--plot",
+    "plot",
+    default=None,
+    metavar="NAME",
+    help="which plot (default: the probe's own; plugins may add others)",
+)
+@click.option("--force", is_flag=True, help="overwrite OUT")
+def plot_cmd(file: str, out: str, plot: str | None, force: bool) -> None:
+    """Draw the picture of trace FILE that its probe declares, into OUT.png or OUT.svg."""
+    if os.path.exists(out) and not force:
+        raise UsageError(f"{printable(out)} exists; pass --force to overwrite it")
+    name = render(file, out, plot)
+    click.echo(f"tracekit: wrote {printable(out)} ({printable(name)} plot)", err=True)
