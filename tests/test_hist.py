@@ -39,7 +39,7 @@ def test_linear_render_matches_bpftrace_layout() -> None:
     h.add_rows([(6, 0, 6)] * 5 + [(6, 0, 11)] * 2 + [(11, 0, 13)] * 6)
     text = h.render()
     assert text.splitlines() == [
-        "@qa[6]:",
+        "@qa[cpu=6]:",
         "[6, 7)                 5 |" + "@" * 52 + "|",
         "[7, 8)                 0 |" + " " * 52 + "|",
         "[8, 9)                 0 |" + " " * 52 + "|",
@@ -47,7 +47,7 @@ def test_linear_render_matches_bpftrace_layout() -> None:
         "[10, 11)               0 |" + " " * 52 + "|",
         "[11, 12)               2 |" + "@" * 20 + " " * 32 + "|",
         "",
-        "@qa[11]:",
+        "@qa[cpu=11]:",
         "[12, ...)              6 |" + "@" * 52 + "|",
     ]
 
@@ -56,14 +56,14 @@ def test_log2_histogram_with_unit_and_keys_shown_by_display() -> None:
     h = Histogram(HistSpec(value="lat", by=("q",)), S)
     h.add_rows([(0, 3, 0xFFFF), (0, 5, 0xFFFF), (0, 100, 1)])
     text = h.render()
-    assert "@lat[none] (us):" in text and "@lat[1] (us):" in text
+    assert "@lat[q=none] (us):" in text and "@lat[q=1] (us):" in text
     assert "[2, 4)                 1 |" in text and "[64, 128)              1 |" in text
 
 
 def test_count_kind() -> None:
     h = Histogram(HistSpec(value=None, by=("cpu",), kind="count"), S)
     h.add_rows([(0, 1, 1), (0, 1, 1), (1, 1, 1)])
-    assert h.render().splitlines() == ["@count[0]: 2", "@count[1]: 1"]
+    assert h.render().splitlines() == ["@count[cpu=0]: 2", "@count[cpu=1]: 1"]
 
 
 def test_empty_histogram_says_so() -> None:
@@ -101,7 +101,7 @@ def test_hist_sink_prints_the_kernel_aggregate(capsys: pytest.CaptureFixture[str
             pipe.end(kernel_agg=agg)
         out, err = capsys.readouterr()
         if ok:
-            assert "@count[0, 1]: 5" in out and "@count[1, 1]: 2" in out and not pipe.failures
+            assert "@count[cpu=0, q=1]: 5" in out and "@count[cpu=1, q=1]: 2" in out and not pipe.failures
             assert "# counted in the kernel by cpu, q" in out
         else:
             assert "needs lat, which the kernel did not aggregate" in err
@@ -154,7 +154,7 @@ def test_keys_beyond_the_counter_limit_are_folded_and_said(
     assert sum(sum(b.values()) for b in h.data.values()) == 12  # nothing lost
     out = h.render()
     assert "# @lat: 8 events with keys seen after 3 counters" in out
-    assert out.index("@lat[2]") < out.index("@lat[other keys]")
+    assert out.index("@lat[cpu=2]") < out.index("@lat[other keys]")
 
 
 def test_sparse_wide_histograms_leave_out_empty_buckets(monkeypatch: pytest.MonkeyPatch) -> None:
