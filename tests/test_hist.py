@@ -101,7 +101,11 @@ def test_hist_sink_prints_the_kernel_aggregate(capsys: pytest.CaptureFixture[str
             pipe.end(kernel_agg=agg)
         out, err = capsys.readouterr()
         if ok:
-            assert "@count[cpu=0, q=1]: 5" in out and "@count[cpu=1, q=1]: 2" in out and not pipe.failures
+            assert (
+                "@count[cpu=0, q=1]: 5" in out
+                and "@count[cpu=1, q=1]: 2" in out
+                and not pipe.failures
+            )
             assert "# counted in the kernel by cpu, q" in out
         else:
             assert "needs lat, which the kernel did not aggregate" in err
@@ -140,6 +144,7 @@ def test_hist_field_missing_from_a_precompiled_aggregate_is_a_usage_error() -> N
     probe: Any = SimpleNamespace(aggregate=True, stream=False, params={}, spec=spec)
     with pytest.raises(UsageError, match=r"wmem: not in ooo-okay's in-kernel aggregate"):
         run_probe(bus, spec, None, ("hist=wmem",), RunOptions(), compiled=Compiled(probe, []))
+
 
 def test_keys_beyond_the_counter_limit_are_folded_and_said(
     monkeypatch: pytest.MonkeyPatch,

@@ -11,6 +11,10 @@ from typing import Any
 
 import click
 
+from tracekit.base.text import examples
+
+__all__ = ["LOADERS", "examples", "force_option", "loader_option", "sink_option"]
+
 LOADERS = ("auto", "core", "bcc")
 
 

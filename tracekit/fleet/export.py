@@ -28,6 +28,7 @@ import click
 from tracekit.base.errors import TraceFileError, UsageError
 from tracekit.base.schema import Field, Schema
 from tracekit.base.session import Session, Summary
+from tracekit.base.text import examples
 from tracekit.fleet.extras import need, printable
 from tracekit.traces.tracefile import BATCH, TraceReader
 
@@ -344,7 +345,15 @@ def export(
     return result
 
 
-@click.command("export")
+@click.command(
+    "export",
+    epilog=examples(
+        "tracekit export examples/traces/rss-cpu.tkt --to parquet rss.parquet",
+        "tracekit export host-*.tkt --to parquet all.parquet      # one probe, many hosts",
+        "tracekit export examples/traces/txq-flip.tkt --to jsonl - | jq .queue_after",
+        "tracekit export examples/traces/fq-throttle.tkt --to csv fq.csv",
+    ),
+)
 @click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @click.option("--to", "fmt", type=click.Choice(FORMATS), required=True, help="the output's format")
 @click.argument("out", nargs=1, type=click.Path(dir_okay=False))

@@ -25,6 +25,7 @@ import click
 from tracekit.base.errors import UsageError
 from tracekit.base.schema import _NUMPY_CODES, format_value
 from tracekit.base.session import Session, Summary
+from tracekit.base.text import examples
 from tracekit.fleet.extras import need, printable
 from tracekit.traces.tracefile import BATCH, TraceReader
 
@@ -33,7 +34,6 @@ FORMATS = (".png", ".svg", ".pdf")
 # Bin widths a reader takes in at a glance, in seconds.
 _NICE_WIDTHS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30, 60, 300)
 MAX_BINS = 150
-
 
 
 @dataclass
@@ -215,7 +215,13 @@ def render(path: str, out: str, plot: str | None = None, bus: Any = None) -> str
     return name
 
 
-@click.command("plot")
+@click.command(
+    "plot",
+    epilog=examples(
+        "tracekit plot examples/traces/rss-cpu.tkt -o rss.png",
+        "tracekit plot examples/traces/fq-throttle.tkt -o fq.svg",
+    ),
+)
 @click.argument("file", type=click.Path(dir_okay=False))
 @click.option(
     "-o",

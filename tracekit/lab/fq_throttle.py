@@ -8,6 +8,7 @@ from typing import Any
 
 import click
 
+from tracekit.cli.options import examples
 from tracekit.lab.netns import NetnsLab
 from tracekit.lab.options import check_duration, duration_option, force_option, out, sink_option
 from tracekit.lab.traced import LabRun, extend, traced_iperf
@@ -53,7 +54,14 @@ def lab_fq_throttle(
     return extend(run, FqThrottleResult, fq_delta=counted.fq)
 
 
-@click.command("fq-throttle")
+@click.command(
+    "fq-throttle",
+    epilog=examples(
+        "sudo tracekit lab fq-throttle --duration 5",
+        "sudo tracekit lab fq-throttle --flow-limit 5 --maxrate 5mbit --sink msgpack=fq.tkt",
+        "tracekit plot fq.tkt -o fq.png",
+    ),
+)
 @duration_option
 @click.option("--flow-limit", type=int, default=10, show_default=True)
 @click.option("--maxrate", default="10mbit", show_default=True)

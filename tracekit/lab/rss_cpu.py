@@ -11,6 +11,7 @@ import click
 from tracekit.base import kernel
 from tracekit.base.errors import LabError
 from tracekit.base.stats import imbalance
+from tracekit.cli.options import examples
 from tracekit.lab.netns import DEV_B, NetnsLab
 from tracekit.lab.nics import HASH_FIELDS, find_nic_pair
 from tracekit.lab.options import check_duration, duration_option, force_option, out, sink_option
@@ -88,7 +89,15 @@ def lab_rss_cpu(
     return extend(run, RssCpuResult, softnet_delta=counted.softnet, rxq_delta=counted.rxq)
 
 
-@click.command("rss-cpu")
+@click.command(
+    "rss-cpu",
+    epilog=examples(
+        "sudo tracekit lab rss-cpu --duration 5               # unspread, then spread",
+        "sudo tracekit lab rss-cpu --spread none --sink hist --sink msgpack=rss.tkt",
+        "# writes rss.none.tkt",
+        "tracekit plot rss.none.tkt -o rss.png",
+    ),
+)
 @duration_option
 @click.option(
     "--spread",
