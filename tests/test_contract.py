@@ -53,8 +53,7 @@ def test_all_names_resolve_and_match_the_lazy_table() -> None:
 def test_import_tracekit_stays_light() -> None:
     """``import tracekit`` loads pluggy and, of its own modules, only the old-path finder."""
     code = (
-        "import sys, tracekit; "
-        "print(sorted(m for m in sys.modules if m.startswith('tracekit.')))"
+        "import sys, tracekit; print(sorted(m for m in sys.modules if m.startswith('tracekit.')))"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True

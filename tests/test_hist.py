@@ -85,19 +85,25 @@ def test_parse_hist_arg() -> None:
 
 
 def test_hist_sink_prints_the_kernel_aggregate(capsys: pytest.CaptureFixture[str]) -> None:
+    from dataclasses import replace
+
     from tracekit.base.session import Session
     from tracekit.plugin.bus import build_bus
     from tracekit.plugin.pipeline import Pipeline, SinkOptions, build_sinks
 
-    session = Session(probe="p", schema=S, aggregated=("cpu", "q"))
+    both = Session(probe="p", schema=S, aggregated=("cpu", "q"))
+    kernel_only = replace(both, streamed=False)
     bus = build_bus(load_entry_points=False)
-    for arg, agg, ok in (
-        ("count,by=cpu+q", [((0, 0, 1), 5), ((1, 0, 1), 2)], True),
-        ("lat,by=cpu", [((0, 0, 1), 5)], False),
+    for session, arg, agg, ok in (
+        (both, "count,by=cpu+q", [((0, 0, 1), 5), ((1, 0, 1), 2)], True),
+        (kernel_only, "count,by=cpu+q", [((0, 0, 1), 5), ((1, 0, 1), 2)], True),
+        (kernel_only, "lat,by=cpu", [((0, 0, 1), 5)], False),
+        (replace(kernel_only, mode="replay"), "lat,by=cpu", [((0, 0, 1), 5)], False),
     ):
         sinks = build_sinks(bus, (f"hist={arg}",), SinkOptions(), S)
         with Pipeline(bus, session, sinks.objects) as pipe:
-            pipe.batch([(0, 9, 9)] * 100)  # streamed too: the aggregate is what counts
+            if session.streamed:
+                pipe.batch([(0, 9, 9)] * 100)  # streamed too: the aggregate is what counts
             pipe.end(kernel_agg=agg)
         out, err = capsys.readouterr()
         if ok:
@@ -107,9 +113,35 @@ def test_hist_sink_prints_the_kernel_aggregate(capsys: pytest.CaptureFixture[str
                 and not pipe.failures
             )
             assert "# counted in the kernel by cpu, q" in out
-        else:
+            assert ("100 streamed events are not counted twice" in out) == session.streamed
+        elif session.mode == "live":
             assert "needs lat, which the kernel did not aggregate" in err
+            assert "add a streaming sink" in err
             assert list(pipe.failures.errors) == ["sink:hist"]
+        else:
+            # On a replay there is no sink to add: say what the trace holds.
+            assert "this trace holds only the counts the kernel kept by cpu, q" in err
+            assert "add a streaming sink" not in err
+
+
+def test_hist_of_a_field_the_kernel_did_not_count_uses_the_streamed_events(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A run that streamed and counted in the kernel: hist=lat reads the events."""
+    from tracekit.base.session import Session
+    from tracekit.plugin.bus import build_bus
+    from tracekit.plugin.pipeline import Pipeline, SinkOptions, build_sinks
+
+    session = Session(probe="p", schema=S, aggregated=("cpu", "q"))
+    bus = build_bus(load_entry_points=False)
+    sinks = build_sinks(bus, ("hist=lat,by=cpu;count,by=cpu",), SinkOptions(), S)
+    with Pipeline(bus, session, sinks.objects) as pipe:
+        pipe.batch([(0, 9, 9)] * 100)
+        pipe.end(kernel_agg=[((0, 0, 1), 5)])
+    out, err = capsys.readouterr()
+    assert not pipe.failures and err == ""
+    assert "@lat[cpu=0] (us):" in out and "[8, 16)              100 |" in out
+    assert "@count[cpu=0]: 5" in out  # the kernel's count, not the 100 streamed
 
 
 def test_hist_on_a_field_the_kernel_does_not_aggregate_streams_instead() -> None:

@@ -87,6 +87,10 @@ class Session:
     # Fields the kernel aggregated on, when the probe counted in the kernel instead
     # of streaming single events (empty when streaming).
     aggregated: tuple[str, ...] = ()
+    # Whether single events were streamed to user space (a run may stream and count
+    # in the kernel both). A replay tells from the trace: its header says, or (traces
+    # written before 0.2) its batches do.
+    streamed: bool = True
     # Kernel addresses to names (fields shown as ``ksym``) and stacks, stored in the
     # trace so replay shows names on a machine with other symbols.
     names: KernelNames = field(default_factory=KernelNames, compare=False, repr=False)
@@ -106,6 +110,15 @@ class Session:
         """Stack id -> kernel addresses, innermost first (read-only)."""
         return self.names.stacks
 
+    def holds(self) -> str:
+        """What the session's events are, in words: streamed, counted in the kernel, or both."""
+        by = ", ".join(self.aggregated)
+        if self.aggregated and self.streamed:
+            return f"streamed events, and counts the kernel kept by {by}"
+        if self.aggregated:
+            return f"counts the kernel kept by {by} (no single events)"
+        return "streamed events"
+
     def header(self) -> dict[str, Any]:
         """The trace file header fields that describe this session."""
         return {
@@ -119,6 +132,7 @@ class Session:
             "start_time": self.start_time,
             "sample_every": self.sample_every,
             "aggregated": list(self.aggregated),
+            "streamed": self.streamed,
         }
 
     @classmethod
@@ -135,6 +149,7 @@ class Session:
             tracekit_version=str(h.get("tracekit_version", "?")),
             sample_every=int(h.get("sample_every", 1)),
             aggregated=tuple(str(a) for a in h.get("aggregated", ())),
+            streamed=bool(h.get("streamed", not h.get("aggregated"))),
         )
 
 

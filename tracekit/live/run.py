@@ -159,6 +159,7 @@ class RunPlan:
             params=self.params,
             sample_every=sample if self.stream else 1,
             aggregated=(self.spec.agg_fields + self.spec.enriched_fields) if self.aggregate else (),
+            streamed=self.stream,
         )
 
 

@@ -249,6 +249,8 @@ def check_header(h: Any, newest: int) -> dict[str, Any]:
         "start_time": _num(h.get("start_time", 0.0), "header.start_time", 0.0, MAX_START_TIME),
         "sample_every": _int(h.get("sample_every", 1), "header.sample_every", 1, MAX_SAMPLE_EVERY),
         "aggregated": aggregated,
+        # None: a trace written before the header said (see TraceReader.streamed).
+        "streamed": None if h.get("streamed") is None else _bool(h["streamed"], "header.streamed"),
     }
 
 
