@@ -9,8 +9,8 @@ corrupt file fails the same way (one line, status 2).
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import replace
 from collections.abc import Iterator
+from dataclasses import replace
 
 from tracekit.base.text import printable as p
 from tracekit.traces.tracefile import BATCH, SYMBOLS, TraceReader, read_symbols

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import os
 import sys
-from dataclasses import replace
 from collections.abc import Mapping
+from dataclasses import replace
 
 from tracekit.base.errors import UsageError
 from tracekit.base.session import EventBatch, Summary
