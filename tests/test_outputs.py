@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import json
+import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from tracekit.base.schema import Schema
+from tracekit.base.session import Session
+from tracekit.plugin.contract import KernelAggregate
+from tracekit.testing import feed
 
 TRACEKIT = [sys.executable, "-m", "tracekit"]
 
@@ -80,3 +88,222 @@ def test_new_says_pip_install_of_the_folder(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     assert "pip install ./tracekit-statsd-x," in r.stdout
     assert (tmp_path / "tracekit-statsd-x" / "pyproject.toml").is_file()
+
+
+# -- export ------------------------------------------------------------------------------
+
+
+def _rss_session(**kw: object) -> Session:
+    from tracekit.plugin.bus import build_bus
+
+    spec = build_bus(load_entry_points=False).probes.get("rss-cpu")
+    base: dict[str, object] = {
+        "probe": "rss-cpu",
+        "schema": spec.schema,
+        "kernel": "6.1.0-test",
+        "ncpus": 2,
+        "hostname": "lab-a",
+        "start_time": 1_760_000_000.0,
+    }
+    return Session(**{**base, **kw})  # type: ignore[arg-type]
+
+
+def _rss_rows(schema: Schema, n: int) -> list[tuple[object, ...]]:
+    from tracekit.testing import synthetic_rows
+
+    return synthetic_rows(schema, n, seed=3)
+
+
+def _agg(schema: Schema, rows: list[tuple[object, ...]]) -> KernelAggregate:
+    from collections import Counter
+
+    fields = ("cpu", "rx_queue")
+    idx = [schema.index(f) for f in fields]
+    return KernelAggregate.from_counts(
+        schema, fields, Counter(tuple(r[i] for i in idx) for r in rows)
+    )
+
+
+def _record(path: Path, session: Session, batches: list, agg: KernelAggregate | None) -> None:
+    import contextlib
+    import io
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        feed(None, session, [f"msgpack={path}"], batches, kernel_agg=agg, force=True)
+
+
+def test_export_takes_a_trace_that_streamed_and_counted_in_the_kernel(tmp_path: Path) -> None:
+    import duckdb
+
+    session = _rss_session()
+    rows = _rss_rows(session.schema, 3000)
+    trace = tmp_path / "both.tkt"
+    _record(trace, session, [rows[:1000], rows[1000:]], _agg(session.schema, rows))
+    out = tmp_path / "both.parquet"
+    r = tk("export", str(trace), "--to", "parquet", str(out))
+    assert r.returncode == 0, r.stderr
+    assert "exported 3000 events from 1 trace" in r.stderr
+    got = duckdb.sql(f"SELECT cpu, sport, count(*) FROM '{out}' GROUP BY ALL").fetchall()
+    from collections import Counter
+
+    ci, pi = session.schema.index("cpu"), session.schema.index("sport")
+    assert {(c, p): n for c, p, n in got} == Counter((r[ci], r[pi]) for r in rows)
+
+
+def test_export_of_a_kernel_counted_trace_is_its_aggregate_table(tmp_path: Path) -> None:
+    import duckdb
+    import pyarrow.parquet as pq
+
+    session = _rss_session()
+    rows = _rss_rows(session.schema, 2000)
+    agg = _agg(session.schema, rows)
+    trace = tmp_path / "agg.tkt"
+    _record(trace, session, [], agg)
+    out = tmp_path / "agg.parquet"
+    r = tk("export", str(trace), "--to", "parquet", str(out))
+    assert r.returncode == 0, r.stderr
+    assert "exported 2000 kernel-counted events as their aggregate table" in r.stderr
+    names = pq.read_schema(out).names
+    assert names[:3] == ["cpu", "rx_queue", "count"] and "host" in names and "ts_ns" not in names
+    got = duckdb.sql(f"SELECT cpu, rx_queue, count FROM '{out}'").fetchall()
+    want = {
+        (row[session.schema.index("cpu")], row[session.schema.index("rx_queue")]): n
+        for row, n in agg.rows
+    }
+    assert {(c, q): n for c, q, n in got} == want and sum(want.values()) == 2000
+    # JSON lines too, through standard output.
+    r = tk("export", str(trace), "--to", "jsonl", "-")
+    assert r.returncode == 0, r.stderr
+    objs = [json.loads(line) for line in r.stdout.splitlines()]
+    assert {(o["cpu"], o["rx_queue"]): o["count"] for o in objs} == want
+
+
+def test_export_refuses_to_mix_streamed_and_counted_traces(tmp_path: Path) -> None:
+    session = _rss_session()
+    rows = _rss_rows(session.schema, 100)
+    a, b = tmp_path / "a.tkt", tmp_path / "b.tkt"
+    _record(a, session, [rows], None)
+    _record(b, session, [], _agg(session.schema, rows))
+    r = tk("export", str(a), str(b), "--to", "jsonl", str(tmp_path / "x.jsonl"))
+    assert r.returncode == 2 and "export them to separate files" in r.stderr
+    assert not (tmp_path / "x.jsonl").exists()
+
+
+def test_an_older_trace_that_streamed_and_counted_exports_its_events(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Traces from before the header said ``streamed``: the batches tell."""
+    session = _rss_session()
+    rows = _rss_rows(session.schema, 500)
+    trace = tmp_path / "old.tkt"
+    old_header = Session.header
+
+    def header(self: Session) -> dict[str, object]:
+        h = old_header(self)
+        del h["streamed"]
+        return h
+
+    monkeypatch.setattr(Session, "header", header)
+    _record(trace, session, [rows], _agg(session.schema, rows))
+    monkeypatch.undo()
+    from tracekit.traces.tracefile import TraceReader
+
+    assert not TraceReader(str(trace)).streamed_known
+    r = tk("export", str(trace), "--to", "jsonl", "-")
+    assert r.returncode == 0, r.stderr
+    assert len(r.stdout.splitlines()) == 500
+    r = tk("replay", str(trace), "--sink", "hist=len,by=cpu")
+    assert r.returncode == 0, r.stderr
+    assert "holds streamed events, and counts the kernel kept by cpu, rx_queue" in r.stderr
+    assert "@len[cpu=" in r.stdout
+
+
+def test_replay_of_a_kernel_counted_trace_says_so_and_gives_no_live_advice(
+    tmp_path: Path,
+) -> None:
+    session = _rss_session()
+    rows = _rss_rows(session.schema, 100)
+    trace = tmp_path / "agg.tkt"
+    _record(trace, session, [], _agg(session.schema, rows))
+    r = tk("replay", str(trace), "--sink", "hist=count,by=cpu")
+    assert r.returncode == 0, r.stderr
+    assert "holds counts the kernel kept by cpu, rx_queue (no single events)" in r.stderr
+    assert "# counted in the kernel by cpu, rx_queue\n" in r.stdout
+    r = tk("replay", str(trace), "--sink", "hist=len")
+    assert r.returncode != 0
+    assert "this trace holds only the counts the kernel kept by cpu, rx_queue" in r.stderr
+    assert "add a streaming sink" not in r.stderr
+    info = tk("info", str(trace))
+    assert "holds:     counts the kernel kept by cpu, rx_queue (no single events)" in info.stdout
+
+
+@pytest.fixture
+def small_trace(tmp_path: Path) -> Path:
+    session = _rss_session()
+    trace = tmp_path / "in.tkt"
+    _record(trace, session, [_rss_rows(session.schema, 200)], None)
+    return trace
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "csv", "jsonl"])
+def test_export_never_overwrites_its_input(small_trace: Path, fmt: str) -> None:
+    before = small_trace.read_bytes()
+    link = small_trace.with_name("hard.tkt")
+    os.link(small_trace, link)
+    for out in (small_trace, link, Path(f"{small_trace.parent}/./in.tkt")):
+        r = tk("export", str(small_trace), "--to", fmt, str(out), "--force")
+        assert r.returncode == 2 and "is one of the traces being exported" in r.stderr, r.stderr
+    assert small_trace.read_bytes() == before
+    assert sorted(p.name for p in small_trace.parent.iterdir()) == ["hard.tkt", "in.tkt"]
+
+
+def test_export_replaces_no_symlink_and_no_device(small_trace: Path, tmp_path: Path) -> None:
+    target = tmp_path / "target.jsonl"
+    target.write_text("keep\n")
+    link = tmp_path / "link.jsonl"
+    link.symlink_to(target)
+    for out in (link, Path("/dev/null"), tmp_path):
+        r = tk("export", str(small_trace), "--to", "jsonl", str(out), "--force")
+        assert r.returncode == 2, (out, r.stderr)
+        assert any(w in r.stderr for w in ("symbolic link", "not a regular", "directory")), r.stderr
+    assert link.is_symlink() and target.read_text() == "keep\n"
+    assert os.path.exists("/dev/null") and stat.S_ISCHR(os.stat("/dev/null").st_mode)
+    # A dangling link is no more replaced than any other.
+    target.unlink()
+    r = tk("export", str(small_trace), "--to", "jsonl", str(link), "--force")
+    assert r.returncode == 2 and link.is_symlink() and not target.exists()
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "csv", "jsonl"])
+def test_export_dash_writes_to_stdout(small_trace: Path, tmp_path: Path, fmt: str) -> None:
+    proc = subprocess.run(
+        [*TRACEKIT, "export", str(small_trace), "--to", fmt, "-"],
+        capture_output=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert b"to - in" in proc.stderr  # the summary stays on stderr
+    file = tmp_path / f"file.{fmt}"
+    r = tk("export", str(small_trace), "--to", fmt, str(file))
+    assert r.returncode == 0, r.stderr
+    if fmt == "parquet":
+        import io
+
+        import pyarrow.parquet as pq
+
+        a, b = pq.read_table(io.BytesIO(proc.stdout)), pq.read_table(file)
+        assert a.num_rows == 200 and a.equals(b)
+    else:
+        assert proc.stdout == file.read_bytes() and proc.stdout.count(b"\n") >= 200
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
+def test_a_failed_export_leaves_nothing(small_trace: Path, tmp_path: Path) -> None:
+    cut = tmp_path / "cut.tkt"
+    data = small_trace.read_bytes()
+    cut.write_bytes(data[:20] + bytes([data[20] ^ 0xFF]) + data[21:])
+    out = tmp_path / "out.parquet"
+    out.write_text("old\n")
+    r = tk("export", str(cut), "--to", "parquet", str(out), "--force")
+    assert r.returncode != 0 and out.read_text() == "old\n"
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".part")]
