@@ -307,3 +307,79 @@ def test_a_failed_export_leaves_nothing(small_trace: Path, tmp_path: Path) -> No
     r = tk("export", str(cut), "--to", "parquet", str(out), "--force")
     assert r.returncode != 0 and out.read_text() == "old\n"
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".part")]
+
+
+# -- console: JSON values, headings, --time ------------------------------------------------
+
+
+@pytest.fixture
+def rss_trace(tmp_path: Path) -> tuple[Path, Session, list[tuple[object, ...]]]:
+    session = _rss_session()
+    rows = sorted(_rss_rows(session.schema, 50), key=lambda r: r[0])
+    trace = tmp_path / "rss.tkt"
+    _record(trace, session, [rows], None)
+    return trace, session, rows
+
+
+def test_console_json_carries_values(
+    rss_trace: tuple[Path, Session, list[tuple[object, ...]]],
+) -> None:
+    import ipaddress
+
+    trace, session, rows = rss_trace
+    r = tk("replay", str(trace), "--sink", "console=json")
+    assert r.returncode == 0, r.stderr
+    objs = [json.loads(x) for x in r.stdout.splitlines()][:-1]
+    assert len(objs) == len(rows)
+    s = session.schema
+    for o, row in zip(objs, rows, strict=True):
+        assert o["ts_ns"] == row[s.index("ts_ns")] and type(o["ts_ns"]) is int  # ns, raw
+        assert o["hash"] == row[s.index("hash")] and type(o["hash"]) is int  # hex on a console
+        assert o["cpu"] == row[s.index("cpu")] and o["len"] == row[s.index("len")]
+        v = int(row[s.index("saddr")])  # type: ignore[call-overload]
+        assert o["saddr"] == str(ipaddress.IPv4Address(v.to_bytes(4, "little")))
+
+
+def test_console_heads_each_column_with_the_unit_it_shows(
+    rss_trace: tuple[Path, Session, list[tuple[object, ...]]],
+) -> None:
+    trace, session, rows = rss_trace
+    r = tk("replay", str(trace))
+    head, first, *_ = r.stdout.splitlines()
+    cols = head.split()
+    assert cols[0] == "time(s)" and "ts_ns(ns)" not in cols
+    assert first.split()[0] == "0.000000"  # seconds since the first event
+    units = {f.name: f.unit for f in session.schema.fields if f.unit}
+    for name, unit in units.items():
+        if name != "ts_ns":
+            assert f"{name}({unit})" in cols
+
+
+def test_time_wall_shows_wall_clock(
+    rss_trace: tuple[Path, Session, list[tuple[object, ...]]],
+) -> None:
+    import datetime as dt
+
+    trace, session, rows = rss_trace
+    ts = int(rows[0][0])  # type: ignore[call-overload]
+    want = session.start_time + (ts - session.monotonic_ns) / 1e9
+    r = tk("replay", str(trace), "--time", "wall")
+    assert r.returncode == 0, r.stderr
+    head, first, *_ = r.stdout.splitlines()
+    assert head.split()[0] == "time(UTC)"
+    assert first.split()[0] == dt.datetime.fromtimestamp(want, tz=dt.UTC).strftime("%H:%M:%S.%f")
+    r = tk("replay", str(trace), "--time", "wall", "--sink", "console=json")
+    o = json.loads(r.stdout.splitlines()[0])
+    assert o["ts_ns"] == ts
+    assert dt.datetime.fromisoformat(o["wall_time"]).timestamp() == pytest.approx(want, abs=1e-5)
+    r = tk("replay", str(trace), "--time", "noon")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1
+
+
+def test_live_sessions_record_the_clock_their_timestamps_use() -> None:
+    import time
+
+    session = _rss_session(start_time=time.time())
+    # Seconds since 1970 of "now" in the kernel's clock is now.
+    assert session.wall_time(time.monotonic_ns()) == pytest.approx(time.time(), abs=0.5)
+    assert Session.from_header(session.header()).monotonic_ns == session.monotonic_ns

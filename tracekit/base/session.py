@@ -80,6 +80,10 @@ class Session:
     ncpus: int = field(default_factory=kernel_facts.ncpus)
     hostname: str = field(default_factory=socket.gethostname)
     start_time: float = field(default_factory=time.time)
+    # CLOCK_MONOTONIC (the clock of the kernel's event timestamps, bpf_ktime_get_ns)
+    # in ns when the session started, read next to ``start_time``: an event's wall-clock
+    # time is start_time + (ts - monotonic_ns) / 1e9. 0: not known (older traces).
+    monotonic_ns: int = field(default_factory=time.monotonic_ns)
     tracekit_version: str = __version__
     # Sampling the probe applied to streamed events (1 = every event), stated by
     # sinks that print. In-kernel counters and aggregates are never sampled.
@@ -110,6 +114,12 @@ class Session:
         """Stack id -> kernel addresses, innermost first (read-only)."""
         return self.names.stacks
 
+    def wall_time(self, ts_ns: int) -> float | None:
+        """Seconds since 1970 of an event's kernel timestamp, None if not known."""
+        if not self.monotonic_ns:
+            return None
+        return self.start_time + (int(ts_ns) - self.monotonic_ns) / 1e9
+
     def holds(self) -> str:
         """What the session's events are, in words: streamed, counted in the kernel, or both."""
         by = ", ".join(self.aggregated)
@@ -130,6 +140,7 @@ class Session:
             "ncpus": self.ncpus,
             "hostname": self.hostname,
             "start_time": self.start_time,
+            "monotonic_ns": self.monotonic_ns,
             "sample_every": self.sample_every,
             "aggregated": list(self.aggregated),
             "streamed": self.streamed,
@@ -146,6 +157,7 @@ class Session:
             ncpus=int(h.get("ncpus", 0)),
             hostname=str(h.get("hostname", "?")),
             start_time=float(h.get("start_time", 0.0)),
+            monotonic_ns=int(h.get("monotonic_ns", 0)),
             tracekit_version=str(h.get("tracekit_version", "?")),
             sample_every=int(h.get("sample_every", 1)),
             aggregated=tuple(str(a) for a in h.get("aggregated", ())),

@@ -15,7 +15,7 @@ import click
 from tracekit import __version__
 from tracekit.base.errors import TracekitError, UsageError
 from tracekit.base.text import printable
-from tracekit.cli.options import examples, force_option, loader_option, sink_option
+from tracekit.cli.options import examples, force_option, loader_option, sink_option, time_option
 from tracekit.plugin.bus import Bus, current_bus
 from tracekit.plugin.pipeline import SinkOptions
 
@@ -206,6 +206,7 @@ def list_cmd(ctx: click.Context, as_json: bool) -> None:
     help="perf buffer pages per CPU, a power of two (the shared ring buffer gets 16 x N)",
 )
 @loader_option
+@time_option
 @force_option
 @click.pass_context
 def run_cmd(
@@ -219,6 +220,7 @@ def run_cmd(
     max_events_per_sec: int,
     buffer_pages: int,
     loader: str,
+    time_: str,
     force: bool,
 ) -> None:
     """Compile PROBE, attach it and send its events to sinks until Ctrl-C or --duration."""
@@ -249,6 +251,7 @@ def run_cmd(
             sample=sample,
             page_cnt=buffer_pages,
             loader=loader,
+            time=time_,
         ),
     )
     execute(bus, plan)
@@ -265,13 +268,16 @@ def run_cmd(
 )
 @click.argument("file", type=click.Path(dir_okay=False))
 @sink_option()
+@time_option
 @force_option
 @click.pass_context
-def replay_cmd(ctx: click.Context, file: str, sinks: tuple[str, ...], force: bool) -> None:
+def replay_cmd(
+    ctx: click.Context, file: str, sinks: tuple[str, ...], time_: str, force: bool
+) -> None:
     """Feed a recorded trace FILE through sinks, on any machine."""
     from tracekit.traces.replay import replay
 
-    replay(_bus(ctx), file, sinks or ("console",), SinkOptions(force=force))
+    replay(_bus(ctx), file, sinks or ("console",), SinkOptions(force=force, time=time_))
 
 
 @cli.command("info", epilog=examples("tracekit info examples/traces/txq-flip.tkt"))

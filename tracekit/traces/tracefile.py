@@ -360,6 +360,7 @@ class TraceReader:
             ncpus=header["ncpus"],
             hostname=header["hostname"],
             start_time=header["start_time"],
+            monotonic_ns=header["monotonic_ns"],
             tracekit_version=header["tracekit_version"],
             sample_every=header["sample_every"],
             aggregated=tuple(header["aggregated"]),
