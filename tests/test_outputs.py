@@ -343,7 +343,7 @@ def test_console_json_carries_values(
 def test_console_heads_each_column_with_the_unit_it_shows(
     rss_trace: tuple[Path, Session, list[tuple[object, ...]]],
 ) -> None:
-    trace, session, rows = rss_trace
+    trace, session, _rows = rss_trace
     r = tk("replay", str(trace))
     head, first, *_ = r.stdout.splitlines()
     cols = head.split()
