@@ -215,7 +215,7 @@ def test_rss_cpu_plot_draws_every_packet_on_its_cpu(
     fig = bus.probes.get("rss-cpu").plot(trace)
     width = trace.span().bins()[0]
     top = fig.axes[0]
-    drawn = {ln.get_label(): sum(ln.get_ydata()) * width for ln in top.get_lines()}
+    drawn = {p.get_label(): sum(p.get_data().values) * width for p in top.patches}
     printed = fleet_data.hist_counts(fleet_data.record(bus, "rss-cpu", Path(trace.path)))
     want = {
         f"cpu{fleet_data.key_values(k)['cpu']}": v[""]

@@ -13,7 +13,6 @@ the sockets drawn) are kept.
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -45,11 +44,19 @@ class Span:
     events: int
 
     def bins(self) -> tuple[float, int]:
-        """(width in seconds, number of bins): at most ``MAX_BINS`` nice bins."""
-        width = next(
+        """(width in seconds, number of bins): at most ``MAX_BINS`` bins that cover
+        the span exactly, the first event at the first bin's start and the last at
+        the last bin's end.
+
+        The width is about a nice one (``_NICE_WIDTHS``), stretched so that no bin
+        is partial: a last bin only partly covered by the trace would draw a rate
+        that falls off at the end which the traffic never had.
+        """
+        nice = next(
             (w for w in _NICE_WIDTHS if self.seconds / w <= MAX_BINS), float(_NICE_WIDTHS[-1])
         )
-        return width, max(1, math.floor(self.seconds / width) + 1)
+        n = max(1, round(self.seconds / nice))
+        return (self.seconds / n if self.seconds > 0 else nice), n
 
 
 class Trace:
@@ -155,6 +162,11 @@ class Binned:
     def times(self) -> Any:
         """The start of every bin, in seconds."""
         return self.np.arange(self.nbins) * self.width
+
+    def edges(self) -> Any:
+        """The ``nbins + 1`` bin edges, in seconds (for ``Axes.stairs``: every bin
+        drawn its whole width, the last one too)."""
+        return self.np.arange(self.nbins + 1) * self.width
 
     def top(self, n: int) -> list[Any]:
         """The ``n`` keys with the largest totals."""
