@@ -383,3 +383,125 @@ def test_live_sessions_record_the_clock_their_timestamps_use() -> None:
     # Seconds since 1970 of "now" in the kernel's clock is now.
     assert session.wall_time(time.monotonic_ns()) == pytest.approx(time.time(), abs=0.5)
     assert Session.from_header(session.header()).monotonic_ns == session.monotonic_ns
+
+
+# -- plots -------------------------------------------------------------------------------
+
+
+def _rss_trace_busy_on(tmp_path: Path, busy: int) -> Path:
+    """cpu0 is seen first, and ``busy`` takes most packets: the subtitle's old bug."""
+    session = _rss_session(ncpus=2)
+    s = session.schema
+    base = _rss_rows(s, 1)[0]
+    rows = []
+    for i in range(1000):
+        cpu = 0 if i < 20 or i % 50 == 0 else busy
+        r = list(base)
+        r[s.index("ts_ns")] = 10**12 + i * 10**6
+        r[s.index("cpu")] = cpu
+        r[s.index("rx_queue")] = cpu
+        r[s.index("sport")] = 40000 + i % 8
+        r[s.index("hash")] = 0xABCD
+        rows.append(tuple(r))
+    trace = tmp_path / "busy.tkt"
+    _record(trace, session, [rows[:500], rows[500:]], None)
+    return trace
+
+
+def _hist_busiest(trace: Path) -> tuple[int, float]:
+    import re
+
+    r = tk("replay", str(trace), "--sink", "hist=count,by=cpu")
+    counts = {int(c): int(n) for c, n in re.findall(r"@count\[cpu=(\d+)\]: (\d+)", r.stdout)}
+    cpu = max(counts, key=lambda c: (counts[c], -c))
+    return cpu, counts[cpu] / sum(counts.values())
+
+
+def test_rss_cpu_plot_names_the_busiest_cpu_as_hist_counts_it(tmp_path: Path) -> None:
+    from tracekit.fleet.plot import Trace
+    from tracekit.plugin.bus import build_bus
+
+    trace_path = _rss_trace_busy_on(tmp_path, busy=1)
+    cpu, share = _hist_busiest(trace_path)
+    assert cpu == 1
+    fig = build_bus().probes.get("rss-cpu").plot(Trace(str(trace_path)))
+    title = fig.axes[1].get_title(loc="left")
+    assert f"overall cpu{cpu} has {100 * share:.1f}%" in title, title
+
+
+def test_rss_cpu_plot_has_per_queue_and_per_flow_views(tmp_path: Path) -> None:
+    from tracekit.fleet.plot import Trace
+    from tracekit.plugin.bus import build_bus
+
+    trace = Trace(str(_rss_trace_busy_on(tmp_path, busy=1)))
+    fig = build_bus().probes.get("rss-cpu").plot(trace)
+    queues = fig.axes[2]
+    assert "per RX queue" in queues.get_title(loc="left")
+    width = trace.span().bins()[0]
+    drawn = {p.get_label(): round(sum(p.get_data().values) * width) for p in queues.patches}
+    assert drawn == {"rxq 0": 20 + 20 - 1, "rxq 1": 1000 - 39}
+    flows = fig.axes[3]
+    assert "8 share one hash value" in flows.get_title(loc="left")
+    # Each flow's bar lengths add up to its packets: 1000 packets over 8 source ports.
+    bars = [b.get_width() for b in flows.patches]
+    assert sum(bars) == 1000 and len(flows.get_yticklabels()) == 8
+
+
+def _fq_trace(tmp_path: Path, seconds: float) -> Path:
+    from tracekit.plugin.bus import build_bus
+    from tracekit.probes.fq_throttle import KINDS
+
+    spec = build_bus(load_entry_points=False).probes.get("fq-throttle")
+    s = spec.schema
+    session = _rss_session(probe="fq-throttle", schema=s)
+    base = [0 if not f.is_str else "tk0" for f in s.fields]
+    rows = []
+    n = int(seconds * 1000)
+    for i in range(n + 1):  # one throttle a millisecond, from 0 to ``seconds``
+        r = list(base)
+        r[s.index("ts_ns")] = 10**12 + i * 10**6
+        r[s.index("kind")] = KINDS.index("throttle")
+        r[s.index("count")] = 1
+        r[s.index("queue")] = i % 2
+        rows.append(tuple(r))
+    trace = tmp_path / "fq.tkt"
+    _record(trace, session, [rows], None)
+    return trace
+
+
+@pytest.mark.parametrize("seconds", [2.345, 7.01, 0.999])
+def test_plots_have_no_partial_last_bin(tmp_path: Path, seconds: float) -> None:
+    from tracekit.fleet.plot import Trace
+    from tracekit.plugin.bus import build_bus
+
+    trace = Trace(str(_fq_trace(tmp_path, seconds)))
+    width, n = trace.span().bins()
+    assert width * n == pytest.approx(seconds)
+    fig = build_bus().probes.get("fq-throttle").plot(trace)
+    for p in fig.axes[0].patches:
+        rates = p.get_data().values
+        # 500 throttles a second on each queue, the last bin as full as the others.
+        assert rates[-1] == pytest.approx(500, rel=0.1), rates
+        assert min(rates) == pytest.approx(500, rel=0.1)
+
+
+def test_plot_legends_are_not_over_the_data(tmp_path: Path) -> None:
+    from tracekit.fleet.plot import Trace
+    from tracekit.plugin.bus import build_bus
+
+    bus = build_bus()
+    for probe, path in (
+        ("fq-throttle", _fq_trace(tmp_path, 2.0)),
+        ("rss-cpu", _rss_trace_busy_on(tmp_path, busy=1)),
+    ):
+        fig = bus.probes.get(probe).plot(Trace(str(path)))
+        fig.canvas.draw()
+        legends = 0
+        for ax in fig.axes:
+            leg = ax.get_legend()
+            if leg is None:
+                continue
+            legends += 1
+            box, area = leg.get_window_extent(), ax.get_window_extent()
+            assert box.x0 >= area.x1, (probe, ax.get_title(loc="left"))
+        assert legends >= 1
