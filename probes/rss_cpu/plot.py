@@ -135,7 +135,8 @@ def _flows(
     ax.invert_yaxis()
     ax.set_xlabel("packets")
     # Flows per hash value: many flows on one value mean the hash left ports out.
-    hashes = Counter(h for f in flows for h in {h for (_, h) in flow_how[f]})
+    # 0 is no hash at all (the driver computed none), not a shared one.
+    hashes = Counter(h for f in flows for h in {h for (_, h) in flow_how[f]} if h)
     shared = hashes.most_common(1)[0][1] if hashes else 0
     alike = f"{shared} share one hash value" if shared > 1 else "each has its own hash value"
     ax.set_title(
