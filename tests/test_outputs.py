@@ -505,3 +505,12 @@ def test_plot_legends_are_not_over_the_data(tmp_path: Path) -> None:
             box, area = leg.get_window_extent(), ax.get_window_extent()
             assert box.x0 >= area.x1, (probe, ax.get_title(loc="left"))
         assert legends >= 1
+
+
+@pytest.mark.parametrize("lab", ["fq-throttle", "rss-cpu"])
+def test_lab_rate_is_checked_before_anything_runs(lab: str) -> None:
+    r = tk("lab", lab, "--rate", "5x", "--duration", "1")
+    assert r.returncode == 2 and r.stderr == (
+        "tracekit: --rate '5x': a rate as iperf3 -b takes it, like 500K or 5M\n"
+    )
+    assert "--rate RATE" in tk("lab", lab, "--help").stdout
