@@ -272,6 +272,36 @@ def serialize(
     return b"".join(out)
 
 
+def wide_file(
+    rng: random.Random,
+    batches: int,
+    ftype: str = "str2",
+    fields: int = 256,
+    rows: int = 8192,
+    hists: int = 0,
+) -> bytes:
+    """A format-2 file of ``batches`` full batches of random packed records, each row
+    ``fields`` fields of ``ftype`` (all keys): what replay joins into the largest
+    batches a sink gets. ``hists`` histograms count events keyed by every field."""
+    recs = base_records(rng)
+    display = "str" if ftype.startswith("str") else "int"
+    schema = {
+        "fields": [
+            {"name": f"f{i}", "type": ftype, "display": display, "key": True} for i in range(fields)
+        ],
+        "histograms": [
+            {"value": None, "by": [f"f{i}" for i in range(fields)], "kind": "count"}
+            for _ in range(hists)
+        ],
+    }
+    recs[0][1]["schema"] = schema
+    size = Schema.from_dict(schema).size
+    body = [[BATCH, rng.randbytes(size * rows)] for _ in range(batches)]
+    foot = {**recs[-1][1], "events": batches * rows, "kernel_agg": []}
+    written = {"records": batches + 1, "batches": batches, "rows": batches * rows}
+    return serialize([recs[0], *body, [FOOTER, foot]], written=written)
+
+
 def nested(depth: int) -> bytes:
     return b"\x91" * depth + msgpack.packb("x")
 
