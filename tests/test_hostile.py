@@ -440,9 +440,9 @@ def test_closed_pipe_ends_quietly(tmp_path: Path, session: Session) -> None:
 @pytest.mark.parametrize(
     "args,needle",
     [
-        (["--duration", "nan"], "--duration must be a number of seconds"),
-        (["--duration", "inf"], "--duration must be a number of seconds"),
-        (["--duration", "1e309"], "--duration must be a number of seconds"),
+        (["--duration", "nan"], "must be a number of seconds, above 0"),
+        (["--duration", "inf"], "must be a number of seconds, above 0"),
+        (["--duration", "1e309"], "must be a number of seconds, above 0"),
         (["--param", f"ifindex={10**22}"], "does not fit in 64 bits"),
         (["--max-events-per-sec", "-5"], "-5 is not in the range"),
     ],

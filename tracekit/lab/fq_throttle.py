@@ -55,7 +55,12 @@ def lab_fq_throttle(
 
 @click.command("fq-throttle")
 @duration_option
-@click.option("--flow-limit", type=int, default=10, show_default=True)
+@click.option(
+    "--flow-limit",
+    type=click.IntRange(min=1, max=(1 << 32) - 1),  # fq's flow_limit is a u32 of packets
+    default=10,
+    show_default=True,
+)
 @click.option("--maxrate", default="10mbit", show_default=True)
 @sink_option
 @force_option
