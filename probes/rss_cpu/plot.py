@@ -27,7 +27,9 @@ def draw(trace: Trace) -> Any:
     top.set_ylabel("packets / s")
     top.set_title("received packets per CPU", fontsize=9, loc="left")
     top.legend(loc="upper right", fontsize=8, ncols=min(len(series), 8))
-    grid = per_cpu.grid[:, : len(series)]
+    cpus = sorted(series)
+    # Columns in CPU order (the grid's are in order of arrival).
+    grid = np.stack([series[c] for c in cpus], axis=1) if cpus else np.zeros((len(x), 0))
     total = grid.sum(axis=1)
     ncpus = max(trace.session.ncpus, len(series), 1)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -38,7 +40,7 @@ def draw(trace: Trace) -> Any:
     bottom.set_ylabel("busiest / even")
     overall = grid.sum(axis=0)
     if overall.sum():
-        busiest = sorted(series)[int(np.argmax(overall))]
+        busiest = cpus[int(np.argmax(overall))]
         share = overall.max() / overall.sum()
         what = f"overall cpu{busiest} has {100 * share:.1f}% ({share * ncpus:.2f}x even)"
     else:

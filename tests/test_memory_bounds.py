@@ -1,6 +1,6 @@
-"""Sinks fed the largest batches replay joins stay within docs/trace-format.md's
-memory bound (peak RSS under 32 x the file's size + 100 MiB), measured in a child
-process (issue #26)."""
+"""Memory bounds, as peak RSS of a child process (issue #26): sinks fed the largest
+batches replay joins stay within docs/trace-format.md's bound (32 x the file's size
++ 100 MiB), and ``tracekit plot`` stays flat in the trace's size."""
 
 from __future__ import annotations
 
@@ -97,3 +97,80 @@ def test_hist_formats_each_distinct_key_value_once(
     # Every row is a key of its own (random bytes), printed once per histogram.
     assert r.stdout.count(": 1\n") == 8 * 2048
     assert 0 < calls <= 256 * 256, calls
+
+
+def _fq_trace(path: Path, n: int) -> None:
+    """fq-throttle drops of ``n`` distinct flows, as a live run writes them."""
+    import numpy as np
+
+    from tracekit.base.session import EventBatch, Session, Summary
+    from tracekit.probes.fq_throttle import KINDS, SCHEMA
+    from tracekit.traces.tracefile import TraceWriter
+
+    w = TraceWriter(str(path), Session(probe="fq-throttle", schema=SCHEMA, ncpus=2))
+    col = {name: f"f{SCHEMA.index(name)}" for name in ("ts_ns", "kind", "saddr", "count")}
+    for lo in range(0, n, 8192):
+        a = np.zeros(min(8192, n - lo), dtype=SCHEMA.dtype)
+        a[col["ts_ns"]] = np.arange(lo, lo + len(a), dtype=np.uint64) * 1000
+        a[col["kind"]] = KINDS.index("flow_limit_drop")
+        a[col["saddr"]] = np.arange(lo, lo + len(a))
+        a[col["count"]] = 1
+        w.write_batch(EventBatch.from_records("fq-throttle", SCHEMA, a.tobytes()))
+    w.close(Summary(events=n))
+
+
+def test_plot_memory_stays_flat_with_distinct_keys(tmp_path: Path) -> None:
+    """A row of 150 bins for every distinct flow: 300,000 flows took 1,010 MiB (a
+    2.4 GB grid for two million). Now at most fleet.plot.MAX_KEYS keep their bins."""
+    pytest.importorskip("matplotlib")
+    peaks = []
+    for n in (150_000, 300_000):
+        p = tmp_path / f"fq{n}.tkt"
+        _fq_trace(p, n)
+        peak, status, err = peak_rss("plot", str(p), "-o", str(tmp_path / "fq.png"), "--force")
+        assert status == 0, err
+        peaks.append(peak)
+    assert peaks[1] < 200 * MiB, peaks
+    # Twice the events and keys, (almost) the same memory: not keys x bins.
+    assert peaks[1] - peaks[0] < 16 * MiB, peaks
+
+
+class _Span:
+    def bins(self) -> tuple[float, int]:
+        return 1.0, 10
+
+
+class _Trace:
+    """What Binned reads of a trace: numpy and the span's bins."""
+
+    def __init__(self) -> None:
+        import numpy as np
+
+        self.np = np
+
+    def span(self) -> _Span:
+        return _Span()
+
+
+def test_binned_keeps_the_heavy_keys_exact_among_many_light_ones() -> None:
+    import numpy as np
+
+    from tracekit.fleet.plot import MAX_KEYS, Binned
+
+    b = Binned(_Trace())  # type: ignore[arg-type]
+    rng = random.Random(5)
+    total = 0
+    for batch in range(40):
+        # 3 heavy keys (100 events each a batch) among 5,000 new light keys a batch.
+        keys: list[object] = [("heavy", i % 3) for i in range(300)]
+        keys += [("light", batch, i) for i in range(5000)]
+        rng.shuffle(keys)
+        t = np.array([rng.random() * 10 for _ in keys])
+        b.add(t, keys)
+        total += len(keys)
+        assert len(b.keys) <= MAX_KEYS and b.grid.shape[1] <= MAX_KEYS
+    assert sorted(b.top(3)) == [("heavy", 0), ("heavy", 1), ("heavy", 2)]
+    series = b.series()
+    assert all(series[("heavy", i)].sum() == 40 * 100 for i in range(3))
+    # Nothing lost: what is kept and what was folded add up to every event.
+    assert b.grid.sum() + b.other.sum() == total and b.folded > 0
