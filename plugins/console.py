@@ -130,6 +130,12 @@ class ConsoleSink:
 
     @hookimpl
     def tracekit_events(self, session: Session, batch: EventBatch) -> None:
+        # A slice at a time: replay joins up to 65,536 events into one batch, and
+        # their rows and lines at once took many times the file's size.
+        for part in batch.slices():
+            self._print(session, part)
+
+    def _print(self, session: Session, batch: EventBatch) -> None:
         fields = session.schema.fields
         syms = session.symbols
         lines = []

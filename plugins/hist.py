@@ -60,9 +60,11 @@ class HistSink:
 
     @hookimpl
     def tracekit_session_start(self, session: Session) -> None:
-        from tracekit.base.hist import Histogram
+        from tracekit.base.hist import Histogram, KeyCache
 
-        self.hists = [Histogram(s, session.schema) for s in self.specs(session.schema)]
+        # One cache for all: a key several histograms count is kept and formatted once.
+        keys = KeyCache()
+        self.hists = [Histogram(s, session.schema, keys) for s in self.specs(session.schema)]
         agg = set(session.aggregated)
         self.from_kernel = [bool(agg) and h.fields() <= agg for h in self.hists]
 
@@ -90,6 +92,8 @@ class HistSink:
                     h.add_weighted(summary.kernel_agg)
         if not all(self.from_kernel) and session.sample_every > 1:
             out.write(f"# sampled: 1 in {session.sample_every} events\n")
+        if self.hists:
+            self.hists[0].keys.clear_text()  # symbols learnt since an earlier print
         for h in self.hists:
             out.write("\n" + h.render(session.symbols))
         for mapname, labels in sorted(summary.counters.items()):

@@ -59,7 +59,9 @@ def draw(trace: Trace) -> Any:
             ax.legend(loc="upper left", bbox_to_anchor=(1.005, 1.0), fontsize=8, borderaxespad=0)
         else:
             ax.text(0.5, 0.5, "none", ha="center", va="center", transform=ax.transAxes)
-        total = sum(float(np.sum(v)) for v in series.values()) * trace.session.sample_every
+        # With the keys folded together (fleet.plot.MAX_KEYS), which are not drawn.
+        kept = sum(float(np.sum(v)) for v in series.values())
+        total = (kept + float(np.sum(binned.other))) * trace.session.sample_every
         ax.set_title(f"{what}: {total:.0f} in all", fontsize=9, loc="left")
         ax.set_ylabel("/ s")
     fig.suptitle(trace.title("sch_fq throttling and drops over time"))

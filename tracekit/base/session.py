@@ -165,6 +165,24 @@ class Session:
         )
 
 
+# What a sink decodes at a time (``EventBatch.slices``): about this many Python values
+# (a 2-character string is a 50-byte object), and this many bytes of packed records,
+# whatever the batch holds. Replay joins up to 65,536 events into one batch; decoded
+# whole, a batch of 256 two-character strings a row took 30 times the file's bytes.
+SLICE_VALUES = 1 << 16
+SLICE_BYTES = 1 << 20
+
+
+def slice_rows(schema: Schema | None, width: int = 1) -> int:
+    """Events per slice for ``schema`` (or rows of ``width`` values): at least 1."""
+    if schema is not None:
+        width = len(schema.fields)
+        by_bytes = SLICE_BYTES // max(1, schema.size)
+    else:
+        by_bytes = SLICE_VALUES
+    return max(1, min(SLICE_VALUES // max(1, width), by_bytes))
+
+
 class EventBatch:
     """Events from one probe, as rows (tuples in schema order) and as columns.
 
@@ -259,6 +277,26 @@ class EventBatch:
 
     def __len__(self) -> int:
         return self._n
+
+    def slices(self, rows: int | None = None) -> Iterator[EventBatch]:
+        """The batch as consecutive batches of at most ``rows`` events (default:
+        ``slice_rows``), for a sink that decodes events: one slice's rows are built,
+        used and dropped before the next, so its memory is bounded whatever the batch
+        holds. Packed slices are views of the records (no copy); rows already
+        decoded are sliced, not decoded again."""
+        if rows is None:
+            width = len(self._rows[0]) if self.schema is None and self._rows else 1
+            rows = slice_rows(self.schema, width)
+        if self._n <= rows:
+            yield self
+            return
+        if self._rows is not None:
+            for i in range(0, self._n, rows):
+                yield EventBatch(self.probe, self._rows[i : i + rows], schema=self.schema)
+            return
+        for part in self._parts if self._parts is not None else [self._array]:
+            for i in range(0, len(part), rows):
+                yield EventBatch(self.probe, schema=self.schema, array=part[i : i + rows])
 
     def __iter__(self) -> Iterator[tuple[Any, ...]]:
         return iter(self.rows)

@@ -15,14 +15,24 @@ import click
 from tracekit import __version__
 from tracekit.base.errors import TracekitError, UsageError
 from tracekit.base.text import printable
-from tracekit.cli.options import examples, force_option, loader_option, sink_option, time_option
+from tracekit.cli.options import (
+    MAX_BUFFER_PAGES,
+    MAX_SECONDS,
+    U32_MAX,
+    Seconds,
+    examples,
+    force_option,
+    loader_option,
+    sink_option,
+    time_option,
+)
 from tracekit.plugin.bus import Bus, current_bus
 from tracekit.plugin.pipeline import SinkOptions
 
-# Bounds on numbers from the command line: finite, and small enough for the kernel
-# side (a u32 rate) and for timers (a year).
-MAX_DURATION = 366 * 24 * 3600.0
-MAX_EVENTS_PER_SEC = (1 << 32) - 1
+# Bounds on numbers from the command line (tracekit/cli/options.py): finite, and
+# small enough for the kernel side (a u32 rate) and for timers (a year).
+MAX_DURATION = MAX_SECONDS
+MAX_EVENTS_PER_SEC = U32_MAX
 
 
 def _bus(ctx: click.Context) -> Bus:
@@ -176,7 +186,9 @@ def list_cmd(ctx: click.Context, as_json: bool) -> None:
 )
 @click.argument("probe")
 @sink_option()
-@click.option("--duration", type=float, default=None, help="stop after SECONDS (default: Ctrl-C)")
+@click.option(
+    "--duration", type=Seconds(), default=None, help="stop after SECONDS (default: Ctrl-C)"
+)
 @click.option("--param", "params", multiple=True, metavar="KEY=VALUE", help="probe parameter")
 @click.option(
     "--output",
@@ -186,7 +198,7 @@ def list_cmd(ctx: click.Context, as_json: bool) -> None:
 )
 @click.option(
     "--sample",
-    type=click.IntRange(min=1),
+    type=click.IntRange(min=1, max=U32_MAX),
     default=1,
     metavar="N",
     help="stream 1 in N events (counters and in-kernel histograms stay exact)",
@@ -199,11 +211,12 @@ def list_cmd(ctx: click.Context, as_json: bool) -> None:
 )
 @click.option(
     "--buffer-pages",
-    type=click.IntRange(min=1),
+    type=click.IntRange(min=1, max=MAX_BUFFER_PAGES),
     default=64,
     show_default=True,
     metavar="N",
-    help="perf buffer pages per CPU, a power of two (the shared ring buffer gets 16 x N)",
+    help="perf buffer pages per CPU, a power of two up to 4096 "
+    "(the shared ring buffer gets 16 x N)",
 )
 @loader_option
 @time_option
@@ -230,11 +243,6 @@ def run_cmd(
     spec = bus.probes.get(probe)
     values = spec.resolve_params(_parse_params(params))
     sinks = sinks or ("console",)
-    if duration is not None and not 0 < duration <= MAX_DURATION:
-        # Also refuses nan and inf (click's float accepts them) and 1e309 (inf).
-        raise UsageError(
-            f"--duration must be a number of seconds, above 0 and at most {MAX_DURATION:.0f}"
-        )
     if buffer_pages & (buffer_pages - 1):
         raise UsageError(f"--buffer-pages must be a power of two, not {buffer_pages}")
     # One plan: sinks built and checked once, before the (slow) compile.

@@ -71,7 +71,12 @@ def lab_fq_throttle(
     ),
 )
 @duration_option
-@click.option("--flow-limit", type=int, default=10, show_default=True)
+@click.option(
+    "--flow-limit",
+    type=click.IntRange(min=1, max=(1 << 32) - 1),  # fq's flow_limit is a u32 of packets
+    default=10,
+    show_default=True,
+)
 @click.option("--maxrate", default="10mbit", show_default=True)
 @rate_option("20M", "of the 2 UDP streams")
 @sink_option

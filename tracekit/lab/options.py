@@ -12,8 +12,13 @@ import click
 from tracekit.base.errors import UsageError
 from tracekit.cli import options as cli_options
 
+# iperf3 runs for this long: a day at most.
 duration_option = click.option(
-    "--duration", type=float, default=10.0, show_default=True, help="iperf3 seconds"
+    "--duration",
+    type=cli_options.Seconds(most=24 * 3600.0),
+    default=10.0,
+    show_default=True,
+    help="iperf3 seconds",
 )
 # The options a lab shares with `tracekit run` are run's own (tracekit/cli/options.py);
 # a lab's sinks default to hist.
@@ -23,8 +28,9 @@ loader_option = cli_options.loader_option
 
 
 def check_duration(duration: float) -> None:
-    if duration <= 0:
-        raise UsageError("--duration must be positive")
+    # The option's type refuses the rest; this guards callers that pass a number.
+    if not 0 < duration <= 24 * 3600.0:
+        raise UsageError("--duration must be a number of seconds, above 0 and at most 86400")
 
 
 def out(line: str) -> None:

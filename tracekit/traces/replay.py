@@ -14,9 +14,12 @@ from tracekit.plugin.bus import Bus
 from tracekit.plugin.pipeline import Pipeline, SinkOptions, build_sinks
 from tracekit.traces.tracefile import BATCH, LOST, SYMBOLS, TraceReader, read_lost, read_symbols
 
-# Events per batch handed to the sinks: 8 records of MAX_BATCH. At most 8 x 4 MiB
-# of packed records are kept at a time (a record's bytes, not Python objects).
+# Events per batch handed to the sinks: 8 records of MAX_BATCH, or fewer records
+# when they are wide: at most about COALESCE_BYTES of packed records (a record's
+# bytes, not Python objects) are kept at a time. Sinks that decode events do it in
+# slices (EventBatch.slices), so what they build is bounded whatever is joined here.
 COALESCE_ROWS = 65536
+COALESCE_BYTES = 32 << 20
 
 
 def _refuse_own_input(path: str, sinks: Mapping[str, object]) -> None:
@@ -70,11 +73,13 @@ def replay(bus: Bus, path: str, sink_args: tuple[str, ...], opts: SinkOptions) -
         # records still arrive between the same events as they were written.
         pending: list[EventBatch] = []
         rows = 0
+        # Events of pending batches at which their bytes reach COALESCE_BYTES.
+        most = max(1, COALESCE_BYTES // session.schema.size)
         for rec in reader.records():
             if rec.kind == BATCH and rec.payload.packed:
                 pending.append(rec.payload)
                 rows += len(rec.payload)
-                if rows >= COALESCE_ROWS:
+                if rows >= COALESCE_ROWS or rows >= most:
                     pipe.batch(EventBatch.concat(pending))
                     pending, rows = [], 0
                 continue
