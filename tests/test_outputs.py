@@ -47,7 +47,18 @@ def test_bare_commands_print_their_help_readably(args: tuple[str, ...], usage: s
 
 @pytest.mark.parametrize(
     "args",
-    [(), ("run",), ("replay",), ("export",), ("plot",), ("new",), ("info",), ("lab", "txq-flip")],
+    [
+        (),
+        ("run",),
+        ("replay",),
+        ("export",),
+        ("plot",),
+        ("new",),
+        ("info",),
+        ("lab",),
+        ("lab", "txq-flip"),
+        ("lab", "rss-cpu"),
+    ],
 )
 def test_help_has_examples(args: tuple[str, ...]) -> None:
     r = tk(*args, "--help")

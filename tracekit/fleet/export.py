@@ -449,6 +449,8 @@ def export(
     if not paths:
         raise UsageError("export needs at least one trace file")
     check_output(out, force, paths)
+    if out == "-" and fmt == "parquet" and sys.stdout.isatty():
+        raise UsageError("--to parquet -: Parquet is binary; redirect it to a file or a pipe")
     if fmt != "jsonl":
         need("pyarrow", "tracekit export")
     started = time.monotonic()
