@@ -121,3 +121,9 @@ class KernelTooOldError(TracekitError):
     """The running kernel is older than the probe's ``min_kernel``."""
 
     exit_code = 15
+
+
+class LibbpfMissingError(TracekitError):
+    """The system's libbpf (1.0 or later), which the CO-RE loader calls, is missing."""
+
+    exit_code = 16

@@ -202,6 +202,38 @@ def refresh() -> None:
     kallsyms.cache_clear()
 
 
+# -- the distribution --------------------------------------------------------------------
+
+OS_RELEASE = Path("/etc/os-release")
+
+
+def os_release() -> dict[str, str]:
+    """/etc/os-release's fields (``ID``, ``ID_LIKE``, ``PRETTY_NAME``...), {} if unread."""
+    out: dict[str, str] = {}
+    try:
+        text = OS_RELEASE.read_text()
+    except OSError:
+        return out
+    for line in text.splitlines():
+        k, sep, v = line.partition("=")
+        if sep and k.strip():
+            out[k.strip()] = v.strip().strip("'\"")
+    return out
+
+
+def install_hint(debian: str, fedora: str) -> str:
+    """How to install a package on this distribution, in a few words: ``apt-get install
+    DEBIAN`` on Debian and Ubuntu (and their kin), ``dnf install FEDORA`` on Fedora (and
+    RHEL's kin), both elsewhere."""
+    rel = os_release()
+    ids = {rel.get("ID", ""), *rel.get("ID_LIKE", "").split()}
+    if ids & {"debian", "ubuntu"}:
+        return f"apt-get install {debian}"
+    if ids & {"fedora", "rhel", "centos"}:
+        return f"dnf install {fedora}"
+    return f"install {debian} (Debian, Ubuntu) or {fedora} (Fedora)"
+
+
 # -- modules, BTF, headers ----------------------------------------------------------------
 
 

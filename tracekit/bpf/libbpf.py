@@ -20,7 +20,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from tracekit.base.errors import TracekitError
+from tracekit.base import kernel
+from tracekit.base.errors import LibbpfMissingError, TracekitError
 
 _PRINT_FN = ct.CFUNCTYPE(ct.c_int, ct.c_int, ct.c_char_p, ct.c_void_p)
 
@@ -31,17 +32,65 @@ class LibbpfError(TracekitError):
     exit_code = 11
 
 
+# The oldest libbpf the loader works with: 1.0 made errors negative return codes and
+# dropped the deprecated API (its soname is libbpf.so.1).
+MIN_VERSION = (1, 0)
+
+
+def missing_message(found: str | None = None) -> str:
+    """The one line for a missing or too old libbpf, naming this distribution's package."""
+    hint = kernel.install_hint("libbpf1", "libbpf")
+    if found:
+        return f"libbpf {found} is too old (the CO-RE loader needs 1.0 or later): {hint}"
+    return f"libbpf is not installed (the CO-RE loader needs libbpf 1.0 or later): {hint}"
+
+
+def _open() -> ct.CDLL:
+    """libbpf.so.1 (1.x), else whatever libbpf the linker finds (checked for its version)."""
+    for name in ("libbpf.so.1", ctypes.util.find_library("bpf")):
+        if name:
+            try:
+                return ct.CDLL(name, use_errno=True)
+            except OSError:
+                continue
+    raise LibbpfMissingError(missing_message())
+
+
+def _version_of(lib: ct.CDLL) -> tuple[int, int] | None:
+    """(major, minor) of a loaded libbpf; None for one older than 0.6 (no such calls)."""
+    try:
+        major, minor = lib.libbpf_major_version, lib.libbpf_minor_version
+    except AttributeError:
+        return None
+    major.restype = minor.restype = ct.c_uint32
+    major.argtypes = minor.argtypes = []
+    return int(major()), int(minor())
+
+
+def version() -> tuple[str | None, str | None]:
+    """(libbpf's version, why the CO-RE loader cannot use it or None), without raising:
+    for ``tracekit check`` and ``tracekit --version``."""
+    try:
+        lib = _open()
+    except LibbpfMissingError as exc:
+        return None, str(exc)
+    v = _version_of(lib)
+    text = "older than 0.6" if v is None else f"{v[0]}.{v[1]}"
+    if v is None or v < MIN_VERSION:
+        return text, missing_message(text)
+    return text, None
+
+
 class Libbpf:
     """libbpf.so.1, with argument types declared once."""
 
     def __init__(self) -> None:
-        name = ctypes.util.find_library("bpf") or "libbpf.so.1"
-        try:
-            self.lib = ct.CDLL(name, use_errno=True)
-        except OSError:
-            raise TracekitError(
-                "libbpf is not installed: apt-get install libbpf1 (the CO-RE loader needs it)"
-            ) from None
+        self.lib = _open()
+        v = _version_of(self.lib)
+        if v is None or v < MIN_VERSION:
+            raise LibbpfMissingError(
+                missing_message("older than 0.6" if v is None else f"{v[0]}.{v[1]}")
+            )
         self._libc = ct.CDLL(ctypes.util.find_library("c") or "libc.so.6")
         self._libc.vsnprintf.argtypes = [ct.c_char_p, ct.c_size_t, ct.c_char_p, ct.c_void_p]
         self.log: list[str] = []
