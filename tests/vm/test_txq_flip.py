@@ -34,6 +34,7 @@ def tc_of(ns: str) -> str:
     )
     return r.stdout
 
+
 pytestmark = pytest.mark.vm
 
 # The lab's result, what it printed and its trace.
