@@ -32,6 +32,35 @@ class LibbpfError(TracekitError):
     exit_code = 11
 
 
+def _open_library(soname: str, name: str) -> ct.CDLL | None:
+    """A shared library by its soname, as the dynamic loader finds it (its cache and
+    default paths: no subprocess); ``ctypes.util.find_library`` only where that fails,
+    since it runs ``ldconfig -p`` (a fork and exec: tens of milliseconds before the
+    first event, hundreds on a loaded machine)."""
+    try:
+        return ct.CDLL(soname, use_errno=True)
+    except OSError:
+        pass
+    found = ctypes.util.find_library(name)
+    if found is None:
+        return None
+    try:
+        return ct.CDLL(found, use_errno=True)
+    except OSError:
+        return None
+
+
+_LIBC: ct.CDLL | None = None
+
+
+def libc() -> ct.CDLL:
+    """The C library, opened once (glibc's soname, else as the loader finds it)."""
+    global _LIBC
+    if _LIBC is None:
+        _LIBC = _open_library("libc.so.6", "c") or ct.CDLL(None, use_errno=True)
+    return _LIBC
+
+
 # The oldest libbpf the loader works with: 1.0 made errors negative return codes and
 # dropped the deprecated API (its soname is libbpf.so.1).
 MIN_VERSION = (1, 0)
@@ -47,13 +76,10 @@ def missing_message(found: str | None = None) -> str:
 
 def _open() -> ct.CDLL:
     """libbpf.so.1 (1.x), else whatever libbpf the linker finds (checked for its version)."""
-    for name in ("libbpf.so.1", ctypes.util.find_library("bpf")):
-        if name:
-            try:
-                return ct.CDLL(name, use_errno=True)
-            except OSError:
-                continue
-    raise LibbpfMissingError(missing_message())
+    lib = _open_library("libbpf.so.1", "bpf")
+    if lib is None:
+        raise LibbpfMissingError(missing_message())
+    return lib
 
 
 def _version_of(lib: ct.CDLL) -> tuple[int, int] | None:
@@ -91,7 +117,7 @@ class Libbpf:
             raise LibbpfMissingError(
                 missing_message("older than 0.6" if v is None else f"{v[0]}.{v[1]}")
             )
-        self._libc = ct.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        self._libc = libc()
         self._libc.vsnprintf.argtypes = [ct.c_char_p, ct.c_size_t, ct.c_char_p, ct.c_void_p]
         self.log: list[str] = []
         self._printer = _PRINT_FN(self._print)  # kept alive as long as the library
