@@ -16,6 +16,7 @@ import tracekit.base.kernel as kernel
 import tracekit.bpf.libbpf as libbpf_mod
 from tracekit.base.errors import (
     AttachPointError,
+    BccMissingError,
     LibbpfMissingError,
     PermissionProblem,
     TracefsMissingError,
@@ -63,6 +64,12 @@ def test_the_blocker_is_the_problem_the_others_follow_from() -> None:
     ok.add("BTF", True, "yes")
     assert ProbeVerdict("p", "core", "", ok).verdict() == (
         "ready: p loads its CO-RE object from BTF, no compile"
+    )
+    nobcc = Report()
+    nobcc.add("bcc", False, "BCC is not importable", BccMissingError)
+    fallback = ProbeVerdict("p", "bcc", "no CO-RE: the kernel has no BTF", nobcc)
+    assert fallback.verdict() == (
+        "not ready: p: the kernel has no BTF, and the BCC fallback: BCC is not importable"
     )
     line, status = preflight.overall_verdict([ProbeVerdict("q", "core", "", ok), v])
     assert line == "not ready: p: needs root (1 of 2 probes ready)" and status == 4

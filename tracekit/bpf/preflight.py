@@ -515,6 +515,11 @@ class ProbeVerdict:
     def verdict(self) -> str:
         """One line: ``ready: ...`` or ``not ready: <the blocker>``."""
         c = self.report.blocker()
+        fallback = self.why.startswith("no CO-RE: ")
+        if c is not None and c.name in ("bcc", "kernel headers") and fallback:
+            # BCC was only the fallback: what kept the CO-RE path away comes first.
+            core = self.why.removeprefix("no CO-RE: ")
+            return f"not ready: {self.name}: {core}, and the BCC fallback: {c.message}"
         if c is not None:
             return f"not ready: {self.name}: {c.message}"
         if self.loader == "core":
