@@ -281,7 +281,12 @@ def test_libbpf_opens_without_a_subprocess(monkeypatch: pytest.MonkeyPatch) -> N
         raise AssertionError(f"a subprocess on the way to the first event: {a}")
 
     monkeypatch.setattr(subprocess.Popen, "__init__", no_process)
+    before = lb._LIB
     monkeypatch.setattr(lb, "_LIB", None)
     monkeypatch.setattr(lb, "_LIBC", None)
     lib = lb.libbpf()
     assert lib.lib.bpf_object__open_file is not None
+    if before is not None:
+        # libbpf's print callback is process-wide: back to the instance the other
+        # tests use, so libbpf's words reach its log again.
+        before.lib.libbpf_set_print(before._printer)

@@ -24,6 +24,7 @@ from tracekit.base import kernel
 from tracekit.base.errors import LibbpfMissingError, TracekitError
 
 _PRINT_FN = ct.CFUNCTYPE(ct.c_int, ct.c_int, ct.c_char_p, ct.c_void_p)
+_PRINTERS: list[Any] = []
 
 
 class LibbpfError(TracekitError):
@@ -120,7 +121,11 @@ class Libbpf:
         self._libc = libc()
         self._libc.vsnprintf.argtypes = [ct.c_char_p, ct.c_size_t, ct.c_char_p, ct.c_void_p]
         self.log: list[str] = []
-        self._printer = _PRINT_FN(self._print)  # kept alive as long as the library
+        self._printer = _PRINT_FN(self._print)
+        # libbpf's print callback is process-wide: every one ever registered stays
+        # alive, so a Libbpf dropped while libbpf still points at its callback (a test
+        # that made a second one) cannot leave libbpf calling freed memory.
+        _PRINTERS.append(self._printer)
         L = self.lib
         vp, cp, i, u32 = ct.c_void_p, ct.c_char_p, ct.c_int, ct.c_uint32
         for fn, res, args in (
