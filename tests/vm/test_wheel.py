@@ -64,8 +64,8 @@ def venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
         if os.environ.get("TRACEKIT_REQUIRE_WHEELS") == "1":
             pytest.fail(msg)
         pytest.skip(msg)
-    base = shutil.which("python3", path="/usr/bin:/bin")
-    assert base is not None
+    # The interpreter the test's own venv was made from: the row's system Python.
+    base = getattr(sys, "_base_executable", sys.executable)
     where = tmp_path_factory.mktemp("wheel") / "venv"
     subprocess.run([base, "-m", "venv", str(where)], check=True, timeout=600)
     env = {
