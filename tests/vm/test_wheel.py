@@ -46,12 +46,14 @@ def out_of_reach(
     dirs = header_dirs() + compiler_dirs()
     assert header_dirs(), "no kernel headers in this VM to hide: the test would prove nothing"
     hide = " && ".join(f"mount -t tmpfs none {shlex.quote(d)}" for d in dirs)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
     return subprocess.run(
         ["unshare", "-m", "sh", "-c", f"{hide} && exec {shlex.join(argv)}"],
         capture_output=True,
         text=True,
         timeout=timeout,
         cwd=cwd,
+        env=env,
     )
 
 
@@ -64,22 +66,28 @@ def venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
         if os.environ.get("TRACEKIT_REQUIRE_WHEELS") == "1":
             pytest.fail(msg)
         pytest.skip(msg)
-    # The interpreter the test's own venv was made from: the row's system Python.
+    # The interpreter the test's own venv was made from: the row's system Python. The
+    # venv gets no pip of its own (ensurepip and byte-compiling every module of numpy
+    # take many minutes under TCG): this session's pip installs into it (--python),
+    # and the modules are compiled as they are first imported (PYTHONDONTWRITEBYTECODE
+    # is unset for the venv's processes, as on a user's host).
     base = getattr(sys, "_base_executable", sys.executable)
     where = tmp_path_factory.mktemp("wheel") / "venv"
-    subprocess.run([base, "-m", "venv", str(where)], check=True, timeout=600)
+    subprocess.run([base, "-m", "venv", "--without-pip", str(where)], check=True, timeout=600)
     env = {
         "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
         "HOME": str(where.parent),
         "PIP_CONFIG_FILE": os.devnull,
         "PIP_DISABLE_PIP_VERSION_CHECK": "1",
     }
+    pip = [sys.executable, "-m", "pip", "--python", str(where / "bin/python")]
     p = subprocess.run(
         [
-            str(where / "bin/pip"),
+            *pip,
             "install",
             "-q",
             "--no-index",
+            "--no-compile",
             "--find-links",
             str(deps),
             "--find-links",
