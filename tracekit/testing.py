@@ -13,8 +13,9 @@ import contextlib
 import io
 import os
 import random
+import struct
 import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
@@ -23,9 +24,12 @@ import pytest
 
 from tracekit.base.schema import Schema
 from tracekit.base.session import LostReport, Session, Summary
+from tracekit.bpf.probe_base import MAX_STACK_DEPTH, LegacyTables, ProbeContext, run_enrich
+from tracekit.live.run import Compiled
 from tracekit.plugin.bus import Bus, build_bus
 from tracekit.plugin.contract import KernelAggregate, SinkOptions
 from tracekit.plugin.pipeline import Pipeline, build_sinks
+from tracekit.plugin.registry import AttachPoint, ProbeSpec, expand_points
 
 
 def synthetic_rows(schema: Schema, n: int, seed: int = 0) -> list[tuple[Any, ...]]:
@@ -79,6 +83,138 @@ def feed(
         )
     pipe.raise_if_sink_failed()
     return summary
+
+
+# -- a loaded probe without a kernel -----------------------------------------------
+
+
+class StandInProbe:
+    """A ``tracekit.LoadedProbe`` in user space: fixed batches, stacks and symbols.
+
+    For testing a probe's ``enrich`` without a kernel (``enrich(rows)`` runs it as a
+    live run does, with a ``ProbeContext`` built on this stand-in's two
+    primitives), and for driving ``tracekit.execute`` through a plan
+    (``compiled()``). ``stacks`` is the stack map (``stack_table``, ``tk_stacks`` by
+    default): stack id -> addresses, innermost first; ``symbols`` names addresses
+    (``[unknown]`` otherwise); ``maps`` holds any other map as raw key -> value
+    bytes. ``batches`` are what successive polls return; ``counters`` what
+    ``read_counters`` returns; ``agg`` the in-kernel aggregate (a
+    ``KernelAggregate``). ``lookups`` and ``symbol_calls`` count the primitives'
+    calls (a test can check that each stack is read once).
+    """
+
+    loader = "stand-in"
+
+    def __init__(
+        self,
+        spec: ProbeSpec,
+        batches: Iterable[list[tuple[Any, ...]]] = (),
+        *,
+        params: Mapping[str, int] | None = None,
+        stacks: Mapping[int, Sequence[int]] | None = None,
+        symbols: Mapping[int, str] | None = None,
+        maps: Mapping[str, Mapping[bytes, bytes]] | None = None,
+        counters: Mapping[str, Mapping[str, Mapping[int, int]]] | None = None,
+        agg: KernelAggregate | None = None,
+        losses: Iterable[LostReport] = (),
+        stream: bool = True,
+        aggregate: bool = False,
+        output: str = "ringbuf",
+        sample: int = 1,
+        stack_table: str = "tk_stacks",
+    ) -> None:
+        self.spec = spec
+        self.params: dict[str, int] = (
+            dict(params) if params is not None else spec.resolve_params({})
+        )
+        self.output, self.stream, self.aggregate, self.sample = output, stream, aggregate, sample
+        self.batches = [list(b) for b in batches]
+        self.stacks = {int(k): [int(a) for a in v] for k, v in (stacks or {}).items()}
+        self.symbols = dict(symbols or {})
+        self.maps = {name: dict(m) for name, m in (maps or {}).items()}
+        self.counters = {m: {k: dict(v) for k, v in c.items()} for m, c in (counters or {}).items()}
+        self.agg = agg
+        self.losses = list(losses)
+        self.stack_table = stack_table
+        self.attached: list[AttachPoint] = []
+        self.lookups: dict[str, int] = {}
+        self.symbol_calls = 0
+        self.detached = 0
+        self.closed = False
+
+    # -- the run's calls -------------------------------------------------------------
+
+    def open_output(self) -> None:
+        pass
+
+    def close_output(self) -> None:
+        pass
+
+    def attach(self, points: list[AttachPoint] | None = None) -> None:
+        self.attached = expand_points(list(self.spec.attach) if points is None else points)
+
+    def detach(self) -> None:
+        self.detached += 1
+        self.attached = []
+
+    def close(self) -> None:
+        self.closed = True
+
+    def reset(self) -> None:
+        pass
+
+    def poll(self, timeout_ms: int = 100) -> list[tuple[Any, ...]]:
+        return self.batches.pop(0) if self.batches else []
+
+    def read_counters(self) -> dict[str, dict[str, dict[int, int]]]:
+        return {m: {k: dict(v) for k, v in c.items()} for m, c in self.counters.items()}
+
+    def read_agg(self) -> list[tuple[tuple[Any, ...], int]]:
+        return list(self.agg.rows) if self.agg is not None and self.aggregate else []
+
+    def new_losses(self) -> list[LostReport]:
+        out, self.losses = self.losses, []
+        return out
+
+    # -- the two primitives ------------------------------------------------------------
+
+    def map_lookup(self, name: str, key: bytes) -> bytes | None:
+        self.lookups[name] = self.lookups.get(name, 0) + 1
+        if name == self.stack_table and name not in self.maps:
+            (sid,) = struct.unpack("=I", key)
+            addrs = self.stacks.get(sid)
+            if addrs is None:
+                return None
+            return struct.pack(
+                f"={MAX_STACK_DEPTH}Q", *addrs, *[0] * (MAX_STACK_DEPTH - len(addrs))
+            )
+        return self.maps.get(name, {}).get(bytes(key))
+
+    def kernel_symbol(self, addr: int) -> str:
+        self.symbol_calls += 1
+        return self.symbols.get(addr, "[unknown]")
+
+    def legacy_bpf(self) -> Any:
+        return LegacyTables(self)
+
+    # -- for tests -------------------------------------------------------------------
+
+    def context(self, session: Session | None = None) -> ProbeContext:
+        """The ``ProbeContext`` an ``enrich`` gets (a fresh session unless given)."""
+        return ProbeContext.of(self, session or self.session())
+
+    def session(self) -> Session:
+        return Session(probe=self.spec.name, schema=self.spec.schema, params=self.params)
+
+    def enrich(
+        self, rows: list[tuple[Any, ...]], session: Session | None = None
+    ) -> list[tuple[Any, ...]]:
+        """The spec's ``enrich`` on ``rows`` as a live run calls it (either form)."""
+        return run_enrich(self, session or self.session(), list(rows))
+
+    def compiled(self) -> Compiled:
+        """This stand-in as ``plan_run(..., compiled=...)`` takes a shared probe."""
+        return Compiled(self, list(self.spec.attach), self.loader)
 
 
 # -- pytest plugin (entry point pytest11: tracekit) -----------------------------------

@@ -190,6 +190,11 @@ def list_cmd(ctx: click.Context, as_json: bool) -> None:
 )
 @loader_option
 @force_option
+@click.option(
+    "--exit-with-parent",
+    is_flag=True,
+    help="end the run (as SIGTERM does) when the process that started tracekit dies",
+)
 @click.pass_context
 def run_cmd(
     ctx: click.Context,
@@ -203,6 +208,7 @@ def run_cmd(
     buffer_pages: int,
     loader: str,
     force: bool,
+    exit_with_parent: bool,
 ) -> None:
     """Compile PROBE, attach it and send its events to sinks until Ctrl-C or --duration."""
     from tracekit.live.run import RunOptions, execute, plan_run
@@ -232,6 +238,7 @@ def run_cmd(
             sample=sample,
             page_cnt=buffer_pages,
             loader=loader,
+            exit_with_parent=exit_with_parent,
         ),
     )
     execute(bus, plan)
