@@ -177,7 +177,7 @@ class ProbeContext:
         """A stack's kernel addresses, innermost first ([] for a failed stack id)."""
         if stack_id < 0:
             return []
-        known = self.session.stacks.get(stack_id)
+        known = self.session.names.stacks.get(stack_id)
         if known is not None:
             return list(known)
         raw = self._lookup(table, _STACK_KEY.pack(stack_id))
@@ -193,7 +193,7 @@ class ProbeContext:
 
     def symbol(self, addr: int) -> str:
         """The kernel function containing ``addr``, recorded in the session."""
-        name = self.session.symbols.get(addr)
+        name = self.session.names.symbols.get(addr)
         if name is None:
             name = self._symbol(addr)
             self.session.names.add_symbols({addr: name})

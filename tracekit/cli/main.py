@@ -153,7 +153,20 @@ def list_cmd(ctx: click.Context, as_json: bool) -> None:
         pw = max((len(f"{r['plugin']} {r['version']}") for r in rows), default=0)
         for r in rows:
             origin = f"{r['plugin']} {r['version']}"
-            click.echo(f"  {r['name']:<{w}}  {origin:<{pw}}  {r['description']}")
+            flag = "  [deprecated API]" if _deprecated_api(bus, r["plugin"]) else ""
+            click.echo(f"  {r['name']:<{w}}  {origin:<{pw}}  {r['description']}{flag}")
+    flagged = [p for p in bus.plugins.values() if p.deprecated]
+    if flagged:
+        click.echo("plugins using deprecated API (docs/writing-plugins.md, Deprecations):")
+        for p in flagged:
+            click.echo(f"  {printable(p.name)} {printable(p.version)}:")
+            for text in p.deprecated:
+                click.echo(f"    {printable(text)}")
+
+
+def _deprecated_api(bus: Bus, plugin: str) -> bool:
+    info = bus.plugins.get(plugin)
+    return bool(info and info.deprecated)
 
 
 @cli.command("run")
