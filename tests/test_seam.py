@@ -354,7 +354,7 @@ def test_stale_kprobe_events_of_dead_bcc_and_libbpf_processes_are_removed(
     from tracekit.bpf.bcc import remove_stale_kprobe_events
 
     root = fake_kprobe_tracefs(monkeypatch, tmp_path, "")
-    dead = subprocess.Popen(["true"])
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     me = os.getpid()
     events = [

@@ -100,7 +100,7 @@ def test_exit_with_parent_ends_a_run_whose_parent_was_killed(out_dir: Path) -> N
 def test_stale_libbpf_legacy_kprobes_are_removed() -> None:
     """A legacy kprobe event libbpf made for a process that died: removed by the next
     run, as BCC's are (tracefs's own list is the oracle)."""
-    dead = subprocess.Popen(["true"])
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     name = f"libbpf_{dead.pid}_netdev_pick_tx_0x0_0"
     root = kernel.tracefs()

@@ -1,6 +1,7 @@
 """The hook bus: one pluggy plugin manager with the built-in and third-party plugins.
 
-Built-ins are listed in ``DEFAULT_PLUGINS`` and registered the same way as plugins
+Built-ins (``DEFAULT_PLUGINS``, derived from the installed ``tracekit.plugins`` and
+``tracekit.probes``) are registered the same way as plugins
 found through the ``tracekit`` entry-point group. A plugin that fails to import is
 reported as a warning and skipped; ``TRACEKIT_DISABLE_PLUGINS=name,...`` skips
 plugins by entry-point name or module name.
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import pkgutil
 import sys
 import warnings
 from collections.abc import Callable, Iterator
@@ -30,16 +32,25 @@ if TYPE_CHECKING:
 
 ENTRY_POINT_GROUP = "tracekit"
 
-DEFAULT_PLUGINS: tuple[str, ...] = (
-    "tracekit.plugins.console",
-    "tracekit.plugins.msgpack_sink",
-    "tracekit.plugins.hist",
-    "tracekit.plugins.prometheus_sink",
-    "tracekit.probes.txq_flip",
-    "tracekit.probes.ooo_okay",
-    "tracekit.probes.rss_cpu",
-    "tracekit.probes.fq_throttle",
-    "tracekit.lab",
+
+def builtin_plugins(containers: tuple[str, ...], extra: tuple[str, ...] = ()) -> tuple[str, ...]:
+    """The built-in plugins, read from the installed package: every module of each
+    container package that is not private (``tracekit.plugins``: one sink module
+    each) and every subpackage (``tracekit.probes``: one folder per probe), then
+    ``extra``. Adding a probe folder or a sink module is all it takes."""
+    out: list[str] = []
+    for container in containers:
+        pkg = importlib.import_module(container)
+        for m in sorted(pkgutil.iter_modules(pkg.__path__), key=lambda m: m.name):
+            if not m.name.startswith("_"):
+                out.append(f"{container}.{m.name}")
+    return (*out, *extra)
+
+
+# The one list of built-ins, derived from plugins/ and probes/*/ (tests/test_builtins.py
+# checks it against the folders and pyproject.toml).
+DEFAULT_PLUGINS: tuple[str, ...] = builtin_plugins(
+    ("tracekit.plugins", "tracekit.probes"), extra=("tracekit.lab",)
 )
 
 
