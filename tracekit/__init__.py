@@ -78,6 +78,7 @@ _LAZY: dict[str, str] = {
     "feed": "tracekit.testing",
     "synthetic_rows": "tracekit.testing",
     "StandInProbe": "tracekit.testing",
+    "aggregate_from_keys": "tracekit.testing",
     "Output": "tracekit.testing",
     "FeedFixture": "tracekit.testing",
     "ReplayFixture": "tracekit.testing",
@@ -130,6 +131,7 @@ __all__ = [
     "TracekitError",
     "UsageError",
     "__version__",
+    "aggregate_from_keys",
     "build_bus",
     "current_bus",
     "execute",
@@ -191,6 +193,7 @@ if TYPE_CHECKING:  # what mypy and editors see; at run time __getattr__ imports 
         ReplayFixture,
         RunProbeFixture,
         StandInProbe,
+        aggregate_from_keys,
         feed,
         synthetic_rows,
     )

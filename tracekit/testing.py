@@ -24,7 +24,14 @@ import pytest
 
 from tracekit.base.schema import Schema
 from tracekit.base.session import LostReport, Session, Summary
-from tracekit.bpf.probe_base import MAX_STACK_DEPTH, LegacyTables, ProbeContext, run_enrich
+from tracekit.bpf.probe_base import (
+    MAX_STACK_DEPTH,
+    LegacyTables,
+    ProbeContext,
+    agg_key_struct,
+    agg_rows,
+    run_enrich,
+)
 from tracekit.live.run import Compiled
 from tracekit.plugin.bus import Bus, build_bus
 from tracekit.plugin.contract import KernelAggregate, SinkOptions
@@ -83,6 +90,31 @@ def feed(
         )
     pipe.raise_if_sink_failed()
     return summary
+
+
+def aggregate_from_keys(
+    spec: ProbeSpec, counts: Mapping[bytes, int] | Iterable[tuple[bytes, int]]
+) -> KernelAggregate:
+    """The in-kernel aggregate a loader hands the sinks, from what the kernel holds:
+    ``counts`` maps packed ``struct tk_agg_key`` bytes (as the C lays the struct
+    out, read from the probe's source) to counts. Decoded exactly as the loaders
+    decode their ``tk_agg`` map: a ``char name[N]`` member becomes text, like a
+    streamed event's field. (``KernelAggregate.from_counts`` takes Python values
+    instead.)"""
+    from tracekit.base.cdecl import CSource
+
+    key = CSource.parse(spec.source.read_text(), spec.source.name).struct("tk_agg_key")
+    members = [(name, offset) for name, _, offset in key.fields()]
+    st, names = agg_key_struct(spec, members, key.size)
+    order = [names.index(n) for n in spec.agg_fields]
+    items = counts.items() if isinstance(counts, Mapping) else counts
+    pairs = []
+    for raw, n in items:
+        values = st.unpack(raw)
+        pairs.append(([values[i] for i in order], int(n)))
+    return KernelAggregate(
+        tuple(spec.agg_fields) + tuple(spec.enriched_fields), agg_rows(spec, pairs)
+    )
 
 
 # -- a loaded probe without a kernel -----------------------------------------------
@@ -243,10 +275,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 @dataclass
 class Output:
-    """What the fixtures return: the session's summary and what the sinks printed."""
+    """What the fixtures return: the session's summary and what the sinks printed;
+    ``loader`` is the loader that ran the probe (``bcc``, ``core``) for
+    ``tracekit_run_probe``, None for a feed or a replay."""
 
     summary: Summary
     stdout: str
+    loader: str | None = None
 
 
 class FeedFixture(Protocol):
@@ -279,7 +314,8 @@ class RunProbeFixture(Protocol):
         name: str,
         action: Callable[[], None],
         sinks: Sequence[str] = ("hist",),
-        params: dict[str, str] | None = None,
+        params: Mapping[str, int | str] | None = None,
+        loader: str = "auto",
     ) -> Output: ...
 
 
@@ -336,9 +372,12 @@ def tracekit_replay(tracekit_bus: Bus) -> ReplayFixture:
 
 @pytest.fixture
 def tracekit_run_probe(tracekit_bus: Bus) -> Iterator[RunProbeFixture]:
-    """In the VM: ``tracekit_run_probe("tcp-retrans", action, sinks=["hist"])`` compiles
+    """In the VM: ``tracekit_run_probe("tcp-retrans", action, sinks=["hist"])`` loads
     the probe, attaches it, then runs ``action()`` (the traffic) in a thread while the
     probe drains, and stops when ``action`` returns; an exception in it is raised here.
+    ``params`` are integers (as ``plan_run`` takes them; strings are parsed as on the
+    command line), ``loader`` is ``auto``, ``bcc`` or ``core`` (``--loader``), and
+    ``Output.loader`` says which one ran.
     """
     from tracekit.live.run import RunOptions, execute, plan_run
 
@@ -349,7 +388,8 @@ def tracekit_run_probe(tracekit_bus: Bus) -> Iterator[RunProbeFixture]:
         name: str,
         action: Callable[[], None],
         sinks: Sequence[str] = ("hist",),
-        params: dict[str, str] | None = None,
+        params: Mapping[str, int | str] | None = None,
+        loader: str = "auto",
     ) -> Output:
         spec = tracekit_bus.probes.get(name)
         # Planned before the traffic thread exists: a bad sink or parameter fails
@@ -357,9 +397,9 @@ def tracekit_run_probe(tracekit_bus: Bus) -> Iterator[RunProbeFixture]:
         plan = plan_run(
             tracekit_bus,
             spec,
-            spec.resolve_params(params or {}),
+            spec.resolve_params({k: str(v) for k, v in (params or {}).items()}),
             tuple(sinks),
-            RunOptions(duration=3600, quiet=True, force=True),
+            RunOptions(duration=3600, quiet=True, force=True, loader=loader),
         )
         done = threading.Event()
         failed: list[BaseException] = []
@@ -390,6 +430,6 @@ def tracekit_run_probe(tracekit_bus: Bus) -> Iterator[RunProbeFixture]:
                 worker.join()
         if failed:
             raise failed[0]
-        return Output(summary, buf.getvalue())
+        return Output(summary, buf.getvalue(), plan.load.loader if plan.load else None)
 
     yield run

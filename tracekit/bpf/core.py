@@ -26,7 +26,7 @@ from tracekit.bpf.core_build import manifest
 from tracekit.bpf.core_stacks import KernelSymbols, read_symbols_in_background
 from tracekit.bpf.libbpf import BpfObject, LibbpfError, libbpf, map_items
 from tracekit.bpf.perfbuf import PerfBuffer
-from tracekit.bpf.probe_base import KernelProbe, import_in_background
+from tracekit.bpf.probe_base import KernelProbe, agg_key_struct, import_in_background
 from tracekit.bpf.records import record_decoder, rows_from_records
 from tracekit.bpf.ringbuf import HEADER, RingBuffer
 from tracekit.plugin.registry import AttachPoint, ProbeSpec, expand_points
@@ -35,24 +35,11 @@ POLL_MS = 100
 
 
 def _agg_key_decoder(st: dict[str, Any], spec: ProbeSpec) -> tuple[struct.Struct, list[str]]:
-    """A struct reading ``struct tk_agg_key`` as clang laid it out (from the build's
-    manifest), and the schema fields its members are, in member order. Widths and
-    signedness come from the schema; members that are not schema fields (padding)
-    are skipped."""
-    fmt, names, pos = "=", [], 0
-    for name, offset in sorted(st["members"], key=lambda m: int(m[1])):
-        if name not in spec.agg_fields:
-            continue
-        f = spec.schema.field(name)
-        fmt += "x" * (offset - pos) + f.struct_code
-        pos = offset + f.size
-        names.append(name)
-    fmt += "x" * (int(st["size"]) - pos)
-    if sorted(names) != sorted(spec.agg_fields):
-        raise CompileError(
-            f"probe {spec.name}: struct tk_agg_key has {names}, agg_fields {list(spec.agg_fields)}"
-        )
-    return struct.Struct(fmt), names
+    """``struct tk_agg_key`` as clang laid it out (the build's manifest)."""
+    try:
+        return agg_key_struct(spec, [(str(n), int(o)) for n, o in st["members"]], int(st["size"]))
+    except ValueError as exc:
+        raise CompileError(str(exc)) from None
 
 
 def prepared_settings(

@@ -333,13 +333,50 @@ class KernelProbe(abc.ABC):
     ) -> list[tuple[tuple[Any, ...], int]]:
         """(key values in ``agg_fields`` order, count) -> (full row in schema order,
         zero-filled, count): the documented shape of an in-kernel aggregate."""
-        schema = self.spec.schema
-        blank = [("" if f.is_str else 0) for f in schema.fields]
-        idx = [schema.index(n) for n in self.spec.agg_fields]
-        out = []
-        for values, n in pairs:
-            row = list(blank)
-            for i, v in zip(idx, values, strict=True):
-                row[i] = v
-            out.append((tuple(row), n))
-        return out
+        return agg_rows(self.spec, pairs)
+
+
+def agg_rows(
+    spec: ProbeSpec, pairs: Iterable[tuple[Iterable[Any], int]]
+) -> list[tuple[tuple[Any, ...], int]]:
+    """(key values in ``agg_fields`` order, count) -> (full row in schema order,
+    zero-filled, count). A ``char name[N]`` key member comes from the kernel as its
+    N bytes: it becomes the text a streamed event's field is (cut at the first NUL,
+    UTF-8 with replacement)."""
+    schema = spec.schema
+    blank = [("" if f.is_str else 0) for f in schema.fields]
+    idx = [schema.index(n) for n in spec.agg_fields]
+    text = {i for i in idx if schema.fields[i].is_str}
+    out = []
+    for values, n in pairs:
+        row = list(blank)
+        for i, v in zip(idx, values, strict=True):
+            if i in text and isinstance(v, bytes | bytearray):
+                v = bytes(v).split(b"\0", 1)[0].decode("utf-8", "replace")
+            row[i] = v
+        out.append((tuple(row), n))
+    return out
+
+
+def agg_key_struct(
+    spec: ProbeSpec, members: Iterable[tuple[str, int]], size: int
+) -> tuple[struct.Struct, list[str]]:
+    """A struct reading ``struct tk_agg_key`` as laid out (``members``: name and
+    offset of each, ``size``: the struct's), and the schema fields its members are,
+    in member order. Widths and signedness come from the schema; members that are
+    not schema fields (padding) are skipped. Raises ValueError when the members are
+    not the probe's ``agg_fields``."""
+    fmt, names, pos = "=", [], 0
+    for name, offset in sorted(members, key=lambda m: int(m[1])):
+        if name not in spec.agg_fields:
+            continue
+        f = spec.schema.field(name)
+        fmt += "x" * (int(offset) - pos) + f.struct_code
+        pos = int(offset) + f.size
+        names.append(name)
+    fmt += "x" * (int(size) - pos)
+    if sorted(names) != sorted(spec.agg_fields):
+        raise ValueError(
+            f"probe {spec.name}: struct tk_agg_key has {names}, agg_fields {list(spec.agg_fields)}"
+        )
+    return struct.Struct(fmt), names
