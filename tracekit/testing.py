@@ -18,7 +18,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import pytest
 
@@ -32,11 +32,13 @@ from tracekit.bpf.probe_base import (
     agg_rows,
     run_enrich,
 )
-from tracekit.live.run import Compiled
 from tracekit.plugin.bus import Bus, build_bus
 from tracekit.plugin.contract import KernelAggregate, SinkOptions
 from tracekit.plugin.pipeline import Pipeline, build_sinks
 from tracekit.plugin.registry import AttachPoint, ProbeSpec, expand_points
+
+if TYPE_CHECKING:
+    from tracekit.live.run import Compiled
 
 
 def synthetic_rows(schema: Schema, n: int, seed: int = 0) -> list[tuple[Any, ...]]:
@@ -246,6 +248,8 @@ class StandInProbe:
 
     def compiled(self) -> Compiled:
         """This stand-in as ``plan_run(..., compiled=...)`` takes a shared probe."""
+        from tracekit.live.run import Compiled
+
         return Compiled(self, list(self.spec.attach), self.loader)
 
 

@@ -387,7 +387,7 @@ class BccProbe(KernelProbe):
             value = table[k]
         except KeyError:
             return None
-        return bytes(memoryview(value).cast("B"))
+        return ct.string_at(ct.addressof(value), ct.sizeof(value))
 
     def kernel_symbol(self, addr: int) -> str:
         return str(self.bpf.ksym(addr).decode("utf-8", "replace"))
