@@ -57,7 +57,6 @@ def choose(spec: ProbeSpec, opts: LoadOptions) -> LoadChoice:
     """
     from tracekit.bpf.core_build import find_object
 
-    spec = spec.resolved() if any(c.labels_from for c in spec.counters) else spec
     found = find_object(spec) if opts.loader != "bcc" else (None, "")
     loader, why = choose_loader(
         spec, opts.loader, aggregate=opts.aggregate, output=opts.output, found=found

@@ -284,16 +284,20 @@ def info_cmd(file: str) -> None:
 @click.pass_context
 def check_cmd(ctx: click.Context, probe: str | None) -> None:
     """Report whether this machine can run PROBE (or every probe): all problems at once."""
-    from tracekit.bpf.preflight import choose_loader, preflight
+    from tracekit.bpf.load import choose
+    from tracekit.bpf.probe_base import LoadOptions
 
     bus = _bus(ctx)
     specs = [bus.probes.get(probe)] if probe else list(bus.probes)
     failed: TracekitError | None = None
     for spec in specs:
-        loader, why = choose_loader(spec)
-        report, _ = preflight(spec, loader)
+        # The choice a run's plan makes (tracekit.bpf.load.choose), shown.
+        choice = choose(spec, LoadOptions())
+        report = choice.report
         click.echo(f"{spec.name}:")
-        click.echo(f"  loader: {loader} ({why})")
+        click.echo(f"  loader: {choice.loader} ({printable(choice.why)})")
+        if choice.object_sha256:
+            click.echo(f"  object sha256: {choice.object_sha256}")
         for line in report.render().splitlines():
             click.echo(f"  {line}")
         if not report.ok and failed is None:
