@@ -300,8 +300,10 @@ class Histogram:
             return ""
         if key is OTHER_KEYS:
             return "[other keys]"
+        # Each key named (``[cpu=0, before=1]``): the reader need not know the
+        # histogram's ``by`` fields to read its keys. Names come from a trace header.
         parts = [
-            format_value(self.schema.field(n), v, symbols)
+            f"{printable(n)}={format_value(self.schema.field(n), v, symbols)}"
             for n, v in zip(self.spec.by, key, strict=True)
         ]
         return "[" + ", ".join(parts) + "]"

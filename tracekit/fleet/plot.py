@@ -13,7 +13,6 @@ the sockets drawn) are kept.
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ import click
 from tracekit.base.errors import UsageError
 from tracekit.base.schema import _NUMPY_CODES, format_value
 from tracekit.base.session import Session, Summary
+from tracekit.base.text import examples
 from tracekit.fleet.extras import need, printable
 from tracekit.traces.tracefile import BATCH, TraceReader
 
@@ -33,7 +33,6 @@ FORMATS = (".png", ".svg", ".pdf")
 # Bin widths a reader takes in at a glance, in seconds.
 _NICE_WIDTHS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30, 60, 300)
 MAX_BINS = 150
-
 
 
 @dataclass
@@ -45,11 +44,19 @@ class Span:
     events: int
 
     def bins(self) -> tuple[float, int]:
-        """(width in seconds, number of bins): at most ``MAX_BINS`` nice bins."""
-        width = next(
+        """(width in seconds, number of bins): at most ``MAX_BINS`` bins that cover
+        the span exactly, the first event at the first bin's start and the last at
+        the last bin's end.
+
+        The width is about a nice one (``_NICE_WIDTHS``), stretched so that no bin
+        is partial: a last bin only partly covered by the trace would draw a rate
+        that falls off at the end which the traffic never had.
+        """
+        nice = next(
             (w for w in _NICE_WIDTHS if self.seconds / w <= MAX_BINS), float(_NICE_WIDTHS[-1])
         )
-        return width, max(1, math.floor(self.seconds / width) + 1)
+        n = max(1, round(self.seconds / nice))
+        return (self.seconds / n if self.seconds > 0 else nice), n
 
 
 class Trace:
@@ -156,6 +163,11 @@ class Binned:
         """The start of every bin, in seconds."""
         return self.np.arange(self.nbins) * self.width
 
+    def edges(self) -> Any:
+        """The ``nbins + 1`` bin edges, in seconds (for ``Axes.stairs``: every bin
+        drawn its whole width, the last one too)."""
+        return self.np.arange(self.nbins + 1) * self.width
+
     def top(self, n: int) -> list[Any]:
         """The ``n`` keys with the largest totals."""
         totals = self.grid.sum(axis=0)
@@ -215,7 +227,13 @@ def render(path: str, out: str, plot: str | None = None, bus: Any = None) -> str
     return name
 
 
-@click.command("plot")
+@click.command(
+    "plot",
+    epilog=examples(
+        "tracekit plot examples/traces/rss-cpu.tkt -o rss.png",
+        "tracekit plot examples/traces/fq-throttle.tkt -o fq.svg",
+    ),
+)
 @click.argument("file", type=click.Path(dir_okay=False))
 @click.option(
     "-o",
