@@ -63,6 +63,12 @@ _LAZY: dict[str, str] = {
     "RunOptions": "tracekit.live.run",
     "plan_run": "tracekit.live.run",
     "execute": "tracekit.live.run",
+    # The seam between a run and a loaded probe.
+    "LoadedProbe": "tracekit.bpf.probe_base",
+    "LoadOptions": "tracekit.bpf.probe_base",
+    "ProbeContext": "tracekit.bpf.probe_base",
+    "LoadChoice": "tracekit.bpf.load",
+    "load": "tracekit.bpf.load",
     # Errors: one line, a distinct exit status each.
     "TracekitError": "tracekit.base.errors",
     "UsageError": "tracekit.base.errors",
@@ -71,6 +77,8 @@ _LAZY: dict[str, str] = {
     # Tests: no kernel needed for feed/synthetic_rows; the lab runs in the VM.
     "feed": "tracekit.testing",
     "synthetic_rows": "tracekit.testing",
+    "StandInProbe": "tracekit.testing",
+    "aggregate_from_keys": "tracekit.testing",
     "Output": "tracekit.testing",
     "FeedFixture": "tracekit.testing",
     "ReplayFixture": "tracekit.testing",
@@ -95,6 +103,9 @@ __all__ = [
     "KernelAggregate",
     "KernelNames",
     "LabError",
+    "LoadChoice",
+    "LoadOptions",
+    "LoadedProbe",
     "LostReport",
     "NetnsLab",
     "Output",
@@ -102,6 +113,7 @@ __all__ = [
     "PlotRegistry",
     "PlotSpec",
     "PluginError",
+    "ProbeContext",
     "ProbeRegistry",
     "ProbeSpec",
     "ReplayFixture",
@@ -114,10 +126,12 @@ __all__ = [
     "SinkOptions",
     "SinkRegistry",
     "SinkSpec",
+    "StandInProbe",
     "Summary",
     "TracekitError",
     "UsageError",
     "__version__",
+    "aggregate_from_keys",
     "build_bus",
     "current_bus",
     "execute",
@@ -125,6 +139,7 @@ __all__ = [
     "format_row",
     "format_value",
     "hookimpl",
+    "load",
     "plan_run",
     "printable",
     "resolve_stack",
@@ -154,6 +169,8 @@ if TYPE_CHECKING:  # what mypy and editors see; at run time __getattr__ imports 
     from tracekit.base.schema import Field, HistSpec, Schema, format_row, format_value
     from tracekit.base.session import EventBatch, KernelNames, LostReport, Session, Summary
     from tracekit.base.text import printable
+    from tracekit.bpf.load import LoadChoice, load
+    from tracekit.bpf.probe_base import LoadedProbe, LoadOptions, ProbeContext
     from tracekit.bpf.stacks import resolve_stack
     from tracekit.lab.netns import NetnsLab
     from tracekit.live.run import RunOptions, RunPlan, execute, plan_run
@@ -175,6 +192,8 @@ if TYPE_CHECKING:  # what mypy and editors see; at run time __getattr__ imports 
         Output,
         ReplayFixture,
         RunProbeFixture,
+        StandInProbe,
+        aggregate_from_keys,
         feed,
         synthetic_rows,
     )
