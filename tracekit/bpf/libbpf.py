@@ -23,6 +23,10 @@ from typing import Any
 from tracekit.base.errors import TracekitError
 
 _PRINT_FN = ct.CFUNCTYPE(ct.c_int, ct.c_int, ct.c_char_p, ct.c_void_p)
+# Every print callback handed to libbpf_set_print, kept for the life of the process:
+# libbpf keeps the last one as a global, and a Libbpf instance dropped after another
+# was made (a test resetting the module's instance) left it calling freed memory.
+_PRINTERS: list[object] = []
 
 
 class LibbpfError(TracekitError):
@@ -73,7 +77,8 @@ class Libbpf:
         self._libc = libc()
         self._libc.vsnprintf.argtypes = [ct.c_char_p, ct.c_size_t, ct.c_char_p, ct.c_void_p]
         self.log: list[str] = []
-        self._printer = _PRINT_FN(self._print)  # kept alive as long as the library
+        self._printer = _PRINT_FN(self._print)
+        _PRINTERS.append(self._printer)
         L = self.lib
         vp, cp, i, u32 = ct.c_void_p, ct.c_char_p, ct.c_int, ct.c_uint32
         for fn, res, args in (
