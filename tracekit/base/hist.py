@@ -347,7 +347,15 @@ class Histogram:
             self.keys.texts(f, list(col), symbols)
             for f, col in zip(self._key_fields, zip(*real, strict=True), strict=True)
         ]
-        texts = iter(["[" + ", ".join(parts) + "]" for parts in zip(*cols, strict=True)])
+        # Each key named (``[cpu=0, before=1]``): the reader need not know the
+        # histogram's ``by`` fields to read its keys. Names come from a trace header.
+        names = [printable(f.name) for f in self._key_fields]
+        texts = iter(
+            [
+                "[" + ", ".join(f"{n}={t}" for n, t in zip(names, parts, strict=True)) + "]"
+                for parts in zip(*cols, strict=True)
+            ]
+        )
         return ["[other keys]" if k is OTHER_KEYS else next(texts) for k in keys]
 
     def render(self, symbols: Mapping[int, str] | None = None) -> str:

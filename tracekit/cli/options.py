@@ -12,6 +12,17 @@ from typing import Any
 
 import click
 
+from tracekit.base.text import examples
+
+__all__ = [
+    "LOADERS",
+    "examples",
+    "force_option",
+    "loader_option",
+    "sink_option",
+    "time_option",
+]
+
 LOADERS = ("auto", "core", "bcc")
 
 # Bounds on numbers from the command line (tests/test_bounds.py walks every option of
@@ -69,4 +80,13 @@ loader_option = click.option(
     default="auto",
     show_default=True,
     help="core: the probe's CO-RE object (built once, needs BTF); bcc: compile now",
+)
+
+time_option = click.option(
+    "--time",
+    "time_",
+    type=click.Choice(["rel", "wall"]),
+    default="rel",
+    show_default=True,
+    help="event times on the console: seconds since the first event, or wall-clock (UTC)",
 )

@@ -15,7 +15,6 @@ trace's size: only the binned counts are kept, for at most ``MAX_KEYS`` keys per
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ import click
 from tracekit.base.errors import UsageError
 from tracekit.base.schema import _NUMPY_CODES, format_value
 from tracekit.base.session import EventBatch, Session, Summary
+from tracekit.base.text import examples
 from tracekit.fleet.extras import need, printable
 from tracekit.traces.tracefile import BATCH, TraceReader
 
@@ -41,7 +41,6 @@ MAX_BINS = 150
 # grid of 2.4 GB.
 MAX_KEYS = 4096
 
-
 @dataclass
 class Span:
     """The time range of a trace's events: ``t0`` (ns) and its length (s)."""
@@ -51,11 +50,19 @@ class Span:
     events: int
 
     def bins(self) -> tuple[float, int]:
-        """(width in seconds, number of bins): at most ``MAX_BINS`` nice bins."""
-        width = next(
+        """(width in seconds, number of bins): at most ``MAX_BINS`` bins that cover
+        the span exactly, the first event at the first bin's start and the last at
+        the last bin's end.
+
+        The width is about a nice one (``_NICE_WIDTHS``), stretched so that no bin
+        is partial: a last bin only partly covered by the trace would draw a rate
+        that falls off at the end which the traffic never had.
+        """
+        nice = next(
             (w for w in _NICE_WIDTHS if self.seconds / w <= MAX_BINS), float(_NICE_WIDTHS[-1])
         )
-        return width, max(1, math.floor(self.seconds / width) + 1)
+        n = max(1, round(self.seconds / nice))
+        return (self.seconds / n if self.seconds > 0 else nice), n
 
 
 class Trace:
@@ -217,6 +224,11 @@ class Binned:
         """The start of every bin, in seconds."""
         return self.np.arange(self.nbins) * self.width
 
+    def edges(self) -> Any:
+        """The ``nbins + 1`` bin edges, in seconds (for ``Axes.stairs``: every bin
+        drawn its whole width, the last one too)."""
+        return self.np.arange(self.nbins + 1) * self.width
+
     def top(self, n: int) -> list[Any]:
         """The ``n`` keys with the largest totals."""
         totals = self.grid.sum(axis=0)
@@ -276,7 +288,13 @@ def render(path: str, out: str, plot: str | None = None, bus: Any = None) -> str
     return name
 
 
-@click.command("plot")
+@click.command(
+    "plot",
+    epilog=examples(
+        "tracekit plot examples/traces/rss-cpu.tkt -o rss.png",
+        "tracekit plot examples/traces/fq-throttle.tkt -o fq.svg",
+    ),
+)
 @click.argument("file", type=click.Path(dir_okay=False))
 @click.option(
     "-o",

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import re
 import sys
+from collections.abc import Callable
+from typing import Any
 
 import click
 
@@ -34,3 +37,19 @@ def out(line: str) -> None:
     """A line of the lab's report, flushed at once (the sinks print around it)."""
     sys.stdout.write(line + "\n")
     sys.stdout.flush()
+
+
+def rate_option(default: str, what: str) -> Callable[[Any], Any]:
+    """``--rate RATE``: iperf3's ``-b`` for each of a lab's streams."""
+    return click.option(
+        "--rate",
+        default=default,
+        show_default=True,
+        metavar="RATE",
+        help=f"iperf3 -b of each {what} (a lower rate records a smaller trace)",
+    )
+
+
+def check_rate(rate: str) -> None:
+    if not re.fullmatch(r"[1-9][0-9]*(\.[0-9]+)?[KMG]?", rate):
+        raise UsageError(f"--rate {rate!r}: a rate as iperf3 -b takes it, like 500K or 5M")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Mapping
+from dataclasses import replace
 
 from tracekit.base.errors import UsageError
 from tracekit.base.session import EventBatch, Summary
@@ -46,9 +47,13 @@ def _refuse_own_input(path: str, sinks: Mapping[str, object]) -> None:
 def replay(bus: Bus, path: str, sink_args: tuple[str, ...], opts: SinkOptions) -> Summary:
     # First pass: the file's structure, CRCs and every record but batch bodies, so a
     # damaged file ends with one line before any sink prints (TraceReader.verify).
-    TraceReader(path).verify()
+    checked = TraceReader(path)
+    checked.verify()
     reader = TraceReader(path)
     session = reader.session
+    if not reader.streamed_known and session.aggregated:
+        # A trace from before headers said: it streamed if it has batches.
+        session = replace(session, streamed=checked.batches > 0)
     try:
         sinks = build_sinks(bus, sink_args, opts, session.schema)
         _refuse_own_input(path, sinks.objects)
@@ -57,6 +62,10 @@ def replay(bus: Bus, path: str, sink_args: tuple[str, ...], opts: SinkOptions) -
         raise
     # Every record is checked again, batch rows included, before it is yielded: a
     # forged batch stops the replay with one line (status 2) before any sink sees it.
+    # A trace with the kernel's counts says what it holds (only counts, or events
+    # too), on stderr: stdout is the sinks', the same as the live run's.
+    if session.aggregated:
+        print(f"tracekit: {printable(path)} holds {printable(session.holds())}", file=sys.stderr)
     with Pipeline(bus, session, sinks.objects) as pipe:
         # Consecutive batch records go to the sinks as one batch of up to
         # COALESCE_ROWS events: a sink's per-batch costs (a hook call, numpy's

@@ -361,10 +361,15 @@ class TraceReader:
             ncpus=header["ncpus"],
             hostname=header["hostname"],
             start_time=header["start_time"],
+            monotonic_ns=header["monotonic_ns"],
             tracekit_version=header["tracekit_version"],
             sample_every=header["sample_every"],
             aggregated=tuple(header["aggregated"]),
+            # Until read (``find_streamed``): an older trace's header does not say.
+            streamed=header["streamed"] if header["streamed"] is not None else True,
         )
+        # Whether the header said if events were streamed (traces from 0.2 on do).
+        self.streamed_known = header["streamed"] is not None
         self._rows = RowCheck(self.session.schema)
         self._record_size = self.session.schema.size
 
@@ -655,3 +660,22 @@ def read_lost(payload: Any) -> LostReport:
     if not isinstance(payload, LostReport):
         raise TraceFileError("lost-events record read without TraceReader.records()")
     return payload
+
+
+def find_streamed(path: str, reader: TraceReader | None = None) -> Session:
+    """The session of trace ``path``, saying whether it holds streamed events.
+
+    Its header says (``streamed``); a trace written before it did holds streamed
+    events if it has batches or counted nothing in the kernel, which takes one pass
+    over the file's framing (batch bodies are not decoded). ``reader``, if given, is
+    a fresh reader of ``path`` that has read nothing yet; it is used up.
+    """
+    from dataclasses import replace
+
+    reader = reader or TraceReader(path)
+    session = reader.session
+    if reader.streamed_known or not session.aggregated:
+        reader.close()
+        return session
+    reader.verify()
+    return replace(session, streamed=reader.batches > 0)
