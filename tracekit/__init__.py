@@ -49,6 +49,11 @@ _LAZY: dict[str, str] = {
     "format_value": "tracekit.base.schema",
     "format_row": "tracekit.base.schema",
     "printable": "tracekit.base.text",
+    # The metric model metrics sinks share (the prometheus sink serves it).
+    "MetricSpec": "tracekit.base.metrics",
+    "RUN_METRICS": "tracekit.base.metrics",
+    "probe_metrics": "tracekit.base.metrics",
+    "bucket_bounds": "tracekit.base.metrics",
     "resolve_stack": "tracekit.bpf.stacks",
     # Kernel facts a probe's ``prepare`` chooses by.
     "tracepoint_fields": "tracekit.base.kernel",
@@ -96,6 +101,7 @@ __all__ = [
     "KernelNames",
     "LabError",
     "LostReport",
+    "MetricSpec",
     "NetnsLab",
     "Output",
     "Param",
@@ -104,6 +110,7 @@ __all__ = [
     "PluginError",
     "ProbeRegistry",
     "ProbeSpec",
+    "RUN_METRICS",
     "ReplayFixture",
     "RunOptions",
     "RunPlan",
@@ -118,6 +125,7 @@ __all__ = [
     "TracekitError",
     "UsageError",
     "__version__",
+    "bucket_bounds",
     "build_bus",
     "current_bus",
     "execute",
@@ -127,6 +135,7 @@ __all__ = [
     "hookimpl",
     "plan_run",
     "printable",
+    "probe_metrics",
     "resolve_stack",
     "synthetic_rows",
     "tracepoint_fields",
@@ -151,6 +160,7 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # what mypy and editors see; at run time __getattr__ imports them
     from tracekit.base.errors import LabError, PluginError, TracekitError, UsageError
     from tracekit.base.kernel import tracepoint_fields
+    from tracekit.base.metrics import RUN_METRICS, MetricSpec, bucket_bounds, probe_metrics
     from tracekit.base.schema import Field, HistSpec, Schema, format_row, format_value
     from tracekit.base.session import EventBatch, KernelNames, LostReport, Session, Summary
     from tracekit.base.text import printable

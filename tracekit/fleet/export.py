@@ -28,7 +28,8 @@ import click
 from tracekit.base.errors import TraceFileError, UsageError
 from tracekit.base.schema import Field, Schema
 from tracekit.base.session import Session, Summary
-from tracekit.fleet.extras import need, printable
+from tracekit.base.text import printable
+from tracekit.fleet.extras import need
 from tracekit.traces.tracefile import BATCH, TraceReader
 
 FORMATS = ("parquet", "csv", "jsonl")

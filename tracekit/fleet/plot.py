@@ -25,7 +25,8 @@ import click
 from tracekit.base.errors import UsageError
 from tracekit.base.schema import _NUMPY_CODES, format_value
 from tracekit.base.session import Session, Summary
-from tracekit.fleet.extras import need, printable
+from tracekit.base.text import printable
+from tracekit.fleet.extras import need
 from tracekit.traces.tracefile import BATCH, TraceReader
 
 FORMATS = (".png", ".svg", ".pdf")
@@ -33,7 +34,6 @@ FORMATS = (".png", ".svg", ".pdf")
 # Bin widths a reader takes in at a glance, in seconds.
 _NICE_WIDTHS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30, 60, 300)
 MAX_BINS = 150
-
 
 
 @dataclass
