@@ -19,9 +19,9 @@ an exporter), the metrics of tracekit's metric model (``tracekit.base.metrics``)
   socket pointers unless ``labels=all``. docs/prometheus.md lists each probe's.
 
 **Series are capped** (``max_series``, default 10,000 label sets over all of the
-probe's metrics): a new label set beyond the cap is not created, its events are
-counted in ``tracekit_series_overflow_events_total{metric}`` instead, and the end of
-the session says how many there were.
+probe's metrics, split evenly among them): a new label set beyond a metric's share is
+not created, its events are counted in ``tracekit_series_overflow_events_total{metric}``
+instead, and the end of the session says how many there were.
 
 **A scrape never holds up the drain**: it copies the counts under the sink's lock (a
 dictionary copy per metric) and formats the copy outside it. One scrape formats at a
@@ -99,7 +99,8 @@ def describe(schema: Schema, probe: str, all_labels: bool = False) -> list[tuple
 
 
 class _Budget:
-    """The series left under ``max_series``, shared by every metric of the probe."""
+    """One metric's share of ``max_series``: the cap split evenly among the probe's
+    metrics, so one metric's flood of new label sets cannot starve the others."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
@@ -225,7 +226,6 @@ class PrometheusSink:
         self.lock = threading.Lock()
         self.server: MetricsServer | None = None
         self.session: Session | None = None
-        self.budget = _Budget(self.max_series)
         self.hists: list[_HistState] = []
         self.events = 0
         self.lost: dict[tuple[str, int], int] = defaultdict(int)
@@ -300,9 +300,11 @@ class PrometheusSink:
     def tracekit_session_start(self, session: Session) -> None:
         need("prometheus_client", "--sink prometheus")
         self.session = session
+        specs = session.schema.histograms
+        share = max(1, self.max_series // max(1, len(specs)))
         self.hists = [
-            _HistState(session.probe, session.schema, spec, self.all_labels, self.budget)
-            for spec in session.schema.histograms
+            _HistState(session.probe, session.schema, spec, self.all_labels, _Budget(share))
+            for spec in specs
         ]
         self.server = MetricsServer(
             self.addr,
@@ -683,6 +685,7 @@ class MetricsServer:
         if status < 0:
             return 0
         arrived = time.monotonic()
+        self._count("heads")
         conn.settimeout(self.write_timeout)  # sendall: the total time to send
         if status:
             msg = b"request too slow\n" if status == 408 else b"request head too large\n"

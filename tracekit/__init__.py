@@ -90,6 +90,7 @@ _LAZY: dict[str, str] = {
 # Written out (not derived from _LAZY) so linters and mypy read it; a test checks
 # the two agree.
 __all__ = [
+    "RUN_METRICS",
     "AttachPoint",
     "Bus",
     "CounterMap",
@@ -110,7 +111,6 @@ __all__ = [
     "PluginError",
     "ProbeRegistry",
     "ProbeSpec",
-    "RUN_METRICS",
     "ReplayFixture",
     "RunOptions",
     "RunPlan",
