@@ -63,7 +63,6 @@ from tracekit.base.metrics import MetricSpec, bucket_bounds, hist_metric
 from tracekit.base.schema import HistSpec, Schema, format_value
 from tracekit.base.session import EventBatch, LostReport, Session, Summary
 from tracekit.base.text import printable
-from tracekit.fleet.extras import need
 from tracekit.plugin.pipeline import SinkOptions
 from tracekit.plugin.registry import SinkRegistry, SinkSpec
 
@@ -84,6 +83,7 @@ DEFAULT_TIMEOUT = 10.0
 MAX_REQUEST_HEAD = 8192  # request line and headers, bytes
 WRITE_TIMEOUT = 30.0  # seconds to take a whole response
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+RENDER_SHARE = 0.25  # of the time renders may take, back to back
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -133,71 +133,71 @@ class _HistState:
         else:
             self.key = lambda r: ()
         self.vi = schema.index(spec.value) if spec.value else None
-        self.counts: dict[Any, dict[int, int]] = {}
+        # Flat, so that a snapshot is one C-level dict copy (nothing can run
+        # in between): (labels, bucket) -> count, and labels -> sum (its keys are the
+        # series kept, for count histograms too).
+        self.cells: defaultdict[tuple[Any, int], int] = defaultdict(int)
         self.sums: dict[Any, int] = {}
         self.overflow = 0  # events whose new series the cap refused
-        self.refused: set[Any] = set()  # at most a bounded number kept, for the report
-        self.refused_count = 0
 
-    def _series(self, k: Any, n: int) -> dict[int, int] | None:
-        """The buckets of series ``k``, made if the budget allows; None when refused."""
-        b = self.counts.get(k)
-        if b is not None:
-            return b
+    def _admit(self, k: Any, n: int) -> bool:
+        """Whether series ``k`` is kept: made if the budget allows, else its ``n``
+        events are counted as overflow."""
+        if k in self.sums:
+            return True
         if self.budget.used >= self.budget.limit:
             self.overflow += n
-            if k not in self.refused:
-                self.refused_count += 1
-                if len(self.refused) < 1024:
-                    self.refused.add(k)
-            return None
+            return False
         self.budget.used += 1
-        b = self.counts[k] = defaultdict(int)
         self.sums[k] = 0
-        return b
+        return True
 
     def add(self, rows: Sequence[tuple[Any, ...]]) -> None:
         keys = map(self.key, rows)
+        cells, admit = self.cells, self._admit
         if self.vi is None:
             for k, n in Counter(keys).items():
-                b = self._series(k, n)
-                if b is not None:
-                    b[0] += n
+                if admit(k, n):
+                    cells[k, 0] += n
             return
         # Counted at C speed first; the Python loop then runs once per distinct
         # (labels, value) pair, not once per event.
         bucket, sums = self.bucket, self.sums
         for (k, v), n in Counter(zip(keys, map(itemgetter(self.vi), rows), strict=True)).items():
-            b = self._series(k, n)
-            if b is not None:
-                b[bucket(v)] += n
+            if admit(k, n):
+                cells[k, bucket(v)] += n
                 sums[k] += v * n
 
     def add_weighted(self, pairs: Sequence[tuple[tuple[Any, ...], int]]) -> None:
         for r, n in pairs:
             k = self.key(r)
-            b = self._series(k, n)
-            if b is None:
+            if not self._admit(k, n):
                 continue
             if self.vi is None:
-                b[0] += n
+                self.cells[k, 0] += n
             else:
-                b[self.bucket(r[self.vi])] += n
+                self.cells[k, self.bucket(r[self.vi])] += n
                 self.sums[k] += r[self.vi] * n
 
     def snapshot(self) -> _HistSnapshot:
-        """A copy of the counts (taken under the sink's lock: dictionary copies only)."""
-        return _HistSnapshot(
-            self, {k: dict(b) for k, b in self.counts.items()}, dict(self.sums), self.overflow
-        )
+        """A copy of the counts, taken under the sink's lock: two dict copies, each
+        one C call, so the lock is held for microseconds even with the cap's series."""
+        return _HistSnapshot(self, dict(self.cells), dict(self.sums), self.overflow)
 
 
 @dataclass
 class _HistSnapshot:
     state: _HistState
-    counts: dict[Any, dict[int, int]]
+    cells: dict[tuple[Any, int], int]
     sums: dict[Any, int]
     overflow: int
+
+    def series(self) -> Iterator[tuple[Any, dict[int, int]]]:
+        """(labels, bucket -> count) per series, in the order the series appeared."""
+        per: dict[Any, dict[int, int]] = {k: {} for k in self.sums}
+        for (k, b), n in self.cells.items():
+            per[k][b] = n
+        return iter(per.items())
 
 
 @dataclass
@@ -277,7 +277,6 @@ class PrometheusSink:
                 )
 
     def configure(self, opts: SinkOptions) -> None:
-        need("prometheus_client", "--sink prometheus")
         # Refuse a taken port before the probe compiles, not when tracing starts.
         if self.port:
             self._trial_bind()
@@ -298,7 +297,6 @@ class PrometheusSink:
 
     @hookimpl
     def tracekit_session_start(self, session: Session) -> None:
-        need("prometheus_client", "--sink prometheus")
         self.session = session
         specs = session.schema.histograms
         share = max(1, self.max_series // max(1, len(specs)))
@@ -373,12 +371,11 @@ class PrometheusSink:
         over = [h for h in self.hists if h.overflow]
         if not over:
             return None
-        parts = ", ".join(
-            f"{h.metric.exposed}: {h.refused_count:,} series, {h.overflow:,} events" for h in over
-        )
+        parts = ", ".join(f"{h.metric.exposed}: {h.overflow:,} events" for h in over)
         return (
             f"tracekit: --sink prometheus: max_series={self.max_series:,} reached; "
-            f"not served ({parts}), counted in {metrics.SERIES_OVERFLOW.exposed}"
+            f"events of new series not served ({parts}), counted in "
+            f"{metrics.SERIES_OVERFLOW.exposed}"
         )
 
     def _report_overflow(self) -> None:
@@ -429,100 +426,101 @@ class PrometheusSink:
 
     def render(self) -> bytes:
         """The exposition text of a snapshot, formatted outside the lock."""
-        from prometheus_client.exposition import generate_latest
-
         snap = self.snapshot()
-        if snap is None:
-            return b""
-        return generate_latest(_Families(snap))  # type: ignore[arg-type]
-
-    # Kept for callers of 0.1.0's collector interface.
-    def describe(self) -> list[Any]:
-        return []
-
-    def collect(self) -> Iterator[Any]:
-        snap = self.snapshot()
-        if snap is not None:
-            yield from _families(snap)
+        return b"" if snap is None else exposition(snap)
 
 
-class _Families:
-    """A prometheus_client collector over one snapshot."""
-
-    def __init__(self, snap: _Snapshot) -> None:
-        self.snap = snap
-
-    def collect(self) -> Iterator[Any]:
-        return _families(self.snap)
+def _esc(v: str) -> str:
+    """A label value in the text format: backslash, double quote and newline escaped."""
+    if "\\" in v or '"' in v or "\n" in v:
+        v = v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    return v
 
 
-def _families(snap: _Snapshot) -> Iterator[Any]:
-    from prometheus_client.core import (
-        CounterMetricFamily,
-        GaugeMetricFamily,
-        HistogramMetricFamily,
-    )
+def _num(v: float) -> str:
+    if isinstance(v, int):
+        return str(v)
+    if math.isnan(v):
+        return "NaN"
+    return ("+Inf" if v > 0 else "-Inf") if math.isinf(v) else repr(float(v))
 
-    def family(m: MetricSpec, labels: Sequence[str] | None = None) -> Any:
-        cls = {
-            "counter": CounterMetricFamily,
-            "gauge": GaugeMetricFamily,
-            "histogram": HistogramMetricFamily,
-        }[m.kind]
-        return cls(m.name, m.help, labels=list(m.labels if labels is None else labels))
 
+class _Writer:
+    """The text exposition format (version 0.0.4), written straight from a snapshot:
+    each series' labels are formatted once, whatever its number of buckets."""
+
+    def __init__(self) -> None:
+        self.parts: list[str] = []
+
+    def head(self, m: MetricSpec) -> str:
+        name = m.exposed
+        doc = m.help.replace("\\", "\\\\").replace("\n", "\\n")
+        self.parts.append(f"# HELP {name} {doc}\n# TYPE {name} {m.kind}\n")
+        return name
+
+    @staticmethod
+    def labels(names: Sequence[str], values: Sequence[str]) -> str:
+        return ",".join(f'{n}="{_esc(v)}"' for n, v in zip(names, values, strict=True))
+
+    def sample(self, name: str, labels: str, value: float) -> None:
+        self.parts.append(
+            f"{name}{{{labels}}} {_num(value)}\n" if labels else f"{name} {_num(value)}\n"
+        )
+
+
+def exposition(snap: _Snapshot) -> bytes:
+    """A snapshot in the Prometheus text format."""
+    w = _Writer()
     s = snap.session
-    info = family(metrics.RUN_INFO)
+    name = w.head(metrics.RUN_INFO)
     params = ",".join(f"{k}={v}" for k, v in sorted(s.params.items()))
-    info.add_metric(
-        [s.probe, params, s.kernel, s.hostname, s.tracekit_version, s.mode, str(s.sample_every)],
-        1,
-    )
-    yield info
-    ended = family(metrics.RUN_ENDED)
-    ended.add_metric([], 1 if snap.ended else 0)
-    yield ended
-    ev = family(metrics.EVENTS)
-    ev.add_metric([], snap.events)
-    yield ev
-    lost = family(metrics.LOST_EVENTS)
+    values = [s.probe, params, s.kernel, s.hostname, s.tracekit_version, s.mode]
+    w.sample(name, w.labels(metrics.RUN_INFO.labels, [*values, str(s.sample_every)]), 1)
+    w.sample(w.head(metrics.RUN_ENDED), "", 1 if snap.ended else 0)
+    w.sample(w.head(metrics.EVENTS), "", snap.events)
+    name = w.head(metrics.LOST_EVENTS)
     for (source, cpu), n in sorted(snap.lost.items()):
-        lost.add_metric([source, str(cpu) if cpu >= 0 else "all"], n)
-    yield lost
-    kc = family(metrics.KERNEL_COUNTER)
+        w.sample(name, w.labels(("mechanism", "cpu"), (source, str(cpu) if cpu >= 0 else "all")), n)
+    name = w.head(metrics.KERNEL_COUNTER)
     for m, labels in sorted(snap.counters.items()):
         for label, per in labels.items():
             for cpu, n in sorted(per.items()):
-                kc.add_metric([m, label, str(cpu)], n)
-    yield kc
-    series = family(metrics.SERIES)
-    over = family(metrics.SERIES_OVERFLOW)
+                w.sample(name, w.labels(("map", "counter", "cpu"), (m, label, str(cpu))), n)
+    series, over = w.head(metrics.SERIES), None
     for hs in snap.hists:
-        series.add_metric([hs.state.metric.exposed], len(hs.counts))
-        over.add_metric([hs.state.metric.exposed], hs.overflow)
-    yield series
-    yield over
+        w.sample(series, w.labels(("metric",), (hs.state.metric.exposed,)), len(hs.sums))
+    over = w.head(metrics.SERIES_OVERFLOW)
+    for hs in snap.hists:
+        w.sample(over, w.labels(("metric",), (hs.state.metric.exposed,)), hs.overflow)
     symbols = s.symbols
     for hs in snap.hists:
         h = hs.state
-        fam = family(h.metric)
+        name = w.head(h.metric)
+        names = h.metric.labels
         if h.spec.kind == "count":
-            for key, buckets in hs.counts.items():
-                fam.add_metric(_label_values(h, key, symbols), buckets.get(0, 0))
-            yield fam
+            for key, buckets in hs.series():
+                w.sample(name, w.labels(names, _label_values(h, key, symbols)), buckets.get(0, 0))
             continue
-        top = max((max(b) for b in hs.counts.values() if b), default=0)
-        bounds = [(b, str(le)) for b, le in bucket_bounds(h.spec, top)]
+        top = max((b for _, b in hs.cells), default=0)
+        bounds = [(b, f'le="{le}"') for b, le in bucket_bounds(h.spec, top)]
         listed = {b for b, _ in bounds}
-        for key, buckets in hs.counts.items():
+        bucket, total, count = (
+            h.metric.name + "_bucket",
+            h.metric.name + "_sum",
+            h.metric.name + "_count",
+        )
+        for key, buckets in hs.series():
+            lab = w.labels(names, _label_values(h, key, symbols))
+            pre = lab + "," if lab else ""
             cum = sum(n for b, n in buckets.items() if b < 0 and b not in listed)
-            out = []
             for b, le in bounds:
                 cum += buckets.get(b, 0)
-                out.append((le, cum))
-            out.append(("+Inf", sum(buckets.values())))
-            fam.add_metric(_label_values(h, key, symbols), out, sum_value=hs.sums.get(key, 0))
-        yield fam
+                w.sample(bucket, pre + le, cum)
+            n = sum(buckets.values())
+            w.sample(bucket, pre + 'le="+Inf"', n)
+            w.sample(count, lab, n)
+            w.sample(total, lab, hs.sums.get(key, 0))
+    return "".join(w.parts).encode()
 
 
 # -- the HTTP server -------------------------------------------------------------------
@@ -566,6 +564,7 @@ class MetricsServer:
         self._render_lock = threading.Lock()
         self._body: bytes | None = None
         self._body_started = -math.inf
+        self._next_render = -math.inf
         self._stats_lock = threading.Lock()
         self.busy = 0  # connections being served now
         self.stats: Counter[str] = Counter()  # responses by status, and renders
@@ -628,11 +627,16 @@ class MetricsServer:
                 conn.close()
 
     def _refuse(self, conn: socket.socket) -> None:
-        """503 without reading or waiting: a fresh socket's send buffer takes it."""
+        """503 without waiting: a fresh socket's send buffer takes it. What the client
+        sent already is read first (without waiting), so the close does not reset
+        the connection before the client reads the answer."""
         self._count("503")
         try:
             conn.setblocking(False)
+            with contextlib.suppress(BlockingIOError):
+                conn.recv(self.max_head)
             conn.send(_response(503, b"too many requests at once\n", extra="Retry-After: 1\r\n"))
+            conn.shutdown(socket.SHUT_WR)
         except OSError:
             pass
         finally:
@@ -712,12 +716,23 @@ class MetricsServer:
         return 200
 
     def _metrics(self, arrived: float) -> bytes:
-        """The body for a request that arrived at ``arrived``: a render begun after."""
+        """The body for a request that arrived at ``arrived``: a render begun after.
+
+        Renders take at most ``RENDER_SHARE`` of the time: after one that took ``r``
+        seconds the next waits until ``r / RENDER_SHARE`` after the first began, so
+        a flood of scrapes slows the scrapes, not the drain (formatting holds
+        Python's interpreter lock, which the drain needs too).
+        """
         with self._render_lock:
             if self._body is None or self._body_started < arrived:
+                wait = self._next_render - time.monotonic()
+                if wait > 0:
+                    time.sleep(wait)
                 started = time.monotonic()
                 self._body = self.render()
+                took = time.monotonic() - started
                 self._body_started = started
+                self._next_render = started + took / RENDER_SHARE
                 self._count("renders")
             return self._body
 
