@@ -53,17 +53,26 @@ class TimedLock:
         self.lock = threading.Lock()
         self.drainer = threading.get_ident()
         self.worst = self.total = 0.0
+        self.deferred = 0  # batches left for the next one while a scrape copied
 
-    def __enter__(self) -> None:
+    def acquire(self, blocking: bool = True) -> bool:
         t = time.perf_counter()
-        self.lock.acquire()
+        ok = self.lock.acquire(blocking)
         if threading.get_ident() == self.drainer:
             w = time.perf_counter() - t
             self.worst = max(self.worst, w)
             self.total += w
+            self.deferred += not ok
+        return ok
+
+    def release(self) -> None:
+        self.lock.release()
+
+    def __enter__(self) -> None:
+        self.acquire()
 
     def __exit__(self, *exc: object) -> None:
-        self.lock.release()
+        self.release()
 
 
 def drain(
@@ -231,6 +240,7 @@ def main() -> None:
         loaded_s = time.monotonic() - t0
         results = parent.recv()
         lock_loaded, total_loaded = timed.worst, timed.total
+        deferred = timed.deferred
         proc.join(30)
         rss1 = rss_mb()
         stats = dict(srv.stats)
@@ -251,6 +261,7 @@ def main() -> None:
         ("longest wait for the lock under scrapes (ms)", f"{lock_loaded * 1e3:.2f}"),
         ("drain time spent waiting for the lock, alone", f"{total_alone / a.seconds:.3%}"),
         ("drain time spent waiting for it, under scrapes", f"{total_loaded / loaded_s:.3%}"),
+        ("batches deferred while a scrape copied", f"{deferred:,}"),
         (
             "scrapes: 200 / 503 / failed",
             f"{len(ok):,} / {sum(r[0] == 503 for r in results):,} / "

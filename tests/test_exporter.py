@@ -362,3 +362,30 @@ def test_exposition_passes_promtool_and_round_trips(bus: Bus, probe: str) -> Non
     if probe == "fq-throttle":  # the one whose metrics have an ifname label
         names = {dict(lb).get("ifname") for n, lb in got if "ifname" in dict(lb)}
         assert names == {'e"t\\\\h\\x1b0'}  # printable's escapes, as the hist sink shows it
+
+
+def test_a_batch_never_waits_for_a_scrapes_copy(bus: Bus) -> None:
+    """A scrape's thread holding the lock (preempted in the middle of its copy, say):
+    the batch is kept for the next one, and every event is counted in the end."""
+    session = _session(bus, "rss-cpu")
+    rows = synthetic_rows(session.schema, 3000)
+    sink = PrometheusSink("127.0.0.1:0")
+    with Pipeline(bus, session, {"sink:prometheus": sink}) as pipe:
+        pipe.batch(rows[:1000])
+        with sink.lock:  # what a scrape's copy holds
+            drain = threading.Thread(target=pipe.batch, args=(rows[1000:2000],))
+            drain.start()
+            drain.join(30)
+            assert not drain.is_alive(), "the drain waited for the lock"
+            assert len(sink.pending) == 1 and sink.events == 1000
+        pipe.batch(rows[2000:2500])  # counts the pending batch, then its own
+        assert sink.events == 2500 and not sink.pending
+        with sink.lock:
+            drain = threading.Thread(target=pipe.batch, args=(rows[2500:],))
+            drain.start()
+            drain.join(30)
+            assert not drain.is_alive()
+        pipe.end()  # the end of the session counts what is still pending
+    assert sink.events == 3000 and not sink.pending
+    cpu = sum(n for (k, b), n in sink.hists[0].cells.items())
+    assert cpu == 3000

@@ -323,3 +323,15 @@ def test_the_wheel_carries_the_service_files() -> None:
     assert len(files) == 4
     for f in files:
         assert any(fnmatch.fnmatch(f, g) for g in globs), f
+
+
+def test_docs_describe_every_rule_alert_and_run_metric() -> None:
+    doc = (ROOT / "docs" / "prometheus.md").read_text()
+    for name, _ in rules():
+        assert f"`{name.lstrip('!')}`" in doc, name
+    for m in metrics.RUN_METRICS:
+        labels = ", ".join(m.labels) or "-"
+        row = f"| `{m.exposed}` | {m.kind}"
+        assert row in doc, row
+        if m.name not in ("tracekit_run_info", "tracekit_lost_events"):  # annotated there
+            assert f"{row} | {labels} |" in doc, m.name
