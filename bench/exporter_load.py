@@ -17,6 +17,7 @@ renders the server made (scrapes that arrived during one share the next), the
 process's RSS before and after, and its peak.
 
     .venv/bin/python bench/exporter_load.py [--seconds 8] [--series 2000] [--scrapes 2000]
+    .venv/bin/python bench/exporter_load.py --format-under-lock    # 0.1.0's way, to compare
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ class TimedLock:
     """The sink's lock, timing how long the draining thread waits for it."""
 
     def __init__(self) -> None:
-        self.lock = threading.Lock()
+        self.lock = threading.RLock()  # reentrant, for --format-under-lock
         self.drainer = threading.get_ident()
         self.worst = self.total = 0.0
         self.deferred = 0  # batches left for the next one while a scrape copied
@@ -188,6 +189,11 @@ def main() -> None:
     ap.add_argument("--half-open", type=int, default=12)
     ap.add_argument("--slow", type=int, default=8)
     ap.add_argument("--max-requests", type=int, default=40)
+    ap.add_argument(
+        "--format-under-lock",
+        action="store_true",
+        help="hold the sink's lock while formatting, as 0.1.0's sink did (for comparison)",
+    )
     a = ap.parse_args()
 
     bus = build_bus()
@@ -216,6 +222,14 @@ def main() -> None:
     )
     timed = TimedLock()
     sink.lock = timed  # type: ignore[assignment]
+    if a.format_under_lock:
+        render = sink.render
+
+        def render_under_lock() -> bytes:
+            with timed:
+                return render()
+
+        sink.render = render_under_lock  # type: ignore[method-assign]
     with Pipeline(bus, session, {"sink:prometheus": sink}) as pipe:
         for i in range(0, len(fill), a.batch):
             pipe.batch(fill[i : i + a.batch])
@@ -277,7 +291,8 @@ def main() -> None:
         ("hostile cut off: 408 / 503", f"{stats.get('408', 0):,} / {stats.get('503', 0):,}"),
         ("RSS after fill / after load / peak (MB)", f"{rss0:.1f} / {rss1:.1f} / {peak:.1f}"),
     ]
-    print(f"series filled: {a.series:,}; scrape body: {size / 1e6:.1f} MB (median)")
+    how = "formatting under the lock" if a.format_under_lock else "formatting outside the lock"
+    print(f"series filled: {a.series:,}; scrape body: {size / 1e6:.1f} MB (median); {how}")
     for k, v in rows:
         print(f"{k:46} {v:>22}")
 
