@@ -86,7 +86,7 @@ MAX_REQUEST_HEAD = 8192  # request line and headers, bytes
 WRITE_TIMEOUT = 30.0  # seconds to take a whole response
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 RENDER_SHARE = 0.25  # of the time renders may take, back to back
-MAX_PENDING = 64  # batches that may wait for a scrape's copy before the drain waits too
+MAX_PENDING_ROWS = 1 << 16  # rows that may wait for a scrape's copy before the drain waits
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -232,6 +232,7 @@ class PrometheusSink:
         self.hists: list[_HistState] = []
         self.events = 0
         self.pending: list[Sequence[tuple[Any, ...]]] = []
+        self.pending_rows = 0
         self.lost: dict[tuple[str, int], int] = defaultdict(int)
         self.counters: Mapping[str, Mapping[str, Mapping[int, int]]] = {}
         self.ended = False
@@ -337,8 +338,9 @@ class PrometheusSink:
         # While a scrape copies the counts (microseconds, but its thread may be
         # preempted meanwhile), the batch waits in ``pending`` instead of the drain
         # waiting for the lock: the next batch counts it (or the end of the session).
-        if not self.lock.acquire(blocking=len(self.pending) >= MAX_PENDING):
+        if not self.lock.acquire(blocking=self.pending_rows >= MAX_PENDING_ROWS):
             self.pending.append(rows)
+            self.pending_rows += len(rows)
             return
         try:
             self._fold(rows)
@@ -347,7 +349,7 @@ class PrometheusSink:
 
     def _fold(self, rows: Sequence[tuple[Any, ...]] | None = None) -> None:
         """Count the pending batches, then ``rows``; the caller holds the lock."""
-        batches, self.pending = self.pending, []
+        batches, self.pending, self.pending_rows = self.pending, [], 0
         if rows is not None:
             batches.append(rows)
         for b in batches:

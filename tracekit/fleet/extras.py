@@ -1,8 +1,9 @@
 """What the fleet commands share: the optional extra.
 
-``tracekit export``, ``tracekit plot`` and the ``prometheus`` sink need packages that
-a host which only records traces does not: they are the ``fleet`` extra, imported
-only when one of them runs, so ``tracekit run`` works without them.
+``tracekit export`` and ``tracekit plot`` need packages that a host which only
+records traces does not: they are the ``fleet`` extra, imported only when one of
+them runs, so ``tracekit run`` works without them. (The ``prometheus`` sink writes
+its format itself and needs none of them.)
 """
 
 from __future__ import annotations
