@@ -735,7 +735,10 @@ class MetricsServer:
         else:
             conn.sendall(_response(404, b"not found: try /metrics\n"))
             return 404
-        conn.sendall(_response(200, body, ctype=ctype, head_only=method == b"HEAD"))
+        # The head alone, then the body: a large body is not copied per connection.
+        conn.sendall(_response(200, body, ctype=ctype, head_only=True))
+        if method != b"HEAD":
+            conn.sendall(body)
         return 200
 
     def _metrics(self, arrived: float) -> bytes:
