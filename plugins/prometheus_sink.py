@@ -242,13 +242,15 @@ class PrometheusSink:
     @staticmethod
     def _number(k: str, v: str, lo: float, hi: float, integer: bool) -> float:
         what = "an integer" if integer else "seconds"
+        if integer and not (v.isascii() and v.lstrip("-").isdigit() and len(v) <= 12):
+            raise UsageError(f"--sink prometheus: {k}={v!r} is not {what}")
         try:
             x = int(v) if integer else float(v)
         except ValueError:
             raise UsageError(f"--sink prometheus: {k}={v!r} is not {what}") from None
         if not (math.isfinite(x) and lo <= x <= hi):
-            shown = f"{lo:g}..{hi:g}" if not integer else f"{int(lo)}..{int(hi):,}"
-            raise UsageError(f"--sink prometheus: {k}={v!r} is outside {shown}")
+            lo_, hi_ = (int(b) if float(b).is_integer() else b for b in (lo, hi))
+            raise UsageError(f"--sink prometheus: {k}={v!r}: must be {what} from {lo_} to {hi_}")
         return x
 
     def _parse(self, arg: str) -> None:
@@ -270,7 +272,8 @@ class PrometheusSink:
                 self.timeout = self._number(k, v, 0.1, 600, False)
             elif not sep:
                 host, colon, port = part.rpartition(":")
-                if not colon or not port.isdigit() or not 0 <= int(port) < 65536:
+                ok = port.isascii() and port.isdigit() and len(port) <= 5
+                if not colon or not ok or not 0 <= int(port) < 65536:
                     raise UsageError(
                         f"--sink prometheus={arg}: expected ADDR:PORT (127.0.0.1:{DEFAULT_PORT})"
                     )
