@@ -389,3 +389,20 @@ def test_a_batch_never_waits_for_a_scrapes_copy(bus: Bus) -> None:
     assert sink.events == 3000 and not sink.pending
     cpu = sum(n for (k, b), n in sink.hists[0].cells.items())
     assert cpu == 3000
+
+
+def test_docs_state_the_limits_the_sink_enforces() -> None:
+    from pathlib import Path
+
+    from tracekit.base.metrics import DEFAULT_MAX_SERIES
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "prometheus.md").read_text()
+    ps = prometheus_sink
+    assert f"| `max_series=N` | {DEFAULT_MAX_SERIES:,} | 1..{ps.MAX_SERIES_LIMIT:,} |" in doc
+    assert f"| `max_requests=N` | {ps.DEFAULT_MAX_REQUESTS} | 1..{ps.MAX_REQUESTS_LIMIT} |" in doc
+    assert f"| `timeout=S` | {ps.DEFAULT_TIMEOUT:g} | 0.1..600 seconds |" in doc
+    assert f"| `hold=S` | 0 | 0..{ps.MAX_HOLD:.0f} seconds |" in doc
+    assert f"at most {ps.MAX_REQUEST_HEAD // 1024} KiB" in doc
+    assert f"taken within {ps.WRITE_TIMEOUT:g} s" in doc
+    with pytest.raises(UsageError, match=r"from 0\.1 to 600"):
+        PrometheusSink("timeout=601")
