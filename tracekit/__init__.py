@@ -49,6 +49,11 @@ _LAZY: dict[str, str] = {
     "format_value": "tracekit.base.schema",
     "format_row": "tracekit.base.schema",
     "printable": "tracekit.base.text",
+    # The metric model metrics sinks share (the prometheus sink serves it).
+    "MetricSpec": "tracekit.base.metrics",
+    "RUN_METRICS": "tracekit.base.metrics",
+    "probe_metrics": "tracekit.base.metrics",
+    "bucket_bounds": "tracekit.base.metrics",
     "resolve_stack": "tracekit.bpf.stacks",
     # Kernel facts a probe's ``prepare`` chooses by.
     "tracepoint_fields": "tracekit.base.kernel",
@@ -93,6 +98,7 @@ _LAZY: dict[str, str] = {
 # Written out (not derived from _LAZY) so linters and mypy read it; a test checks
 # the two agree.
 __all__ = [
+    "RUN_METRICS",
     "AttachPoint",
     "Bus",
     "CounterMap",
@@ -107,6 +113,7 @@ __all__ = [
     "LoadOptions",
     "LoadedProbe",
     "LostReport",
+    "MetricSpec",
     "NetnsLab",
     "Output",
     "Param",
@@ -132,6 +139,7 @@ __all__ = [
     "UsageError",
     "__version__",
     "aggregate_from_keys",
+    "bucket_bounds",
     "build_bus",
     "current_bus",
     "execute",
@@ -142,6 +150,7 @@ __all__ = [
     "load",
     "plan_run",
     "printable",
+    "probe_metrics",
     "resolve_stack",
     "synthetic_rows",
     "tracepoint_fields",
@@ -166,6 +175,7 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # what mypy and editors see; at run time __getattr__ imports them
     from tracekit.base.errors import LabError, PluginError, TracekitError, UsageError
     from tracekit.base.kernel import tracepoint_fields
+    from tracekit.base.metrics import RUN_METRICS, MetricSpec, bucket_bounds, probe_metrics
     from tracekit.base.schema import Field, HistSpec, Schema, format_row, format_value
     from tracekit.base.session import EventBatch, KernelNames, LostReport, Session, Summary
     from tracekit.base.text import printable

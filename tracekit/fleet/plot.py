@@ -29,8 +29,8 @@ import click
 from tracekit.base.errors import UsageError
 from tracekit.base.schema import _NUMPY_CODES, format_value
 from tracekit.base.session import EventBatch, Session, Summary
-from tracekit.base.text import examples
-from tracekit.fleet.extras import need, printable
+from tracekit.base.text import examples, printable
+from tracekit.fleet.extras import need
 from tracekit.traces.tracefile import BATCH, TraceReader
 
 FORMATS = (".png", ".svg", ".pdf")
