@@ -15,7 +15,7 @@ import click
 from tracekit import __version__
 from tracekit.base.errors import TracekitError, UsageError
 from tracekit.base.text import printable
-from tracekit.cli.options import force_option, loader_option, sink_option
+from tracekit.cli.options import findings_option, force_option, loader_option, sink_option
 from tracekit.plugin.bus import Bus, current_bus
 from tracekit.plugin.pipeline import SinkOptions
 
@@ -189,6 +189,7 @@ def list_cmd(ctx: click.Context, as_json: bool) -> None:
     help="perf buffer pages per CPU, a power of two (the shared ring buffer gets 16 x N)",
 )
 @loader_option
+@findings_option
 @force_option
 @click.pass_context
 def run_cmd(
@@ -202,6 +203,7 @@ def run_cmd(
     max_events_per_sec: int,
     buffer_pages: int,
     loader: str,
+    findings: str,
     force: bool,
 ) -> None:
     """Compile PROBE, attach it and send its events to sinks until Ctrl-C or --duration."""
@@ -232,6 +234,7 @@ def run_cmd(
             sample=sample,
             page_cnt=buffer_pages,
             loader=loader,
+            findings=findings,
         ),
     )
     execute(bus, plan)
@@ -240,13 +243,16 @@ def run_cmd(
 @cli.command("replay")
 @click.argument("file", type=click.Path(dir_okay=False))
 @sink_option()
+@findings_option
 @force_option
 @click.pass_context
-def replay_cmd(ctx: click.Context, file: str, sinks: tuple[str, ...], force: bool) -> None:
+def replay_cmd(
+    ctx: click.Context, file: str, sinks: tuple[str, ...], findings: str, force: bool
+) -> None:
     """Feed a recorded trace FILE through sinks, on any machine."""
     from tracekit.traces.replay import replay
 
-    replay(_bus(ctx), file, sinks or ("console",), SinkOptions(force=force))
+    replay(_bus(ctx), file, sinks or ("console",), SinkOptions(force=force), findings=findings)
 
 
 @cli.command("info")

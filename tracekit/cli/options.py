@@ -31,3 +31,11 @@ loader_option = click.option(
     show_default=True,
     help="core: the probe's CO-RE object (built once, needs BTF); bcc: compile now",
 )
+
+findings_option = click.option(
+    "--findings",
+    type=click.Choice(["text", "json", "off"]),
+    default="text",
+    show_default=True,
+    help="what the numbers mean, on stderr after the summary: text, one JSON line, or off",
+)

@@ -363,6 +363,7 @@ class TraceReader:
             tracekit_version=header["tracekit_version"],
             sample_every=header["sample_every"],
             aggregated=tuple(header["aggregated"]),
+            metadata=header["metadata"],
         )
         self._rows = RowCheck(self.session.schema)
         self._record_size = self.session.schema.size
