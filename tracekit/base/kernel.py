@@ -280,11 +280,13 @@ RPS_SOCK_FLOW_ENTRIES = "/proc/sys/net/core/rps_sock_flow_entries"
 # The command a lab runs inside a network namespace for the same facts (its sysfs is
 # the namespace's): one ``PATH:VALUE`` line per file, what ``parse_queue_lines`` reads.
 QUEUE_FILES_COMMAND = (
-    "grep -H . /sys/class/net/*/queues/tx-*/xps_cpus /sys/class/net/*/queues/rx-*/rps_cpus "
+    "grep -H . /sys/class/net/*/ifindex /sys/class/net/*/queues/tx-*/xps_cpus "
+    "/sys/class/net/*/queues/rx-*/rps_cpus "
     f"/sys/class/net/*/queues/rx-*/rps_flow_cnt {RPS_SOCK_FLOW_ENTRIES} 2>/dev/null; true"
 )
 
 _QUEUE_PATH = re.compile(r"^/sys/class/net/([^/]+)/queues/(tx|rx)-(\d+)/(\w+)$")
+_IFINDEX_PATH = re.compile(r"^/sys/class/net/([^/]+)/ifindex$")
 
 
 def parse_queue_lines(text: str) -> dict[str, object]:
@@ -299,6 +301,11 @@ def parse_queue_lines(text: str) -> dict[str, object]:
         if path == RPS_SOCK_FLOW_ENTRIES:
             if value.isdigit():
                 out["rps_sock_flow_entries"] = int(value)
+            continue
+        mi = _IFINDEX_PATH.match(path)
+        if mi is not None:
+            if value.isdigit():
+                devices.setdefault(mi.group(1), {})["ifindex"] = int(value)  # type: ignore[assignment]
             continue
         m = _QUEUE_PATH.match(path)
         if m is None or m.group(4) not in QUEUE_FILES:
@@ -320,6 +327,9 @@ def net_queues(root: str = NET_CLASS) -> dict[str, object]:
     except OSError:
         devs = []
     for dev in devs:
+        ifindex = _text(os.path.join(root, dev, "ifindex"))
+        if ifindex is not None:
+            lines.append(f"{NET_CLASS}/{dev}/ifindex:{ifindex.strip()}")
         qdir = os.path.join(root, dev, "queues")
         try:
             queues = sorted(os.listdir(qdir))
