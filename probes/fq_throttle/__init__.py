@@ -20,15 +20,28 @@ from tracekit.plugin.registry import AttachPoint, CounterMap, ProbeRegistry, Pro
 KINDS = ("-", "throttle", "flow_limit_drop", "empty_dequeue")
 
 # Members read by the BPF code and the size it reads each as.
-FQ_MEMBERS = {"stat_throttled": 8, "stat_flows_plimit": 8, "time_next_delayed_flow": 8}
+FQ_MEMBERS = {
+    "stat_throttled": 8,
+    "stat_flows_plimit": 8,
+    "time_next_delayed_flow": 8,
+    "delayed": 8,
+    "flow_plimit": 4,
+}
+# struct fq_flow: the throttled flow's socket, its node in the delayed tree (struct
+# rb_node: three pointers) and its departure time.
+FQ_FLOW_MEMBERS = {"sk": 8, "rate_node": 24, "time_next_packet": 8}
 
 # How the fields of struct tk_event (fq_throttle.bpf.c) are shown; the C declares them.
 FIELDS = (
     Field("ts_ns", unit="ns", display="ts"),
-    Field("sk", display="hex", doc="socket of a dropped skb (0: none)"),
+    Field("sk", display="hex", doc="socket of the throttled flow or the dropped skb (0: none)"),
     Field(
-        "delay_us", unit="us", doc="throttle: time until the qdisc's next departure (its watchdog)"
+        "delay_us",
+        unit="us",
+        doc="throttle: how long fq holds the flow (its time_next_packet, from now)",
     ),
+    Field("maxrate", unit="bytes/s", doc="the qdisc's maxrate (18446744073709551615: none)"),
+    Field("flow_limit", unit="packets", doc="the qdisc's flow_limit"),
     Field("cpu", key=True),
     Field("ifindex", key=True),
     Field("saddr", key=True, display="ipv4"),
@@ -41,8 +54,12 @@ FIELDS = (
     Field("kind", key=True, display="enum", choices=KINDS),
     Field("ifname", key=True),
 )
+# Per kind: the delay histogram is keyed by kind too, so throttles' delays are never
+# mixed with the 0 of drops and empty dequeues, which have no delay.
 HISTOGRAMS = (
-    HistSpec(value="delay_us", by=("ifname", "queue"), kind="log2", title="throttle_delay"),
+    HistSpec(
+        value="delay_us", by=("kind", "ifname", "queue"), kind="log2", title="throttle_delay"
+    ),
     HistSpec(
         value=None,
         by=("kind", "saddr", "sport", "daddr", "dport"),
@@ -80,15 +97,25 @@ def prepare(params: dict[str, int]) -> dict[str, int]:
     from tracekit.bpf.btf import module_btf, struct_offsets, vmlinux_btf
 
     try:
-        offs = struct_offsets(module_btf("sch_fq"), "fq_sched_data", FQ_MEMBERS)
+        btf = module_btf("sch_fq")
+        offs = struct_offsets(btf, "fq_sched_data", FQ_MEMBERS)
+        flow = struct_offsets(btf, "fq_flow", FQ_FLOW_MEMBERS)
+        maxrate_off, maxrate_size = btf.member("fq_sched_data", "flow_max_rate")
+        if maxrate_size not in (4, 8):
+            raise TracekitError(
+                f"fq_sched_data.flow_max_rate is {maxrate_size} bytes: layout not supported"
+            )
         vmlinux = vmlinux_btf()
     except TracekitError as exc:
         if type(exc) is TracekitError:
             raise AttachPointError(f"sch_fq: {exc}") from None
         raise
     enums = {enum: vmlinux.enum_values(enum) for enum, _ in DROP_REASONS.values()}
-    return {f"TK_FQ_OFF_{name.upper()}": off for name, off in offs.items()} | (
-        drop_reason_settings(enums)
+    return (
+        {f"TK_FQ_OFF_{name.upper()}": off for name, off in offs.items()}
+        | {f"TK_FQ_FLOW_OFF_{name.upper()}": off for name, off in flow.items()}
+        | {"TK_FQ_OFF_FLOW_MAX_RATE": maxrate_off, "TK_FQ_SIZE_FLOW_MAX_RATE": maxrate_size}
+        | drop_reason_settings(enums)
     )
 
 
@@ -108,6 +135,12 @@ def report(summary: Summary) -> list[str]:
     return lines
 
 
+def _findings(session: Any) -> Any:
+    from .findings import findings
+
+    return findings(session)
+
+
 def _draw_plot(trace: Any) -> Any:
     from .plot import draw
 
@@ -125,6 +158,9 @@ PROBE = ProbeSpec(
         AttachPoint("kretprobe", "fq_enqueue", "tk_fq_enqueue_ret", module="sch_fq"),
         AttachPoint("kprobe", "fq_dequeue", "tk_fq_dequeue", module="sch_fq"),
         AttachPoint("kretprobe", "fq_dequeue", "tk_fq_dequeue_ret", module="sch_fq"),
+        # Each throttle with its flow: fq_flow_set_throttled's insert into the
+        # qdisc's delayed tree (inlined into fq_dequeue; rb_insert_color is not).
+        AttachPoint("kprobe", "rb_insert_color", "tk_fq_throttled"),
         # Drop reasons (see DROP_REASONS): the first the kernel has.
         AttachPoint("raw_tracepoint", "qdisc:qdisc_drop", "tk_fq_qdisc_drop", group="drops"),
         AttachPoint("raw_tracepoint", "skb:kfree_skb", "tk_fq_kfree_skb", group="drops"),
@@ -136,6 +172,7 @@ PROBE = ProbeSpec(
         ),
     ),
     plot=_draw_plot,
+    findings=_findings,
     min_kernel="5.11",  # module BTF (sch_fq's struct offsets)
     needs_btf=True,
     prepare=prepare,

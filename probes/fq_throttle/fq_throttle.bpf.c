@@ -22,18 +22,21 @@ struct tk_event {
     u64 ts_ns;
     u64 sk;
     u64 delay_us;
+    u64 maxrate; /* the qdisc's maxrate, bytes/s (~0: none) */
     u32 cpu;
     u32 ifindex;
     u32 saddr;
     u32 daddr;
     u32 count;
     u32 qlen;
+    u32 flow_limit; /* the qdisc's flow_limit, packets */
     u16 sport;
     u16 dport;
     u16 queue;
     u8 kind;
     u8 pad;
     char ifname[16];
+    u32 pad2;
 };
 
 #include "tracekit.h"
@@ -56,6 +59,7 @@ struct call_state {
     struct Qdisc *sch;
     struct sock *sk;
     u64 stat;
+    u64 attributed; /* throttles seen with their flow (rb_insert_color) in this call */
     u8 valid;
 };
 BPF_PERCPU_ARRAY(fq_enq_state, struct call_state, 1);
@@ -83,6 +87,33 @@ static __always_inline u64 read_u64(void *base, u64 off)
 #define FQ_STAT_stat_flows_plimit TK_FQ_OFF_STAT_FLOWS_PLIMIT
 #define FQ_STAT_time_next_delayed_flow TK_FQ_OFF_TIME_NEXT_DELAYED_FLOW
 #define FQ_STAT(priv, member) read_u64((priv), FQ_STAT_##member)
+#endif
+
+/* The qdisc's flow_limit and maxrate, and the throttled flow's socket and departure
+ * time; under BCC from the offsets (and maxrate's width) prepare() read from BTF. */
+#ifdef TK_CORE
+#define FQ_DELAYED(priv) ((void *)(priv) + bpf_core_field_offset(struct fq_sched_data, delayed))
+#define FQ_FLOW_OF(node) ((void *)(node) - bpf_core_field_offset(struct fq_flow, rate_node))
+#define FQ_FLOW_SK(f) ((u64)BPF_CORE_READ((struct fq_flow *)(f), sk))
+#define FQ_FLOW_NEXT(f) ((u64)BPF_CORE_READ((struct fq_flow *)(f), time_next_packet))
+#define FQ_PLIMIT(priv) ((u32)FQ_STAT(priv, flow_plimit))
+#define FQ_MAXRATE(priv) ((u64)FQ_STAT(priv, flow_max_rate))
+#else
+static __always_inline u64 read_sized(void *base, u64 off, u32 size)
+{
+    u64 v = 0;
+    if (size == 4)
+        bpf_probe_read_kernel(&v, 4, base + off);
+    else
+        bpf_probe_read_kernel(&v, 8, base + off);
+    return v;
+}
+#define FQ_DELAYED(priv) ((void *)(priv) + TK_FQ_OFF_DELAYED)
+#define FQ_FLOW_OF(node) ((void *)(node) - TK_FQ_FLOW_OFF_RATE_NODE)
+#define FQ_FLOW_SK(f) read_u64((f), TK_FQ_FLOW_OFF_SK)
+#define FQ_FLOW_NEXT(f) read_u64((f), TK_FQ_FLOW_OFF_TIME_NEXT_PACKET)
+#define FQ_PLIMIT(priv) ((u32)read_sized((priv), TK_FQ_OFF_FLOW_PLIMIT, 4))
+#define FQ_MAXRATE(priv) read_sized((priv), TK_FQ_OFF_FLOW_MAX_RATE, TK_FQ_SIZE_FLOW_MAX_RATE)
 #endif
 
 /* qdisc_priv(): the qdisc's private data, the flexible array at its end. */
@@ -120,6 +151,11 @@ static __always_inline void fill_common(struct tk_event *ev, struct Qdisc *sch)
     if (txq && tx0)
         ev->queue = ((u64)txq - (u64)tx0) / netdev_queue_size();
     bpf_probe_read_kernel(&ev->qlen, sizeof(ev->qlen), &sch->q.qlen);
+    void *priv = fq_priv(sch);
+    ev->flow_limit = FQ_PLIMIT(priv);
+    ev->maxrate = FQ_MAXRATE(priv);
+    if (ev->maxrate == 0xffffffff)
+        ev->maxrate = ~0ULL; /* ~0U: no maxrate where the member is 32 bits wide */
     ev->ts_ns = bpf_ktime_get_ns();
     ev->cpu = bpf_get_smp_processor_id();
 }
@@ -177,7 +213,43 @@ TK_SEC("kprobe") int tk_fq_dequeue(struct pt_regs *ctx)
     count(3, 1);
     st->sch = sch;
     st->stat = FQ_STAT(fq_priv(sch), stat_throttled);
+    st->attributed = 0;
     st->valid = 1;
+    return 0;
+}
+
+/* fq_flow_set_throttled() (inlined into fq_dequeue) puts the flow in the qdisc's
+ * delayed tree with rb_insert_color(&f->rate_node, &q->delayed), then counts
+ * stat_throttled: each call on this CPU during fq_dequeue with that tree as root is
+ * one throttle, and its node gives the flow, its socket and when it may send. */
+TK_SEC("kprobe") int tk_fq_throttled(struct pt_regs *ctx)
+{
+    void *node = (void *)PT_REGS_PARM1(ctx);
+    void *root = (void *)PT_REGS_PARM2(ctx);
+    int zero = 0;
+    struct call_state *st = fq_deq_state.lookup(&zero);
+    if (!st || !st->valid)
+        return 0;
+    void *priv = fq_priv(st->sch);
+    if (root != FQ_DELAYED(priv))
+        return 0;
+    st->attributed++;
+    if (!tk_cfg_stream)
+        return 0;
+    void *f = FQ_FLOW_OF(node);
+    u64 sk = FQ_FLOW_SK(f);
+    u64 next = FQ_FLOW_NEXT(f);
+    struct tk_event ev = {};
+    fill_common(&ev, st->sch);
+    ev.kind = KIND_THROTTLE;
+    ev.count = 1;
+    ev.delay_us = next > ev.ts_ns ? (next - ev.ts_ns) / 1000 : 0;
+    /* Bit 0 set: not a socket but the hash fq keys traffic not of this host by. */
+    if (sk && !(sk & 1)) {
+        ev.sk = sk;
+        tk_read_flow((struct sock *)sk, &ev.saddr, &ev.daddr, &ev.sport, &ev.dport);
+    }
+    tk_emit(ctx, &ev);
     return 0;
 }
 
@@ -199,13 +271,13 @@ TK_SEC("kretprobe") int tk_fq_dequeue_ret(struct pt_regs *ctx)
         count(2, 1);
     if (!tk_cfg_stream)
         return 0;
-    if (now_stat != st->stat) {
+    /* Throttles rb_insert_color did not report (none, unless that probe missed):
+     * one event without a flow, with the time the qdisc's watchdog fires. */
+    if (now_stat - st->stat > st->attributed) {
         struct tk_event ev = {};
         fill_common(&ev, st->sch);
         ev.kind = KIND_THROTTLE;
-        ev.count = now_stat - st->stat;
-        /* The earliest time a throttled flow may send again: when the qdisc's
-         * watchdog fires. fq keeps no per-event record of which flow it was. */
+        ev.count = now_stat - st->stat - st->attributed;
         u64 next = FQ_STAT(priv, time_next_delayed_flow);
         u64 t = bpf_ktime_get_ns();
         ev.delay_us = next > t ? (next - t) / 1000 : 0;
