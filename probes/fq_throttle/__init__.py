@@ -57,9 +57,7 @@ FIELDS = (
 # Per kind: the delay histogram is keyed by kind too, so throttles' delays are never
 # mixed with the 0 of drops and empty dequeues, which have no delay.
 HISTOGRAMS = (
-    HistSpec(
-        value="delay_us", by=("kind", "ifname", "queue"), kind="log2", title="throttle_delay"
-    ),
+    HistSpec(value="delay_us", by=("kind", "ifname", "queue"), kind="log2", title="throttle_delay"),
     HistSpec(
         value=None,
         by=("kind", "saddr", "sport", "daddr", "dport"),

@@ -154,9 +154,7 @@ class FqThrottleFindings(Findings):
         unknown = in_events - sum(n for _, n in known)
         events = self.events.get(THROTTLE, 0)
         if not counter and not in_events:
-            return Finding(
-                PROBE, "no-throttles", "fq throttled no flow", data={"throttled": 0}
-            )
+            return Finding(PROBE, "no-throttles", "fq throttled no flow", data={"throttled": 0})
         text = (
             f"fq throttled flows {counter or in_events} times (its counter `throttled`, "
             f"tc -s qdisc's `throttled`): each time it held back a flow whose next packet was "

@@ -163,14 +163,17 @@ class RssCpuFindings(Findings):
         net = self.session.metadata.get("net")
         if not isinstance(net, Mapping):
             return ["RPS/RFS: not recorded"], {}
-        lines, data = [], {}
+        lines: list[str] = []
+        data: dict[str, dict[str, Any]] = {}
         for dev in devs:
             files = self._net_devices().get(dev)
             if not isinstance(files, Mapping) or "rps_cpus" not in files:
                 continue
             masks = {q: cpumask_cpus(str(m)) for q, m in files["rps_cpus"].items()}
             on = {q: c for q, c in masks.items() if c}
-            flows = {q: int(v) for q, v in files.get("rps_flow_cnt", {}).items() if str(v).isdigit()}
+            flows = {
+                q: int(v) for q, v in files.get("rps_flow_cnt", {}).items() if str(v).isdigit()
+            }
             if on:
                 cells = "; ".join(
                     f"rx-{q} -> cpus {','.join(map(str, c))}"
@@ -236,8 +239,9 @@ class RssCpuFindings(Findings):
                         f"queue {qname} (cpu{','.join(map(str, sorted(cpus)))}): the NIC's "
                         "RX hash ignores ports",
                         hints=(
-                            f"`ethtool -n {dev} rx-flow-hash {ethtool}` shows the fields the NIC "
-                            f"hashes; `ethtool -N {dev} rx-flow-hash {ethtool} sdfn` adds the ports "
+                            f"`ethtool -n {dev} rx-flow-hash {ethtool}` shows the fields the "
+                            f"NIC hashes; `ethtool -N {dev} rx-flow-hash {ethtool} sdfn` adds "
+                            "the ports "
                             "(ethtool(8): s, d addresses; f, n the L4 bytes 0-1 and 2-3) and "
                             "may spread these flows over the RX queues",
                         ),

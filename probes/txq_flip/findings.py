@@ -167,13 +167,13 @@ class TxqFlipFindings(Findings):
         )
         details = []
         moves_data = []
-        for (qb, qa, cpu), cs in sorted(per_move.items(), key=lambda kv: (-sum(kv[1].values()), kv[0])):
+        for (qb, qa, cpu), cs in sorted(
+            per_move.items(), key=lambda kv: (-sum(kv[1].values()), kv[0])
+        ):
             k = sum(cs.values())
             why = ", ".join(f"{c} {m}" for c, m in cs.most_common())
             details.append(f"{_q(qb)} -> {_q(qa)} picked on cpu{cpu}: {k} ({why})")
-            moves_data.append(
-                {"from": qb, "to": qa, "cpu": cpu, "count": k, "causes": dict(cs)}
-            )
+            moves_data.append({"from": qb, "to": qa, "cpu": cpu, "count": k, "causes": dict(cs)})
         xps = xps_of(self.session, dev)
         if xps is None:
             details.append(f"XPS map of {dev}: not recorded (read at run time from sysfs)")
@@ -213,7 +213,9 @@ class TxqFlipFindings(Findings):
         # The task that sent most often on it: the application, not a softirq's
         # interrupted task (kernel threads and idle are left out when others exist).
         best = [
-            (n, c) for (s, c), n in self.comms.items() if s == sk and c and not c.startswith("swapper")
+            (n, c)
+            for (s, c), n in self.comms.items()
+            if s == sk and c and not c.startswith("swapper")
         ]
         return max(best)[1] if best else ""
 

@@ -48,8 +48,8 @@ class Finding:
     probe: str
     what: str
     text: str
-    details: tuple[str, ...] = ()
-    hints: tuple[str, ...] = ()
+    details: Sequence[str] = ()
+    hints: Sequence[str] = ()
     data: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

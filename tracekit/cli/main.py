@@ -324,8 +324,6 @@ def new_cmd(kind: str, name: str, where: str) -> None:
     click.echo(f"created {root}: pip install {root}, then python -m pytest {root}")
 
 
-
-
 def main(argv: list[str] | None = None) -> Any:
     try:
         rv = cli.main(args=argv, prog_name="tracekit", standalone_mode=False)

@@ -82,7 +82,7 @@ class Pipeline:
         bus: Bus,
         session: Session,
         sinks: Mapping[str, object],
-        findings: Callable[[Session], Findings] | None | bool = True,
+        findings: Callable[[Session], Findings] | bool | None = True,
     ) -> None:
         """``findings``: the probe's factory (``ProbeSpec.findings``); True (the
         default) takes the one of the bus's probe named by the session, if any."""

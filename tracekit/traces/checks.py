@@ -283,8 +283,7 @@ def check_plain(v: Any, where: str, depth: int = 0, want_map: bool = False) -> A
     if type(v) is dict:
         _map(v, where, MAX_DATA_ITEMS)
         return {
-            _str(k, f"{where} key"): check_plain(x, f"{where}.{k}", depth + 1)
-            for k, x in v.items()
+            _str(k, f"{where} key"): check_plain(x, f"{where}.{k}", depth + 1) for k, x in v.items()
         }
     if type(v) is tuple:
         return [check_plain(x, f"{where}[]", depth + 1) for x in _seq(v, where, MAX_DATA_ITEMS)]
