@@ -68,6 +68,9 @@ class RssCpuFindings(Findings):
             per = {}
             for k, n in self.flows.items():
                 per[k[2]] = per.get(k[2], 0) + n
+        # Every CPU counts, those that received nothing too (counters list them all).
+        for c in range(self.session.ncpus):
+            per.setdefault(c, 0)
         total = sum(per.values())
         if not total:
             return [Finding(PROBE, "no-packets", "no packets received", data={"packets": 0})]

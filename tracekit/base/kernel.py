@@ -291,7 +291,7 @@ _IFINDEX_PATH = re.compile(r"^/sys/class/net/([^/]+)/ifindex$")
 
 def parse_queue_lines(text: str) -> dict[str, object]:
     """``PATH:VALUE`` lines (``QUEUE_FILES_COMMAND``) as ``net_queues()`` returns them."""
-    devices: dict[str, dict[str, dict[str, str]]] = {}
+    devices: dict[str, dict[str, Any]] = {}
     out: dict[str, object] = {"devices": devices}
     for line in text.splitlines():
         path, sep, value = line.partition(":")
@@ -305,7 +305,7 @@ def parse_queue_lines(text: str) -> dict[str, object]:
         mi = _IFINDEX_PATH.match(path)
         if mi is not None:
             if value.isdigit():
-                devices.setdefault(mi.group(1), {})["ifindex"] = int(value)  # type: ignore[assignment]
+                devices.setdefault(mi.group(1), {})["ifindex"] = int(value)
             continue
         m = _QUEUE_PATH.match(path)
         if m is None or m.group(4) not in QUEUE_FILES:
