@@ -19,10 +19,10 @@ from tracekit.base.findings import Finding, Findings, render
 from tracekit.base.session import EventBatch, Session, Summary
 from tracekit.plugin.bus import Bus, build_bus
 from tracekit.plugin.contract import KernelAggregate
+from tracekit.plugin.pipeline import SinkOptions
 from tracekit.testing import feed
 from tracekit.traces.replay import replay
 from tracekit.traces.tracefile import TraceReader
-from tracekit.plugin.pipeline import SinkOptions
 
 
 def ip(s: str) -> int:

@@ -18,6 +18,7 @@ import platform
 import re
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 TRACEFS_ROOTS = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
 BTF_DIR = Path("/sys/kernel/btf")
