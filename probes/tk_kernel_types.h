@@ -56,7 +56,11 @@ typedef struct refcount_struct {
     atomic_t refs;
 } refcount_t;
 
-struct rb_node;
+struct rb_node {
+    unsigned long __rb_parent_color;
+    struct rb_node *rb_right;
+    struct rb_node *rb_left;
+};
 struct rb_root {
     struct rb_node *rb_node;
 };
