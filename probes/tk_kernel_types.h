@@ -138,6 +138,7 @@ struct fq_sched_data {
  * its node in the delayed tree, and when it may send again. */
 struct fq_flow {
     struct sock *sk;
+    struct fq_flow *next; /* in a list of flows; a marker when throttled */
     struct rb_node rate_node;
     __u64 time_next_packet;
 };

@@ -29,7 +29,30 @@ FQ_MEMBERS = {
 }
 # struct fq_flow: the throttled flow's socket, its node in the delayed tree (struct
 # rb_node: three pointers) and its departure time.
-FQ_FLOW_MEMBERS = {"sk": 8, "rate_node": 24, "time_next_packet": 8}
+FQ_FLOW_MEMBERS = {"sk": 8, "next": 8, "rate_node": 24, "time_next_packet": 8}
+# fq's lists of flows with packets (the BPF code's FQ_LISTS at most).
+MAX_LISTS = 6
+
+
+def flow_lists(btf: Any) -> list[int]:
+    """Offsets in struct fq_sched_data of the first flow of each list fq throttles
+    flows from: new_flows and old_flows, per band from 6.8 (band_flows[])."""
+    first, _ = btf.member("fq_flow_head", "first")
+    try:
+        base, size = btf.member("fq_sched_data", "band_flows")
+    except TracekitError:
+        # Before bands: the two lists in fq_sched_data itself.
+        return [btf.member("fq_sched_data", n)[0] + first for n in ("new_flows", "old_flows")]
+    per = btf.find_struct("fq_perband_flows").size_or_type
+    new, _ = btf.member("fq_perband_flows", "new_flows")
+    old, _ = btf.member("fq_perband_flows", "old_flows")
+    out = []
+    for band in range(size // per):
+        out += [base + band * per + new + first, base + band * per + old + first]
+    if len(out) > MAX_LISTS:
+        raise TracekitError(f"fq has {len(out)} flow lists, the probe reads {MAX_LISTS}")
+    return out
+
 
 # How the fields of struct tk_event (fq_throttle.bpf.c) are shown; the C declares them.
 FIELDS = (
@@ -98,6 +121,7 @@ def prepare(params: dict[str, int]) -> dict[str, int]:
         btf = module_btf("sch_fq")
         offs = struct_offsets(btf, "fq_sched_data", FQ_MEMBERS)
         flow = struct_offsets(btf, "fq_flow", FQ_FLOW_MEMBERS)
+        lists = flow_lists(btf)
         maxrate_off, maxrate_size = btf.member("fq_sched_data", "flow_max_rate")
         if maxrate_size not in (4, 8):
             raise TracekitError(
@@ -113,6 +137,8 @@ def prepare(params: dict[str, int]) -> dict[str, int]:
         {f"TK_FQ_OFF_{name.upper()}": off for name, off in offs.items()}
         | {f"TK_FQ_FLOW_OFF_{name.upper()}": off for name, off in flow.items()}
         | {"TK_FQ_OFF_FLOW_MAX_RATE": maxrate_off, "TK_FQ_SIZE_FLOW_MAX_RATE": maxrate_size}
+        | {"TK_FQ_NLISTS": len(lists)}
+        | {f"TK_FQ_LIST{i}": lists[i] if i < len(lists) else 0 for i in range(MAX_LISTS)}
         | drop_reason_settings(enums)
     )
 
@@ -156,9 +182,6 @@ PROBE = ProbeSpec(
         AttachPoint("kretprobe", "fq_enqueue", "tk_fq_enqueue_ret", module="sch_fq"),
         AttachPoint("kprobe", "fq_dequeue", "tk_fq_dequeue", module="sch_fq"),
         AttachPoint("kretprobe", "fq_dequeue", "tk_fq_dequeue_ret", module="sch_fq"),
-        # Each throttle with its flow: fq_flow_set_throttled's insert into the
-        # qdisc's delayed tree (inlined into fq_dequeue; rb_insert_color is not).
-        AttachPoint("kprobe", "rb_insert_color", "tk_fq_throttled"),
         # Drop reasons (see DROP_REASONS): the first the kernel has.
         AttachPoint("raw_tracepoint", "qdisc:qdisc_drop", "tk_fq_qdisc_drop", group="drops"),
         AttachPoint("raw_tracepoint", "skb:kfree_skb", "tk_fq_kfree_skb", group="drops"),

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from tracekit.base.findings import Finding, Findings, flow_text, ipv4
+from tracekit.base.findings import Finding, Findings, Tally, flow_text, ipv4
 from tracekit.base.session import EventBatch, Session, Summary
 
 PROBE = "fq-throttle"
@@ -55,9 +55,9 @@ class FqThrottleFindings(Findings):
         self._limits = [names.index(n) for n in ("ifname", "queue", "flow_limit", "maxrate")]
         self._has_limits = "flow_limit" in names
         # (kind, flow...) -> events' count; (flow...) -> delay bucket -> throttles.
-        self.by_flow: Counter[tuple[Any, ...]] = Counter()
+        self.by_flow = Tally()
         self.delays: dict[tuple[Any, ...], Counter[int]] = defaultdict(Counter)
-        self.settings: Counter[tuple[Any, ...]] = Counter()
+        self.settings = Tally()
         self.events: Counter[int] = Counter()
 
     def add(self, batch: EventBatch) -> None:
@@ -67,8 +67,11 @@ class FqThrottleFindings(Findings):
         self.events.update(kinds)
         # Weighted by each event's count: a Counter of (key, count) pairs, then
         # multiplied out per distinct pair (few), never a Python step per event.
+        weighted: Counter[tuple[Any, ...]] = Counter()
         for (key, n), m in Counter(zip(keys, counts, strict=True)).items():
-            self.by_flow[key] += n * m
+            weighted[key] += n * m
+        self.by_flow.add_counts(weighted)
+        kept = self.by_flow.counts
         d = np.asarray(batch.field_array(self._delay), dtype=np.uint64)
         if len(d):
             b = np.zeros(len(d), dtype=np.int64)
@@ -76,7 +79,7 @@ class FqThrottleFindings(Findings):
             b[nz] = np.floor(np.log2(d[nz].astype(np.float64))).astype(np.int64) + 1
             pairs = Counter(zip(keys, b.tolist(), counts, strict=True))
             for (key, bucket, n), m in pairs.items():
-                if key[0] == THROTTLE:
+                if key[0] == THROTTLE and key in kept:
                     self.delays[key[1:]][bucket] += n * m
         if self._has_limits:
             self.settings.update(zip(*(batch.column_values(i) for i in self._limits), strict=True))
@@ -176,6 +179,7 @@ class FqThrottleFindings(Findings):
                 f"{events} throttle events carry {in_events} throttles: an event without a "
                 "flow covers one fq_dequeue call, which may throttle several flows (its count)"
             )
+        details += self.by_flow.note("events")
         if unknown:
             details.append(f"{unknown} throttles without their flow")
         if counter and in_events < counter:
@@ -233,7 +237,7 @@ class FqThrottleFindings(Findings):
         flows = self._flows(DROP)
         if not counter and not flows and not any(reasons.values()):
             return None
-        limit = max((k[2] for k in self.settings), default=None)
+        limit = max((k[2] for k in self.settings.counts), default=None)
         top = flows[0] if flows else None
         if top is not None:
             lim = f" {limit}" if limit is not None else ""

@@ -55,11 +55,28 @@ enum fq_counts {
 };
 BPF_PERCPU_ARRAY(fq_counts, u64, 5);
 
+/* fq's lists of flows with packets to send (new and old; per band from 6.8): the
+ * offset in struct fq_sched_data of each list's first flow, from the sch_fq module's
+ * BTF (prepare()), for both loaders. A flow fq throttles is taken off the head of one
+ * of them and put in the qdisc's tree of throttled flows. */
+#define FQ_LISTS 6
+#define FQ_PER_LIST 2
+#define FQ_SLOTS (FQ_LISTS * FQ_PER_LIST)
+TK_SETTING(u32, tk_fq_nlists, TK_FQ_NLISTS, 0);
+TK_SETTING(u32, tk_fq_list0, TK_FQ_LIST0, 0);
+TK_SETTING(u32, tk_fq_list1, TK_FQ_LIST1, 0);
+TK_SETTING(u32, tk_fq_list2, TK_FQ_LIST2, 0);
+TK_SETTING(u32, tk_fq_list3, TK_FQ_LIST3, 0);
+TK_SETTING(u32, tk_fq_list4, TK_FQ_LIST4, 0);
+TK_SETTING(u32, tk_fq_list5, TK_FQ_LIST5, 0);
+
 struct call_state {
     struct Qdisc *sch;
     struct sock *sk;
     u64 stat;
-    u64 attributed; /* throttles seen with their flow (rb_insert_color) in this call */
+    /* The first FQ_PER_LIST flows of each list as fq_dequeue starts: the flows it may
+     * throttle (a flow it unthrottles and throttles again in one call is not here). */
+    u64 flows[FQ_SLOTS];
     u8 valid;
 };
 BPF_PERCPU_ARRAY(fq_enq_state, struct call_state, 1);
@@ -93,7 +110,8 @@ static __always_inline u64 read_u64(void *base, u64 off)
  * time; under BCC from the offsets (and maxrate's width) prepare() read from BTF. */
 #ifdef TK_CORE
 #define FQ_DELAYED(priv) ((void *)(priv) + bpf_core_field_offset(struct fq_sched_data, delayed))
-#define FQ_FLOW_OF(node) ((void *)(node) - bpf_core_field_offset(struct fq_flow, rate_node))
+#define FQ_FLOW_NODE(f) ((void *)(f) + bpf_core_field_offset(struct fq_flow, rate_node))
+#define FQ_FLOW_LINK(f) ((u64)BPF_CORE_READ((struct fq_flow *)(f), next))
 #define FQ_FLOW_SK(f) ((u64)BPF_CORE_READ((struct fq_flow *)(f), sk))
 #define FQ_FLOW_NEXT(f) ((u64)BPF_CORE_READ((struct fq_flow *)(f), time_next_packet))
 #define FQ_PLIMIT(priv) ((u32)FQ_STAT(priv, flow_plimit))
@@ -109,9 +127,10 @@ static __always_inline u64 read_sized(void *base, u64 off, u32 size)
     return v;
 }
 #define FQ_DELAYED(priv) ((void *)(priv) + TK_FQ_OFF_DELAYED)
-#define FQ_FLOW_OF(node) ((void *)(node) - TK_FQ_FLOW_OFF_RATE_NODE)
-#define FQ_FLOW_SK(f) read_u64((f), TK_FQ_FLOW_OFF_SK)
-#define FQ_FLOW_NEXT(f) read_u64((f), TK_FQ_FLOW_OFF_TIME_NEXT_PACKET)
+#define FQ_FLOW_NODE(f) ((void *)(f) + TK_FQ_FLOW_OFF_RATE_NODE)
+#define FQ_FLOW_LINK(f) read_u64((void *)(f), TK_FQ_FLOW_OFF_NEXT)
+#define FQ_FLOW_SK(f) read_u64((void *)(f), TK_FQ_FLOW_OFF_SK)
+#define FQ_FLOW_NEXT(f) read_u64((void *)(f), TK_FQ_FLOW_OFF_TIME_NEXT_PACKET)
 #define FQ_PLIMIT(priv) ((u32)read_sized((priv), TK_FQ_OFF_FLOW_PLIMIT, 4))
 #define FQ_MAXRATE(priv) read_sized((priv), TK_FQ_OFF_FLOW_MAX_RATE, TK_FQ_SIZE_FLOW_MAX_RATE)
 #endif
@@ -158,6 +177,59 @@ static __always_inline void fill_common(struct tk_event *ev, struct Qdisc *sch)
         ev->maxrate = ~0ULL; /* ~0U: no maxrate where the member is 32 bits wide */
     ev->ts_ns = bpf_ktime_get_ns();
     ev->cpu = bpf_get_smp_processor_id();
+}
+
+static __always_inline u32 list_off(int l)
+{
+    switch (l) {
+    case 0:
+        return tk_fq_list0;
+    case 1:
+        return tk_fq_list1;
+    case 2:
+        return tk_fq_list2;
+    case 3:
+        return tk_fq_list3;
+    case 4:
+        return tk_fq_list4;
+    default:
+        return tk_fq_list5;
+    }
+}
+
+/* Is this rb_node in the tree whose root node is `root`? Its parent (or the root)
+ * points back to it. A node erased earlier keeps a stale parent, whose children no
+ * longer point to it; a node never inserted is all zeros. */
+static __always_inline int in_tree(void *node, u64 root)
+{
+    struct rb_node *n = (struct rb_node *)node;
+    unsigned long pc = 0;
+    bpf_probe_read_kernel(&pc, sizeof(pc), &n->__rb_parent_color);
+    struct rb_node *parent = (struct rb_node *)(pc & ~3UL);
+    if (!parent)
+        return root == (u64)node;
+    u64 left = 0, right = 0;
+    bpf_probe_read_kernel(&left, sizeof(left), &parent->rb_left);
+    bpf_probe_read_kernel(&right, sizeof(right), &parent->rb_right);
+    return left == (u64)node || right == (u64)node;
+}
+
+/* One throttle of flow f: its socket's flow, and how long fq holds it. */
+static __always_inline void emit_throttle(struct pt_regs *ctx, struct Qdisc *sch, u64 f)
+{
+    u64 sk = FQ_FLOW_SK(f);
+    u64 next = FQ_FLOW_NEXT(f);
+    struct tk_event ev = {};
+    fill_common(&ev, sch);
+    ev.kind = KIND_THROTTLE;
+    ev.count = 1;
+    ev.delay_us = next > ev.ts_ns ? (next - ev.ts_ns) / 1000 : 0;
+    /* Bit 0 set: not a socket but the hash fq keys traffic not of this host by. */
+    if (sk && !(sk & 1)) {
+        ev.sk = sk;
+        tk_read_flow((struct sock *)sk, &ev.saddr, &ev.daddr, &ev.sport, &ev.dport);
+    }
+    tk_emit(ctx, &ev);
 }
 
 TK_SEC("kprobe") int tk_fq_enqueue(struct pt_regs *ctx)
@@ -212,44 +284,21 @@ TK_SEC("kprobe") int tk_fq_dequeue(struct pt_regs *ctx)
         return 0;
     count(3, 1);
     st->sch = sch;
-    st->stat = FQ_STAT(fq_priv(sch), stat_throttled);
-    st->attributed = 0;
-    st->valid = 1;
-    return 0;
-}
-
-/* fq_flow_set_throttled() (inlined into fq_dequeue) puts the flow in the qdisc's
- * delayed tree with rb_insert_color(&f->rate_node, &q->delayed), then counts
- * stat_throttled: each call on this CPU during fq_dequeue with that tree as root is
- * one throttle, and its node gives the flow, its socket and when it may send. */
-TK_SEC("kprobe") int tk_fq_throttled(struct pt_regs *ctx)
-{
-    void *node = (void *)PT_REGS_PARM1(ctx);
-    void *root = (void *)PT_REGS_PARM2(ctx);
-    int zero = 0;
-    struct call_state *st = fq_deq_state.lookup(&zero);
-    if (!st || !st->valid)
-        return 0;
-    void *priv = fq_priv(st->sch);
-    if (root != FQ_DELAYED(priv))
-        return 0;
-    st->attributed++;
-    if (!tk_cfg_stream)
-        return 0;
-    void *f = FQ_FLOW_OF(node);
-    u64 sk = FQ_FLOW_SK(f);
-    u64 next = FQ_FLOW_NEXT(f);
-    struct tk_event ev = {};
-    fill_common(&ev, st->sch);
-    ev.kind = KIND_THROTTLE;
-    ev.count = 1;
-    ev.delay_us = next > ev.ts_ns ? (next - ev.ts_ns) / 1000 : 0;
-    /* Bit 0 set: not a socket but the hash fq keys traffic not of this host by. */
-    if (sk && !(sk & 1)) {
-        ev.sk = sk;
-        tk_read_flow((struct sock *)sk, &ev.saddr, &ev.daddr, &ev.sport, &ev.dport);
+    void *priv = fq_priv(sch);
+    st->stat = FQ_STAT(priv, stat_throttled);
+#pragma unroll
+    for (int l = 0; l < FQ_LISTS; l++) {
+        u64 f = 0;
+        if (l < tk_fq_nlists)
+            bpf_probe_read_kernel(&f, sizeof(f), priv + list_off(l));
+#pragma unroll
+        for (int k = 0; k < FQ_PER_LIST; k++) {
+            st->flows[l * FQ_PER_LIST + k] = f;
+            if (f)
+                f = FQ_FLOW_LINK(f);
+        }
     }
-    tk_emit(ctx, &ev);
+    st->valid = 1;
     return 0;
 }
 
@@ -271,13 +320,29 @@ TK_SEC("kretprobe") int tk_fq_dequeue_ret(struct pt_regs *ctx)
         count(2, 1);
     if (!tk_cfg_stream)
         return 0;
-    /* Throttles rb_insert_color did not report (none, unless that probe missed):
-     * one event without a flow, with the time the qdisc's watchdog fires. */
-    if (now_stat - st->stat > st->attributed) {
+    u64 attributed = 0;
+    if (now_stat != st->stat) {
+        /* Each flow that was in a list and is now in the tree of throttled flows was
+         * throttled by this call: one event each, with its flow and delay. */
+        u64 root = 0;
+        bpf_probe_read_kernel(&root, sizeof(root), FQ_DELAYED(priv));
+#pragma unroll
+        for (int i = 0; i < FQ_SLOTS; i++) {
+            u64 f = st->flows[i];
+            if (f && attributed < now_stat - st->stat && in_tree(FQ_FLOW_NODE(f), root)) {
+                attributed++;
+                emit_throttle(ctx, st->sch, f);
+            }
+        }
+    }
+    /* Throttles of flows not recorded at entry (more than FQ_PER_LIST in a list, or
+     * unthrottled and throttled again in this call): one event without a flow, with
+     * the time the qdisc's watchdog fires. */
+    if (now_stat - st->stat > attributed) {
         struct tk_event ev = {};
         fill_common(&ev, st->sch);
         ev.kind = KIND_THROTTLE;
-        ev.count = now_stat - st->stat - st->attributed;
+        ev.count = now_stat - st->stat - attributed;
         u64 next = FQ_STAT(priv, time_next_delayed_flow);
         u64 t = bpf_ktime_get_ns();
         ev.delay_us = next > t ? (next - t) / 1000 : 0;

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from typing import Any
 
-from tracekit.base.findings import Finding, Findings, flow_text, ipv4
+from tracekit.base.findings import Finding, Findings, Tally, flow_text, ipv4
 from tracekit.base.session import EventBatch, Session, Summary
 
 PROBE = "ooo-okay"
@@ -39,7 +39,7 @@ class OooOkayFindings(Findings):
         self._idx = [names.index(n) for n in KEY]
         self.rules = session.schema.field("rule").choices
         self.paths = session.schema.field("path").choices
-        self.skbs: Counter[tuple[Any, ...]] = Counter()
+        self.skbs = Tally()
 
     def add(self, batch: EventBatch) -> None:
         if not self.session.aggregated:

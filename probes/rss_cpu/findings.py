@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from tracekit.base import kernel
-from tracekit.base.findings import Finding, Findings, cpumask_cpus, flow_text, ipv4
+from tracekit.base.findings import Finding, Findings, Tally, cpumask_cpus, flow_text, ipv4
 from tracekit.base.session import EventBatch, Session, Summary
 from tracekit.base.stats import imbalance
 
@@ -47,7 +47,7 @@ def metadata(params: Mapping[str, int]) -> dict[str, Any]:
 class RssCpuFindings(Findings):
     def __init__(self, session: Session) -> None:
         super().__init__(session)
-        self.flows: Counter[tuple[Any, ...]] = Counter()
+        self.flows = Tally()
         self._idx = [session.schema.names.index(n) for n in KEY]
 
     def add(self, batch: EventBatch) -> None:
@@ -56,8 +56,10 @@ class RssCpuFindings(Findings):
         self.flows.update(zip(*(batch.column_values(i) for i in self._idx), strict=True))
 
     def _from_agg(self, summary: Summary) -> None:
+        got: Counter[tuple[Any, ...]] = Counter()
         for row, n in summary.kernel_agg:
-            self.flows[tuple(row[i] for i in self._idx)] += n
+            got[tuple(row[i] for i in self._idx)] += n
+        self.flows.add_counts(got)
 
     def finish(self, summary: Summary) -> list[Finding]:
         if self.session.aggregated:
@@ -133,6 +135,7 @@ class RssCpuFindings(Findings):
                 )
                 + (f", {more} more" if more > 0 else "")
             )
+        details += self.flows.note("packets")
         devs = sorted({self._dev(d, i) for d, i in by_dev})
         rps = self._rps(devs)
         details += rps[0]
@@ -206,8 +209,10 @@ class RssCpuFindings(Findings):
                 continue
             groups[(self._dev(dev, ifx), sa, da, proto)][(sp, dp)][(h, l4, rxq, cpu)] += m
         out = []
+        total = sum(n for _, n in self.flows.items()) or 1
         for (dev, sa, da, proto), flows in sorted(groups.items()):
-            if len(flows) < MIN_FLOWS:
+            # A few packets (iperf3's UDP handshakes back to the sender) say nothing.
+            if len(flows) < MIN_FLOWS or sum(sum(f.values()) for f in flows.values()) < total / 100:
                 continue
             hashes = {h for f in flows.values() for (h, _, _, _) in f}
             l4 = {x for f in flows.values() for (_, x, _, _) in f}

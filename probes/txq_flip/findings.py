@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from tracekit.base import kernel
-from tracekit.base.findings import Finding, Findings, cpumask_cpus, flow_text, rate
+from tracekit.base.findings import Finding, Findings, Tally, cpumask_cpus, flow_text, rate
 from tracekit.base.session import EventBatch, Session, Summary
 
 PROBE = "txq-flip"
@@ -88,8 +88,8 @@ def _and(items: Sequence[str]) -> str:
 class TxqFlipFindings(Findings):
     def __init__(self, session: Session) -> None:
         super().__init__(session)
-        self.moves: Counter[tuple[Any, ...]] = Counter()
-        self.comms: Counter[tuple[int, str]] = Counter()
+        self.moves = Tally()
+        self.comms = Tally()
         names = session.schema.names
         self._idx = [names.index(n) for n in KEY]
         self._comm = names.index("comm") if "comm" in names else None
@@ -130,6 +130,8 @@ class TxqFlipFindings(Findings):
         out = []
         for (sk, sa, sp, da, dp, dev), moves in ranked[:TOP]:
             out.append(self._socket(sk, sa, sp, da, dp, dev, moves, dur))
+        if self.moves.other:
+            out[-1] = _with_detail(out[-1], self.moves.note("queue changes")[0])
         if len(ranked) > TOP:
             rest = sum(sum(m.values()) for _, m in ranked[TOP:])
             out[-1] = _with_detail(

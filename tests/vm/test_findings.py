@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,7 @@ from tracekit.lab.fq_throttle import lab_fq_throttle
 from tracekit.lab.nics import find_nic_pair
 from tracekit.lab.rss_cpu import lab_rss_cpu
 from tracekit.lab.txq_flip import lab_txq_flip
-from tracekit.live.run import Compiled
+from tracekit.live.run import Compiled, RunOptions, compile_probe
 from tracekit.plugin.bus import Bus
 from tracekit.plugin.pipeline import SinkOptions
 from tracekit.traces.replay import replay
@@ -120,16 +121,30 @@ def test_rss_cpu_spread_over_ports_is_balanced_without_that_finding(
     assert replayed(bus, out_dir / "findings-rss.rss.tkt") == text
 
 
+@pytest.fixture(scope="module", params=["core", "bcc"])
+def fq_loaded(request: pytest.FixtureRequest, bus: Bus) -> Compiled:
+    """fq-throttle through both loaders: the flows fq throttles are read from its
+    lists and its tree by offsets CO-RE relocates and BCC takes from BTF."""
+    subprocess.run(["modprobe", "sch_fq"], check=True)
+    spec = bus.probes.get("fq-throttle")
+    compiled = compile_probe(
+        spec, spec.resolve_params({}), RunOptions(quiet=True, loader=request.param)
+    )
+    assert compiled.loader == request.param
+    yield compiled
+    compiled.probe.close()
+
+
 def test_fq_throttle_names_the_flow_hitting_flow_limit(
-    bus: Bus, fq_compiled: Compiled, out_dir: Path
+    bus: Bus, fq_loaded: Compiled, out_dir: Path
 ) -> None:
-    trace = out_dir / "findings-fq.tkt"
+    trace = out_dir / f"findings-fq.{fq_loaded.loader}.tkt"
     res = quiet(
         lab_fq_throttle,
         bus,
         (f"msgpack={trace}",),
         4,
-        compiled=fq_compiled,
+        compiled=fq_loaded,
         force=True,
         quiet=True,
     )

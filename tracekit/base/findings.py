@@ -160,6 +160,53 @@ def print_findings(findings: Sequence[Finding], fmt: str = "text") -> None:
 
 # -- helpers the built-in probes share ------------------------------------------------
 
+# Distinct keys a probe's findings keep (flows, sockets...): a host with many flows
+# must not grow a findings object without bound (the hist sink caps its keys too).
+MAX_KEYS = 8192
+
+
+class Tally:
+    """Counts per key, at most ``limit`` keys; what new keys bring beyond that is
+    counted in ``other`` (a finding says how much it could not tell apart).
+
+    ``update`` takes a batch's keys (one per event) and counts them in C
+    (``collections.Counter``); the Python loop is over the batch's distinct keys."""
+
+    def __init__(self, limit: int = MAX_KEYS) -> None:
+        self.limit = limit
+        self.counts: dict[Any, int] = {}
+        self.other = 0
+
+    def update(self, keys: Any) -> None:
+        from collections import Counter
+
+        self.add_counts(Counter(keys))
+
+    def add_counts(self, counts: Mapping[Any, int]) -> None:
+        mine = self.counts
+        for k, n in counts.items():
+            if k in mine:
+                mine[k] += n
+            elif len(mine) < self.limit:
+                mine[k] = n
+            else:
+                self.other += n
+
+    def items(self) -> Any:
+        return self.counts.items()
+
+    def __len__(self) -> int:
+        return len(self.counts)
+
+    def __bool__(self) -> bool:
+        return bool(self.counts)
+
+    def note(self, what: str) -> list[str]:
+        """A detail line when keys were folded, else nothing."""
+        if not self.other:
+            return []
+        return [f"{self.other} {what} beyond the first {self.limit} distinct keys not told apart"]
+
 
 def ipv4(addr: int) -> str:
     """An address as the probes store it (network order read as a little-endian u32)."""
