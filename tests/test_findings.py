@@ -122,6 +122,10 @@ def test_txq_flip_names_the_socket_its_queues_cpus_causes_and_xps(bus: Bus, tmp_
     list(r.records())
     assert r.session.metadata["net"]["devices"]["tk0"]["xps_cpus"]["1"] == "2"
     assert r.footer is not None and texts(r.footer) == texts(live)
+    from tracekit.traces.info import describe
+
+    info = list(describe(str(path)))
+    assert f"finding:   {first.text}" in info
 
 
 def test_txq_flip_without_changes_says_so(bus: Bus) -> None:

@@ -187,7 +187,8 @@ class RssCpuFindings(Findings):
                 )
                 lines.append(f"RPS on {dev}: {cells}")
             else:
-                lines.append(f"RPS off on {dev} (rps_cpus 0 on its {len(masks)} RX queues)")
+                queues = "queue" if len(masks) == 1 else "queues"
+                lines.append(f"RPS off on {dev} (rps_cpus 0 on its {len(masks)} RX {queues})")
             data[dev] = {
                 "rps_cpus": {q: c for q, c in masks.items()},
                 "rps_flow_cnt": flows,
@@ -262,8 +263,8 @@ class RssCpuFindings(Findings):
                         PROBE,
                         "no-rx-hash",
                         f"{where} carry no RX hash (0) and are all processed on "
-                        f"cpu{next(iter(cpus))}: {dev} does no RSS (a veth receives on the "
-                        "sending CPU)",
+                        f"cpu{next(iter(cpus))}: {dev} hashed nothing (no RSS on it; a veth "
+                        "receives on the sending CPU)",
                         hints=(
                             f"RPS (echo MASK > /sys/class/net/{dev}/queues/rx-*/rps_cpus) may "
                             "spread them in software, hashing ports "
