@@ -147,7 +147,8 @@ def report(summary: Summary) -> list[str]:
     c = summary.counters.get("fq_counts", {})
     tot = {k: sum(v.values()) for k, v in c.items()}
     lines = [
-        f"fq: {tot.get('throttled', 0)} flows throttled, {tot.get('flow_limit_drops', 0)} "
+        # `throttled` counts throttles (tc's `throttled`), not distinct flows.
+        f"fq: {tot.get('throttled', 0)} throttles, {tot.get('flow_limit_drops', 0)} "
         f"flow_limit drops, {tot.get('empty_dequeues', 0)} empty dequeues in "
         f"{tot.get('dequeues', 0)} dequeues"
     ]
