@@ -475,3 +475,47 @@ def test_queue_maps_are_read_the_same_from_sysfs_and_from_a_namespace() -> None:
     }
     here = kernel.net_queues()
     assert "lo" in here["devices"]  # type: ignore[operator]
+
+
+class FakeBtf:
+    """Members by (struct, member) -> (offset, size); struct sizes."""
+
+    def __init__(self, members: dict[tuple[str, str], tuple[int, int]], sizes: dict[str, int]):
+        self.members, self.sizes = members, sizes
+
+    def member(self, struct: str, member: str) -> tuple[int, int]:
+        from tracekit.base.errors import TracekitError
+
+        if (struct, member) not in self.members:
+            raise TracekitError(f"struct {struct} has no member {member}")
+        return self.members[(struct, member)]
+
+    def find_struct(self, name: str) -> Any:
+        from types import SimpleNamespace
+
+        return SimpleNamespace(size_or_type=self.sizes[name])
+
+
+def test_fq_flow_lists_before_and_with_bands() -> None:
+    """The lists fq throttles flows from: new and old (6.1), per band (6.8+)."""
+    from tracekit.probes.fq_throttle import flow_lists
+
+    old = FakeBtf(
+        {
+            ("fq_flow_head", "first"): (0, 8),
+            ("fq_sched_data", "new_flows"): (16, 16),
+            ("fq_sched_data", "old_flows"): (32, 16),
+        },
+        {},
+    )
+    assert flow_lists(old) == [16, 32]
+    bands = FakeBtf(
+        {
+            ("fq_flow_head", "first"): (0, 8),
+            ("fq_sched_data", "band_flows"): (64, 3 * 40),
+            ("fq_perband_flows", "new_flows"): (0, 16),
+            ("fq_perband_flows", "old_flows"): (16, 16),
+        },
+        {"fq_perband_flows": 40},
+    )
+    assert flow_lists(bands) == [64, 80, 104, 120, 144, 160]
