@@ -60,7 +60,7 @@ def test_replay_console_and_json(trace: tuple[Path, str]) -> None:
     path, _ = trace
     r = tk("replay", str(path))
     lines = r.stdout.splitlines()
-    assert lines[0].split()[:3] == ["ts_ns(ns)", "sk", "cpu"] and len(lines) == 501
+    assert lines[0].split()[:3] == ["time(s)", "sk", "cpu"] and len(lines) == 501
     r = tk("replay", str(path), "--sink", "console=json")
     objs = [json.loads(x) for x in r.stdout.splitlines()]
     assert len(objs) == 501 and "summary" in objs[-1] and objs[0]["saddr"].count(".") == 3
@@ -133,7 +133,11 @@ def test_list_and_json_and_version() -> None:
     assert "txq-flip" in r.stdout and f"tracekit.probes.txq_flip {tracekit.__version__}" in r.stdout
     data = json.loads(tk("list", "--json").stdout)
     assert {s["name"] for s in data["sinks"]} >= {"console", "hist", "msgpack"}
-    assert tk("--version").stdout.strip() == f"tracekit, version {tracekit.__version__}"
+    first = tk("--version").stdout.splitlines()[0]
+    assert (
+        first
+        == f"tracekit {tracekit.__version__} (distribution tracekit-ebpf {tracekit.__version__})"
+    )
 
 
 def test_run_without_bcc_says_so_in_one_line(tmp_path: Path) -> None:

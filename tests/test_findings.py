@@ -318,9 +318,10 @@ def test_fq_throttle_delay_histogram_is_per_kind(bus: Bus) -> None:
         feed(bus, session, ["hist"], [fq_rows(spec.schema)], counters=FQ_COUNTERS)
     out = buf.getvalue()
     # Throttles' delays stand alone; drops and empty dequeues (no delay) apart.
-    block = out.split("@throttle_delay[throttle, tk0, 1] (us):\n")[1].split("\n\n")[0]
+    block = out.split("@throttle_delay[kind=throttle, ifname=tk0, queue=1] (us):\n")[1]
+    block = block.split("\n\n")[0]
     assert "[512, 1K)" in block and "[0]" not in block
-    assert "@throttle_delay[empty_dequeue, tk0, 1] (us):" in out
+    assert "@throttle_delay[kind=empty_dequeue, ifname=tk0, queue=1] (us):" in out
 
 
 # -- ooo-okay ---------------------------------------------------------------------------

@@ -1,10 +1,12 @@
 """Helpers for testing sinks and trace files without a kernel, and the pytest fixtures.
 
 Plugin authors can feed synthetic batches (and in-kernel aggregates) through a sink
-and record or replay trace files with these, on any machine. Installed with
-tracekit as a pytest plugin (entry point ``pytest11``), so a plugin's tests get the
-fixtures ``tracekit_bus``, ``tracekit_feed``, ``tracekit_replay`` and
-``tracekit_run_probe`` without a conftest.py (docs/writing-plugins.md).
+and record or replay trace files with these, on any machine. It is also a pytest
+plugin a test suite opts into (``pytest_plugins = ["tracekit.testing"]`` in its
+conftest.py, or ``pytest -p tracekit.testing``): its tests then get the fixtures
+``tracekit_bus``, ``tracekit_feed``, ``tracekit_replay`` and ``tracekit_run_probe``
+and the ``vm`` marker (docs/writing-plugins.md). No entry point loads it into every
+pytest run of the environment.
 """
 
 from __future__ import annotations
@@ -68,7 +70,9 @@ def feed(
     bus = bus or build_bus()
     sinks = build_sinks(bus, tuple(sink_args), SinkOptions(force=force), session.schema)
     if kernel_agg is not None:
-        session = replace(session, aggregated=kernel_agg.fields)
+        # A run that counted in the kernel streams only if it was given batches.
+        batches = [list(b) for b in batches]
+        session = replace(session, aggregated=kernel_agg.fields, streamed=bool(batches))
     with Pipeline(bus, session, sinks.objects) as pipe:
         for b in batches:
             pipe.batch(b)
@@ -81,10 +85,9 @@ def feed(
     return summary
 
 
-# -- pytest plugin (entry point pytest11: tracekit) -----------------------------------
+# -- pytest plugin (opt-in: pytest_plugins = ["tracekit.testing"], or -p tracekit.testing)
 #
-# Installed with tracekit, so a plugin package's tests get these fixtures and the
-# ``vm`` marker without a conftest.py.
+# A plugin package's tests get these fixtures and the ``vm`` marker from it.
 
 IN_VM_ENV = "TRACEKIT_IN_VM"
 

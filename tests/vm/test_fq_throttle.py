@@ -56,7 +56,7 @@ def test_events_carry_queue_and_flow(run: tuple[FqThrottleResult, str], out_dir:
 
 def test_live_hist_replays_identically(run: tuple[FqThrottleResult, str], out_dir: Path) -> None:
     _, live = run
-    assert "@throttle_delay[throttle, tk0," in live
+    assert "@throttle_delay[kind=throttle, ifname=tk0," in live
     assert_replay_prints(live, out_dir / "fq-throttle.tkt")
 
 

@@ -36,3 +36,12 @@ def printable(text: str) -> str:
     if text.isprintable() and "\\" not in text:
         return text
     return "".join(c if c.isprintable() and c != "\\" else _escape_char(c) for c in text)
+
+
+def examples(*lines: str) -> str:
+    """A command's ``--help`` epilog: example command lines, kept as written.
+
+    click rewraps help text into paragraphs; a paragraph that starts with ``\\b``
+    keeps its lines. Each line is a command, or a ``# comment`` saying what it does.
+    """
+    return "\b\nExamples:\n" + "\n".join(f"  {line}" for line in lines)

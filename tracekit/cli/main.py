@@ -12,17 +12,27 @@ from typing import Any
 
 import click
 
-from tracekit import __version__
 from tracekit.base.errors import TracekitError, UsageError
 from tracekit.base.text import printable
-from tracekit.cli.options import findings_option, force_option, loader_option, sink_option
+from tracekit.cli.options import (
+    MAX_BUFFER_PAGES,
+    MAX_SECONDS,
+    U32_MAX,
+    Seconds,
+    examples,
+    findings_option,
+    force_option,
+    loader_option,
+    sink_option,
+    time_option,
+)
 from tracekit.plugin.bus import Bus, current_bus
 from tracekit.plugin.pipeline import SinkOptions
 
-# Bounds on numbers from the command line: finite, and small enough for the kernel
-# side (a u32 rate) and for timers (a year).
-MAX_DURATION = 366 * 24 * 3600.0
-MAX_EVENTS_PER_SEC = (1 << 32) - 1
+# Bounds on numbers from the command line (tracekit/cli/options.py): finite, and
+# small enough for the kernel side (a u32 rate) and for timers (a year).
+MAX_DURATION = MAX_SECONDS
+MAX_EVENTS_PER_SEC = U32_MAX
 
 
 def _bus(ctx: click.Context) -> Bus:
@@ -106,15 +116,39 @@ class TracekitGroup(click.Group):
         return cmd
 
 
-@click.group(cls=TracekitGroup)
-@click.version_option(__version__, prog_name="tracekit")
+def _version_callback(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if not value or ctx.resilient_parsing:
+        return
+    ctx.ensure_object(dict)
+    _print_version(ctx)
+    ctx.exit(0)
+
+
+@click.group(
+    cls=TracekitGroup,
+    epilog=examples(
+        "tracekit list                                  # probes and sinks",
+        "tracekit check txq-flip                        # can this machine run it?",
+        "sudo tracekit run txq-flip --sink hist --duration 10",
+        "tracekit replay examples/traces/txq-flip.tkt --sink hist",
+        "tracekit COMMAND --help                        # each command's options",
+    ),
+)
+@click.option(
+    "--version",
+    is_flag=True,
+    expose_value=False,
+    is_eager=True,
+    callback=_version_callback,
+    help="tracekit, Python, libbpf, BCC, the kernel, BTF and the CO-RE objects found",
+)
 @click.pass_context
 def cli(ctx: click.Context) -> None:
     """eBPF tracing for Linux network-stack performance work."""
     ctx.ensure_object(dict)
 
 
-@cli.command("list")
+@cli.command("list", epilog=examples("tracekit list", "tracekit list --json"))
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 @click.pass_context
 def list_cmd(ctx: click.Context, as_json: bool) -> None:
@@ -156,10 +190,20 @@ def list_cmd(ctx: click.Context, as_json: bool) -> None:
             click.echo(f"  {r['name']:<{w}}  {origin:<{pw}}  {r['description']}")
 
 
-@cli.command("run")
+@cli.command(
+    "run",
+    epilog=examples(
+        "sudo tracekit run txq-flip --duration 10                # one line per event",
+        "sudo tracekit run txq-flip --sink hist --duration 10    # histograms at the end",
+        "sudo tracekit run rss-cpu --sink hist --sink msgpack=rss.tkt --duration 30",
+        "sudo tracekit run fq-throttle --sink console=json | jq .",
+    ),
+)
 @click.argument("probe")
 @sink_option()
-@click.option("--duration", type=float, default=None, help="stop after SECONDS (default: Ctrl-C)")
+@click.option(
+    "--duration", type=Seconds(), default=None, help="stop after SECONDS (default: Ctrl-C)"
+)
 @click.option("--param", "params", multiple=True, metavar="KEY=VALUE", help="probe parameter")
 @click.option(
     "--output",
@@ -169,7 +213,7 @@ def list_cmd(ctx: click.Context, as_json: bool) -> None:
 )
 @click.option(
     "--sample",
-    type=click.IntRange(min=1),
+    type=click.IntRange(min=1, max=U32_MAX),
     default=1,
     metavar="N",
     help="stream 1 in N events (counters and in-kernel histograms stay exact)",
@@ -182,13 +226,15 @@ def list_cmd(ctx: click.Context, as_json: bool) -> None:
 )
 @click.option(
     "--buffer-pages",
-    type=click.IntRange(min=1),
+    type=click.IntRange(min=1, max=MAX_BUFFER_PAGES),
     default=64,
     show_default=True,
     metavar="N",
-    help="perf buffer pages per CPU, a power of two (the shared ring buffer gets 16 x N)",
+    help="perf buffer pages per CPU, a power of two up to 4096 "
+    "(the shared ring buffer gets 16 x N)",
 )
 @loader_option
+@time_option
 @findings_option
 @force_option
 @click.pass_context
@@ -203,6 +249,7 @@ def run_cmd(
     max_events_per_sec: int,
     buffer_pages: int,
     loader: str,
+    time_: str,
     findings: str,
     force: bool,
 ) -> None:
@@ -213,11 +260,6 @@ def run_cmd(
     spec = bus.probes.get(probe)
     values = spec.resolve_params(_parse_params(params))
     sinks = sinks or ("console",)
-    if duration is not None and not 0 < duration <= MAX_DURATION:
-        # Also refuses nan and inf (click's float accepts them) and 1e309 (inf).
-        raise UsageError(
-            f"--duration must be a number of seconds, above 0 and at most {MAX_DURATION:.0f}"
-        )
     if buffer_pages & (buffer_pages - 1):
         raise UsageError(f"--buffer-pages must be a power of two, not {buffer_pages}")
     # One plan: sinks built and checked once, before the (slow) compile.
@@ -234,28 +276,49 @@ def run_cmd(
             sample=sample,
             page_cnt=buffer_pages,
             loader=loader,
+            time=time_,
             findings=findings,
         ),
     )
     execute(bus, plan)
 
 
-@cli.command("replay")
+@cli.command(
+    "replay",
+    epilog=examples(
+        "tracekit replay examples/traces/txq-flip.tkt                 # every event",
+        "tracekit replay examples/traces/txq-flip.tkt --sink hist     # its histograms",
+        "tracekit replay examples/traces/rss-cpu.tkt --sink hist=count,by=cpu",
+        "tracekit replay examples/traces/fq-throttle.tkt --sink console=json",
+    ),
+)
 @click.argument("file", type=click.Path(dir_okay=False))
 @sink_option()
+@time_option
 @findings_option
 @force_option
 @click.pass_context
 def replay_cmd(
-    ctx: click.Context, file: str, sinks: tuple[str, ...], findings: str, force: bool
+    ctx: click.Context,
+    file: str,
+    sinks: tuple[str, ...],
+    time_: str,
+    findings: str,
+    force: bool,
 ) -> None:
     """Feed a recorded trace FILE through sinks, on any machine."""
     from tracekit.traces.replay import replay
 
-    replay(_bus(ctx), file, sinks or ("console",), SinkOptions(force=force), findings=findings)
+    replay(
+        _bus(ctx),
+        file,
+        sinks or ("console",),
+        SinkOptions(force=force, time=time_),
+        findings=findings,
+    )
 
 
-@cli.command("info")
+@cli.command("info", epilog=examples("tracekit info examples/traces/txq-flip.tkt"))
 @click.argument("file", type=click.Path(dir_okay=False))
 def info_cmd(file: str) -> None:
     """Describe a trace FILE: its header and footer in words."""
@@ -265,31 +328,90 @@ def info_cmd(file: str) -> None:
         click.echo(line)
 
 
-@cli.command("check")
+@cli.command(
+    "check",
+    epilog=examples("tracekit check", "tracekit check fq-throttle", "tracekit check --json"),
+)
 @click.argument("probe", required=False)
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 @click.pass_context
-def check_cmd(ctx: click.Context, probe: str | None) -> None:
-    """Report whether this machine can run PROBE (or every probe): all problems at once."""
-    from tracekit.bpf.preflight import choose_loader, preflight
+def check_cmd(ctx: click.Context, probe: str | None, as_json: bool) -> None:
+    """Whether this machine can run PROBE (or every probe): a verdict, then every check.
+
+    The first line is the verdict (``ready: ...`` or ``not ready: <the blocker>``); the
+    exit status is the blocker's (0 when ready).
+    """
+    from tracekit.bpf.preflight import check_probe, overall_verdict
 
     bus = _bus(ctx)
     specs = [bus.probes.get(probe)] if probe else list(bus.probes)
-    failed: TracekitError | None = None
-    for spec in specs:
-        loader, why = choose_loader(spec)
-        report, _ = preflight(spec, loader)
-        click.echo(f"{spec.name}:")
-        click.echo(f"  loader: {loader} ({why})")
-        for line in report.render().splitlines():
-            click.echo(f"  {line}")
-        if not report.ok and failed is None:
-            c = next(c for c in report.checks if not c.ok)
-            failed = (c.error or TracekitError)(c.message)
-    if failed is not None:
-        ctx.exit(failed.exit_code)
+    verdicts = [check_probe(spec) for spec in specs]
+    line, status = overall_verdict(verdicts)
+    if as_json:
+        out = {
+            "ready": status == 0,
+            "verdict": line,
+            "status": status,
+            "probes": [v.as_dict() for v in verdicts],
+        }
+        click.echo(json.dumps(out, indent=2))
+    else:
+        click.echo(printable(line))
+        for v in verdicts:
+            click.echo(f"{v.name}:")
+            click.echo(f"  loader: {v.loader} ({printable(v.why)})")
+            for row in v.report.render().splitlines():
+                click.echo(f"  {printable(row)}")
+    if status:
+        ctx.exit(status)
 
 
-@cli.command("build")
+@cli.command("version")
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+@click.pass_context
+def version_cmd(ctx: click.Context, as_json: bool) -> None:
+    """tracekit, Python, libbpf, BCC, the kernel, BTF and the CO-RE objects found."""
+    _print_version(ctx, as_json)
+
+
+def _print_version(ctx: click.Context, as_json: bool = False) -> None:
+    from tracekit.bpf.preflight import system_facts
+
+    try:
+        specs = list(_bus(ctx).probes)
+    except TracekitError:
+        specs = []
+    f = system_facts(specs)
+    if as_json:
+        click.echo(json.dumps(f, indent=2))
+        return
+    dist = f" (distribution tracekit-ebpf {f['distribution']})" if f["distribution"] else ""
+    libbpf_line = f["libbpf"] or "not installed"
+    if f["libbpf_problem"]:
+        libbpf_line = f"{f['libbpf_problem']}"
+    shipped = (
+        f"{f['core_shipped']} (built by {f['core_built_by']})"
+        if f["core_shipped"]
+        else "none shipped (a source tree: tracekit build fills the cache)"
+    )
+    lines = [
+        f"tracekit {f['tracekit']}{dist}",
+        f"Python: {f['python']}",
+        f"libbpf: {libbpf_line}",
+        f"BCC: {f['bcc'] or 'not installed (optional: BCC-only plugins, kernels without BTF)'}",
+        f"kernel: {f['kernel']}",
+        f"BTF: {'yes' if f['btf'] else 'no'}",
+        f"tracefs: {f['tracefs']}",
+        f"CO-RE objects: {shipped}; cache {f['core_cache']}",
+    ]
+    objects = f["core_objects"]
+    assert isinstance(objects, dict)
+    lines += [f"  {name}: {where}" for name, where in objects.items()]
+    for ln in lines:
+        click.echo(printable(ln))
+
+
+@cli.command("build", epilog=examples("tracekit build", "tracekit build txq-flip"))
 @click.argument("probes", nargs=-1)
 @click.pass_context
 def build_cmd(ctx: click.Context, probes: tuple[str, ...]) -> None:
@@ -304,7 +426,15 @@ def build_cmd(ctx: click.Context, probes: tuple[str, ...]) -> None:
         click.echo(f"no probe has a CO-RE build; objects would go to {CACHE_DIR}")
 
 
-@cli.command("new")
+@cli.command(
+    "new",
+    no_args_is_help=True,
+    epilog=examples(
+        "tracekit new probe tcp-rtt          # writes ./tracekit-tcp-rtt/",
+        "tracekit new sink statsd --dir ~/src",
+        "pip install ./tracekit-tcp-rtt && python -m pytest ./tracekit-tcp-rtt",
+    ),
+)
 @click.argument("kind", type=click.Choice(["probe", "sink"]))
 @click.argument("name")
 @click.option(
@@ -314,14 +444,24 @@ def build_cmd(ctx: click.Context, probes: tuple[str, ...]) -> None:
     default=".",
     help="where to create the package (default: here)",
 )
-def new_cmd(kind: str, name: str, where: str) -> None:
-    """Write a plugin package skeleton for a new probe or sink, with passing tests."""
+@click.pass_context
+def new_cmd(ctx: click.Context, kind: str, name: str, where: str) -> None:
+    """Write a plugin package skeleton for a new probe or sink, with passing tests.
+
+    NAME must not be taken by a built-in or installed probe, sink or plugin.
+    """
+    import os
     from pathlib import Path
 
     from tracekit.cli.scaffold import scaffold
 
-    root = scaffold(kind, name, Path(where))
-    click.echo(f"created {root}: pip install {root}, then python -m pytest {root}")
+    root = scaffold(kind, name, Path(where), _bus(ctx))
+    # A path pip reads as a folder: "tracekit-NAME" alone is a name on the index.
+    shown = str(root) if os.path.isabs(root) or str(root).startswith(".") else f"./{root}"
+    click.echo(
+        f"created {printable(shown)}: pip install {printable(shown)}, "
+        f"then python -m pytest {printable(shown)}"
+    )
 
 
 def main(argv: list[str] | None = None) -> Any:
@@ -337,11 +477,18 @@ def main(argv: list[str] | None = None) -> Any:
         sys.exit(exc.exit_code)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
+    except click.exceptions.NoArgsIsHelpError as exc:
+        # A bare group (``tracekit``, ``tracekit lab``, ``tracekit new``): its help,
+        # as --help prints it, not one escaped line. Asked for, so status 0.
+        assert exc.ctx is not None
+        click.echo(exc.ctx.get_help())
+        sys.exit(0)
     except click.Abort:
         click.echo("tracekit: interrupted", err=True)
         sys.exit(130)
     except click.ClickException as exc:
-        click.echo(f"tracekit: {printable(exc.format_message())}", err=True)
+        # click's messages may span lines ("Choose from:\n\tprobe,\n\tsink"): one line.
+        click.echo(f"tracekit: {printable(' '.join(exc.format_message().split()))}", err=True)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         click.echo("tracekit: interrupted", err=True)

@@ -42,6 +42,8 @@ class RunOptions:
     # Session metadata beside what the probe reads (``ProbeSpec.metadata``): a lab's
     # facts from inside its network namespaces (their XPS and RPS maps).
     metadata: Mapping[str, Any] = field(default_factory=dict)
+    # --time: how sinks that print show timestamps (SinkOptions.time).
+    time: str = "rel"
 
 
 def say(msg: str) -> None:
@@ -166,6 +168,7 @@ class RunPlan:
             params=self.params,
             sample_every=sample if self.stream else 1,
             aggregated=(self.spec.agg_fields + self.spec.enriched_fields) if self.aggregate else (),
+            streamed=self.stream,
         )
 
 
@@ -200,7 +203,7 @@ def plan_run(
     compiled with; parameters that differ from a shared compiled probe's are a
     usage error (the probe would trace with its own, not the ones asked for).
     """
-    sinks = build_sinks(bus, sink_args, SinkOptions(force=opts.force), spec.schema)
+    sinks = build_sinks(bus, sink_args, SinkOptions(force=opts.force, time=opts.time), spec.schema)
     if compiled is None:
         values = dict(params) if params is not None else spec.resolve_params({})
         stream, aggregate = modes(spec, sinks.streams, opts, sinks.fields_needed)

@@ -28,6 +28,9 @@ class SinkOptions:
 
     # ``--force``: overwrite an existing output file.
     force: bool = False
+    # ``--time``: how sinks that print show event timestamps: ``rel`` (seconds since
+    # the first event) or ``wall`` (wall-clock time, UTC).
+    time: str = "rel"
 
 
 class Sink:
