@@ -52,8 +52,13 @@ class FqThrottleFindings(Findings):
         self._idx = [names.index(n) for n in KEY]
         self._count = names.index("count")
         self._delay = names.index("delay_us")
-        self._limits = [names.index(n) for n in ("ifname", "queue", "flow_limit", "maxrate")]
-        self._has_limits = "flow_limit" in names
+        # Recordings of the probe before events carried the settings have neither.
+        self._has_limits = "flow_limit" in names and "maxrate" in names
+        self._limits = (
+            [names.index(n) for n in ("ifname", "queue", "flow_limit", "maxrate")]
+            if self._has_limits
+            else []
+        )
         # (kind, flow...) -> events' count; (flow...) -> delay bucket -> throttles.
         self.by_flow = Tally()
         self.delays: dict[tuple[Any, ...], Counter[int]] = defaultdict(Counter)
@@ -161,7 +166,13 @@ class FqThrottleFindings(Findings):
         text = (
             f"fq throttled flows {counter or in_events} times (its counter `throttled`, "
             f"tc -s qdisc's `throttled`): each time it held back a flow whose next packet was "
-            f"not due yet (pacing: maxrate or the socket's pacing rate); {len(known)} flows"
+            f"not due yet (pacing: maxrate or the socket's pacing rate); "
+            + (
+                f"{len(known)} flows"
+                if known
+                else "which flows is not in this data (a recording made before throttle "
+                "events carried their flow)"
+            )
         )
         details = [
             f"{self._who(f)}: throttled {n} times, held {self._delay_text(f)}"
