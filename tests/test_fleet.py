@@ -333,8 +333,10 @@ def test_prometheus_serves_while_running_and_matches_hist(bus: Bus) -> None:
     h = Histogram(session.schema.histograms[0], session.schema)
     h.add_rows(rows)
     ti = session.schema.index("delay_us")
-    for (ifname, queue), buckets in h.data.items():
-        labels = (("ifname", ifname), ("queue", str(queue)))
+    kinds = session.schema.field("kind").choices
+    ki = session.schema.index("kind")
+    for (kind, ifname, queue), buckets in h.data.items():
+        labels = (("ifname", ifname), ("kind", kinds[kind]), ("queue", str(queue)))
         cum = 0
         for b in range(max(buckets) + 1):
             cum += buckets.get(b, 0)
@@ -348,7 +350,9 @@ def test_prometheus_serves_while_running_and_matches_hist(bus: Bus) -> None:
             assert got == cum, (labels, le)
         assert live[("tracekit_fq_throttle_throttle_delay_us_count", labels)] == cum
         want_sum = sum(
-            r[ti] for r in rows if (r[-1], r[session.schema.index("queue")]) == (ifname, queue)
+            r[ti]
+            for r in rows
+            if (r[ki], r[-1], r[session.schema.index("queue")]) == (kind, ifname, queue)
         )
         assert live[("tracekit_fq_throttle_throttle_delay_us_sum", labels)] == want_sum
 

@@ -63,6 +63,9 @@ _LAZY: dict[str, str] = {
     "LostReport": "tracekit.base.session",
     "Summary": "tracekit.base.session",
     "KernelNames": "tracekit.base.session",
+    # What a probe's numbers mean (ProbeSpec.findings).
+    "Finding": "tracekit.base.findings",
+    "Findings": "tracekit.base.findings",
     # Runs: planned once, then executed (the CLI, the labs and the fixtures do).
     "RunPlan": "tracekit.live.run",
     "RunOptions": "tracekit.live.run",
@@ -105,6 +108,8 @@ __all__ = [
     "EventBatch",
     "FeedFixture",
     "Field",
+    "Finding",
+    "Findings",
     "HistSpec",
     "KernelAggregate",
     "KernelNames",
@@ -174,6 +179,7 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # what mypy and editors see; at run time __getattr__ imports them
     from tracekit.base.errors import LabError, PluginError, TracekitError, UsageError
+    from tracekit.base.findings import Finding, Findings
     from tracekit.base.kernel import tracepoint_fields
     from tracekit.base.metrics import RUN_METRICS, MetricSpec, bucket_bounds, probe_metrics
     from tracekit.base.schema import Field, HistSpec, Schema, format_row, format_value

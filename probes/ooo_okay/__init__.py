@@ -208,6 +208,12 @@ def report(summary: Summary) -> list[str]:
     return lines
 
 
+def _findings(session: Any) -> Any:
+    from .findings import findings
+
+    return findings(session)
+
+
 def _draw_plot(trace: Any) -> Any:
     from .plot import draw
 
@@ -243,6 +249,7 @@ PROBE = ProbeSpec(
         ),
     ),
     plot=_draw_plot,
+    findings=_findings,
     min_kernel="5.8",
     enrich=enrich,
     enriched_fields=("path",),

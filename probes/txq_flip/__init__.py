@@ -69,6 +69,18 @@ HISTOGRAMS = (
 )
 
 
+def _findings(session: Any) -> Any:
+    from .findings import findings
+
+    return findings(session)
+
+
+def _metadata(params: Any) -> Any:
+    from .findings import metadata
+
+    return metadata(params)
+
+
 def _draw_plot(trace: Any) -> Any:
     from .plot import draw
 
@@ -98,6 +110,8 @@ PROBE = ProbeSpec(
         CounterMap("txq_counts", doc="netdev_pick_tx calls, queue changes, skbs without a socket"),
     ),
     plot=_draw_plot,
+    findings=_findings,
+    metadata=_metadata,
     min_kernel="5.2",
     core=True,
 )

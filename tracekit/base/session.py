@@ -11,6 +11,7 @@ from typing import Any
 
 from tracekit import __version__
 from tracekit.base import kernel as kernel_facts
+from tracekit.base.findings import Finding, plain
 from tracekit.base.schema import Schema
 
 
@@ -98,11 +99,16 @@ class Session:
     # Kernel addresses to names (fields shown as ``ksym``) and stacks, stored in the
     # trace so replay shows names on a machine with other symbols.
     names: KernelNames = field(default_factory=KernelNames, compare=False, repr=False)
+    # Facts about the machine read when the run started, as plain values (str keys):
+    # what a probe's findings need beside its events (``ProbeSpec.metadata``: the
+    # XPS and RPS maps of /sys/class/net), stored in the header so a replay has them.
+    metadata: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         # A copy, read-only: the caller's dict can change neither the session nor the
         # header it writes.
         object.__setattr__(self, "params", MappingProxyType(dict(self.params)))
+        object.__setattr__(self, "metadata", _frozen(plain(dict(self.metadata), "metadata")))
 
     @property
     def symbols(self) -> Mapping[int, str]:
@@ -145,6 +151,7 @@ class Session:
             "monotonic_ns": self.monotonic_ns,
             "sample_every": self.sample_every,
             "aggregated": list(self.aggregated),
+            "metadata": _thawed(self.metadata),
             "streamed": self.streamed,
         }
 
@@ -163,6 +170,7 @@ class Session:
             tracekit_version=str(h.get("tracekit_version", "?")),
             sample_every=int(h.get("sample_every", 1)),
             aggregated=tuple(str(a) for a in h.get("aggregated", ())),
+            metadata=dict(h.get("metadata", {})),
             streamed=bool(h.get("streamed", not h.get("aggregated"))),
         )
 
@@ -484,8 +492,25 @@ class LostReport:
 
 
 def _frozen(m: Mapping[Any, Any]) -> Mapping[Any, Any]:
-    """A read-only copy of nested mappings."""
-    return MappingProxyType({k: _frozen(v) if isinstance(v, Mapping) else v for k, v in m.items()})
+    """A read-only copy of nested mappings (lists in them become tuples)."""
+
+    def one(v: Any) -> Any:
+        if isinstance(v, Mapping):
+            return _frozen(v)
+        if isinstance(v, list):
+            return tuple(one(x) for x in v)
+        return v
+
+    return MappingProxyType({k: one(v) for k, v in m.items()})
+
+
+def _thawed(v: Any) -> Any:
+    """``_frozen``'s data as plain dicts and lists again (for a header or JSON)."""
+    if isinstance(v, Mapping):
+        return {k: _thawed(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_thawed(x) for x in v]
+    return v
 
 
 @dataclass(frozen=True)
@@ -509,6 +534,9 @@ class Summary:
     kernel_agg: Sequence[tuple[tuple[Any, ...], int]] = ()
     # Lines the probe adds to the results (for example rss-cpu's imbalance).
     notes: Sequence[str] = ()
+    # What the numbers mean (``ProbeSpec.findings``), computed from the session's
+    # data when it ends: the same for a live run and for a replay of its recording.
+    findings: Sequence[Finding] = ()
 
     def __post_init__(self) -> None:
         # Callers may pass dicts and lists; what the object holds cannot be changed.
@@ -517,6 +545,7 @@ class Summary:
         set_(self, "counters", _frozen(self.counters))
         set_(self, "kernel_agg", tuple((tuple(r), int(n)) for r, n in self.kernel_agg))
         set_(self, "notes", tuple(self.notes))
+        set_(self, "findings", tuple(self.findings))
 
     @property
     def lost_total(self) -> int:
@@ -534,6 +563,7 @@ class Summary:
             "interrupted": self.interrupted,
             "kernel_agg": [[list(r), n] for r, n in self.kernel_agg],
             "notes": list(self.notes),
+            "findings": [f.to_dict() for f in self.findings],
         }
 
     @classmethod
@@ -555,4 +585,5 @@ class Summary:
             interrupted=bool(d.get("interrupted", False)),
             kernel_agg=[(tuple(r), int(n)) for r, n in d.get("kernel_agg", ())],
             notes=[str(n) for n in d.get("notes", ())],
+            findings=[Finding.from_dict(f) for f in d.get("findings", ())],
         )

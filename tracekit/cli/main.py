@@ -20,6 +20,7 @@ from tracekit.cli.options import (
     U32_MAX,
     Seconds,
     examples,
+    findings_option,
     force_option,
     loader_option,
     sink_option,
@@ -247,6 +248,7 @@ def _deprecated_api(bus: Bus, plugin: str) -> bool:
 )
 @loader_option
 @time_option
+@findings_option
 @force_option
 @click.option(
     "--exit-with-parent",
@@ -266,6 +268,7 @@ def run_cmd(
     buffer_pages: int,
     loader: str,
     time_: str,
+    findings: str,
     force: bool,
     exit_with_parent: bool,
 ) -> None:
@@ -294,6 +297,7 @@ def run_cmd(
             loader=loader,
             exit_with_parent=exit_with_parent,
             time=time_,
+            findings=findings,
         ),
     )
     execute(bus, plan)
@@ -311,15 +315,27 @@ def run_cmd(
 @click.argument("file", type=click.Path(dir_okay=False))
 @sink_option()
 @time_option
+@findings_option
 @force_option
 @click.pass_context
 def replay_cmd(
-    ctx: click.Context, file: str, sinks: tuple[str, ...], time_: str, force: bool
+    ctx: click.Context,
+    file: str,
+    sinks: tuple[str, ...],
+    time_: str,
+    findings: str,
+    force: bool,
 ) -> None:
     """Feed a recorded trace FILE through sinks, on any machine."""
     from tracekit.traces.replay import replay
 
-    replay(_bus(ctx), file, sinks or ("console",), SinkOptions(force=force, time=time_))
+    replay(
+        _bus(ctx),
+        file,
+        sinks or ("console",),
+        SinkOptions(force=force, time=time_),
+        findings=findings,
+    )
 
 
 @cli.command("info", epilog=examples("tracekit info examples/traces/txq-flip.tkt"))

@@ -11,11 +11,12 @@ from __future__ import annotations
 import contextlib
 import sys
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
 from tracekit.base.errors import InterruptedBeforeStart, UsageError
+from tracekit.base.findings import print_findings
 from tracekit.base.session import EventBatch, Session, Summary
 from tracekit.bpf.ksyms import KsymNamer
 from tracekit.bpf.load import LoadChoice, choose, load
@@ -43,6 +44,11 @@ class RunOptions:
     aggregate: bool | None = None
     # auto: the CO-RE object where it can serve, else BCC (tracekit check says why).
     loader: str = "auto"
+    # How the findings are printed on stderr after the summary: text, json or off.
+    findings: str = "text"
+    # Session metadata beside what the probe reads (``ProbeSpec.metadata``): a lab's
+    # facts from inside its network namespaces (their XPS and RPS maps).
+    metadata: Mapping[str, Any] = field(default_factory=dict)
     # --time: how sinks that print show timestamps (SinkOptions.time).
     time: str = "rel"
     # End the run (as SIGTERM does) when the process that started tracekit dies.
@@ -152,6 +158,7 @@ class RunPlan:
         """The session the sinks are handed, read-only to them."""
         sample = self.compiled.probe.sample if self.compiled else self.opts.sample
         return Session(
+            metadata=session_metadata(self.spec, self.params, self.opts.metadata),
             probe=self.spec.name,
             schema=self.spec.schema,
             params=self.params,
@@ -159,6 +166,22 @@ class RunPlan:
             aggregated=(self.spec.agg_fields + self.spec.enriched_fields) if self.aggregate else (),
             streamed=self.stream,
         )
+
+
+def session_metadata(
+    spec: ProbeSpec, params: Mapping[str, int], extra: Mapping[str, Any]
+) -> dict[str, Any]:
+    """What the probe reads from the machine (``ProbeSpec.metadata``), then ``extra``.
+
+    A probe's reader that fails costs its metadata, not the run (one warning)."""
+    out: dict[str, Any] = {}
+    if spec.metadata is not None:
+        try:
+            out.update(spec.metadata(params))
+        except Exception as exc:  # noqa: BLE001 - metadata explains, it never decides
+            say(f"warning: {spec.name}: could not read its metadata: {type(exc).__name__}: {exc}")
+    out.update(extra)
+    return out
 
 
 def plan_run(
@@ -341,6 +364,7 @@ def execute(
         )
     if not opts.quiet:
         report_summary(summary)
+        print_findings(summary.findings, opts.findings)
     pipe.raise_if_sink_failed()
     return summary
 

@@ -9,16 +9,20 @@ from __future__ import annotations
 
 import inspect
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from importlib.resources.abc import Traversable
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from tracekit._compat import warn_deprecated
 from tracekit.base import kernel
 from tracekit.base.cdecl import CDeclError, CSource
 from tracekit.base.errors import DuplicateError, UsageError
 from tracekit.base.schema import Field, HistSpec, Schema
+
+if TYPE_CHECKING:
+    from tracekit.base.findings import Findings
+    from tracekit.base.session import Session
 
 
 @dataclass(frozen=True)
@@ -298,6 +302,15 @@ class ProbeSpec:
     # a tracekit.fleet.plot.Trace (see tracekit/fleet/plot.py). Other plugins add more plots with
     # the tracekit_register_plots hook.
     plot: Callable[[Any], Any] | None = None
+    # What the numbers mean: ``findings(session)`` returns a ``tracekit.Findings``
+    # that the pipeline feeds every batch and, at the end, the summary; its findings
+    # are printed after the summary (``--findings``), stored in the trace footer, and
+    # recomputed on replay from the same data (tracekit/base/findings.py).
+    findings: Callable[[Session], Findings] | None = None
+    # Facts read from the machine when a live run starts, ``metadata(params)`` ->
+    # plain values (str keys), which the session and the trace header keep
+    # (``Session.metadata``) for the findings of a run and of its replay.
+    metadata: Callable[[Mapping[str, int]], Mapping[str, Any]] | None = None
 
     def __post_init__(self) -> None:
         min_kernel_version(self.min_kernel)  # a typo fails at registration
