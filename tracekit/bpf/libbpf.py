@@ -51,6 +51,7 @@ class Libbpf:
         for fn, res, args in (
             ("libbpf_set_print", vp, [_PRINT_FN]),
             ("bpf_object__open_file", vp, [cp, vp]),
+            ("bpf_object__open_mem", vp, [vp, ct.c_size_t, vp]),
             ("bpf_object__load", i, [vp]),
             ("bpf_object__close", None, [vp]),
             ("bpf_object__find_map_by_name", vp, [vp, cp]),
@@ -150,19 +151,47 @@ class TestRunOpts(ct.Structure):
     )
 
 
+class OpenOpts(ct.Structure):
+    """The head of struct bpf_object_open_opts (libbpf 1.x): its size and the object's
+    name (what libbpf names the object's maps after); the rest stays zero."""
+
+    _fields_ = (
+        ("sz", ct.c_size_t),
+        ("object_name", ct.c_char_p),
+        ("relaxed_maps", ct.c_bool),
+    )
+
+
 class BpfObject:
     """One compiled object: opened, configured, loaded, closed (``with`` closes it).
+
+    Opened from bytes (``bpf_object__open_mem``): ``data``, the bytes the caller read
+    and checked (tracekit.bpf.core_build.read_object), or else the file at ``path``
+    read once without following a link. libbpf never opens the file by its name, so
+    nothing can be swapped in between the check and the load.
 
     Maps of a tracekit probe are named ``NAME__map`` in the object (tk_compat.h);
     ``map("NAME")`` finds either spelling.
     """
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, data: bytes | None = None) -> None:
         self.lib = libbpf()
         self.path = path
+        if data is None:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            with os.fdopen(fd, "rb") as f:
+                data = f.read()
+        # Kept as long as the object: libbpf reads the ELF from this memory until load.
+        self._buf = ct.create_string_buffer(data, len(data))
+        name = os.path.basename(path).split(".", 1)[0] or "tracekit"
+        self._name = name.encode()
+        opts = OpenOpts(sz=ct.sizeof(OpenOpts), object_name=self._name)
         with self.lib.call(f"opening {path}"):
             self.obj: int | None = self.lib.check_ptr(
-                self.lib.lib.bpf_object__open_file(path.encode(), None), "open"
+                self.lib.lib.bpf_object__open_mem(
+                    ct.cast(self._buf, ct.c_void_p), len(data), ct.byref(opts)
+                ),
+                "open",
             )
 
     def __enter__(self) -> BpfObject:
