@@ -15,7 +15,7 @@ import click
 from tracekit import __version__
 from tracekit.base.errors import TracekitError, UsageError
 from tracekit.base.text import printable
-from tracekit.cli.options import force_option, loader_option, sink_option
+from tracekit.cli.options import force_option, loader_option, mode_option, sink_option
 from tracekit.plugin.bus import Bus, current_bus
 from tracekit.plugin.pipeline import SinkOptions
 
@@ -190,6 +190,7 @@ def list_cmd(ctx: click.Context, as_json: bool) -> None:
 )
 @loader_option
 @force_option
+@mode_option
 @click.pass_context
 def run_cmd(
     ctx: click.Context,
@@ -203,6 +204,7 @@ def run_cmd(
     buffer_pages: int,
     loader: str,
     force: bool,
+    mode: int,
 ) -> None:
     """Compile PROBE, attach it and send its events to sinks until Ctrl-C or --duration."""
     from tracekit.live.run import RunOptions, execute, plan_run
@@ -229,6 +231,7 @@ def run_cmd(
             output=output,
             max_events_per_sec=max_events_per_sec,
             force=force,
+            mode=mode,
             sample=sample,
             page_cnt=buffer_pages,
             loader=loader,
@@ -241,12 +244,15 @@ def run_cmd(
 @click.argument("file", type=click.Path(dir_okay=False))
 @sink_option()
 @force_option
+@mode_option
 @click.pass_context
-def replay_cmd(ctx: click.Context, file: str, sinks: tuple[str, ...], force: bool) -> None:
+def replay_cmd(
+    ctx: click.Context, file: str, sinks: tuple[str, ...], force: bool, mode: int
+) -> None:
     """Feed a recorded trace FILE through sinks, on any machine."""
     from tracekit.traces.replay import replay
 
-    replay(_bus(ctx), file, sinks or ("console",), SinkOptions(force=force))
+    replay(_bus(ctx), file, sinks or ("console",), SinkOptions(force=force, mode=mode))
 
 
 @cli.command("info")
@@ -316,8 +322,6 @@ def new_cmd(kind: str, name: str, where: str) -> None:
 
     root = scaffold(kind, name, Path(where))
     click.echo(f"created {root}: pip install {root}, then python -m pytest {root}")
-
-
 
 
 def main(argv: list[str] | None = None) -> Any:

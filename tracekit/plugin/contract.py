@@ -28,6 +28,9 @@ class SinkOptions:
 
     # ``--force``: overwrite an existing output file.
     force: bool = False
+    # ``--mode``: the permission bits of the files a sink creates (a trace, a CSV);
+    # 0600 by default: recordings hold kernel addresses and host names.
+    mode: int = 0o600
 
 
 class Sink:
