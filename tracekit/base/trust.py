@@ -40,6 +40,7 @@ from types import TracebackType
 from typing import IO
 
 from tracekit.base.errors import TracekitError, UsageError
+from tracekit.base.text import printable
 
 # TRACEKIT_* variables honoured under sudo or set-uid: each can only show more or
 # load less (docs/reliability.md, "Environment").
@@ -280,20 +281,22 @@ def _target_problem(dir_fd: int, name: str, shown: str, replace: bool) -> str | 
     except FileNotFoundError:
         return None
     if stat.S_ISLNK(st.st_mode):
-        return f"{shown} is a symbolic link; tracekit writes no output through one"
+        return f"{printable(shown)} is a symbolic link; tracekit writes no output through one"
     if stat.S_ISDIR(st.st_mode):
-        return f"{shown} is a directory"
+        return f"{printable(shown)} is a directory"
     if not stat.S_ISREG(st.st_mode):
-        return f"{shown} is not a regular file (a device, FIFO or socket is never replaced)"
+        return (
+            f"{printable(shown)} is not a regular file (a device, FIFO or socket is never replaced)"
+        )
     if not replace:
-        return f"{shown} exists; pass --force to overwrite it"
+        return f"{printable(shown)} exists; pass --force to overwrite it"
     return None
 
 
 def _split(path: str) -> tuple[str, str]:
     parent, name = os.path.split(path)
     if not name or name in (".", ".."):
-        raise UsageError(f"cannot write {path}: not a file name")
+        raise UsageError(f"cannot write {printable(path)}: not a file name")
     return parent or ".", name
 
 
@@ -301,9 +304,13 @@ def _open_parent(parent: str, shown: str) -> int:
     try:
         return os.open(parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except FileNotFoundError:
-        raise UsageError(f"cannot write {shown}: directory {parent} does not exist") from None
+        raise UsageError(
+            f"cannot write {printable(shown)}: directory {printable(parent)} does not exist"
+        ) from None
     except OSError as exc:
-        raise UsageError(f"cannot write {shown}: {parent}: {exc.strerror}") from None
+        raise UsageError(
+            f"cannot write {printable(shown)}: {printable(parent)}: {exc.strerror}"
+        ) from None
 
 
 def _temp_name(name: str) -> str:
@@ -320,10 +327,10 @@ def _create_temp(dir_fd: int, name: str, mode: int, shown: str) -> tuple[int, st
         except FileExistsError:
             continue
         except OSError as exc:
-            raise UsageError(f"cannot write {shown}: {exc.strerror}") from None
+            raise UsageError(f"cannot write {printable(shown)}: {exc.strerror}") from None
         os.fchmod(fd, mode)  # exactly what was asked, whatever the umask
         return fd, tmp
-    raise UsageError(f"cannot write {shown}: no unused temporary name beside it")
+    raise UsageError(f"cannot write {printable(shown)}: no unused temporary name beside it")
 
 
 def check_output(path: str, replace: bool) -> None:
@@ -334,7 +341,7 @@ def check_output(path: str, replace: bool) -> None:
     try:
         why = _target_problem(fd, name, path, replace)
         if why is None and not os.access(parent, os.W_OK | os.X_OK):
-            why = f"cannot create files in {parent}"
+            why = f"cannot create files in {printable(parent)}"
     finally:
         os.close(fd)
     if why is not None:
@@ -359,9 +366,11 @@ def create_output(path: str, *, mode: int = DEFAULT_MODE, replace: bool = False)
             return fd
         except FileExistsError:
             if not replace:
-                raise UsageError(f"{path} exists; pass --force to overwrite it") from None
+                raise UsageError(
+                    f"{printable(path)} exists; pass --force to overwrite it"
+                ) from None
         except OSError as exc:
-            raise UsageError(f"cannot write {path}: {exc.strerror}") from None
+            raise UsageError(f"cannot write {printable(path)}: {exc.strerror}") from None
         fd, tmp = _create_temp(dir_fd, name, mode, path)
         try:
             why = _target_problem(dir_fd, name, path, replace)
@@ -408,11 +417,15 @@ class OutputFile:
             self.name, self.dir_fd, self._own_dir = self.path, dir_fd, False
         self.tmp = ""
         self.file: IO[bytes] | None = None
+        # A second descriptor of the temporary file: a writer (pyarrow's) may close
+        # the file object it was given; the data is still flushed to disk through this.
+        self._sync_fd = -1
         try:
             why = _target_problem(self.dir_fd, self.name, self.path, replace)
             if why is not None:
                 raise UsageError(why)
             fd, self.tmp = _create_temp(self.dir_fd, self.name, mode, self.path)
+            self._sync_fd = os.dup(fd)
             self.file = os.fdopen(fd, "wb")
         except BaseException:
             self._close_dir()
@@ -440,8 +453,9 @@ class OutputFile:
         f, self.file = self.file, None
         try:
             try:
-                f.flush()
-                os.fsync(f.fileno())
+                if not f.closed:
+                    f.flush()
+                os.fsync(self._sync_fd)
             finally:
                 f.close()
             why = _target_problem(self.dir_fd, self.name, self.path, self.replace)
@@ -460,7 +474,9 @@ class OutputFile:
                         follow_symlinks=False,
                     )
                 except FileExistsError:
-                    raise UsageError(f"{self.path} exists; pass --force to overwrite it") from None
+                    raise UsageError(
+                        f"{printable(self.path)} exists; pass --force to overwrite it"
+                    ) from None
                 except OSError as exc:
                     if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EMLINK):
                         raise
@@ -471,7 +487,9 @@ class OutputFile:
             with contextlib.suppress(OSError):
                 os.fsync(self.dir_fd)
         except OSError as exc:
-            raise UsageError(f"cannot write {self.path}: {exc.strerror or exc}") from None
+            raise UsageError(
+                f"cannot write {printable(self.path)}: {exc.strerror or exc}"
+            ) from None
         finally:
             self.abort()
 
@@ -481,6 +499,9 @@ class OutputFile:
             with contextlib.suppress(OSError):
                 self.file.close()
             self.file = None
+        if self._sync_fd >= 0:
+            os.close(self._sync_fd)
+            self._sync_fd = -1
         if self.tmp:
             with contextlib.suppress(OSError):
                 os.unlink(self.tmp, dir_fd=self.dir_fd)

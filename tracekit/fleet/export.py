@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import io
 import json
 import os
 import sys
@@ -25,10 +26,11 @@ from typing import IO, Any
 
 import click
 
+from tracekit.base import trust
 from tracekit.base.errors import TraceFileError, UsageError
 from tracekit.base.schema import Field, Schema
 from tracekit.base.session import Session, Summary
-from tracekit.fleet.extras import need, printable
+from tracekit.fleet.extras import mode_option, need, printable
 from tracekit.traces.tracefile import BATCH, TraceReader
 
 FORMATS = ("parquet", "csv", "jsonl")
@@ -186,7 +188,7 @@ class _Writer:
 class _ArrowWriter(_Writer):
     """Parquet or CSV through pyarrow: a batch becomes one RecordBatch."""
 
-    def __init__(self, fmt: str, path: str, schema: Schema) -> None:
+    def __init__(self, fmt: str, path: IO[bytes], schema: Schema) -> None:
         self.pa = need("pyarrow", "tracekit export")
         self.schema = arrow_schema(schema)
         self.types = [arrow_type(f) for f in schema.fields]
@@ -258,8 +260,8 @@ class _JsonlWriter(_Writer):
     JSON escapes newlines inside strings, so ``\\n{`` only ever starts an object.
     """
 
-    def __init__(self, path: str, schema: Schema) -> None:
-        self.f: IO[str] = open(path, "w", encoding="utf-8")  # noqa: SIM115 - closed in close()
+    def __init__(self, path: IO[bytes], schema: Schema) -> None:
+        self.f: IO[str] = io.TextIOWrapper(path, encoding="utf-8")
         self.names = schema.names
         self.enc = json.JSONEncoder(ensure_ascii=True)
         self._prefix_for: tuple[Run, str] | None = None
@@ -294,21 +296,33 @@ def _runs_meta(runs: list[Run]) -> list[dict[str, Any]]:
     return out
 
 
+def check_output(out: str, force: bool) -> None:
+    """Refuse OUT before anything is read: it exists (without ``force``), it is a
+    link, a device or a folder, or its folder is missing (tracekit.base.trust)."""
+    trust.check_output(out, force)
+
+
+def open_output(out: str, force: bool, mode: int = trust.DEFAULT_MODE) -> trust.OutputFile:
+    """The temporary file an export is written to: beside OUT, of an unpredictable
+    name (O_EXCL | O_NOFOLLOW), ``mode`` (0600 unless --mode), renamed over OUT when
+    complete and removed otherwise; a link or device at OUT is never followed."""
+    return trust.OutputFile(out, mode=mode, replace=force)
+
+
 def export(
-    paths: tuple[str, ...], fmt: str, out: str, force: bool = False, host: str | None = None
+    paths: tuple[str, ...],
+    fmt: str,
+    out: str,
+    force: bool = False,
+    host: str | None = None,
+    mode: int = trust.DEFAULT_MODE,
 ) -> Exported:
     """Export ``paths`` (traces of one probe) to ``out`` in ``fmt``."""
     if fmt not in FORMATS:
         raise UsageError(f"--to {fmt}: valid formats are {', '.join(FORMATS)}")
     if not paths:
         raise UsageError("export needs at least one trace file")
-    if os.path.exists(out) and not force:
-        raise UsageError(f"{printable(out)} exists; pass --force to overwrite it")
-    parent = os.path.dirname(os.path.abspath(out))
-    if not os.path.isdir(parent):
-        raise UsageError(
-            f"cannot write {printable(out)}: directory {printable(parent)} does not exist"
-        )
+    check_output(out, force)
     if fmt != "jsonl":
         need("pyarrow", "tracekit export")
     started = time.monotonic()
@@ -316,7 +330,9 @@ def export(
     schema = runs[0][0].session.schema
     # Written beside OUT and renamed at the end: a failed export leaves no half file
     # that a later query would read as complete.
-    tmp = f"{out}.part"
+    output = open_output(out, force, mode)
+    tmp = output.file
+    assert tmp is not None
     writer: _Writer = (
         _JsonlWriter(tmp, schema) if fmt == "jsonl" else _ArrowWriter(fmt, tmp, schema)
     )
@@ -329,7 +345,7 @@ def export(
             result.events += run.events
             result.runs.append(run)
         writer.close(result.runs)
-        os.replace(tmp, out)
+        output.commit()
         ok = True
     finally:
         for _, reader in runs:
@@ -338,8 +354,7 @@ def export(
             # The first error is the one to report, not one from closing after it.
             with contextlib.suppress(Exception):
                 writer.close(result.runs)
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+            output.abort()
     result.seconds = time.monotonic() - started
     return result
 
@@ -355,14 +370,17 @@ def export(
     help="the host column's value (default: the hostname recorded in each trace)",
 )
 @click.option("--force", is_flag=True, help="overwrite OUT")
-def export_cmd(files: tuple[str, ...], fmt: str, out: str, host: str | None, force: bool) -> None:
+@mode_option
+def export_cmd(
+    files: tuple[str, ...], fmt: str, out: str, host: str | None, force: bool, mode: int
+) -> None:
     """Write the events of trace FILEs (one probe) to OUT as Parquet, CSV or JSON lines.
 
     One typed column per event field, then host, kernel, probe, params (JSON),
     start_time, ncpus, sample_every, tracekit_version and trace: exports from many
     hosts concatenate into one dataset.
     """
-    result = export(files, fmt, out, force=force, host=host)
+    result = export(files, fmt, out, force=force, host=host, mode=mode)
     for run in result.runs:
         if run.truncated_at is not None:
             click.echo(
