@@ -196,7 +196,8 @@ def test_every_tracekit_variable_is_documented_in_reliability_md() -> None:
     for sub in ("tracekit", "plugins", "probes", "vm", "scripts", "tests", "bench", "examples"):
         for p in (root / sub).rglob("*"):
             if p.is_file() and p.suffix in ("", ".py", ".sh", ".md", ".toml"):
-                names |= set(re.findall(r"\bTRACEKIT_[A-Z][A-Z_]*[A-Z]\b", p.read_text("utf-8", "replace")))
+                text = p.read_text("utf-8", "replace")
+                names |= set(re.findall(r"\bTRACEKIT_[A-Z][A-Z_]*[A-Z]\b", text))
     names -= {"TRACEKIT_H"}  # the C header's include guard, not a variable
     doc = (root / "docs" / "reliability.md").read_text()
     section = doc.split("## Environment", 1)[1].split("\n## ", 1)[0]

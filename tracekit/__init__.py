@@ -49,6 +49,10 @@ _LAZY: dict[str, str] = {
     "format_value": "tracekit.base.schema",
     "format_row": "tracekit.base.schema",
     "printable": "tracekit.base.text",
+    "csv_cell": "tracekit.base.text",
+    # Files a sink writes: never through a link, 0600 unless --mode.
+    "create_output": "tracekit.base.trust",
+    "check_output": "tracekit.base.trust",
     "resolve_stack": "tracekit.bpf.stacks",
     # Kernel facts a probe's ``prepare`` chooses by.
     "tracepoint_fields": "tracekit.base.kernel",
@@ -119,6 +123,9 @@ __all__ = [
     "UsageError",
     "__version__",
     "build_bus",
+    "check_output",
+    "create_output",
+    "csv_cell",
     "current_bus",
     "execute",
     "feed",
@@ -153,7 +160,8 @@ if TYPE_CHECKING:  # what mypy and editors see; at run time __getattr__ imports 
     from tracekit.base.kernel import tracepoint_fields
     from tracekit.base.schema import Field, HistSpec, Schema, format_row, format_value
     from tracekit.base.session import EventBatch, KernelNames, LostReport, Session, Summary
-    from tracekit.base.text import printable
+    from tracekit.base.text import csv_cell, printable
+    from tracekit.base.trust import check_output, create_output
     from tracekit.bpf.stacks import resolve_stack
     from tracekit.lab.netns import NetnsLab
     from tracekit.live.run import RunOptions, RunPlan, execute, plan_run

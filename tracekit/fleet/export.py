@@ -30,6 +30,7 @@ from tracekit.base import trust
 from tracekit.base.errors import TraceFileError, UsageError
 from tracekit.base.schema import Field, Schema
 from tracekit.base.session import Session, Summary
+from tracekit.base.text import CSV_FORMULA_START, CSV_PLAIN_NUMBER
 from tracekit.fleet.extras import mode_option, need, printable
 from tracekit.traces.tracefile import BATCH, TraceReader
 
@@ -188,8 +189,12 @@ class _Writer:
 class _ArrowWriter(_Writer):
     """Parquet or CSV through pyarrow: a batch becomes one RecordBatch."""
 
-    def __init__(self, fmt: str, path: IO[bytes], schema: Schema) -> None:
+    def __init__(self, fmt: str, path: IO[bytes], schema: Schema, neutralise: bool = True) -> None:
         self.pa = need("pyarrow", "tracekit export")
+        # CSV only: cells a spreadsheet would run as formulas get a ' in front.
+        self.pc = (
+            need("pyarrow.compute", "tracekit export") if fmt == "csv" and neutralise else None
+        )
         self.schema = arrow_schema(schema)
         self.types = [arrow_type(f) for f in schema.fields]
         self.fmt = fmt
@@ -228,6 +233,8 @@ class _ArrowWriter(_Writer):
                 f"{printable(run.path)}: a value does not fit its field's type ({exc})"
             ) from None
         cols += [pa.repeat(s, n) for s in self._meta_scalars(run)]
+        if self.pc is not None:
+            cols = [self._neutralise(c) if pa.types.is_string(c.type) else c for c in cols]
         batch = pa.RecordBatch.from_arrays(cols, schema=self.schema)
         if self.fmt != "parquet":
             self.out.write_batch(batch)
@@ -236,6 +243,17 @@ class _ArrowWriter(_Writer):
         self.pending_rows += n
         if self.pending_rows >= ROW_GROUP:
             self._flush()
+
+    def _neutralise(self, col: Any) -> Any:
+        """A string column with a ``'`` before every cell that starts with ``= + - @``,
+        a tab or a carriage return and is not a plain number (OWASP's advice on CSV
+        injection; tracekit.base.text.csv_cell is the same rule in Python)."""
+        pc: Any = self.pc
+        risky = pc.match_substring_regex(col, CSV_FORMULA_START)
+        if not pc.any(risky).as_py():
+            return col
+        risky = pc.and_(risky, pc.invert(pc.match_substring_regex(col, CSV_PLAIN_NUMBER)))
+        return pc.if_else(risky, pc.utf8_replace_slice(col, start=0, stop=0, replacement="'"), col)
 
     def _flush(self) -> None:
         if self.pending:
@@ -316,8 +334,13 @@ def export(
     force: bool = False,
     host: str | None = None,
     mode: int = trust.DEFAULT_MODE,
+    raw_csv: bool = False,
 ) -> Exported:
-    """Export ``paths`` (traces of one probe) to ``out`` in ``fmt``."""
+    """Export ``paths`` (traces of one probe) to ``out`` in ``fmt``.
+
+    CSV cells that a spreadsheet would run as formulas (starting with ``= + - @``,
+    a tab or a carriage return: a comm, interface or host name anyone can choose)
+    get a ``'`` in front, unless ``raw_csv``."""
     if fmt not in FORMATS:
         raise UsageError(f"--to {fmt}: valid formats are {', '.join(FORMATS)}")
     if not paths:
@@ -334,7 +357,9 @@ def export(
     tmp = output.file
     assert tmp is not None
     writer: _Writer = (
-        _JsonlWriter(tmp, schema) if fmt == "jsonl" else _ArrowWriter(fmt, tmp, schema)
+        _JsonlWriter(tmp, schema)
+        if fmt == "jsonl"
+        else _ArrowWriter(fmt, tmp, schema, neutralise=not raw_csv)
     )
     result = Exported()
     ok = False
@@ -371,8 +396,20 @@ def export(
 )
 @click.option("--force", is_flag=True, help="overwrite OUT")
 @mode_option
+@click.option(
+    "--raw-csv",
+    is_flag=True,
+    help="CSV: write cells as they are (by default a cell starting with = + - @, a tab or "
+    "a CR gets a ' in front, so that no spreadsheet runs it as a formula)",
+)
 def export_cmd(
-    files: tuple[str, ...], fmt: str, out: str, host: str | None, force: bool, mode: int
+    files: tuple[str, ...],
+    fmt: str,
+    out: str,
+    host: str | None,
+    force: bool,
+    mode: int,
+    raw_csv: bool,
 ) -> None:
     """Write the events of trace FILEs (one probe) to OUT as Parquet, CSV or JSON lines.
 
@@ -380,7 +417,7 @@ def export_cmd(
     start_time, ncpus, sample_every, tracekit_version and trace: exports from many
     hosts concatenate into one dataset.
     """
-    result = export(files, fmt, out, force=force, host=host, mode=mode)
+    result = export(files, fmt, out, force=force, host=host, mode=mode, raw_csv=raw_csv)
     for run in result.runs:
         if run.truncated_at is not None:
             click.echo(
