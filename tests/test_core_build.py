@@ -297,8 +297,9 @@ def test_a_cache_reached_through_another_users_folder_is_refused(
     with pytest.raises(TracekitError, match="uid 65534"):
         cb.read_object(cb.object_path(txq))
     # tracekit build will not write there either.
-    with pytest.raises(TracekitError, match="will not write into"):
+    with pytest.raises(TracekitError, match="will not build into") as exc:
         cb.build(txq)
+    assert exc.value.exit_code == 2
 
 
 def test_an_object_name_that_is_a_link_is_never_read(cache: Path, txq: ProbeSpec) -> None:

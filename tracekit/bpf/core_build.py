@@ -102,9 +102,9 @@ def build(spec: ProbeSpec) -> Path:
         with trust.trusted_dir(CACHE_DIR, create=0o755) as dir_fd:
             _build_into(spec, out, dir_fd)
     except trust.UntrustedPathError as exc:
-        raise TracekitError(f"tracekit build: will not write into {CACHE_DIR}: {exc}") from None
+        raise trust.UntrustedPathError(f"will not build into {CACHE_DIR}: {exc}") from None
     except OSError as exc:
-        raise TracekitError(f"tracekit build: {CACHE_DIR}: {exc.strerror or exc}") from None
+        raise TracekitError(f"cannot build into {CACHE_DIR}: {exc.strerror or exc}") from None
     _remove_stale(spec, out)
     return out
 
