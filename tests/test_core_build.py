@@ -387,3 +387,20 @@ def test_build_never_changes_an_existing_folders_mode(
     finally:
         os.umask(old)
     assert ((tmp_path / "new" / "core").stat().st_mode & 0o777) == 0o755
+
+
+def test_libbpf_opens_without_a_subprocess(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Opening libbpf and libc starts no process: ctypes.util.find_library runs
+    ``ldconfig -p`` (a fork and exec before the first event, #25)."""
+    import subprocess
+
+    from tracekit.bpf import libbpf as lb
+
+    def no_process(*a: object, **k: object) -> None:
+        raise AssertionError(f"a subprocess on the way to the first event: {a}")
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", no_process)
+    monkeypatch.setattr(lb, "_LIB", None)
+    monkeypatch.setattr(lb, "_LIBC", None)
+    lib = lb.libbpf()
+    assert lib.lib.bpf_object__open_file is not None

@@ -367,11 +367,11 @@ def test_replay_into_prometheus_scraped_over_http_equals_hist(
             time.sleep(0.2)
         assert got is not None and got[("tracekit_run_ended", ())] == 1
     finally:
-        # SIGTERM ends the hold (600 s) at once, and the replay ends well.
-        t = time.monotonic()
+        # SIGTERM ends the hold (600 s), and the replay ends well. No speed is claimed:
+        # a hold SIGTERM did not end would outlast communicate's timeout five times over.
         proc.terminate()
-        _, err = proc.communicate(timeout=30)
-    assert proc.returncode == 0 and time.monotonic() - t < 20, err
+        _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
     hist = fleet_data.hist_counts(printed)
     for (name, key), buckets in hist.items():
         if name != "queue_after":

@@ -19,7 +19,7 @@ import pluggy
 
 from tracekit import _compat
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 hookimpl = pluggy.HookimplMarker("tracekit")
 

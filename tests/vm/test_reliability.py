@@ -74,10 +74,11 @@ def test_perf_buffer_overrun_is_counted_exactly(
     # The perf buffer's own LOST records agree, up to what it had not reported yet.
     records = sum(rss_perf.probe.perf_records_lost.values())
     assert 0 < records <= s.lost_total, (records, s.lost)
-    assert took < 120  # the tool kept up with draining; nothing stalled
+    # How long the flood took is reported, not asserted (timings are bench/'s work):
+    # the run ending at all, with every packet delivered or counted lost, is the check.
     (out_dir / "reliability.txt").open("a").write(
         f"perf buffer 1 page/CPU: {packets} packets, {s.events} delivered, "
-        f"{s.lost_total} lost {s.to_dict()['lost']}\n"
+        f"{s.lost_total} lost {s.to_dict()['lost']} in {took:.1f} s\n"
     )
 
 

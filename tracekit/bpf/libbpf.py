@@ -31,18 +31,46 @@ class LibbpfError(TracekitError):
     exit_code = 11
 
 
+def _open_library(soname: str, name: str) -> ct.CDLL | None:
+    """A shared library by its soname, as the dynamic loader finds it (its cache and
+    default paths: no subprocess); ``ctypes.util.find_library`` only where that fails,
+    since it runs ``ldconfig -p`` (a fork and exec: tens of milliseconds before the
+    first event, hundreds on a loaded machine)."""
+    try:
+        return ct.CDLL(soname, use_errno=True)
+    except OSError:
+        pass
+    found = ctypes.util.find_library(name)
+    if found is None:
+        return None
+    try:
+        return ct.CDLL(found, use_errno=True)
+    except OSError:
+        return None
+
+
+_LIBC: ct.CDLL | None = None
+
+
+def libc() -> ct.CDLL:
+    """The C library, opened once (glibc's soname, else as the loader finds it)."""
+    global _LIBC
+    if _LIBC is None:
+        _LIBC = _open_library("libc.so.6", "c") or ct.CDLL(None, use_errno=True)
+    return _LIBC
+
+
 class Libbpf:
     """libbpf.so.1, with argument types declared once."""
 
     def __init__(self) -> None:
-        name = ctypes.util.find_library("bpf") or "libbpf.so.1"
-        try:
-            self.lib = ct.CDLL(name, use_errno=True)
-        except OSError:
+        lib = _open_library("libbpf.so.1", "bpf")
+        if lib is None:
             raise TracekitError(
                 "libbpf is not installed: apt-get install libbpf1 (the CO-RE loader needs it)"
-            ) from None
-        self._libc = ct.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+            )
+        self.lib: ct.CDLL = lib
+        self._libc = libc()
         self._libc.vsnprintf.argtypes = [ct.c_char_p, ct.c_size_t, ct.c_char_p, ct.c_void_p]
         self.log: list[str] = []
         self._printer = _PRINT_FN(self._print)  # kept alive as long as the library

@@ -84,7 +84,11 @@ class _Libc:
     """libc's syscall() and ioctl(), loaded once (see _libc)."""
 
     def __init__(self) -> None:
-        libc = ct.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        # By soname: ctypes.util.find_library would run ldconfig (a fork per run).
+        try:
+            libc = ct.CDLL("libc.so.6", use_errno=True)
+        except OSError:
+            libc = ct.CDLL(ctypes.util.find_library("c"), use_errno=True)
         self.syscall = libc.syscall
         self.syscall.restype = ct.c_long
         self.ioctl = libc.ioctl
