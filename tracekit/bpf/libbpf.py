@@ -50,6 +50,7 @@ def _open_library(soname: str, name: str) -> ct.CDLL | None:
 
 
 _LIBC: ct.CDLL | None = None
+_PRINTERS: list[Any] = []
 
 
 def libc() -> ct.CDLL:
@@ -104,6 +105,11 @@ class Libbpf:
             f = getattr(L, fn)
             f.restype = res
             f.argtypes = args
+        # libbpf keeps one print function for the whole process: the callback of
+        # every instance ever installed stays alive (a test that makes a second
+        # Libbpf and drops it must not leave libbpf calling freed memory), and
+        # each step (``call``) installs its own instance's again.
+        _PRINTERS.append(self._printer)
         L.libbpf_set_print(self._printer)
 
     def _print(self, _level: int, fmt: bytes, args: int) -> int:
@@ -133,6 +139,7 @@ class Libbpf:
     @contextmanager
     def call(self, what: str) -> Iterator[None]:
         """Collect libbpf's log for one step; on failure, raise it as one line."""
+        self.lib.libbpf_set_print(self._printer)
         self.log.clear()
         try:
             yield
