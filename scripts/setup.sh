@@ -87,13 +87,19 @@ fi
 # The fleet extra: tracekit export (pyarrow), plot (matplotlib), the prometheus sink
 # (prometheus-client), and duckdb for the analysis docs and their tests.
 # Installed again when an installed version is below a floor of pyproject.toml (the
-# floors exclude releases with advisories: docs/reliability.md, "Dependencies").
+# floors exclude releases with advisories: docs/reliability.md, "Dependencies"), or
+# when the tree's version is not the one installed.
 if ! .venv/bin/python -c 'import pyarrow, duckdb, matplotlib, prometheus_client' 2>/dev/null \
   || ! .venv/bin/python - <<'PY'
 import sys, tomllib
 from importlib.metadata import PackageNotFoundError, version
 from pip._vendor.packaging.requirements import Requirement
 project = tomllib.load(open("pyproject.toml", "rb"))["project"]
+# The editable install's metadata names the tree's version (it is read from
+# tracekit.__version__ when installed: a version bump needs a reinstall).
+import tracekit
+if version("tracekit") != tracekit.__version__:
+    sys.exit(1)
 for line in project["dependencies"] + project["optional-dependencies"]["fleet"]:
     req = Requirement(line)
     try:
