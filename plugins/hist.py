@@ -28,6 +28,10 @@ class HistSink:
         self.arg = arg
         self.out = out
         self.hists: list[Histogram] = []
+        # The histograms the kernel's aggregate fills (it carries all their fields);
+        # the others are filled from streamed events.
+        self.from_kernel: list[bool] = []
+        self.streamed = 0
 
     def specs(self, schema: Schema) -> tuple[HistSpec, ...]:
         from tracekit.base.hist import parse_hist_arg
@@ -56,34 +60,40 @@ class HistSink:
 
     @hookimpl
     def tracekit_session_start(self, session: Session) -> None:
-        from tracekit.base.hist import Histogram
+        from tracekit.base.hist import Histogram, KeyCache
 
-        self.hists = [Histogram(s, session.schema) for s in self.specs(session.schema)]
+        # One cache for all: a key several histograms count is kept and formatted once.
+        keys = KeyCache()
+        self.hists = [Histogram(s, session.schema, keys) for s in self.specs(session.schema)]
+        agg = set(session.aggregated)
+        self.from_kernel = [bool(agg) and h.fields() <= agg for h in self.hists]
 
     @hookimpl
     def tracekit_events(self, session: Session, batch: EventBatch) -> None:
-        if session.aggregated:
-            return  # the kernel counted these; its aggregate arrives with the summary
-        for h in self.hists:
-            h.add_batch(batch)  # numpy over a packed batch: no Python step per event
+        self.streamed += len(batch)
+        for h, kernel in zip(self.hists, self.from_kernel, strict=True):
+            # A histogram the kernel counted gets its aggregate with the summary.
+            if not kernel:
+                h.add_batch(batch)  # numpy over a packed batch: no Python step per event
 
     @hookimpl
     def tracekit_session_end(self, session: Session, summary: Summary) -> None:
         out = self.out or sys.stdout
-        if session.aggregated:
+        if not session.streamed:
+            for h, kernel in zip(self.hists, self.from_kernel, strict=True):
+                if not kernel:
+                    raise UsageError(self._not_aggregated(session, h))
+        if any(self.from_kernel):
             by = printable(", ".join(session.aggregated))
-            out.write(f"# counted in the kernel by {by}\n")
-            for h in self.hists:
-                missing = h.fields() - set(session.aggregated)
-                if missing:
-                    raise UsageError(
-                        f"histogram {printable(h.spec.name)} needs "
-                        f"{printable(', '.join(sorted(missing)))}, which the "
-                        "kernel did not aggregate; add a streaming sink (console, msgpack)"
-                    )
-                h.add_weighted(summary.kernel_agg)
-        elif session.sample_every > 1:
+            also = f" (the {self.streamed} streamed events are not counted twice)"
+            out.write(f"# counted in the kernel by {by}{also if session.streamed else ''}\n")
+            for h, kernel in zip(self.hists, self.from_kernel, strict=True):
+                if kernel:
+                    h.add_weighted(summary.kernel_agg)
+        if not all(self.from_kernel) and session.sample_every > 1:
             out.write(f"# sampled: 1 in {session.sample_every} events\n")
+        if self.hists:
+            self.hists[0].keys.clear_text()  # symbols learnt since an earlier print
         for h in self.hists:
             out.write("\n" + h.render(session.symbols))
         for mapname, labels in sorted(summary.counters.items()):
@@ -105,6 +115,23 @@ class HistSink:
         if summary.notes:
             out.write("\n" + "\n".join(map(printable, summary.notes)) + "\n")
         out.flush()
+
+    @staticmethod
+    def _not_aggregated(session: Session, h: Histogram) -> str:
+        missing = printable(", ".join(sorted(h.fields() - set(session.aggregated))))
+        by = printable(", ".join(session.aggregated))
+        name = printable(h.spec.name)
+        if session.mode == "replay":
+            # Nothing to add to a recording: say what it holds and what would do.
+            return (
+                f"histogram {name} needs {missing}: this trace holds only the counts the "
+                f"kernel kept by {by}, no single events; histogram those fields, or record "
+                "again with a streaming sink (--sink msgpack=PATH streams)"
+            )
+        return (
+            f"histogram {name} needs {missing}, which the kernel did not aggregate "
+            f"(it counts by {by}); add a streaming sink (console, msgpack)"
+        )
 
 
 @hookimpl

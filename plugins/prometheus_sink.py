@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import math
 import re
 import signal
 import socket
@@ -52,6 +53,8 @@ from tracekit.plugin.registry import SinkRegistry, SinkSpec
 
 DEFAULT_ADDR = "127.0.0.1"
 DEFAULT_PORT = 9435
+# hold=SECONDS: at most a day of serving after the run ends.
+MAX_HOLD = 24 * 3600.0
 # Displays whose values are one per flow or per socket: not labels unless asked.
 UNBOUNDED_DISPLAYS = frozenset({"ipv4", "ip", "port", "hex"})
 
@@ -193,15 +196,19 @@ class PrometheusSink:
                     self.hold = float(v)
                 except ValueError:
                     raise UsageError(f"--sink prometheus: hold={v!r} is not seconds") from None
-                if self.hold < 0:
-                    raise UsageError("--sink prometheus: hold must not be negative")
+                # nan compares false with every bound, and inf failed the sink at the end.
+                if not (math.isfinite(self.hold) and 0 <= self.hold <= MAX_HOLD):
+                    raise UsageError(
+                        f"--sink prometheus: hold={v!r}: must be seconds from 0 to {MAX_HOLD:.0f}"
+                    )
             elif sep and k == "labels":
                 if v not in ("all", "bounded"):
                     raise UsageError(f"--sink prometheus: labels={v!r}: valid: bounded, all")
                 self.all_labels = v == "all"
             elif not sep:
                 host, colon, port = part.rpartition(":")
-                if not colon or not port.isdigit() or not 0 <= int(port) < 65536:
+                ok = port.isascii() and port.isdigit() and len(port) <= 5
+                if not colon or not ok or not 0 <= int(port) < 65536:
                     raise UsageError(
                         f"--sink prometheus={arg}: expected ADDR:PORT (127.0.0.1:{DEFAULT_PORT})"
                     )

@@ -283,3 +283,9 @@ def hist_counts(text: str) -> dict[tuple[str, str], dict[str, int]]:
         if m and current is not None:
             current[m[1]] = int(m[2])
     return out
+
+
+def key_values(key: str) -> dict[str, str]:
+    """A hist key as printed, ``[cpu=0, queue_before=1]``, as {field: value}."""
+    parts = [p.partition("=") for p in key[1:-1].split(", ")] if key else []
+    return {name: value for name, _, value in parts}

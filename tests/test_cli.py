@@ -60,7 +60,7 @@ def test_replay_console_and_json(trace: tuple[Path, str]) -> None:
     path, _ = trace
     r = tk("replay", str(path))
     lines = r.stdout.splitlines()
-    assert lines[0].split()[:3] == ["ts_ns(ns)", "sk", "cpu"] and len(lines) == 501
+    assert lines[0].split()[:3] == ["time(s)", "sk", "cpu"] and len(lines) == 501
     r = tk("replay", str(path), "--sink", "console=json")
     objs = [json.loads(x) for x in r.stdout.splitlines()]
     assert len(objs) == 501 and "summary" in objs[-1] and objs[0]["saddr"].count(".") == 3

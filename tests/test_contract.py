@@ -53,8 +53,7 @@ def test_all_names_resolve_and_match_the_lazy_table() -> None:
 def test_import_tracekit_stays_light() -> None:
     """``import tracekit`` loads pluggy and, of its own modules, only the old-path finder."""
     code = (
-        "import sys, tracekit; "
-        "print(sorted(m for m in sys.modules if m.startswith('tracekit.')))"
+        "import sys, tracekit; print(sorted(m for m in sys.modules if m.startswith('tracekit.')))"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
@@ -157,7 +156,7 @@ def test_kernel_aggregate_feeds_the_hist_sink() -> None:
     # read-only and unchanged.
     assert "# counted in the kernel by cpu, q" in buf.getvalue() and session.aggregated == ()
     assert summary.kernel_agg == tuple(agg.rows)  # read-only: a tuple
-    assert "@count[0, 1]: 5" in buf.getvalue() and "@count[1, 1]: 2" in buf.getvalue()
+    assert "@count[cpu=0, q=1]: 5" in buf.getvalue() and "@count[cpu=1, q=1]: 2" in buf.getvalue()
     with pytest.raises(ValueError, match="has 1 values"):
         KernelAggregate.from_counts(S, ("cpu", "q"), {(0,): 1})
 

@@ -399,8 +399,14 @@ def test_libbpf_opens_without_a_subprocess(monkeypatch: pytest.MonkeyPatch) -> N
     def no_process(*a: object, **k: object) -> None:
         raise AssertionError(f"a subprocess on the way to the first event: {a}")
 
+    old = lb._LIB
     monkeypatch.setattr(subprocess.Popen, "__init__", no_process)
     monkeypatch.setattr(lb, "_LIB", None)
     monkeypatch.setattr(lb, "_LIBC", None)
     lib = lb.libbpf()
     assert lib.lib.bpf_object__open_file is not None
+    if old is not None:
+        # The new Libbpf gave libbpf its print callback; it goes when the test ends
+        # (the old one is put back): give libbpf the old one's again, or its next
+        # message calls freed memory (a segfault in the next test that loads).
+        old.lib.libbpf_set_print(old._printer)

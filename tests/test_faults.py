@@ -186,3 +186,35 @@ def test_bcc_calling_sys_exit_becomes_one_compile_error(capsys: pytest.CaptureFi
     ):
         raise Exception("boom")
     assert capsys.readouterr().err == ""
+
+
+@settings(
+    max_examples=100, deadline=2000, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(data=st.data())
+def test_a_value_where_a_record_should_start_is_never_the_end(
+    tmp_path: Path, session: Session, rows: list, data: st.DataObject
+) -> None:
+    """Any msgpack value that is not an array, at any record boundary: corrupt, never
+    the end of the file (a nil there once dropped every record after it)."""
+    import msgpack
+
+    good = _good_file(tmp_path, session, rows)
+    p = tmp_path / "fuzz.tkt"
+    p.write_bytes(good)
+    r = TraceReader(str(p))
+    starts = [rec.offset for rec in r.records()] + [len(good)]
+    value = data.draw(
+        st.one_of(
+            st.none(),
+            st.booleans(),
+            st.integers(-(2**63), 2**64 - 1),
+            st.floats(),
+            st.just({}),
+        )
+    )
+    at = data.draw(st.sampled_from(starts))
+    p.write_bytes(good[:at] + msgpack.packb(value) + good[at:])
+    with pytest.raises(TraceFileError, match=f"corrupt at byte {at}: not a record"):
+        for _ in TraceReader(str(p)).records():
+            pass

@@ -71,7 +71,7 @@ def test_parquet_counts_equal_what_hist_printed(
     ).fetchall()
     got = {}
     for cpu, before, after, n in rows:
-        key = f"[{cpu}, {'none' if before == 0xFFFF else before}]"
+        key = f"[cpu={cpu}, queue_before={'none' if before == 0xFFFF else before}]"
         got.setdefault(("queue_after", key), {})[f"[{after}, {after + 1})"] = n
     want = {k: v for k, v in hist.items() if k[0] == "queue_after"}
     assert got == want and sum(map(sum, (v.values() for v in got.values()))) == result.events
@@ -81,7 +81,7 @@ def test_parquet_counts_equal_what_hist_printed(
     out = tmp_path / "rss.parquet"
     export((str(path),), "parquet", str(out))
     per_cpu = dict(duckdb.sql(f"SELECT cpu, count(*) FROM '{out}' GROUP BY cpu").fetchall())
-    assert {f"[{c}]": n for c, n in per_cpu.items()} == {
+    assert {f"[cpu={c}]": n for c, n in per_cpu.items()} == {
         k: v[""] for (name, k), v in hist.items() if name == "rx_packets"
     }
     # The kernel's own counter, printed by hist, equals the events (nothing sampled).
@@ -215,9 +215,13 @@ def test_rss_cpu_plot_draws_every_packet_on_its_cpu(
     fig = bus.probes.get("rss-cpu").plot(trace)
     width = trace.span().bins()[0]
     top = fig.axes[0]
-    drawn = {ln.get_label(): sum(ln.get_ydata()) * width for ln in top.get_lines()}
+    drawn = {p.get_label(): sum(p.get_data().values) * width for p in top.patches}
     printed = fleet_data.hist_counts(fleet_data.record(bus, "rss-cpu", Path(trace.path)))
-    want = {f"cpu{k[1:-1]}": v[""] for (name, k), v in printed.items() if name == "rx_packets"}
+    want = {
+        f"cpu{fleet_data.key_values(k)['cpu']}": v[""]
+        for (name, k), v in printed.items()
+        if name == "rx_packets"
+    }
     assert drawn.keys() == want.keys()
     for cpu, n in want.items():
         assert drawn[cpu] == pytest.approx(n)
@@ -376,8 +380,8 @@ def test_replay_into_prometheus_scraped_over_http_equals_hist(
     for (name, key), buckets in hist.items():
         if name != "queue_after":
             continue
-        cpu, before = key[1:-1].split(", ")
-        labels = (("cpu", cpu), ("queue_before", before))
+        kv = fleet_data.key_values(key)
+        labels = (("cpu", kv["cpu"]), ("queue_before", kv["queue_before"]))
         total = sum(buckets.values())
         assert got[("tracekit_txq_flip_queue_after_count", labels)] == total
         for label, n in buckets.items():

@@ -39,7 +39,7 @@ def test_linear_render_matches_bpftrace_layout() -> None:
     h.add_rows([(6, 0, 6)] * 5 + [(6, 0, 11)] * 2 + [(11, 0, 13)] * 6)
     text = h.render()
     assert text.splitlines() == [
-        "@qa[6]:",
+        "@qa[cpu=6]:",
         "[6, 7)                 5 |" + "@" * 52 + "|",
         "[7, 8)                 0 |" + " " * 52 + "|",
         "[8, 9)                 0 |" + " " * 52 + "|",
@@ -47,7 +47,7 @@ def test_linear_render_matches_bpftrace_layout() -> None:
         "[10, 11)               0 |" + " " * 52 + "|",
         "[11, 12)               2 |" + "@" * 20 + " " * 32 + "|",
         "",
-        "@qa[11]:",
+        "@qa[cpu=11]:",
         "[12, ...)              6 |" + "@" * 52 + "|",
     ]
 
@@ -56,14 +56,14 @@ def test_log2_histogram_with_unit_and_keys_shown_by_display() -> None:
     h = Histogram(HistSpec(value="lat", by=("q",)), S)
     h.add_rows([(0, 3, 0xFFFF), (0, 5, 0xFFFF), (0, 100, 1)])
     text = h.render()
-    assert "@lat[none] (us):" in text and "@lat[1] (us):" in text
+    assert "@lat[q=none] (us):" in text and "@lat[q=1] (us):" in text
     assert "[2, 4)                 1 |" in text and "[64, 128)              1 |" in text
 
 
 def test_count_kind() -> None:
     h = Histogram(HistSpec(value=None, by=("cpu",), kind="count"), S)
     h.add_rows([(0, 1, 1), (0, 1, 1), (1, 1, 1)])
-    assert h.render().splitlines() == ["@count[0]: 2", "@count[1]: 1"]
+    assert h.render().splitlines() == ["@count[cpu=0]: 2", "@count[cpu=1]: 1"]
 
 
 def test_empty_histogram_says_so() -> None:
@@ -85,27 +85,63 @@ def test_parse_hist_arg() -> None:
 
 
 def test_hist_sink_prints_the_kernel_aggregate(capsys: pytest.CaptureFixture[str]) -> None:
+    from dataclasses import replace
+
+    from tracekit.base.session import Session
+    from tracekit.plugin.bus import build_bus
+    from tracekit.plugin.pipeline import Pipeline, SinkOptions, build_sinks
+
+    both = Session(probe="p", schema=S, aggregated=("cpu", "q"))
+    kernel_only = replace(both, streamed=False)
+    bus = build_bus(load_entry_points=False)
+    for session, arg, agg, ok in (
+        (both, "count,by=cpu+q", [((0, 0, 1), 5), ((1, 0, 1), 2)], True),
+        (kernel_only, "count,by=cpu+q", [((0, 0, 1), 5), ((1, 0, 1), 2)], True),
+        (kernel_only, "lat,by=cpu", [((0, 0, 1), 5)], False),
+        (replace(kernel_only, mode="replay"), "lat,by=cpu", [((0, 0, 1), 5)], False),
+    ):
+        sinks = build_sinks(bus, (f"hist={arg}",), SinkOptions(), S)
+        with Pipeline(bus, session, sinks.objects) as pipe:
+            if session.streamed:
+                pipe.batch([(0, 9, 9)] * 100)  # streamed too: the aggregate is what counts
+            pipe.end(kernel_agg=agg)
+        out, err = capsys.readouterr()
+        if ok:
+            assert (
+                "@count[cpu=0, q=1]: 5" in out
+                and "@count[cpu=1, q=1]: 2" in out
+                and not pipe.failures
+            )
+            assert "# counted in the kernel by cpu, q" in out
+            assert ("100 streamed events are not counted twice" in out) == session.streamed
+        elif session.mode == "live":
+            assert "needs lat, which the kernel did not aggregate" in err
+            assert "add a streaming sink" in err
+            assert list(pipe.failures.errors) == ["sink:hist"]
+        else:
+            # On a replay there is no sink to add: say what the trace holds.
+            assert "this trace holds only the counts the kernel kept by cpu, q" in err
+            assert "add a streaming sink" not in err
+
+
+def test_hist_of_a_field_the_kernel_did_not_count_uses_the_streamed_events(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A run that streamed and counted in the kernel: hist=lat reads the events."""
     from tracekit.base.session import Session
     from tracekit.plugin.bus import build_bus
     from tracekit.plugin.pipeline import Pipeline, SinkOptions, build_sinks
 
     session = Session(probe="p", schema=S, aggregated=("cpu", "q"))
     bus = build_bus(load_entry_points=False)
-    for arg, agg, ok in (
-        ("count,by=cpu+q", [((0, 0, 1), 5), ((1, 0, 1), 2)], True),
-        ("lat,by=cpu", [((0, 0, 1), 5)], False),
-    ):
-        sinks = build_sinks(bus, (f"hist={arg}",), SinkOptions(), S)
-        with Pipeline(bus, session, sinks.objects) as pipe:
-            pipe.batch([(0, 9, 9)] * 100)  # streamed too: the aggregate is what counts
-            pipe.end(kernel_agg=agg)
-        out, err = capsys.readouterr()
-        if ok:
-            assert "@count[0, 1]: 5" in out and "@count[1, 1]: 2" in out and not pipe.failures
-            assert "# counted in the kernel by cpu, q" in out
-        else:
-            assert "needs lat, which the kernel did not aggregate" in err
-            assert list(pipe.failures.errors) == ["sink:hist"]
+    sinks = build_sinks(bus, ("hist=lat,by=cpu;count,by=cpu",), SinkOptions(), S)
+    with Pipeline(bus, session, sinks.objects) as pipe:
+        pipe.batch([(0, 9, 9)] * 100)
+        pipe.end(kernel_agg=[((0, 0, 1), 5)])
+    out, err = capsys.readouterr()
+    assert not pipe.failures and err == ""
+    assert "@lat[cpu=0] (us):" in out and "[8, 16)              100 |" in out
+    assert "@count[cpu=0]: 5" in out  # the kernel's count, not the 100 streamed
 
 
 def test_hist_on_a_field_the_kernel_does_not_aggregate_streams_instead() -> None:
@@ -141,6 +177,7 @@ def test_hist_field_missing_from_a_precompiled_aggregate_is_a_usage_error() -> N
     with pytest.raises(UsageError, match=r"wmem: not in ooo-okay's in-kernel aggregate"):
         run_probe(bus, spec, None, ("hist=wmem",), RunOptions(), compiled=Compiled(probe, []))
 
+
 def test_keys_beyond_the_counter_limit_are_folded_and_said(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -154,7 +191,7 @@ def test_keys_beyond_the_counter_limit_are_folded_and_said(
     assert sum(sum(b.values()) for b in h.data.values()) == 12  # nothing lost
     out = h.render()
     assert "# @lat: 8 events with keys seen after 3 counters" in out
-    assert out.index("@lat[2]") < out.index("@lat[other keys]")
+    assert out.index("@lat[cpu=2]") < out.index("@lat[other keys]")
 
 
 def test_sparse_wide_histograms_leave_out_empty_buckets(monkeypatch: pytest.MonkeyPatch) -> None:

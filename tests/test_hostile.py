@@ -438,9 +438,9 @@ def test_closed_pipe_ends_quietly(tmp_path: Path, session: Session) -> None:
 @pytest.mark.parametrize(
     "args,needle",
     [
-        (["--duration", "nan"], "--duration must be a number of seconds"),
-        (["--duration", "inf"], "--duration must be a number of seconds"),
-        (["--duration", "1e309"], "--duration must be a number of seconds"),
+        (["--duration", "nan"], "must be a number of seconds, above 0"),
+        (["--duration", "inf"], "must be a number of seconds, above 0"),
+        (["--duration", "1e309"], "must be a number of seconds, above 0"),
         (["--param", f"ifindex={10**22}"], "does not fit in 64 bits"),
         (["--max-events-per-sec", "-5"], "-5 is not in the range"),
     ],
@@ -532,3 +532,79 @@ def test_console_padding_is_bounded_whatever_the_schema_declares(tmp_path: Path)
     rows = r.stdout.splitlines()[1:]
     # 7 columns of at most 40 characters (values here are short), one space apart.
     assert rows and max(map(len, rows)) <= 7 * 41
+
+
+# -- issue #26: where a record should start --------------------------------------------
+
+
+@pytest.mark.parametrize("fmt", [1, 2])
+@pytest.mark.parametrize(
+    "value", [b"\xc0", b"\x07", b"\xcc\xff", b"\xa1x", b"\x80", b"\xc3", b"\xca\x00\x00\x00\x00"]
+)
+def test_a_value_that_is_not_a_record_is_corrupt_not_the_end(
+    tmp_path: Path, fmt: int, value: bytes
+) -> None:
+    """A nil (or any other value) between records was read as the end of the file:
+    the intact records after it were dropped and replay said "ends early"."""
+    recs = base_records(random.Random(1))
+    head = serialize(recs[:1], fmt=fmt)
+    rest = serialize(recs, fmt=fmt)[len(head) :]
+    p = tmp_path / "nil.tkt"
+    p.write_bytes(head + value + rest)
+    for cmd in ("info", "replay"):
+        err = one_line_status_2(cli(cmd, str(p)))
+        # A string is over the framer's limits: "bad framing", at the same byte.
+        assert f"corrupt at byte {len(head)}: " in err and "ends early" not in err, err
+        assert ("not a record" in err) != (value[0] == 0xA1), err
+
+
+@pytest.mark.parametrize("body", [7, None, "rows", {"rows": 1}, 1.5, True])
+def test_info_refuses_a_format_1_batch_that_is_not_an_array(tmp_path: Path, body: Any) -> None:
+    """info once took a batch body of 7 for a count of 7 rows, then failed on len()."""
+    recs = base_records(random.Random(1))
+    recs[3][1] = body
+    p = forged(tmp_path, recs, fmt=1)
+    at = len(serialize(recs[:3], fmt=1))
+    for cmd in ("info", "replay"):
+        err = one_line_status_2(cli(cmd, str(p)))
+        assert f"corrupt at byte {at}: record 3 (batch): expected an array of rows" in err, err
+
+
+@pytest.mark.parametrize("fmt", [1, 2])
+@pytest.mark.parametrize("damage", ["crc", "seq", "framing", "body"])
+def test_errors_name_the_byte_where_the_bad_record_starts(
+    tmp_path: Path, fmt: int, damage: str
+) -> None:
+    recs = base_records(random.Random(1))
+    at = len(serialize(recs[:3], fmt=fmt))  # record 3, the second batch, starts here
+    good = serialize(recs, fmt=fmt)
+    data = bytearray(good)
+    if damage == "seq" and fmt == 1:
+        pytest.skip("format 1 has no sequence numbers")
+    if damage == "crc":
+        data[at + 10] ^= 0x40  # inside the body: the CRC no longer matches
+        needle = "checksum mismatch"
+    elif damage == "seq":
+        numbered = [[k, pl, i] for i, (k, pl) in enumerate(recs)]
+        numbered[3][2] = 9
+        data = bytearray(serialize(numbered, written=tracefuzz.written_of(recs)))
+        needle = "batch record 9 where record 3 was due"
+    elif damage == "framing":
+        data[at] = 0x92  # an array of two: not a record of either format
+        needle = "not a record"
+    else:
+        lost_at = len(serialize(recs[:5], fmt=fmt))
+        lost = tracefuzz.frame(LOST, 5, b"\xc1", fmt)  # 0xc1: never valid msgpack
+        data = bytearray(
+            good[:lost_at]
+            + lost
+            + serialize(recs, fmt=fmt)[lost_at:][
+                len(tracefuzz.frame(LOST, 5, tracefuzz.pack(recs[5][1]), fmt)) :
+            ]
+        )
+        at, needle = lost_at, "bad lost-events record body"
+    p = tmp_path / "d.tkt"
+    p.write_bytes(bytes(data))
+    for cmd in ("info", "replay"):
+        err = one_line_status_2(cli(cmd, str(p)))
+        assert f"corrupt at byte {at}: " in err and needle in err, err

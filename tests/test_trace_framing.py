@@ -9,7 +9,7 @@ import msgpack
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tracekit.traces.framing import Framer, RecordTooLong
+from tracekit.traces.framing import Framer, NotARecord, RecordTooLong
 
 LIMITS = {
     "max_bin_len": 1000,
@@ -26,6 +26,7 @@ UINTS = st.one_of(
     st.integers(2**32, 2**64 - 1),
 )
 RECORD = st.one_of(
+    st.sampled_from([None, 7, -1, True, 1.5, {}]),  # a value where a record should start
     st.tuples(st.integers(0, 127), UINTS, UINTS, st.binary(max_size=600)),  # format 2
     st.tuples(st.integers(0, 127), UINTS, st.binary(max_size=300)),  # format 1
     st.tuples(st.integers(-5, 300), st.text(max_size=3)),  # anything else
@@ -41,7 +42,7 @@ def framed(data: bytes) -> list[Any]:
             if isinstance(rec, list):
                 rec = [bytes(x) if isinstance(x, memoryview) else x for x in rec]
             out.append(rec)
-    except (ValueError, msgpack.FormatError, msgpack.StackError, RecordTooLong) as exc:
+    except (ValueError, msgpack.FormatError, msgpack.StackError, RecordTooLong, NotARecord) as exc:
         out.append(type(exc).__name__)
     return out
 
@@ -52,7 +53,8 @@ def unpacked(data: bytes) -> list[Any]:
     out: list[Any] = []
     try:
         for rec in up:
-            if rec is None:  # a nil: the reader's end of records (what follows is a cut)
+            if type(rec) is not list:  # a nil or any other value: never the end
+                out.append("NotARecord")
                 break
             out.append(rec)
     except (ValueError, msgpack.FormatError, msgpack.StackError) as exc:
@@ -63,7 +65,10 @@ def unpacked(data: bytes) -> list[Any]:
 @settings(max_examples=300, deadline=None)
 @given(st.lists(RECORD, max_size=6), st.integers(0, 40), st.binary(max_size=8))
 def test_framer_reads_what_msgpack_reads(recs: list[Any], cut: int, tail: bytes) -> None:
-    data = b"".join(msgpack.packb(list(r), use_bin_type=True) for r in recs) + tail
+    data = b"".join(
+        msgpack.packb(list(r) if isinstance(r, tuple) else r, use_bin_type=True) for r in recs
+    )
+    data += tail
     data = data[: max(0, len(data) - cut)]
     got, want = framed(data), unpacked(data)
     # A bin too long for the limit: the framer says so from its header, msgpack with

@@ -25,4 +25,11 @@ def test_structure_aware_fuzzer_finds_no_broken_promise() -> None:
     # ...and structural damage must be refused, every time, by every command.
     for name in ("structure", "rows", "rows-shape", "header-extreme", "v1-structure"):
         assert tally.status[(name, 2)] == runs, name
+    # A value that is not a record where one should start, a format-1 batch body that
+    # is not an array of rows: refused by every command, info included.
+    for name in ("not-record", "v1-batch-body"):
+        assert tally.status[(name, 2)] == runs, name
+    # The largest joined batches replay (within the memory bound: judge), except
+    # into the histogram of a field their schema does not have.
+    assert tally.status[("merged", 0)] == runs - per_class
     assert tally.slowest < tracefuzz.CASE_SECONDS

@@ -68,7 +68,9 @@ def feed(
     bus = bus or build_bus()
     sinks = build_sinks(bus, tuple(sink_args), SinkOptions(force=force), session.schema)
     if kernel_agg is not None:
-        session = replace(session, aggregated=kernel_agg.fields)
+        # A run that counted in the kernel streams only if it was given batches.
+        batches = [list(b) for b in batches]
+        session = replace(session, aggregated=kernel_agg.fields, streamed=bool(batches))
     with Pipeline(bus, session, sinks.objects) as pipe:
         for b in batches:
             pipe.batch(b)

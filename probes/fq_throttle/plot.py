@@ -2,7 +2,8 @@
 
 sch_fq counts throttles per qdisc, not per flow (it keeps no record of which flow a
 throttle delayed), so throttles are drawn per interface and TX queue; drops carry
-the dropped skb's socket, so they are drawn per flow (the busiest ``TOP``).
+the dropped skb's socket, so they are drawn per flow (the busiest ``TOP``). Every
+time bin is whole (``Span.bins``), and legends sit beside the axes.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ def draw(trace: Trace) -> Any:
     scale = trace.session.sample_every / throttle.width
     fig = new_figure(3)
     ax_t, ax_d, ax_e = fig.axes
-    x = throttle.times()
+    edges = throttle.edges()
 
     def queue_label(k: tuple[Any, ...]) -> str:
         return f"{trace.label('ifname', k[0])} q{k[1]}"
@@ -52,12 +53,15 @@ def draw(trace: Trace) -> Any:
         series = binned.series()
         # Sorted, so a queue has the same colour in the throttle and dequeue panels.
         for k in sorted(binned.top(TOP)):
-            ax.step(x, series[k] * scale, where="post", label=label(k))
+            ax.stairs(series[k] * scale, edges, label=label(k), linewidth=1.5)
         if series:
-            ax.legend(loc="upper right", fontsize=8, ncols=2)
+            # Beside the axes, not over the data.
+            ax.legend(loc="upper left", bbox_to_anchor=(1.005, 1.0), fontsize=8, borderaxespad=0)
         else:
             ax.text(0.5, 0.5, "none", ha="center", va="center", transform=ax.transAxes)
-        total = sum(float(np.sum(v)) for v in series.values()) * trace.session.sample_every
+        # With the keys folded together (fleet.plot.MAX_KEYS), which are not drawn.
+        kept = sum(float(np.sum(v)) for v in series.values())
+        total = (kept + float(np.sum(binned.other))) * trace.session.sample_every
         ax.set_title(f"{what}: {total:.0f} in all", fontsize=9, loc="left")
         ax.set_ylabel("/ s")
     fig.suptitle(trace.title("sch_fq throttling and drops over time"))

@@ -22,6 +22,7 @@ from tracekit import (
     hookimpl,
 )
 from tracekit.base.stats import imbalance
+from tracekit.plugin.registry import IFINDEX_MAX
 
 # How the fields of struct tk_event (rss_cpu.bpf.c) are shown; the C declares them.
 FIELDS = (
@@ -81,6 +82,7 @@ PROBE = ProbeSpec(
             help="events only for this interface index (0: all); "
             "the per-CPU counters always count every packet",
             minimum=0,
+            maximum=IFINDEX_MAX,
         ),
     ),
     counters=(

@@ -19,6 +19,7 @@ from tracekit import (
     ProbeSpec,
     hookimpl,
 )
+from tracekit.plugin.registry import IFINDEX_MAX
 
 # Why the socket could move (txq_flip.bpf.c's CAUSE_*, same order): "other" when
 # none of netdev_pick_tx's own conditions held, "reselect" the 6.19+ timer
@@ -83,7 +84,15 @@ PROBE = ProbeSpec(
         AttachPoint("kprobe", "netdev_pick_tx", "tk_pick_tx_entry"),
         AttachPoint("kretprobe", "netdev_pick_tx", "tk_pick_tx_return"),
     ),
-    params=(Param("ifindex", 0, help="only this interface index (0: all)", minimum=0),),
+    params=(
+        Param(
+            "ifindex",
+            0,
+            help="only this interface index (0: all)",
+            minimum=0,
+            maximum=IFINDEX_MAX,
+        ),
+    ),
     counters=(
         CounterMap("txq_counts", doc="netdev_pick_tx calls, queue changes, skbs without a socket"),
     ),

@@ -52,7 +52,7 @@ def test_events_carry_queue_and_flow(run: tuple[FqThrottleResult, str], out_dir:
 
 def test_live_hist_replays_identically(run: tuple[FqThrottleResult, str], out_dir: Path) -> None:
     _, live = run
-    assert "@throttle_delay[tk0," in live
+    assert "@throttle_delay[ifname=tk0," in live
     assert_replay_prints(live, out_dir / "fq-throttle.tkt")
 
 

@@ -34,6 +34,7 @@ def tc_of(ns: str) -> str:
     )
     return r.stdout
 
+
 pytestmark = pytest.mark.vm
 
 # The lab's result, what it printed and its trace.
@@ -72,7 +73,10 @@ def test_flips_between_the_two_cpus_queues(lab_run: LabOut) -> None:
     assert any(e["cpu"] == 1 and e["queue_before"] == 0 and e["queue_after"] == 1 for e in flips)
     # XPS maps CPU n to queue n: every pick lands on the picking CPU's queue.
     assert all(e["queue_after"] == e["cpu"] for e in evs)
-    assert "@queue_after[0, 1]:" in live and "@queue_after[1, 0]:" in live
+    assert (
+        "@queue_after[cpu=0, queue_before=1]:" in live
+        and "@queue_after[cpu=1, queue_before=0]:" in live
+    )
 
 
 def test_flip_queues_are_exactly_the_queues_tc_counted(

@@ -12,7 +12,7 @@ from itertools import repeat
 from operator import itemgetter
 from typing import Any
 
-from tracekit.base.schema import HistSpec, Schema, format_value
+from tracekit.base.schema import Field, HistSpec, Schema, format_value
 from tracekit.base.session import EventBatch, decode_strings
 from tracekit.base.text import printable
 
@@ -46,6 +46,36 @@ class _OtherKeys:
 
 
 OTHER_KEYS: tuple[Any, ...] = (_OtherKeys(),)
+
+
+class KeyCache:
+    """What a sink's histograms share: each distinct key kept once, and each distinct
+    value of a key field formatted once.
+
+    Eight histograms keyed by the same wide key each kept their own copy of it and
+    formatted every field of every key again when printing (16.8 million calls for a
+    2 MB file). With one cache, a key counted by several histograms is one tuple, and
+    printing formats a value the first time any histogram shows it.
+    """
+
+    def __init__(self) -> None:
+        self._keys: dict[tuple[Any, ...], tuple[Any, ...]] = {}
+        self._text: dict[str, dict[Any, str]] = {}
+
+    def intern(self, key: tuple[Any, ...]) -> tuple[Any, ...]:
+        return self._keys.setdefault(key, key)
+
+    def texts(self, f: Field, values: list[Any], symbols: Mapping[int, str] | None) -> list[str]:
+        """``values`` of field ``f`` as printed, each distinct one formatted once."""
+        # By field name: a name is one field (and one display) in a schema.
+        memo = self._text.setdefault(f.name, {})
+        for v in set(values).difference(memo):
+            memo[v] = format_value(f, v, symbols)
+        return list(map(memo.__getitem__, values))
+
+    def clear_text(self) -> None:
+        """Forget formatted values (symbols may have grown since they were made)."""
+        self._text.clear()
 
 
 def check_hist_limits(spec: HistSpec) -> None:
@@ -119,13 +149,15 @@ def _distinct(col: Any) -> tuple[Any, Any]:
 class Histogram:
     """One histogram over the rows of one schema."""
 
-    def __init__(self, spec: HistSpec, schema: Schema) -> None:
+    def __init__(self, spec: HistSpec, schema: Schema, keys: KeyCache | None = None) -> None:
         schema.check_hist(spec)
         check_hist_limits(spec)
         self.spec = spec
         self.schema = schema
+        self.keys = keys if keys is not None else KeyCache()
         self._vi = schema.index(spec.value) if spec.value else None
         self._ki = tuple(schema.index(k) for k in spec.by)
+        self._key_fields = tuple(schema.fields[i] for i in self._ki)
         self.data: dict[tuple[Any, ...], dict[int, int]] = defaultdict(lambda: defaultdict(int))
         self.cells = 0
         self.folded = 0  # events counted under OTHER_KEYS
@@ -163,7 +195,7 @@ class Histogram:
             values = map(itemgetter(self._vi), rows)
             counted = Counter(zip(keys, map(self.bucket, values), strict=True))
         # Inlined _add: with keys unique to each row this runs once per event.
-        data, cap = self.data, MAX_HIST_CELLS
+        data, cap, intern = self.data, MAX_HIST_CELLS, self.keys.intern
         for (key, b), n in counted.items():
             buckets = data.get(key)
             if buckets is None or b not in buckets:
@@ -172,6 +204,8 @@ class Histogram:
                     self.folded += n
                 else:
                     self.cells += 1
+                    if buckets is None:
+                        key = intern(key)
                 buckets = data[key]
             buckets[b] += n
 
@@ -179,7 +213,8 @@ class Histogram:
         """Count a batch: with numpy over its columns when it is packed, else by rows.
 
         Buckets and keys become one integer code per event (a mixed radix over each
-        key's distinct values and the bucket), counted with ``np.unique``; Python
+        key's distinct values and the bucket), counted with ``np.bincount`` or
+        ``np.unique``; each code's key is read from one event that has it, and Python
         then runs once per distinct (key, bucket), not per event.
         """
         if not batch.packed or not len(batch):
@@ -199,41 +234,42 @@ class Histogram:
         bmin = int(buckets.min())
         code = buckets - bmin
         radix = int(buckets.max()) - bmin + 1
-        digits: list[tuple[int, list[Any]]] = []  # per key: (radix, its values)
+        cols: list[Any] = []  # each key field's column
         for i in self._ki:
             col = batch.field_array(i)
             if self.schema.fields[i].is_str:
                 u, inv = np.unique(col, return_inverse=True)
-                values: list[Any] = decode_strings(u.tolist())
             else:
                 u, inv = _distinct(col)
-                values = u.tolist()
-            if radix * len(values) >= 1 << 62:
+            cols.append(col)
+            if radix * len(u) >= 1 << 62:
                 # Renumber what is seen so far: at most n codes, so the product fits.
                 seen, code = np.unique(code, return_inverse=True)
                 code = code.reshape(-1)
-                digits.append((0, seen.tolist()))
                 radix = len(seen)
-            code = code * len(values) + inv.reshape(-1)
-            radix *= len(values)
-            digits.append((len(values), values))
+            code = code * len(u) + inv.reshape(-1)
+            radix *= len(u)
         if radix <= _dense_limit(n):
             # Few possible codes: count them without sorting.
             counts = np.bincount(code, minlength=radix)
             codes = np.flatnonzero(counts)
             counts = counts[codes]
+            # One event of each code (any: they all have its key and bucket).
+            at = np.empty(radix, dtype=np.intp)
+            at[code] = np.arange(n)
+            rep = at[codes]
         else:
-            codes, counts = np.unique(code, return_counts=True)
-        for c, cnt in zip(codes.tolist(), counts.tolist(), strict=True):
-            key = []
-            for size, values in reversed(digits):
-                if size == 0:  # a renumbering: c is an index into earlier codes
-                    c = values[c]
-                    continue
-                c, d = divmod(c, size)
-                key.append(values[d])
-            key.reverse()
-            self._add(tuple(key), c + bmin, cnt)
+            codes, rep, counts = np.unique(code, return_index=True, return_counts=True)
+        # Keys from the events that stand for each code, a column at a time (no
+        # Python step per key field: keys of 256 fields cost 256 divmods each).
+        values = [
+            decode_strings(col[rep].tolist()) if self.schema.fields[i].is_str else col[rep].tolist()
+            for i, col in zip(self._ki, cols, strict=True)
+        ]
+        keys = zip(*values, strict=True) if values else repeat((), len(rep))
+        add = self._add
+        for key, b, cnt in zip(keys, buckets[rep].tolist(), counts.tolist(), strict=True):
+            add(key, b, cnt)
 
     def _np_buckets(self, v: Any) -> Any:
         """Bucket of each value, exact as ``bucket`` (None: use the row path)."""
@@ -271,6 +307,8 @@ class Histogram:
                 self.folded += n
             else:
                 self.cells += 1
+                if buckets is None:
+                    key = self.keys.intern(key)
             buckets = self.data[key]
         buckets[b] += n
 
@@ -295,16 +333,30 @@ class Histogram:
         lo = s.lo + b * s.step
         return f"[{lo}, {lo + s.step})"
 
-    def _key_text(self, key: tuple[Any, ...], symbols: Mapping[int, str] | None) -> str:
-        if not key:
-            return ""
-        if key is OTHER_KEYS:
-            return "[other keys]"
-        parts = [
-            format_value(self.schema.field(n), v, symbols)
-            for n, v in zip(self.spec.by, key, strict=True)
+    def _key_texts(
+        self, keys: list[tuple[Any, ...]], symbols: Mapping[int, str] | None
+    ) -> list[str]:
+        """The printed form of each key, ``[v, v]``: a column of key values at a
+        time, each distinct value formatted once (``KeyCache.texts``)."""
+        if not self._ki:
+            return ["" for _ in keys]
+        real = [k for k in keys if k is not OTHER_KEYS]
+        if not real:
+            return ["[other keys]" for _ in keys]
+        cols = [
+            self.keys.texts(f, list(col), symbols)
+            for f, col in zip(self._key_fields, zip(*real, strict=True), strict=True)
         ]
-        return "[" + ", ".join(parts) + "]"
+        # Each key named (``[cpu=0, before=1]``): the reader need not know the
+        # histogram's ``by`` fields to read its keys. Names come from a trace header.
+        names = [printable(f.name) for f in self._key_fields]
+        texts = iter(
+            [
+                "[" + ", ".join(f"{n}={t}" for n, t in zip(names, parts, strict=True)) + "]"
+                for parts in zip(*cols, strict=True)
+            ]
+        )
+        return ["[other keys]" if k is OTHER_KEYS else next(texts) for k in keys]
 
     def render(self, symbols: Mapping[int, str] | None = None) -> str:
         # Titles, field names and units may come from a trace header: escaped. Keys
@@ -325,9 +377,10 @@ class Histogram:
         dense = sum(max(b) - min(b) + 1 for b in self.data.values()) <= MAX_DENSE_LINES
         if not dense:
             lines.append(f"# @{name}: empty buckets left out (too many to print)")
-        for key in sorted(self.data, key=_sort_key):
+        keys = _sorted_keys(self.data)
+        for key, text in zip(keys, self._key_texts(keys, symbols), strict=True):
             buckets = self.data[key]
-            head = f"@{name}{self._key_text(key, symbols)}"
+            head = f"@{name}{text}"
             if self.spec.kind == "count":
                 lines.append(f"{head}: {buckets[0]}")
                 continue
@@ -342,6 +395,18 @@ class Histogram:
                 lines.append(f"{self._label(b):<16}{n:>8} |{bar:<{BAR_WIDTH}}|")
             lines.append("")
         return "\n".join(lines).rstrip("\n") + "\n"
+
+
+def _sorted_keys(data: Mapping[tuple[Any, ...], Any]) -> list[tuple[Any, ...]]:
+    """Keys in print order: a field's values are all ints or all strings, so keys
+    sort as they are (no sort key per key: for keys of 256 fields that was 256
+    pairs each), numbers numerically; the keys folded together last."""
+    keys = [k for k in data if k is not OTHER_KEYS]
+    try:
+        keys.sort()
+    except TypeError:  # values of mixed types in one field (rows from a loader)
+        keys.sort(key=_sort_key)
+    return keys + [OTHER_KEYS] * (OTHER_KEYS in data)
 
 
 def _sort_key(key: tuple[Any, ...]) -> tuple[tuple[int, Any], ...]:

@@ -80,6 +80,10 @@ class Session:
     ncpus: int = field(default_factory=kernel_facts.ncpus)
     hostname: str = field(default_factory=socket.gethostname)
     start_time: float = field(default_factory=time.time)
+    # CLOCK_MONOTONIC (the clock of the kernel's event timestamps, bpf_ktime_get_ns)
+    # in ns when the session started, read next to ``start_time``: an event's wall-clock
+    # time is start_time + (ts - monotonic_ns) / 1e9. 0: not known (older traces).
+    monotonic_ns: int = field(default_factory=time.monotonic_ns)
     tracekit_version: str = __version__
     # Sampling the probe applied to streamed events (1 = every event), stated by
     # sinks that print. In-kernel counters and aggregates are never sampled.
@@ -87,6 +91,10 @@ class Session:
     # Fields the kernel aggregated on, when the probe counted in the kernel instead
     # of streaming single events (empty when streaming).
     aggregated: tuple[str, ...] = ()
+    # Whether single events were streamed to user space (a run may stream and count
+    # in the kernel both). A replay tells from the trace: its header says, or (traces
+    # written before 0.2) its batches do.
+    streamed: bool = True
     # Kernel addresses to names (fields shown as ``ksym``) and stacks, stored in the
     # trace so replay shows names on a machine with other symbols.
     names: KernelNames = field(default_factory=KernelNames, compare=False, repr=False)
@@ -106,6 +114,21 @@ class Session:
         """Stack id -> kernel addresses, innermost first (read-only)."""
         return self.names.stacks
 
+    def wall_time(self, ts_ns: int) -> float | None:
+        """Seconds since 1970 of an event's kernel timestamp, None if not known."""
+        if not self.monotonic_ns:
+            return None
+        return self.start_time + (int(ts_ns) - self.monotonic_ns) / 1e9
+
+    def holds(self) -> str:
+        """What the session's events are, in words: streamed, counted in the kernel, or both."""
+        by = ", ".join(self.aggregated)
+        if self.aggregated and self.streamed:
+            return f"streamed events, and counts the kernel kept by {by}"
+        if self.aggregated:
+            return f"counts the kernel kept by {by} (no single events)"
+        return "streamed events"
+
     def header(self) -> dict[str, Any]:
         """The trace file header fields that describe this session."""
         return {
@@ -117,8 +140,10 @@ class Session:
             "ncpus": self.ncpus,
             "hostname": self.hostname,
             "start_time": self.start_time,
+            "monotonic_ns": self.monotonic_ns,
             "sample_every": self.sample_every,
             "aggregated": list(self.aggregated),
+            "streamed": self.streamed,
         }
 
     @classmethod
@@ -132,10 +157,30 @@ class Session:
             ncpus=int(h.get("ncpus", 0)),
             hostname=str(h.get("hostname", "?")),
             start_time=float(h.get("start_time", 0.0)),
+            monotonic_ns=int(h.get("monotonic_ns", 0)),
             tracekit_version=str(h.get("tracekit_version", "?")),
             sample_every=int(h.get("sample_every", 1)),
             aggregated=tuple(str(a) for a in h.get("aggregated", ())),
+            streamed=bool(h.get("streamed", not h.get("aggregated"))),
         )
+
+
+# What a sink decodes at a time (``EventBatch.slices``): about this many Python values
+# (a 2-character string is a 50-byte object), and this many bytes of packed records,
+# whatever the batch holds. Replay joins up to 65,536 events into one batch; decoded
+# whole, a batch of 256 two-character strings a row took 30 times the file's bytes.
+SLICE_VALUES = 1 << 16
+SLICE_BYTES = 1 << 20
+
+
+def slice_rows(schema: Schema | None, width: int = 1) -> int:
+    """Events per slice for ``schema`` (or rows of ``width`` values): at least 1."""
+    if schema is not None:
+        width = len(schema.fields)
+        by_bytes = SLICE_BYTES // max(1, schema.size)
+    else:
+        by_bytes = SLICE_VALUES
+    return max(1, min(SLICE_VALUES // max(1, width), by_bytes))
 
 
 class EventBatch:
@@ -232,6 +277,26 @@ class EventBatch:
 
     def __len__(self) -> int:
         return self._n
+
+    def slices(self, rows: int | None = None) -> Iterator[EventBatch]:
+        """The batch as consecutive batches of at most ``rows`` events (default:
+        ``slice_rows``), for a sink that decodes events: one slice's rows are built,
+        used and dropped before the next, so its memory is bounded whatever the batch
+        holds. Packed slices are views of the records (no copy); rows already
+        decoded are sliced, not decoded again."""
+        if rows is None:
+            width = len(self._rows[0]) if self.schema is None and self._rows else 1
+            rows = slice_rows(self.schema, width)
+        if self._n <= rows:
+            yield self
+            return
+        if self._rows is not None:
+            for i in range(0, self._n, rows):
+                yield EventBatch(self.probe, self._rows[i : i + rows], schema=self.schema)
+            return
+        for part in self._parts if self._parts is not None else [self._array]:
+            for i in range(0, len(part), rows):
+                yield EventBatch(self.probe, schema=self.schema, array=part[i : i + rows])
 
     def __iter__(self) -> Iterator[tuple[Any, ...]]:
         return iter(self.rows)

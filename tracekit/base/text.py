@@ -58,3 +58,12 @@ def csv_cell(text: str) -> str:
     if text[0] == "-" and _PLAIN_NUMBER.fullmatch(text):
         return text
     return "'" + text
+
+
+def examples(*lines: str) -> str:
+    """A command's ``--help`` epilog: example command lines, kept as written.
+
+    click rewraps help text into paragraphs; a paragraph that starts with ``\\b``
+    keeps its lines. Each line is a command, or a ``# comment`` saying what it does.
+    """
+    return "\b\nExamples:\n" + "\n".join(f"  {line}" for line in lines)

@@ -168,7 +168,6 @@ class Btf:
             raise TracekitError(f"{struct_name}.{member} is a bitfield")
         return bits // 8, self.size_of(m.type_id)
 
-
     def enum_values(self, enum_name: str) -> dict[str, int]:
         """The enumerators of ``enum enum_name``; {} if the kernel has no such enum."""
         tid = self._by_name.get((ENUM, enum_name))

@@ -62,6 +62,4 @@ class KsymNamer:
             assert self._symbols is not None
             self._table = self._symbols()
         table = self._table
-        self._session.names.add_symbols(
-            {a: table.name(a).decode("utf-8", "replace") for a in new}
-        )
+        self._session.names.add_symbols({a: table.name(a).decode("utf-8", "replace") for a in new})

@@ -197,6 +197,22 @@ class OpenOpts(ct.Structure):
     )
 
 
+def rodata_bytes(name: str, off: int, width: int, size: int, value: int) -> bytes:
+    """The bytes of ``value`` for a global of ``width`` bytes at ``off`` in a .rodata
+    of ``size`` bytes; ``LibbpfError`` (one line) if it would not fit there.
+
+    The offset comes from the object's manifest: a negative one would write before
+    the map's initial value, so it is refused with the rest.
+    """
+    if width not in (1, 2, 4, 8) or not 0 <= off <= size - width:
+        raise LibbpfError(f"setting {name} does not fit .rodata")
+    lo = -(1 << (8 * width - 1)) if value < 0 else 0
+    hi = (1 << (8 * width)) - 1
+    if not lo <= value <= hi:
+        raise LibbpfError(f"setting {name}: {value} does not fit its {width} bytes")
+    return value.to_bytes(width, "little", signed=value < 0)
+
+
 class BpfObject:
     """One compiled object: opened, configured, loaded, closed (``with`` closes it).
 
@@ -261,9 +277,7 @@ class BpfObject:
         )
         for name, value in values.items():
             off, width = offsets[name]
-            if off + width > size.value or width not in (1, 2, 4, 8):
-                raise LibbpfError(f"setting {name} does not fit .rodata")
-            ct.memmove(ptr + off, value.to_bytes(width, "little", signed=value < 0), width)
+            ct.memmove(ptr + off, rodata_bytes(name, off, width, size.value, value), width)
 
     def load(self) -> None:
         with self.lib.call(f"loading {self.path} into the kernel"):

@@ -15,14 +15,25 @@ import click
 from tracekit import __version__
 from tracekit.base.errors import TracekitError, UsageError
 from tracekit.base.text import printable
-from tracekit.cli.options import force_option, loader_option, mode_option, sink_option
+from tracekit.cli.options import (
+    MAX_BUFFER_PAGES,
+    MAX_SECONDS,
+    U32_MAX,
+    Seconds,
+    examples,
+    force_option,
+    loader_option,
+    mode_option,
+    sink_option,
+    time_option,
+)
 from tracekit.plugin.bus import Bus, current_bus
 from tracekit.plugin.pipeline import SinkOptions
 
-# Bounds on numbers from the command line: finite, and small enough for the kernel
-# side (a u32 rate) and for timers (a year).
-MAX_DURATION = 366 * 24 * 3600.0
-MAX_EVENTS_PER_SEC = (1 << 32) - 1
+# Bounds on numbers from the command line (tracekit/cli/options.py): finite, and
+# small enough for the kernel side (a u32 rate) and for timers (a year).
+MAX_DURATION = MAX_SECONDS
+MAX_EVENTS_PER_SEC = U32_MAX
 
 
 def _bus(ctx: click.Context) -> Bus:
@@ -106,7 +117,16 @@ class TracekitGroup(click.Group):
         return cmd
 
 
-@click.group(cls=TracekitGroup)
+@click.group(
+    cls=TracekitGroup,
+    epilog=examples(
+        "tracekit list                                  # probes and sinks",
+        "tracekit check txq-flip                        # can this machine run it?",
+        "sudo tracekit run txq-flip --sink hist --duration 10",
+        "tracekit replay examples/traces/txq-flip.tkt --sink hist",
+        "tracekit COMMAND --help                        # each command's options",
+    ),
+)
 @click.version_option(__version__, prog_name="tracekit")
 @click.pass_context
 def cli(ctx: click.Context) -> None:
@@ -114,7 +134,7 @@ def cli(ctx: click.Context) -> None:
     ctx.ensure_object(dict)
 
 
-@cli.command("list")
+@cli.command("list", epilog=examples("tracekit list", "tracekit list --json"))
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 @click.pass_context
 def list_cmd(ctx: click.Context, as_json: bool) -> None:
@@ -156,10 +176,20 @@ def list_cmd(ctx: click.Context, as_json: bool) -> None:
             click.echo(f"  {r['name']:<{w}}  {origin:<{pw}}  {r['description']}")
 
 
-@cli.command("run")
+@cli.command(
+    "run",
+    epilog=examples(
+        "sudo tracekit run txq-flip --duration 10                # one line per event",
+        "sudo tracekit run txq-flip --sink hist --duration 10    # histograms at the end",
+        "sudo tracekit run rss-cpu --sink hist --sink msgpack=rss.tkt --duration 30",
+        "sudo tracekit run fq-throttle --sink console=json | jq .",
+    ),
+)
 @click.argument("probe")
 @sink_option()
-@click.option("--duration", type=float, default=None, help="stop after SECONDS (default: Ctrl-C)")
+@click.option(
+    "--duration", type=Seconds(), default=None, help="stop after SECONDS (default: Ctrl-C)"
+)
 @click.option("--param", "params", multiple=True, metavar="KEY=VALUE", help="probe parameter")
 @click.option(
     "--output",
@@ -169,7 +199,7 @@ def list_cmd(ctx: click.Context, as_json: bool) -> None:
 )
 @click.option(
     "--sample",
-    type=click.IntRange(min=1),
+    type=click.IntRange(min=1, max=U32_MAX),
     default=1,
     metavar="N",
     help="stream 1 in N events (counters and in-kernel histograms stay exact)",
@@ -182,13 +212,15 @@ def list_cmd(ctx: click.Context, as_json: bool) -> None:
 )
 @click.option(
     "--buffer-pages",
-    type=click.IntRange(min=1),
+    type=click.IntRange(min=1, max=MAX_BUFFER_PAGES),
     default=64,
     show_default=True,
     metavar="N",
-    help="perf buffer pages per CPU, a power of two (the shared ring buffer gets 16 x N)",
+    help="perf buffer pages per CPU, a power of two up to 4096 "
+    "(the shared ring buffer gets 16 x N)",
 )
 @loader_option
+@time_option
 @force_option
 @mode_option
 @click.pass_context
@@ -203,6 +235,7 @@ def run_cmd(
     max_events_per_sec: int,
     buffer_pages: int,
     loader: str,
+    time_: str,
     force: bool,
     mode: int,
 ) -> None:
@@ -213,11 +246,6 @@ def run_cmd(
     spec = bus.probes.get(probe)
     values = spec.resolve_params(_parse_params(params))
     sinks = sinks or ("console",)
-    if duration is not None and not 0 < duration <= MAX_DURATION:
-        # Also refuses nan and inf (click's float accepts them) and 1e309 (inf).
-        raise UsageError(
-            f"--duration must be a number of seconds, above 0 and at most {MAX_DURATION:.0f}"
-        )
     if buffer_pages & (buffer_pages - 1):
         raise UsageError(f"--buffer-pages must be a power of two, not {buffer_pages}")
     # One plan: sinks built and checked once, before the (slow) compile.
@@ -235,27 +263,37 @@ def run_cmd(
             sample=sample,
             page_cnt=buffer_pages,
             loader=loader,
+            time=time_,
         ),
     )
     execute(bus, plan)
 
 
-@cli.command("replay")
+@cli.command(
+    "replay",
+    epilog=examples(
+        "tracekit replay examples/traces/txq-flip.tkt                 # every event",
+        "tracekit replay examples/traces/txq-flip.tkt --sink hist     # its histograms",
+        "tracekit replay examples/traces/rss-cpu.tkt --sink hist=count,by=cpu",
+        "tracekit replay examples/traces/fq-throttle.tkt --sink console=json",
+    ),
+)
 @click.argument("file", type=click.Path(dir_okay=False))
 @sink_option()
+@time_option
 @force_option
 @mode_option
 @click.pass_context
 def replay_cmd(
-    ctx: click.Context, file: str, sinks: tuple[str, ...], force: bool, mode: int
+    ctx: click.Context, file: str, sinks: tuple[str, ...], time_: str, force: bool, mode: int
 ) -> None:
     """Feed a recorded trace FILE through sinks, on any machine."""
     from tracekit.traces.replay import replay
 
-    replay(_bus(ctx), file, sinks or ("console",), SinkOptions(force=force, mode=mode))
+    replay(_bus(ctx), file, sinks or ("console",), SinkOptions(force=force, time=time_, mode=mode))
 
 
-@cli.command("info")
+@cli.command("info", epilog=examples("tracekit info examples/traces/txq-flip.tkt"))
 @click.argument("file", type=click.Path(dir_okay=False))
 def info_cmd(file: str) -> None:
     """Describe a trace FILE: its header and footer in words."""
@@ -265,7 +303,7 @@ def info_cmd(file: str) -> None:
         click.echo(line)
 
 
-@cli.command("check")
+@cli.command("check", epilog=examples("tracekit check", "tracekit check fq-throttle"))
 @click.argument("probe", required=False)
 @click.pass_context
 def check_cmd(ctx: click.Context, probe: str | None) -> None:
@@ -289,7 +327,7 @@ def check_cmd(ctx: click.Context, probe: str | None) -> None:
         ctx.exit(failed.exit_code)
 
 
-@cli.command("build")
+@cli.command("build", epilog=examples("tracekit build", "tracekit build txq-flip"))
 @click.argument("probes", nargs=-1)
 @click.pass_context
 def build_cmd(ctx: click.Context, probes: tuple[str, ...]) -> None:
@@ -304,7 +342,15 @@ def build_cmd(ctx: click.Context, probes: tuple[str, ...]) -> None:
         click.echo(f"no probe has a CO-RE build; objects would go to {CACHE_DIR}")
 
 
-@cli.command("new")
+@cli.command(
+    "new",
+    no_args_is_help=True,
+    epilog=examples(
+        "tracekit new probe tcp-rtt          # writes ./tracekit-tcp-rtt/",
+        "tracekit new sink statsd --dir ~/src",
+        "pip install ./tracekit-tcp-rtt && python -m pytest ./tracekit-tcp-rtt",
+    ),
+)
 @click.argument("kind", type=click.Choice(["probe", "sink"]))
 @click.argument("name")
 @click.option(
@@ -314,14 +360,24 @@ def build_cmd(ctx: click.Context, probes: tuple[str, ...]) -> None:
     default=".",
     help="where to create the package (default: here)",
 )
-def new_cmd(kind: str, name: str, where: str) -> None:
-    """Write a plugin package skeleton for a new probe or sink, with passing tests."""
+@click.pass_context
+def new_cmd(ctx: click.Context, kind: str, name: str, where: str) -> None:
+    """Write a plugin package skeleton for a new probe or sink, with passing tests.
+
+    NAME must not be taken by a built-in or installed probe, sink or plugin.
+    """
+    import os
     from pathlib import Path
 
     from tracekit.cli.scaffold import scaffold
 
-    root = scaffold(kind, name, Path(where))
-    click.echo(f"created {root}: pip install {root}, then python -m pytest {root}")
+    root = scaffold(kind, name, Path(where), _bus(ctx))
+    # A path pip reads as a folder: "tracekit-NAME" alone is a name on the index.
+    shown = str(root) if os.path.isabs(root) or str(root).startswith(".") else f"./{root}"
+    click.echo(
+        f"created {printable(shown)}: pip install {printable(shown)}, "
+        f"then python -m pytest {printable(shown)}"
+    )
 
 
 def main(argv: list[str] | None = None) -> Any:
@@ -337,11 +393,18 @@ def main(argv: list[str] | None = None) -> Any:
         sys.exit(exc.exit_code)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
+    except click.exceptions.NoArgsIsHelpError as exc:
+        # A bare group (``tracekit``, ``tracekit lab``, ``tracekit new``): its help,
+        # as --help prints it, not one escaped line. Asked for, so status 0.
+        assert exc.ctx is not None
+        click.echo(exc.ctx.get_help())
+        sys.exit(0)
     except click.Abort:
         click.echo("tracekit: interrupted", err=True)
         sys.exit(130)
     except click.ClickException as exc:
-        click.echo(f"tracekit: {printable(exc.format_message())}", err=True)
+        # click's messages may span lines ("Choose from:\n\tprobe,\n\tsink"): one line.
+        click.echo(f"tracekit: {printable(' '.join(exc.format_message().split()))}", err=True)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         click.echo("tracekit: interrupted", err=True)

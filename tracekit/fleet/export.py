@@ -5,6 +5,16 @@ One row per event, one typed column per schema field (``u32`` stays an unsigned
 kernel, probe, parameters, start time, ...), so the exports of many hosts
 concatenate into one dataset and a query can group by host.
 
+A trace whose probe counted in the kernel instead of streaming (``session.streamed``
+false) becomes its aggregate table: one row per key the kernel counted, the
+aggregated fields then ``count``, then the same metadata columns. A trace that
+streamed and counted both exports its events (the kernel's counts go into the
+Parquet file's metadata, with the rest of the footer).
+
+OUT ``-`` is standard output. Otherwise OUT is written beside itself and renamed
+over at the end, and never replaces an input, a symbolic link or anything but a
+regular file (``open_output``).
+
 Streaming: a trace is read batch by batch (at most ``MAX_BATCH`` rows each) and
 each batch becomes Arrow columns in one call per column; memory stays flat in the
 trace's size. Parquet row groups collect ``ROW_GROUP`` rows first, because many
@@ -15,9 +25,9 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import io
 import json
 import os
+import stat
 import sys
 import time
 from collections.abc import Iterator
@@ -30,9 +40,9 @@ from tracekit.base import trust
 from tracekit.base.errors import TraceFileError, UsageError
 from tracekit.base.schema import Field, Schema
 from tracekit.base.session import Session, Summary
-from tracekit.base.text import CSV_FORMULA_START, CSV_PLAIN_NUMBER
+from tracekit.base.text import CSV_FORMULA_START, CSV_PLAIN_NUMBER, examples
 from tracekit.fleet.extras import mode_option, need, printable
-from tracekit.traces.tracefile import BATCH, TraceReader
+from tracekit.traces.tracefile import BATCH, TraceReader, find_streamed
 
 FORMATS = ("parquet", "csv", "jsonl")
 ROW_GROUP = 128 * 1024
@@ -99,6 +109,21 @@ def arrow_schema(schema: Schema) -> Any:
     return pa.schema(fields)
 
 
+# The column of an aggregate table that holds the kernel's count of each key.
+COUNT_COLUMN = Field("count", "u64", doc="events the kernel counted with this key")
+
+
+def aggregate_schema(session: Session) -> Schema:
+    """The table of a kernel-counted trace: its aggregated fields, then ``count``."""
+    fields = tuple(session.schema.field(a) for a in session.aggregated)
+    if COUNT_COLUMN.name in session.aggregated:
+        raise UsageError(
+            f"{printable(session.probe)} aggregates on a field named "
+            f"{COUNT_COLUMN.name!r}, the count's column"
+        )
+    return Schema(fields=(*fields, COUNT_COLUMN))
+
+
 @dataclass
 class Run:
     """One trace being exported: its session, its metadata values, and how it ended."""
@@ -135,30 +160,41 @@ class Exported:
 
 def open_runs(paths: tuple[str, ...], host: str | None) -> list[tuple[Run, TraceReader]]:
     """Open every trace first: a schema that does not match the first one is refused
-    before anything is written."""
+    before anything is written, and so is a mix of streamed and kernel-counted
+    traces (their tables have different columns)."""
     out: list[tuple[Run, TraceReader]] = []
     try:
         for p in paths:
+            # Whether it streamed: said by its header, or (older traces) by its batches.
+            session = find_streamed(p)
             r = TraceReader(p)
-            out.append((Run(p, r.session, host or r.session.hostname), r))
-            first = out[0][1].session
-            if [(f.name, f.type) for f in r.session.schema.fields] != [
+            out.append((Run(p, session, host or session.hostname), r))
+            first = out[0][0].session
+            if [(f.name, f.type) for f in session.schema.fields] != [
                 (f.name, f.type) for f in first.schema.fields
             ]:
                 raise UsageError(
-                    f"{printable(p)} is a {printable(r.session.probe)} trace whose fields differ "
+                    f"{printable(p)} is a {printable(session.probe)} trace whose fields differ "
                     f"from {printable(paths[0])} ({printable(first.probe)}): export each probe "
                     "to its own file"
                 )
-            if r.session.aggregated:
+            if (session.streamed, session.aggregated if not session.streamed else ()) != (
+                first.streamed,
+                first.aggregated if not first.streamed else (),
+            ):
+                what = {True: "streamed events", False: "only the kernel's counts"}
                 raise UsageError(
-                    f"{printable(p)}: the kernel counted these events instead of streaming them; "
-                    "there are no single events to export"
+                    f"{printable(p)} holds {what[session.streamed]}, {printable(paths[0])} "
+                    f"{what[first.streamed]}"
+                    + ("" if session.streamed else " by other fields")
+                    + ": export them to separate files"
                 )
-        clash = set(out[0][1].session.schema.names) & set(META_COLUMNS)
+        first = out[0][0].session
+        names = first.schema.names if first.streamed else aggregate_schema(first).names
+        clash = set(names) & set(META_COLUMNS)
         if clash:
             raise UsageError(
-                f"field {', '.join(sorted(clash))} of {printable(out[0][0].session.probe)} "
+                f"field {', '.join(sorted(clash))} of {printable(first.probe)} "
                 "has the name of a metadata column"
             )
     except BaseException:
@@ -169,13 +205,27 @@ def open_runs(paths: tuple[str, ...], host: str | None) -> list[tuple[Run, Trace
 
 
 def batches(run: Run, reader: TraceReader) -> Iterator[list[tuple[Any, ...]]]:
+    """The rows to write for ``run``: its events, or the kernel's counts of a trace
+    that holds only those (``aggregate_schema``)."""
     for rec in reader.records():
-        if rec.kind == BATCH and rec.payload:
+        if rec.kind == BATCH and rec.payload and run.session.streamed:
             run.events += len(rec.payload)
             yield rec.payload.rows
     run.footer = reader.footer
     if reader.truncated:
         run.truncated_at = reader.truncated_at
+    if run.session.streamed:
+        return
+    if run.footer is None:
+        raise TraceFileError(
+            f"{printable(run.path)} ends before its footer, which holds the kernel's counts: "
+            "nothing to export"
+        )
+    idx = [run.session.schema.index(a) for a in run.session.aggregated]
+    rows = [(*(row[i] for i in idx), n) for row, n in run.footer.kernel_agg]
+    run.events = sum(n for _, n in run.footer.kernel_agg)
+    for i in range(0, len(rows), ROW_GROUP):
+        yield rows[i : i + ROW_GROUP]
 
 
 class _Writer:
@@ -278,8 +328,8 @@ class _JsonlWriter(_Writer):
     JSON escapes newlines inside strings, so ``\\n{`` only ever starts an object.
     """
 
-    def __init__(self, path: IO[bytes], schema: Schema) -> None:
-        self.f: IO[str] = io.TextIOWrapper(path, encoding="utf-8")
+    def __init__(self, f: IO[bytes], schema: Schema) -> None:
+        self.f = f
         self.names = schema.names
         self.enc = json.JSONEncoder(ensure_ascii=True)
         self._prefix_for: tuple[Run, str] | None = None
@@ -296,10 +346,11 @@ class _JsonlWriter(_Writer):
         objs = map(dict, map(zip, [names] * len(rows), rows))
         text = "\n".join(map(self.enc.encode, objs))
         prefix = self._prefix(run)
-        self.f.write(prefix + text[1:].replace("\n{", "\n" + prefix) + "\n")
+        # ASCII: ensure_ascii escapes everything else.
+        self.f.write((prefix + text[1:].replace("\n{", "\n" + prefix) + "\n").encode("ascii"))
 
     def close(self, runs: list[Run]) -> None:
-        self.f.close()
+        self.f.flush()
 
 
 def _runs_meta(runs: list[Run]) -> list[dict[str, Any]]:
@@ -314,17 +365,89 @@ def _runs_meta(runs: list[Run]) -> list[dict[str, Any]]:
     return out
 
 
-def check_output(out: str, force: bool) -> None:
-    """Refuse OUT before anything is read: it exists (without ``force``), it is a
-    link, a device or a folder, or its folder is missing (tracekit.base.trust)."""
-    trust.check_output(out, force)
+class Output:
+    """Where an export goes: standard output (``-``), or a new file renamed over OUT.
+
+    The one place an export's output is opened (``open_output``); ``commit`` makes
+    it final, ``abort`` leaves OUT as it was.
+    """
+
+    def __init__(self, name: str, f: IO[bytes], tmp: trust.OutputFile | None = None) -> None:
+        self.name = name
+        self.file = f
+        self._tmp = tmp
+
+    def commit(self) -> None:
+        if self._tmp is None:
+            self.file.flush()
+            return
+        self._tmp.commit()  # flushed to disk, renamed over OUT (tracekit.base.trust)
+        self._tmp = None
+
+    def abort(self) -> None:
+        if self._tmp is not None:
+            self._tmp.abort()
+            self._tmp = None
 
 
-def open_output(out: str, force: bool, mode: int = trust.DEFAULT_MODE) -> trust.OutputFile:
-    """The temporary file an export is written to: beside OUT, of an unpredictable
-    name (O_EXCL | O_NOFOLLOW), ``mode`` (0600 unless --mode), renamed over OUT when
-    complete and removed otherwise; a link or device at OUT is never followed."""
-    return trust.OutputFile(out, mode=mode, replace=force)
+def check_output(out: str, force: bool, inputs: tuple[str, ...]) -> None:
+    """Refuse an OUT that export must not write: one of its inputs (with --force
+    too, by any name: compared by device and inode), a symbolic link, a device, a
+    FIFO or a directory, or an existing file without --force."""
+    if out == "-":
+        return
+    try:
+        st = os.lstat(out)
+    except FileNotFoundError:
+        st = None
+    except OSError as exc:
+        raise UsageError(f"cannot write {printable(out)}: {exc.strerror}") from None
+    if st is not None:
+        for p in inputs:
+            with contextlib.suppress(OSError):
+                if os.path.samefile(out, p):
+                    raise UsageError(
+                        f"{printable(out)} is one of the traces being exported; "
+                        "write to another file"
+                    )
+        if stat.S_ISLNK(st.st_mode):
+            raise UsageError(
+                f"{printable(out)} is a symbolic link; export replaces no link "
+                "(name the file itself, or - for standard output)"
+            )
+        if not stat.S_ISREG(st.st_mode):
+            raise UsageError(
+                f"{printable(out)} is not a regular file; export writes a new file, "
+                "or - for standard output"
+            )
+        if not force:
+            raise UsageError(f"{printable(out)} exists; pass --force to overwrite it")
+    parent = os.path.dirname(os.path.abspath(out))
+    if not os.path.isdir(parent):
+        raise UsageError(
+            f"cannot write {printable(out)}: directory {printable(parent)} does not exist"
+        )
+
+
+def open_output(
+    out: str, force: bool, inputs: tuple[str, ...], mode: int = trust.DEFAULT_MODE
+) -> Output:
+    """Open OUT for an export of ``inputs`` (``check_output`` first).
+
+    ``-`` is standard output. A file is written to a temporary file beside OUT, of
+    an unpredictable name, created with ``O_EXCL | O_NOFOLLOW`` and ``mode`` (0600
+    unless --mode), and renamed over OUT by ``commit`` (tracekit.base.trust.OutputFile):
+    a failed export leaves no half file that a later query would read as complete,
+    no file or link already there is followed, and the rename replaces only what
+    ``check_output`` allowed.
+    """
+    check_output(out, force, inputs)
+    if out == "-":
+        sys.stdout.flush()
+        return Output(out, sys.stdout.buffer)
+    tmp = trust.OutputFile(out, mode=mode, replace=force)
+    assert tmp.file is not None
+    return Output(out, tmp.file, tmp)
 
 
 def export(
@@ -336,7 +459,7 @@ def export(
     mode: int = trust.DEFAULT_MODE,
     raw_csv: bool = False,
 ) -> Exported:
-    """Export ``paths`` (traces of one probe) to ``out`` in ``fmt``.
+    """Export ``paths`` (traces of one probe) to ``out`` (``-``: stdout) in ``fmt``.
 
     CSV cells that a spreadsheet would run as formulas (starting with ``= + - @``,
     a tab or a carriage return: a comm, interface or host name anyone can choose)
@@ -345,25 +468,30 @@ def export(
         raise UsageError(f"--to {fmt}: valid formats are {', '.join(FORMATS)}")
     if not paths:
         raise UsageError("export needs at least one trace file")
-    check_output(out, force)
+    check_output(out, force, paths)
+    if out == "-" and fmt == "parquet" and sys.stdout.isatty():
+        raise UsageError("--to parquet -: Parquet is binary; redirect it to a file or a pipe")
     if fmt != "jsonl":
         need("pyarrow", "tracekit export")
     started = time.monotonic()
     runs = open_runs(paths, host)
-    schema = runs[0][0].session.schema
-    # Written beside OUT and renamed at the end: a failed export leaves no half file
-    # that a later query would read as complete.
-    output = open_output(out, force, mode)
-    tmp = output.file
-    assert tmp is not None
-    writer: _Writer = (
-        _JsonlWriter(tmp, schema)
-        if fmt == "jsonl"
-        else _ArrowWriter(fmt, tmp, schema, neutralise=not raw_csv)
-    )
+    first = runs[0][0].session
+    schema = first.schema if first.streamed else aggregate_schema(first)
     result = Exported()
-    ok = False
     try:
+        output = open_output(out, force, paths, mode)
+    except BaseException:
+        for _, reader in runs:
+            reader.close()
+        raise
+    ok = False
+    writer: _Writer | None = None
+    try:
+        writer = (
+            _JsonlWriter(output.file, schema)
+            if fmt == "jsonl"
+            else _ArrowWriter(fmt, output.file, schema, neutralise=not raw_csv)
+        )
         for run, reader in runs:
             for rows in batches(run, reader):
                 writer.write(run, rows)
@@ -377,14 +505,23 @@ def export(
             reader.close()
         if not ok:
             # The first error is the one to report, not one from closing after it.
-            with contextlib.suppress(Exception):
-                writer.close(result.runs)
+            if writer is not None:
+                with contextlib.suppress(Exception):
+                    writer.close(result.runs)
             output.abort()
     result.seconds = time.monotonic() - started
     return result
 
 
-@click.command("export")
+@click.command(
+    "export",
+    epilog=examples(
+        "tracekit export examples/traces/rss-cpu.tkt --to parquet rss.parquet",
+        "tracekit export host-*.tkt --to parquet all.parquet      # one probe, many hosts",
+        "tracekit export examples/traces/txq-flip.tkt --to jsonl - | jq .queue_after",
+        "tracekit export examples/traces/fq-throttle.tkt --to csv fq.csv",
+    ),
+)
 @click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @click.option("--to", "fmt", type=click.Choice(FORMATS), required=True, help="the output's format")
 @click.argument("out", nargs=1, type=click.Path(dir_okay=False))
@@ -394,7 +531,7 @@ def export(
     metavar="NAME",
     help="the host column's value (default: the hostname recorded in each trace)",
 )
-@click.option("--force", is_flag=True, help="overwrite OUT")
+@click.option("--force", is_flag=True, help="replace OUT (a regular file, not one of FILEs)")
 @mode_option
 @click.option(
     "--raw-csv",
@@ -415,7 +552,11 @@ def export_cmd(
 
     One typed column per event field, then host, kernel, probe, params (JSON),
     start_time, ncpus, sample_every, tracekit_version and trace: exports from many
-    hosts concatenate into one dataset.
+    hosts concatenate into one dataset. A trace that holds only the kernel's counts
+    becomes its aggregate table: the fields it was counted by, then count.
+
+    OUT - writes to standard output. An existing OUT is replaced only with --force,
+    and never when it is one of the FILEs, a symbolic link or not a regular file.
     """
     result = export(files, fmt, out, force=force, host=host, mode=mode, raw_csv=raw_csv)
     for run in result.runs:
@@ -427,8 +568,10 @@ def export_cmd(
             )
     hosts = sorted({r.host for r in result.runs})
     rate = result.events / result.seconds if result.seconds > 0 else 0.0
+    counted = result.runs and not result.runs[0].session.streamed
+    what = "kernel-counted events as their aggregate table" if counted else "events"
     click.echo(
-        f"tracekit: exported {result.events} events from {len(result.runs)} trace(s) "
+        f"tracekit: exported {result.events} {what} from {len(result.runs)} trace(s) "
         f"(hosts: {printable(', '.join(hosts))}) to {printable(out)} "
         f"in {result.seconds:.2f}s ({rate:,.0f} events/s)",
         err=True,

@@ -6,17 +6,19 @@ that reads the trace through ``Trace`` (batches as numpy columns, never one Pyth
 call per event) and returns a matplotlib ``Figure`` (``new_figure`` makes one).
 
 A plot usually reads the trace twice: ``Trace.span()`` first (the time range, to
-choose the bins), then the columns it draws. Both passes stream, so memory stays
-flat in the trace's size: only the binned counts (and, for txq-flip, the flips of
-the sockets drawn) are kept.
+choose the bins), then the columns it draws. Both passes stream a record's batch at
+a time, as numpy columns of its packed records (no Python object per event but the
+keys a plot asks for), so time is linear in the events and memory stays flat in the
+trace's size: only the binned counts are kept, for at most ``MAX_KEYS`` keys per
+``Binned`` (and, for txq-flip, a bounded number of the flips of the sockets drawn).
 """
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from itertools import repeat
 from operator import itemgetter
 from typing import Any
 
@@ -24,7 +26,8 @@ import click
 
 from tracekit.base.errors import UsageError
 from tracekit.base.schema import _NUMPY_CODES, format_value
-from tracekit.base.session import Session, Summary
+from tracekit.base.session import EventBatch, Session, Summary
+from tracekit.base.text import examples
 from tracekit.base.trust import DEFAULT_MODE, OutputFile, check_output
 from tracekit.fleet.extras import mode_option, need, printable
 from tracekit.traces.tracefile import BATCH, TraceReader
@@ -34,6 +37,10 @@ FORMATS = (".png", ".svg", ".pdf")
 # Bin widths a reader takes in at a glance, in seconds.
 _NICE_WIDTHS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30, 60, 300)
 MAX_BINS = 150
+# Keys one ``Binned`` keeps a row of bins for: 150 bins x 4096 keys of 8 bytes are
+# 4.9 MB. A plot draws its top few; a trace of two million distinct flows made a
+# grid of 2.4 GB.
+MAX_KEYS = 4096
 
 
 @dataclass
@@ -45,11 +52,19 @@ class Span:
     events: int
 
     def bins(self) -> tuple[float, int]:
-        """(width in seconds, number of bins): at most ``MAX_BINS`` nice bins."""
-        width = next(
+        """(width in seconds, number of bins): at most ``MAX_BINS`` bins that cover
+        the span exactly, the first event at the first bin's start and the last at
+        the last bin's end.
+
+        The width is about a nice one (``_NICE_WIDTHS``), stretched so that no bin
+        is partial: a last bin only partly covered by the trace would draw a rate
+        that falls off at the end which the traffic never had.
+        """
+        nice = next(
             (w for w in _NICE_WIDTHS if self.seconds / w <= MAX_BINS), float(_NICE_WIDTHS[-1])
         )
-        return width, max(1, math.floor(self.seconds / width) + 1)
+        n = max(1, round(self.seconds / nice))
+        return (self.seconds / n if self.seconds > 0 else nice), n
 
 
 class Trace:
@@ -68,18 +83,25 @@ class Trace:
     def schema(self) -> Any:
         return self.session.schema
 
-    def batches(self) -> Iterator[list[tuple[Any, ...]]]:
+    def batches(self) -> Iterator[EventBatch]:
+        """Each batch record as an ``EventBatch`` (valid until the next is read): its
+        ``rows`` decode on demand, ``column`` reads the packed records with numpy."""
         reader = TraceReader(self.path)
         for rec in reader.records():
-            if rec.kind == BATCH and rec.payload:
-                yield rec.payload.rows
+            if rec.kind == BATCH and len(rec.payload):
+                yield rec.payload
         self.footer = reader.footer
 
-    def column(self, rows: list[tuple[Any, ...]], name: str) -> Any:
+    def column(self, rows: EventBatch | list[tuple[Any, ...]], name: str) -> Any:
         """One field of a batch as a numpy array (strings as an object array)."""
         np = self.np
         f = self.schema.field(name)
-        values = map(itemgetter(self.schema.index(name)), rows)
+        i = self.schema.index(name)
+        if isinstance(rows, EventBatch) and rows.packed:
+            if f.is_str:
+                return np.array(rows.column_values(i), dtype=object)
+            return rows.field_array(i)
+        values = map(itemgetter(i), rows)
         if f.is_str:
             return np.array(list(values), dtype=object)
         return np.fromiter(values, dtype=_NUMPY_CODES[f.type], count=len(rows))
@@ -124,37 +146,90 @@ class Trace:
 
 
 class Binned:
-    """Sums per (time bin, key), keys numbered as they appear: the grid grows by key."""
+    """Sums per (time bin, key), keys numbered as they appear: the grid grows by key.
+
+    At most ``MAX_KEYS`` keys keep their own bins. When more would, only the half
+    with the largest totals (so far for the keys kept, in the batch for new ones)
+    keep theirs, and the others are folded into ``other`` (counted in ``folded``),
+    as top-k summaries such as SpaceSaving do: a key that holds more than 1/2048 of
+    the events counted so far is always among the half kept, so the few keys a plot
+    draws are exact unless they came late and small. Memory: ``MAX_KEYS`` x bins,
+    whatever the trace holds.
+    """
 
     def __init__(self, trace: Trace) -> None:
         self.np = trace.np
         self.width, self.nbins = trace.span().bins()
         self.keys: dict[Any, int] = {}
         self.grid = self.np.zeros((self.nbins, 8))
+        self.other = self.np.zeros(self.nbins)  # sums of the keys folded together
+        self.folded = 0  # keys folded into ``other``
 
     def add(self, t: Any, keys: list[Any], weights: Any = None) -> None:
         np = self.np
         if not len(keys):
             return
+        w = np.ones(len(keys)) if weights is None else np.asarray(weights, dtype=float)
         ids = self.keys
-        for k in dict.fromkeys(keys):  # once per distinct key in the batch
-            if k not in ids:
+        new = [k for k in dict.fromkeys(keys) if k not in ids]  # once per distinct key
+        if len(ids) + len(new) > MAX_KEYS:
+            self._make_room(keys, new, w)
+            ids = self.keys
+        else:
+            for k in new:
                 ids[k] = len(ids)
         if len(ids) > self.grid.shape[1]:
-            grown = np.zeros((self.nbins, max(len(ids), 2 * self.grid.shape[1])))
+            grown = np.zeros((self.nbins, min(MAX_KEYS, max(len(ids), 2 * self.grid.shape[1]))))
             grown[:, : self.grid.shape[1]] = self.grid
             self.grid = grown
-        col = np.fromiter(map(ids.__getitem__, keys), dtype=np.int64, count=len(keys))
+        col = np.fromiter(map(ids.get, keys, repeat(-1)), dtype=np.int64, count=len(keys))
         row = np.clip((t / self.width).astype(np.int64), 0, self.nbins - 1)
-        np.add.at(self.grid, (row, col), 1 if weights is None else weights)
+        kept = col >= 0
+        width = self.grid.shape[1]
+        flat = np.bincount(
+            row[kept] * width + col[kept], weights=w[kept], minlength=self.nbins * width
+        )
+        self.grid += flat.reshape(self.nbins, width)
+        if not kept.all():
+            self.other += np.bincount(row[~kept], weights=w[~kept], minlength=self.nbins)
+
+    def _make_room(self, keys: list[Any], new: list[Any], w: Any) -> None:
+        """Keep the ``MAX_KEYS // 2`` keys with the largest totals, old (so far) and
+        new (in this batch) alike; fold the other old ones into ``other``. New keys
+        not kept are counted there by ``add``."""
+        np = self.np
+        n = len(self.keys)
+        where = {k: i for i, k in enumerate(new)}
+        li = np.fromiter(map(where.get, keys, repeat(-1)), dtype=np.int64, count=len(keys))
+        m = li >= 0
+        totals = np.concatenate(
+            [self.grid[:, :n].sum(axis=0), np.bincount(li[m], weights=w[m], minlength=len(new))]
+        )
+        keep = np.sort(np.argsort(-totals, kind="stable")[: MAX_KEYS // 2])  # by arrival
+        old, admit = keep[keep < n], (keep[keep >= n] - n).tolist()
+        gone = np.setdiff1d(np.arange(n), old)
+        self.other += self.grid[:, gone].sum(axis=1)
+        self.folded += len(gone) + len(new) - len(admit)
+        by_col = list(self.keys)
+        self.keys = {by_col[c]: i for i, c in enumerate(old.tolist())}
+        for i in admit:
+            self.keys[new[i]] = len(self.keys)
+        grid = np.zeros_like(self.grid)
+        grid[:, : len(old)] = self.grid[:, old]
+        self.grid = grid
 
     def series(self) -> dict[Any, Any]:
-        """Key -> per-bin sums."""
+        """Key -> per-bin sums (the keys kept: see ``other`` for the folded ones)."""
         return {k: self.grid[:, i] for k, i in self.keys.items()}
 
     def times(self) -> Any:
         """The start of every bin, in seconds."""
         return self.np.arange(self.nbins) * self.width
+
+    def edges(self) -> Any:
+        """The ``nbins + 1`` bin edges, in seconds (for ``Axes.stairs``: every bin
+        drawn its whole width, the last one too)."""
+        return self.np.arange(self.nbins + 1) * self.width
 
     def top(self, n: int) -> list[Any]:
         """The ``n`` keys with the largest totals."""
@@ -266,7 +341,13 @@ def render(
     return name
 
 
-@click.command("plot")
+@click.command(
+    "plot",
+    epilog=examples(
+        "tracekit plot examples/traces/rss-cpu.tkt -o rss.png",
+        "tracekit plot examples/traces/fq-throttle.tkt -o fq.svg",
+    ),
+)
 @click.argument("file", type=click.Path(dir_okay=False))
 @click.option(
     "-o",

@@ -16,6 +16,7 @@ import importlib
 import click
 
 from tracekit import hookimpl
+from tracekit.base.text import examples
 
 # Seed lab -> the module defining its ``command`` (and its scenario and result type).
 SEEDS: dict[str, str] = {
@@ -41,7 +42,15 @@ class LabGroup(click.Group):
         return cmd
 
 
-@click.group("lab", cls=LabGroup)
+@click.group(
+    "lab",
+    cls=LabGroup,
+    epilog=examples(
+        "sudo tracekit lab txq-flip --duration 5             # inside vm/run, or as root",
+        "sudo tracekit lab rss-cpu --spread none --sink hist --sink msgpack=rss.tkt",
+        "tracekit lab SEED --help                             # each lab's options",
+    ),
+)
 def lab() -> None:
     """Rebuild a seed's situation in network namespaces and trace it."""
 

@@ -8,8 +8,17 @@ from typing import Any
 
 import click
 
+from tracekit.cli.options import examples
 from tracekit.lab.netns import NetnsLab
-from tracekit.lab.options import check_duration, duration_option, force_option, out, sink_option
+from tracekit.lab.options import (
+    check_duration,
+    check_rate,
+    duration_option,
+    force_option,
+    out,
+    rate_option,
+    sink_option,
+)
 from tracekit.lab.traced import LabRun, extend, traced_iperf
 from tracekit.live.run import Compiled
 from tracekit.plugin.bus import Bus, current_bus
@@ -53,23 +62,38 @@ def lab_fq_throttle(
     return extend(run, FqThrottleResult, fq_delta=counted.fq)
 
 
-@click.command("fq-throttle")
+@click.command(
+    "fq-throttle",
+    epilog=examples(
+        "sudo tracekit lab fq-throttle --duration 5",
+        "sudo tracekit lab fq-throttle --flow-limit 5 --maxrate 5mbit --sink msgpack=fq.tkt",
+        "tracekit plot fq.tkt -o fq.png",
+    ),
+)
 @duration_option
-@click.option("--flow-limit", type=int, default=10, show_default=True)
+@click.option(
+    "--flow-limit",
+    type=click.IntRange(min=1, max=(1 << 32) - 1),  # fq's flow_limit is a u32 of packets
+    default=10,
+    show_default=True,
+)
 @click.option("--maxrate", default="10mbit", show_default=True)
+@rate_option("20M", "of the 2 UDP streams")
 @sink_option
 @force_option
 def command(
     duration: float,
     flow_limit: int,
     maxrate: str,
+    rate: str,
     sinks: tuple[str, ...],
     force: bool,
 ) -> None:
     """fq with a low flow_limit and a maxrate, UDP streams faster than maxrate."""
     check_duration(duration)
+    check_rate(rate)
     res = lab_fq_throttle(
-        current_bus(), sinks or ("hist",), duration, flow_limit, maxrate, force=force
+        current_bus(), sinks or ("hist",), duration, flow_limit, maxrate, rate, force=force
     )
     thr = sum(res.counter("fq_counts", "throttled").values())
     drops = sum(res.counter("fq_counts", "flow_limit_drops").values())

@@ -61,4 +61,3 @@ def parse_rx_queue_packets(ethtool_s: str) -> dict[int, int]:
         int(m.group(1)): int(m.group(2))
         for m in re.finditer(r"^\s*rx_queue_(\d+)_packets:\s*(\d+)", ethtool_s, re.M)
     }
-

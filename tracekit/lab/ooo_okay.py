@@ -7,6 +7,7 @@ from typing import Any, NamedTuple
 
 import click
 
+from tracekit.cli.options import examples
 from tracekit.lab.netns import NetnsLab
 from tracekit.lab.options import check_duration, duration_option, force_option, out, sink_option
 from tracekit.lab.traced import LabRun, sink_variant, traced_iperf
@@ -66,7 +67,14 @@ def lab_ooo_okay(
     return OooOkayResult(full, limited)
 
 
-@click.command("ooo-okay")
+@click.command(
+    "ooo-okay",
+    epilog=examples(
+        "sudo tracekit lab ooo-okay --duration 5",
+        "sudo tracekit lab ooo-okay --bandwidth 50M --sink hist --sink msgpack=ooo.tkt",
+        "# writes ooo.unlimited.tkt and ooo.limited.tkt",
+    ),
+)
 @duration_option
 @click.option(
     "--bandwidth",

@@ -11,9 +11,18 @@ import click
 from tracekit.base import kernel
 from tracekit.base.errors import LabError
 from tracekit.base.stats import imbalance
+from tracekit.cli.options import examples
 from tracekit.lab.netns import DEV_B, NetnsLab
 from tracekit.lab.nics import HASH_FIELDS, find_nic_pair
-from tracekit.lab.options import check_duration, duration_option, force_option, out, sink_option
+from tracekit.lab.options import (
+    check_duration,
+    check_rate,
+    duration_option,
+    force_option,
+    out,
+    rate_option,
+    sink_option,
+)
 from tracekit.lab.traced import LabRun, extend, sink_variant, traced_iperf
 from tracekit.live.run import Compiled
 from tracekit.plugin.bus import Bus, current_bus
@@ -88,7 +97,15 @@ def lab_rss_cpu(
     return extend(run, RssCpuResult, softnet_delta=counted.softnet, rxq_delta=counted.rxq)
 
 
-@click.command("rss-cpu")
+@click.command(
+    "rss-cpu",
+    epilog=examples(
+        "sudo tracekit lab rss-cpu --duration 5               # unspread, then spread",
+        "sudo tracekit lab rss-cpu --spread none --sink hist --sink msgpack=rss.tkt",
+        "# writes rss.none.tkt",
+        "tracekit plot rss.none.tkt -o rss.png",
+    ),
+)
 @duration_option
 @click.option(
     "--spread",
@@ -105,17 +122,20 @@ def lab_rss_cpu(
     show_default=True,
     help="nics: the VM's virtio-net pair with RSS (vm/run); veth: a veth pair",
 )
+@rate_option("5M", "of the 8 UDP flows")
 @sink_option
 @force_option
 def command(
     duration: float,
     spread: str,
     link: str,
+    rate: str,
     sinks: tuple[str, ...],
     force: bool,
 ) -> None:
     """Many UDP flows between two addresses: receive work per CPU, unspread and spread."""
     check_duration(duration)
+    check_rate(rate)
     link = rss_link(link)
     if spread == "both":
         modes: tuple[str, ...] = ("none", "rss" if link == "nics" else "rps")
@@ -123,7 +143,8 @@ def command(
         modes = (spread,)
     bus = current_bus()
     results = [
-        lab_rss_cpu(bus, sinks or ("hist",), duration, m, link=link, force=force) for m in modes
+        lab_rss_cpu(bus, sinks or ("hist",), duration, m, link=link, rate=rate, force=force)
+        for m in modes
     ]
     out("")
     if link == "nics":

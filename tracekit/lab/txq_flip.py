@@ -10,6 +10,7 @@ from typing import Any
 import click
 
 from tracekit.base.errors import LabError
+from tracekit.cli.options import examples
 from tracekit.lab.netns import NetnsLab
 from tracekit.lab.options import (
     check_duration,
@@ -80,7 +81,14 @@ def lab_txq_flip(
     return extend(run, TxqFlipResult, queue_delta=counted.queues)
 
 
-@click.command("txq-flip")
+@click.command(
+    "txq-flip",
+    epilog=examples(
+        "sudo tracekit lab txq-flip --duration 5",
+        "sudo tracekit lab txq-flip --qdisc pfifo_fast --sink hist --sink msgpack=txq.tkt",
+        "tracekit replay txq.tkt --sink hist          # later, on any machine",
+    ),
+)
 @duration_option
 @click.option("--qdisc", type=click.Choice(["fq", "pfifo_fast"]), default="fq", show_default=True)
 @sink_option

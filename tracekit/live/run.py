@@ -38,6 +38,8 @@ class RunOptions:
     aggregate: bool | None = None
     # auto: the CO-RE object where it can serve, else BCC (tracekit check says why).
     loader: str = "auto"
+    # --time: how sinks that print show timestamps (SinkOptions.time).
+    time: str = "rel"
 
 
 def say(msg: str) -> None:
@@ -161,6 +163,7 @@ class RunPlan:
             params=self.params,
             sample_every=sample if self.stream else 1,
             aggregated=(self.spec.agg_fields + self.spec.enriched_fields) if self.aggregate else (),
+            streamed=self.stream,
         )
 
 
@@ -179,7 +182,9 @@ def plan_run(
     compiled with; parameters that differ from a shared compiled probe's are a
     usage error (the probe would trace with its own, not the ones asked for).
     """
-    sinks = build_sinks(bus, sink_args, SinkOptions(force=opts.force, mode=opts.mode), spec.schema)
+    sinks = build_sinks(
+        bus, sink_args, SinkOptions(force=opts.force, time=opts.time, mode=opts.mode), spec.schema
+    )
     if compiled is None:
         values = dict(params) if params is not None else spec.resolve_params({})
         stream, aggregate = modes(spec, sinks.streams, opts, sinks.fields_needed)

@@ -57,6 +57,10 @@ class AttachPoint:
         return f"{self.kind}:{self.target}"
 
 
+# The largest interface index: net_device.ifindex is an int.
+IFINDEX_MAX = (1 << 31) - 1
+
+
 @dataclass(frozen=True)
 class Param:
     """A declared probe parameter, passed to the C code as ``-D<define>=<value>``."""

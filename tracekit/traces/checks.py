@@ -248,7 +248,10 @@ def check_header(h: Any, newest: int) -> dict[str, Any]:
         "hostname": _str(h.get("hostname", "?"), "header.hostname"),
         "start_time": _num(h.get("start_time", 0.0), "header.start_time", 0.0, MAX_START_TIME),
         "sample_every": _int(h.get("sample_every", 1), "header.sample_every", 1, MAX_SAMPLE_EVERY),
+        "monotonic_ns": _int(h.get("monotonic_ns", 0), "header.monotonic_ns", 0, (1 << 63) - 1),
         "aggregated": aggregated,
+        # None: a trace written before the header said (see TraceReader.streamed).
+        "streamed": None if h.get("streamed") is None else _bool(h["streamed"], "header.streamed"),
     }
 
 

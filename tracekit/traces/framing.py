@@ -31,8 +31,17 @@ class RecordTooLong(Exception):
     """Buffered bytes beyond the largest record still do not make one."""
 
 
+class NotARecord(Exception):
+    """A whole msgpack value where a record should start, but not an array (a nil,
+    an integer, a map...): corruption, never the end of the records."""
+
+
 class Framer:
-    """``next()``: the next record as a list, or None at the end of the data."""
+    """``next()``: the next record as a list, or None at the end of the data.
+
+    Only the end of the data is None: any other value where a record should start
+    (msgpack's nil included) raises ``NotARecord``.
+    """
 
     def __init__(
         self,
@@ -75,6 +84,8 @@ class Framer:
                     if avail > self._max_frame:
                         raise RecordTooLong from None
                 else:
+                    if type(obj) is not list:
+                        raise NotARecord
                     self._take(up.tell())
                     return obj
             if self.eof:

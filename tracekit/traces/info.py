@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterator
+from dataclasses import replace
 
 from tracekit.base.text import printable as p
 from tracekit.traces.tracefile import BATCH, SYMBOLS, TraceReader, read_symbols
@@ -38,6 +39,8 @@ def describe(path: str) -> Iterator[str]:
             rows += len(rec.payload)
         elif rec.kind == SYMBOLS:
             read_symbols(rec.payload, s)
+    if not reader.streamed_known and s.aggregated:
+        s = replace(s, streamed=batches > 0)  # a trace from before headers said
     params = ", ".join(f"{p(k)}={v}" for k, v in s.params.items()) or "none"
     lines = [
         f"file:      {p(path)} (format {reader.format}, written by tracekit "
@@ -55,6 +58,7 @@ def describe(path: str) -> Iterator[str]:
         f"contents:  {rows} events in {batches} batches, {len(s.symbols)} kernel symbols, "
         f"{len(s.stacks)} stacks"
     )
+    lines.append(f"holds:     {p(s.holds())}")
     f = reader.footer
     if f is None:
         lines.append(

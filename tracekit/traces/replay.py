@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Mapping
+from dataclasses import replace
 
 from tracekit.base.errors import UsageError
 from tracekit.base.session import EventBatch, Summary
@@ -13,9 +14,12 @@ from tracekit.plugin.bus import Bus
 from tracekit.plugin.pipeline import Pipeline, SinkOptions, build_sinks
 from tracekit.traces.tracefile import BATCH, LOST, SYMBOLS, TraceReader, read_lost, read_symbols
 
-# Events per batch handed to the sinks: 8 records of MAX_BATCH. At most 8 x 4 MiB
-# of packed records are kept at a time (a record's bytes, not Python objects).
+# Events per batch handed to the sinks: 8 records of MAX_BATCH, or fewer records
+# when they are wide: at most about COALESCE_BYTES of packed records (a record's
+# bytes, not Python objects) are kept at a time. Sinks that decode events do it in
+# slices (EventBatch.slices), so what they build is bounded whatever is joined here.
 COALESCE_ROWS = 65536
+COALESCE_BYTES = 32 << 20
 
 
 def _refuse_own_input(path: str, sinks: Mapping[str, object]) -> None:
@@ -43,9 +47,13 @@ def _refuse_own_input(path: str, sinks: Mapping[str, object]) -> None:
 def replay(bus: Bus, path: str, sink_args: tuple[str, ...], opts: SinkOptions) -> Summary:
     # First pass: the file's structure, CRCs and every record but batch bodies, so a
     # damaged file ends with one line before any sink prints (TraceReader.verify).
-    TraceReader(path).verify()
+    checked = TraceReader(path)
+    checked.verify()
     reader = TraceReader(path)
     session = reader.session
+    if not reader.streamed_known and session.aggregated:
+        # A trace from before headers said: it streamed if it has batches.
+        session = replace(session, streamed=checked.batches > 0)
     try:
         sinks = build_sinks(bus, sink_args, opts, session.schema)
         _refuse_own_input(path, sinks.objects)
@@ -54,6 +62,10 @@ def replay(bus: Bus, path: str, sink_args: tuple[str, ...], opts: SinkOptions) -
         raise
     # Every record is checked again, batch rows included, before it is yielded: a
     # forged batch stops the replay with one line (status 2) before any sink sees it.
+    # A trace with the kernel's counts says what it holds (only counts, or events
+    # too), on stderr: stdout is the sinks', the same as the live run's.
+    if session.aggregated:
+        print(f"tracekit: {printable(path)} holds {printable(session.holds())}", file=sys.stderr)
     with Pipeline(bus, session, sinks.objects) as pipe:
         # Consecutive batch records go to the sinks as one batch of up to
         # COALESCE_ROWS events: a sink's per-batch costs (a hook call, numpy's
@@ -61,11 +73,13 @@ def replay(bus: Bus, path: str, sink_args: tuple[str, ...], opts: SinkOptions) -
         # records still arrive between the same events as they were written.
         pending: list[EventBatch] = []
         rows = 0
+        # Events of pending batches at which their bytes reach COALESCE_BYTES.
+        most = max(1, COALESCE_BYTES // session.schema.size)
         for rec in reader.records():
             if rec.kind == BATCH and rec.payload.packed:
                 pending.append(rec.payload)
                 rows += len(rec.payload)
-                if rows >= COALESCE_ROWS:
+                if rows >= COALESCE_ROWS or rows >= most:
                     pipe.batch(EventBatch.concat(pending))
                     pending, rows = [], 0
                 continue

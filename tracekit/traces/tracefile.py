@@ -60,7 +60,7 @@ from tracekit.traces.checks import (
     check_lost,
     check_symbols,
 )
-from tracekit.traces.framing import Framer, RecordTooLong
+from tracekit.traces.framing import Framer, NotARecord, RecordTooLong
 
 MAGIC = b"\x89TKT\r\n\x1a\n"
 FORMAT_VERSION = 2
@@ -337,12 +337,13 @@ class TraceReader:
             if raw["format"] != self.format:
                 raise self._corrupt(
                     f"header says format {raw['format']} but records are framed as "
-                    f"format {self.format}"
+                    f"format {self.format}",
+                    first.offset,
                 )
         try:
             header = check_header(raw, FORMAT_VERSION)
         except Invalid as exc:
-            raise self._corrupt(f"bad header: {exc}") from None
+            raise self._corrupt(f"bad header: {exc}", first.offset) from None
         # The checked header, as plain data (the schema as a dict, as in the file).
         self.header: dict[str, Any] = {**header, "schema": header["schema"].to_dict()}
         self.session = Session(
@@ -354,10 +355,15 @@ class TraceReader:
             ncpus=header["ncpus"],
             hostname=header["hostname"],
             start_time=header["start_time"],
+            monotonic_ns=header["monotonic_ns"],
             tracekit_version=header["tracekit_version"],
             sample_every=header["sample_every"],
             aggregated=tuple(header["aggregated"]),
+            # Until read (``find_streamed``): an older trace's header does not say.
+            streamed=header["streamed"] if header["streamed"] is not None else True,
         )
+        # Whether the header said if events were streamed (traces from 0.2 on do).
+        self.streamed_known = header["streamed"] is not None
         self._rows = RowCheck(self.session.schema)
         self._record_size = self.session.schema.size
 
@@ -391,6 +397,9 @@ class TraceReader:
     def _frame(self) -> Any:
         try:
             return self._framer.next()
+        except NotARecord:
+            # A nil (or any value) is not the end of the file: records may follow.
+            raise self._corrupt("not a record") from None
         except RecordTooLong:
             raise self._corrupt(
                 f"a record longer than the {MAX_RECORD // 2**20} MiB limit"
@@ -407,8 +416,9 @@ class TraceReader:
     def _next(self, decode_batches: bool = True) -> Record | None:
         """The next framed record, or None at the end (sets ``truncated`` if cut).
 
-        Without ``decode_batches`` a BATCH payload is its row count, read from the
-        msgpack array header, and the body is not decoded (see ``verify``).
+        Without ``decode_batches`` a format-1 BATCH payload is its row count
+        (``_Rows``), read from the msgpack array header, and the body is not decoded
+        (see ``verify``).
         """
         frame = self._frame()
         if frame is None:
@@ -419,12 +429,12 @@ class TraceReader:
         start = self._offset
         self._offset = len(MAGIC) + self._framer.consumed
         if type(frame) is not list or len(frame) not in (3, 4):
-            raise self._corrupt("not a record")
+            raise self._corrupt("not a record", start)
         if start == len(MAGIC):
             # The first record's framing says which format the file is.
             self.format = 1 if len(frame) == 3 else 2
         if len(frame) != (3 if self.format == 1 else 4):
-            raise self._corrupt("record framed for another format version")
+            raise self._corrupt("record framed for another format version", start)
         if self.format == 1:
             kind, crc, body = frame
             seq = self._seq
@@ -438,26 +448,28 @@ class TraceReader:
             or type(crc) is not int
             or type(body) not in (bytes, memoryview)
         ):
-            raise self._corrupt("not a record")
+            raise self._corrupt("not a record", start)
         ok = _crc32(body) == crc if self.format == 1 else _crc(kind, seq, body) == crc
         if not ok:
-            raise self._corrupt("checksum mismatch")
+            raise self._corrupt("checksum mismatch", start)
         if seq != self._seq:
             how = "repeated or out of order" if seq < self._seq else "missing before it"
             raise self._corrupt(
-                f"{_KIND_NAMES[kind]} record {seq} where record {self._seq} was due (records {how})"
+                f"{_KIND_NAMES[kind]} record {seq} where record {self._seq} was due "
+                f"(records {how})",
+                start,
             )
         self._seq += 1
         if kind == BATCH and self.format >= 2:
             # Packed records: nothing to decode (see _check); the bytes are the batch.
             return Record(kind, body if decode_batches else _Count(body), start)
         if kind == BATCH and not decode_batches:
-            return Record(kind, _array_len(body), start)
+            return Record(kind, _Rows(_array_len(body)), start)
         try:
             payload = msgpack.unpackb(body, use_list=False, strict_map_key=False, raw=False)
         except Exception as exc:  # noqa: BLE001 - any decode failure is corruption
             raise self._corrupt(
-                f"bad {_KIND_NAMES[kind]} record body ({type(exc).__name__})"
+                f"bad {_KIND_NAMES[kind]} record body ({type(exc).__name__})", start
             ) from None
         return Record(kind, payload, start)
 
@@ -526,12 +538,12 @@ class TraceReader:
             self.batches += 1
             self.rows += n
         elif kind == BATCH:
-            if type(rec.payload) is int:  # verify(): counted, not decoded
-                if rec.payload < 0:
+            if type(rec.payload) is _Rows:  # verify(): counted, not decoded
+                n = rec.payload.n
+                if n < 0:
                     raise Invalid(f"{where}: expected an array of rows")
-                if rec.payload > MAX_BATCH:
-                    raise Invalid(f"{where}: {rec.payload} rows (limit {MAX_BATCH})")
-                n = rec.payload
+                if n > MAX_BATCH:
+                    raise Invalid(f"{where}: {n} rows (limit {MAX_BATCH})")
             else:
                 self._rows.check(rec.payload, where, MAX_BATCH)
                 n = len(rec.payload)
@@ -599,6 +611,19 @@ class _Count:
         self.body = body
 
 
+class _Rows:
+    """A format-1 batch that ``verify`` only counts: its rows, from the array header.
+
+    Not a bare int: a forged body may decode to an integer, which must be refused as
+    a batch, not taken for a count.
+    """
+
+    __slots__ = ("n",)
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+
 def _array_len(body: bytes | memoryview) -> int:
     """Rows in a BATCH body from its msgpack array header; -1 if it is not an array.
 
@@ -629,3 +654,22 @@ def read_lost(payload: Any) -> LostReport:
     if not isinstance(payload, LostReport):
         raise TraceFileError("lost-events record read without TraceReader.records()")
     return payload
+
+
+def find_streamed(path: str, reader: TraceReader | None = None) -> Session:
+    """The session of trace ``path``, saying whether it holds streamed events.
+
+    Its header says (``streamed``); a trace written before it did holds streamed
+    events if it has batches or counted nothing in the kernel, which takes one pass
+    over the file's framing (batch bodies are not decoded). ``reader``, if given, is
+    a fresh reader of ``path`` that has read nothing yet; it is used up.
+    """
+    from dataclasses import replace
+
+    reader = reader or TraceReader(path)
+    session = reader.session
+    if reader.streamed_known or not session.aggregated:
+        reader.close()
+        return session
+    reader.verify()
+    return replace(session, streamed=reader.batches > 0)
