@@ -72,8 +72,15 @@ import pip
 sys.exit(0 if Version(pip.__version__) >= Version(sys.argv[1]) else 1)
 PY
 }
+# The distribution is tracekit-ebpf (0.2.0; PyPI's "tracekit" is another project): a
+# .venv made before has this tree installed as "tracekit", which goes first.
+# (pip show, not importlib.metadata: that would also find a build's egg-info in the tree.)
+if [ -x .venv/bin/pip ] && .venv/bin/pip show -q tracekit >/dev/null 2>&1; then
+  .venv/bin/pip uninstall -q -y tracekit >/dev/null 2>&1 || true
+fi
 if [ ! -x .venv/bin/python ] || [ ! -x .venv/bin/py-spy ] \
-  || ! .venv/bin/python -c 'import tracekit, pytest, virtme_ng, isal' 2>/dev/null; then
+  || ! .venv/bin/python -c 'import tracekit, pytest, virtme_ng, isal' 2>/dev/null \
+  || ! .venv/bin/pip show -q tracekit-ebpf >/dev/null 2>&1; then
   echo "setup: creating .venv" >&2
   /usr/bin/python3 -m venv --system-site-packages .venv
   pip_current || pip_install --upgrade "pip>=$PIP_FLOOR"
@@ -98,7 +105,7 @@ project = tomllib.load(open("pyproject.toml", "rb"))["project"]
 # The editable install's metadata names the tree's version (it is read from
 # tracekit.__version__ when installed: a version bump needs a reinstall).
 import tracekit
-if version("tracekit") != tracekit.__version__:
+if version("tracekit-ebpf") != tracekit.__version__:
     sys.exit(1)
 for line in project["dependencies"] + project["optional-dependencies"]["fleet"]:
     req = Requirement(line)
@@ -109,7 +116,7 @@ for line in project["dependencies"] + project["optional-dependencies"]["fleet"]:
         sys.exit(1)
 PY
 then
-  echo "setup: installing tracekit[fleet]" >&2
+  echo "setup: installing tracekit-ebpf[fleet]" >&2
   pip_install -e '.[dev,fleet]'
   .venv/bin/python -c 'import pyarrow, duckdb, matplotlib, prometheus_client'
 fi

@@ -220,7 +220,13 @@ def check_dir(path: str | os.PathLike[str]) -> str | None:
         return f"{os.fspath(path)}: {exc.strerror}"
 
 
-def read_at(dir_fd: int, name: str, shown: str, limit: int = 256 << 20) -> bytes:
+def read_at(
+    dir_fd: int,
+    name: str,
+    shown: str,
+    limit: int = 256 << 20,
+    owners: frozenset[int] | None = None,
+) -> bytes:
     """The bytes of regular file ``name`` in a checked folder, opened once with
     ``O_NOFOLLOW`` and checked through that descriptor (owner, mode)."""
     try:
@@ -234,7 +240,7 @@ def read_at(dir_fd: int, name: str, shown: str, limit: int = 256 << 20) -> bytes
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise UntrustedPathError(f"{shown} is not a regular file")
-        why = _problem(st, shown, trusted_owners())
+        why = _problem(st, shown, trusted_owners() if owners is None else owners)
         if why is not None:
             raise UntrustedPathError(why)
         if st.st_size > limit:

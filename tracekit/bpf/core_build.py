@@ -1,20 +1,29 @@
-"""Build a probe's CO-RE object once, keep it in one place, refuse a tampered one.
+"""Find, build and check probes' CO-RE objects: shipped in the wheel, or built once.
 
-``tracekit build`` (run by scripts/setup.sh) compiles each probe whose source
-supports it (``ProbeSpec.core``) with clang into ``CACHE_DIR``, named by a hash of
-the sources and flags that went into it, with the object's own SHA-256 beside it
-(and the compiler that built it, for the record). Running needs no compiler. At
-run time an object is used only if it is there under the name today's sources hash
-to, owned by root, writable by nobody else, in a folder whose every component from
-``/`` is so too (tracekit.base.trust), and its bytes still hash to what the build
-recorded. The object is read once, without following a link, and libbpf loads those
-same bytes (``bpf_object__open_mem``): the file is never opened again by its path.
-Anything else: the BCC path, and `tracekit check` says why.
+A wheel carries the built-in probes' objects, built by clang when the wheel was built
+(setup.py calls ``build_shipped``), as read-only package data in
+``tracekit/probes/core/`` with the clang that built them (``BUILD.json``): nothing
+compiles on the user's host. ``tracekit build`` compiles the objects of other probes
+(a plugin's, or a source tree's without a wheel) with clang into ``CACHE_DIR``.
+
+Each object is named by a hash of the sources and flags that went into it, with its
+own SHA-256 and its manifest beside it. At run time an object is used only if it is
+there under the name today's sources hash to, its bytes and manifest still hash to
+what the build recorded, and nobody else can change it: a shipped object is owned by
+root or by the owner of tracekit's own code, a cached one by root (or the user, when
+tracekit does not run as root); neither, nor any folder from ``/`` down to it, is
+writable by group or others (tracekit.base.trust). The object is read once, without
+following a link, and libbpf loads those same bytes (``bpf_object__open_mem``): the
+file is never opened again by its path. The shipped objects are tried first.
+Anything else: the BCC path, and ``tracekit check`` says why.
 
 ``tracekit build`` writes into a folder it checks the same way (made 0755 where
 missing, an existing one never changed), each file through a temporary one with an
 unpredictable name renamed into place: no name in the cache is ever opened for
 writing.
+
+Build flags map the build's folders to fixed names (``-ffile-prefix-map``), so the
+same sources and the same clang give the same bytes wherever they are built.
 """
 
 from __future__ import annotations
@@ -34,10 +43,11 @@ from typing import TYPE_CHECKING, Any
 
 from tracekit.base import trust
 from tracekit.base.errors import CompileError, TracekitError
-from tracekit.plugin.registry import ProbeSpec
 
 if TYPE_CHECKING:
     from hashlib import sha256
+
+    from tracekit.plugin.registry import ProbeSpec
 else:
     try:
         # CPython's own SHA-256, as the standard library's random module takes its
@@ -68,12 +78,17 @@ def _sources(spec: ProbeSpec) -> list[bytes]:
     return [spec.source.read_bytes()] + [root.joinpath(h).read_bytes() for h in HEADERS]
 
 
-def object_key(spec: ProbeSpec) -> str:
+def key_of(sources: list[bytes]) -> str:
+    """The name's hash of an object built from ``sources`` (the probe's, then HEADERS')."""
     h = sha256()
-    for part in (" ".join(CFLAGS).encode(), *_sources(spec)):
+    for part in (" ".join(CFLAGS).encode(), *sources):
         h.update(len(part).to_bytes(8, "little"))
         h.update(part)
     return h.hexdigest()[:20]
+
+
+def object_key(spec: ProbeSpec) -> str:
+    return key_of(_sources(spec))
 
 
 def compiler_version() -> str:
@@ -86,6 +101,84 @@ def compiler_version() -> str:
 
 def object_path(spec: ProbeSpec) -> Path:
     return CACHE_DIR / f"{spec.name}-{object_key(spec)}.bpf.o"
+
+
+# The wheel's objects: package data beside the probes (None: the package's own folder).
+SHIPPED_DIR: Path | None = None
+BUILD_RECORD = "BUILD.json"
+
+
+def shipped_dir() -> Path | None:
+    """Where the installed package keeps the objects built with the wheel, or None
+    when the probes are not a plain folder (a zip, a namespace package)."""
+    if SHIPPED_DIR is not None:
+        return SHIPPED_DIR
+    root = files("tracekit.probes")
+    return Path(str(root)) / "core" if isinstance(root, Path) else None
+
+
+def shipped_path(spec: ProbeSpec) -> Path | None:
+    d = shipped_dir()
+    return None if d is None else d / f"{spec.name}-{object_key(spec)}.bpf.o"
+
+
+def shipped_build() -> dict[str, Any] | None:
+    """What built the wheel's objects (clang's version, flags, each object's hash), or
+    None when this install has none (a source tree, an editable install)."""
+    d = shipped_dir()
+    if d is None:
+        return None
+    try:
+        data: dict[str, Any] = json.loads((d / BUILD_RECORD).read_text())
+    except (OSError, ValueError):
+        return None
+    return data
+
+
+def _write_object(tmp: Path, out: Path) -> None:
+    """Record ``tmp``'s manifest, hashes and compiler beside ``out``, then move it there."""
+    manifest = json.dumps(describe(tmp), sort_keys=True).encode()
+    digest = sha256(tmp.read_bytes()).hexdigest()
+    os.chmod(tmp, 0o644)
+    Path(str(out) + ".json").write_bytes(manifest)
+    os.chmod(str(out) + ".json", 0o644)
+    Path(str(out) + ".sha256").write_text(
+        f"{digest}  object\n{sha256(manifest).hexdigest()}  manifest\n"
+    )
+    Path(str(out) + ".built-by").write_text(compiler_version() + "\n")
+    for suffix in (".sha256", ".built-by"):
+        os.chmod(str(out) + suffix, 0o644)
+    os.replace(tmp, out)
+
+
+def build_shipped(probes: Path, dest: Path) -> dict[str, Any]:
+    """Build every built-in probe's object from the source tree's ``probes`` folder into
+    ``dest`` (the wheel's ``tracekit/probes/core``), with BUILD.json: setup.py's hook.
+
+    A probe is a folder of ``probes`` with one ``NAME.bpf.c``; its probe name is the
+    folder's with ``-`` for ``_`` (``txq_flip`` is ``txq-flip``), as the probes name
+    themselves (tests/test_wheel.py checks both lists agree).
+    """
+    dest.mkdir(parents=True, exist_ok=True)
+    headers = [(probes / h).read_bytes() for h in HEADERS]
+    objects: dict[str, Any] = {}
+    for src in sorted(probes.glob("*/*.bpf.c")):
+        name = src.parent.name.replace("_", "-")
+        out = dest / f"{name}-{key_of([src.read_bytes(), *headers])}.bpf.o"
+        tmp = dest / (out.name + ".tmp")
+        try:
+            compile_core(src, tmp, [probes, src.parent])
+        except CompileError as exc:
+            raise CompileError(f"probe {name}: CO-RE build failed: {exc}") from None
+        _write_object(tmp, out)
+        objects[name] = {
+            "object": out.name,
+            "source": f"{src.parent.name}/{src.name}",
+            "sha256": Path(str(out) + ".sha256").read_text().split()[0],
+        }
+    record = {"clang": compiler_version(), "cflags": list(CFLAGS), "objects": objects}
+    (dest / BUILD_RECORD).write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
+    return record
 
 
 def build(spec: ProbeSpec) -> Path:
@@ -161,9 +254,24 @@ def _remove_stale(spec: ProbeSpec, current: Path, now: float | None = None) -> N
 def compile_core(src: Path, out: Path, include: list[Path]) -> None:
     """clang ``src`` into a CO-RE object ``out`` with tracekit's flags (one place for
     the command: ``tracekit build``, the ring buffer tests and bench/drain.py)."""
-    cmd = [_clang(), *CFLAGS, *(f"-I{d}" for d in include), "-I/usr/include/x86_64-linux-gnu"]
+    # The debug information (and so BTF's line info) names the files compiled and the
+    # folder clang ran in: mapped to fixed names, the bytes do not depend on where the
+    # tree is (a wheel built in a temporary folder is the same wheel).
+    maps = [f"-ffile-prefix-map={Path(d).resolve()}={Path(d).resolve().name}" for d in include]
+    cmd = [
+        _clang(),
+        *CFLAGS,
+        *(f"-I{d}" for d in include),
+        "-I/usr/include/x86_64-linux-gnu",
+        *maps,
+        f"-ffile-prefix-map={src.parent.resolve()}={src.parent.resolve().name}",
+    ]
     p = subprocess.run(
-        [*cmd, "-c", str(src), "-o", str(out)], capture_output=True, text=True, timeout=600
+        [*cmd, "-c", str(src.resolve()), "-o", str(Path(out).resolve())],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=src.parent,
     )
     if p.returncode != 0:
         first = next((ln for ln in p.stderr.splitlines() if "error" in ln), p.stderr.strip())
@@ -179,25 +287,43 @@ class CoreObject:
     manifest: dict[str, Any]
 
 
-def read_object(path: Path) -> CoreObject:
+def _code_owner() -> int:
+    """The owner of tracekit's own code: whoever may change the package may change
+    the objects shipped in it, and nobody else may."""
+    return Path(__file__).stat().st_uid
+
+
+def _is_shipped(path: Path) -> bool:
+    d = shipped_dir()
+    return d is not None and os.path.abspath(path.parent) == os.path.abspath(d)
+
+
+def read_object(path: Path, *, shipped: bool | None = None) -> CoreObject:
     """The object at ``path``, read once and checked (TracekitError says why not).
 
     Its folder is checked from ``/`` (tracekit.base.trust); the object, its recorded
     hashes and its manifest are each opened once with ``O_NOFOLLOW`` in that same
     folder, must be owned by root (or the user) and writable by nobody else, and
-    the bytes read must hash to what the build recorded.
+    the bytes read must hash to what the build recorded. A ``shipped`` object (one
+    in the package's own folder, by default) and its folders may also be owned by
+    the owner of tracekit's code.
     """
+    if shipped is None:
+        shipped = _is_shipped(path)
+    owners = trust.trusted_owners() | ({_code_owner()} if shipped else set())
     try:
-        with trust.trusted_dir(path.parent) as dir_fd:
+        with trust.trusted_dir(path.parent, owners=owners) as dir_fd:
             try:
-                data = trust.read_at(dir_fd, path.name, str(path))
+                data = trust.read_at(dir_fd, path.name, str(path), owners=owners)
             except FileNotFoundError:
                 raise TracekitError(
                     f"no CO-RE object built ({path.name}; run 'tracekit build')"
                 ) from None
             try:
-                want = trust.read_at(dir_fd, path.name + ".sha256", f"{path}.sha256").split()
-                manifest = trust.read_at(dir_fd, path.name + ".json", f"{path}.json")
+                want = trust.read_at(
+                    dir_fd, path.name + ".sha256", f"{path}.sha256", owners=owners
+                ).split()
+                manifest = trust.read_at(dir_fd, path.name + ".json", f"{path}.json", owners=owners)
             except FileNotFoundError:
                 raise TracekitError(
                     f"the CO-RE object has no recorded hash or manifest ({path})"
@@ -223,10 +349,11 @@ def read_object(path: Path) -> CoreObject:
     return CoreObject(path, data, desc)
 
 
-def verified(path: Path) -> str | None:
-    """Why ``path`` must not be loaded, or None when it may be."""
+def verified(path: Path, *, shipped: bool = False) -> str | None:
+    """Why ``path`` must not be loaded, or None when it may be. A cached object must
+    be root's (or the user's); a ``shipped`` one may also be the package code owner's."""
     try:
-        read_object(path)
+        read_object(path, shipped=shipped or None)
     except TracekitError as exc:
         return str(exc)
     return None
@@ -274,9 +401,23 @@ def manifest(obj: Path) -> dict[str, Any]:
 
 
 def find_object(spec: ProbeSpec) -> tuple[Path | None, str]:
-    """(object to load, why) for this probe's CO-RE path; (None, reason) if not."""
+    """(object to load, why) for this probe's CO-RE path; (None, reason) if not.
+
+    The wheel's object first (read-only package data, nothing to build), then the
+    cache ``tracekit build`` fills. When neither may be loaded, the reason is the
+    shipped object's if this install has one (a tampered wheel says so), else the
+    cache's.
+    """
     if not spec.core:
         return None, "the probe has no CO-RE build"
+    shipped = shipped_path(spec)
+    shipped_why = None
+    if shipped is not None and shipped.exists():
+        shipped_why = verified(shipped, shipped=True)
+        if shipped_why is None:
+            return shipped, f"CO-RE object {shipped.name} shipped with tracekit"
     path = object_path(spec)
     why = verified(path)
-    return (None, why) if why else (path, f"CO-RE object {path}")
+    if why is None:
+        return path, f"CO-RE object {path}"
+    return None, shipped_why or why
