@@ -44,7 +44,9 @@ from tracekit.base.text import printable
 
 # TRACEKIT_* variables honoured under sudo or set-uid: each can only show more or
 # load less (docs/reliability.md, "Environment").
-SAFE_ENV = frozenset({"TRACEKIT_DISABLE_PLUGINS", "TRACEKIT_CLANG_WARNINGS"})
+SAFE_ENV = frozenset(
+    {"TRACEKIT_DISABLE_PLUGINS", "TRACEKIT_CLANG_WARNINGS", "TRACEKIT_MOUNT_TRACEFS"}
+)
 
 # The mode of every output file unless the user asks for another: traces and exports
 # hold kernel addresses and host names (perf writes perf.data 0600 too).
