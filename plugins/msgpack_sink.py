@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import os
-import stat
 from typing import TYPE_CHECKING
 
 from tracekit import hookimpl
 from tracekit.base.errors import UsageError
 from tracekit.base.session import EventBatch, LostReport, Session, Summary
+from tracekit.base.trust import DEFAULT_MODE
 from tracekit.plugin.pipeline import SinkOptions
 from tracekit.plugin.registry import SinkRegistry, SinkSpec
 
@@ -22,6 +22,7 @@ class MsgpackSink:
             raise UsageError("--sink msgpack needs a file: --sink msgpack=PATH")
         self.path = arg
         self.force = False
+        self.mode = DEFAULT_MODE
         self.writer: TraceWriter | None = None
         parent = os.path.dirname(os.path.abspath(arg))
         if not os.path.isdir(parent):
@@ -29,6 +30,7 @@ class MsgpackSink:
 
     def configure(self, opts: SinkOptions) -> None:
         self.force = opts.force
+        self.mode = opts.mode
         # Refuse before the probe compiles, not minutes later when the session starts
         # (and not as a "sink failed" after the fact).
         check_writable(self.path, self.force)
@@ -39,7 +41,7 @@ class MsgpackSink:
         # run that records nothing, and every import delays its first event.
         from tracekit.traces.tracefile import TraceWriter
 
-        self.writer = TraceWriter(self.path, session, force=self.force)
+        self.writer = TraceWriter(self.path, session, force=self.force, mode=self.mode)
 
     @hookimpl
     def tracekit_events(self, session: Session, batch: EventBatch) -> None:
@@ -63,25 +65,19 @@ def check_writable(path: str, force: bool) -> None:
     """Raise UsageError unless the trace can be created (or, with force, replaced) at path.
 
     Only regular files: a directory cannot be one, ``/dev/full`` takes the header and
-    fails later, and a FIFO blocks until someone reads it.
+    fails later, and a FIFO blocks until someone reads it. Never through a symbolic
+    link at the name (tracekit.base.trust.create_output, which the writer uses, checks
+    it all again when it makes the file).
     """
+    from tracekit.base.trust import check_output
+
     try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        parent = os.path.dirname(os.path.abspath(path))
-        if not os.access(parent, os.W_OK | os.X_OK):
-            raise UsageError(f"--sink msgpack={path}: cannot create files in {parent}") from None
-        return
-    except OSError as exc:
-        raise UsageError(f"--sink msgpack={path}: {exc.strerror}") from None
-    if stat.S_ISDIR(st.st_mode):
-        raise UsageError(f"--sink msgpack={path}: is a directory")
-    if not stat.S_ISREG(st.st_mode):
-        raise UsageError(f"--sink msgpack={path}: not a regular file")
-    if not force:
-        raise UsageError(f"{path} exists; pass --force to overwrite it")
-    if not os.access(path, os.W_OK):
-        raise UsageError(f"--sink msgpack={path}: not writable")
+        check_output(path, force)
+    except UsageError as exc:
+        msg = str(exc)
+        if "exists; pass --force" in msg:
+            raise
+        raise UsageError(f"--sink msgpack={path}: {msg.removeprefix(path + ' ')}") from None
 
 
 @hookimpl

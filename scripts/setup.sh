@@ -62,6 +62,19 @@ fi
 pip_install() {
   .venv/bin/pip install -q --disable-pip-version-check "$@" 2>&1 | grep -v '^WARNING: Location' || true
 }
+# pip itself first: the venv starts with the system's (bookworm: 23.0.1), which has
+# published advisories (CVE-2023-5752; CVE-2025-8869, an sdist's links written
+# outside its folder). Upgraded when older than PIP_FLOOR, so a venv that has it
+# needs no network.
+PIP_FLOOR=25.3
+pip_current() {
+  .venv/bin/python - "$PIP_FLOOR" <<'PY'
+import sys
+from pip._vendor.packaging.version import Version
+import pip
+sys.exit(0 if Version(pip.__version__) >= Version(sys.argv[1]) else 1)
+PY
+}
 # The distribution is tracekit-ebpf (0.2.0; PyPI's "tracekit" is another project): a
 # .venv made before has this tree installed as "tracekit", which goes first.
 # (pip show, not importlib.metadata: that would also find a build's egg-info in the tree.)
@@ -73,12 +86,39 @@ if [ ! -x .venv/bin/python ] || [ ! -x .venv/bin/py-spy ] \
   || ! .venv/bin/pip show -q tracekit-ebpf >/dev/null 2>&1; then
   echo "setup: creating .venv" >&2
   /usr/bin/python3 -m venv --system-site-packages .venv
+  pip_current || pip_install --upgrade "pip>=$PIP_FLOOR"
   pip_install -e '.[dev]'
   .venv/bin/python -c 'import tracekit, pytest, virtme_ng'
 fi
+if ! pip_current; then
+  echo "setup: upgrading pip in .venv (>= $PIP_FLOOR)" >&2
+  pip_install --upgrade "pip>=$PIP_FLOOR"
+fi
 # The fleet extra: tracekit export (pyarrow), plot (matplotlib), the prometheus sink
 # (prometheus-client), and duckdb for the analysis docs and their tests.
-if ! .venv/bin/python -c 'import pyarrow, duckdb, matplotlib, prometheus_client' 2>/dev/null; then
+# Installed again when an installed version is below a floor of pyproject.toml (the
+# floors exclude releases with advisories: docs/reliability.md, "Dependencies"), or
+# when the tree's version is not the one installed.
+if ! .venv/bin/python -c 'import pyarrow, duckdb, matplotlib, prometheus_client' 2>/dev/null \
+  || ! .venv/bin/python - <<'PY'
+import sys, tomllib
+from importlib.metadata import PackageNotFoundError, version
+from pip._vendor.packaging.requirements import Requirement
+project = tomllib.load(open("pyproject.toml", "rb"))["project"]
+# The editable install's metadata names the tree's version (it is read from
+# tracekit.__version__ when installed: a version bump needs a reinstall).
+import tracekit
+if version("tracekit-ebpf") != tracekit.__version__:
+    sys.exit(1)
+for line in project["dependencies"] + project["optional-dependencies"]["fleet"]:
+    req = Requirement(line)
+    try:
+        if not req.specifier.contains(version(req.name), prereleases=True):
+            sys.exit(1)
+    except PackageNotFoundError:
+        sys.exit(1)
+PY
+then
   echo "setup: installing tracekit-ebpf[fleet]" >&2
   pip_install -e '.[dev,fleet]'
   .venv/bin/python -c 'import pyarrow, duckdb, matplotlib, prometheus_client'

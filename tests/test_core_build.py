@@ -75,7 +75,7 @@ def test_a_tampered_or_exposed_object_is_never_loaded(cache: Path, txq: ProbeSpe
     os.chmod(path, 0o644)
     if os.geteuid() == 0:
         os.chown(path, 65534, 65534)
-        assert "not owned by root" in (cb.verified(path) or "")
+        assert "not root" in (cb.verified(path) or "")
 
 
 def test_the_loader_choice_says_why(cache: Path, txq: ProbeSpec) -> None:
@@ -268,6 +268,125 @@ def test_a_build_keeps_other_trees_recent_objects(
         "p-bbbb.bpf.o.sha256",
         "q-dddd.bpf.o",
     ]
+
+
+# -- the cache attacked (#26): links, other owners, swaps after the check ----------------
+
+NOBODY = 65534
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="hands files to another user")
+
+
+@needs_root
+def test_a_cache_reached_through_another_users_folder_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, txq: ProbeSpec
+) -> None:
+    """The issue's attack: TRACEKIT_CACHE names a folder owned by nobody holding a link
+    to the real cache. The object there is root's and intact, yet not loaded: nobody
+    could swap the link between the check and the load."""
+    real = tmp_path / "real"
+    monkeypatch.setattr(cb, "CACHE_DIR", real / "core")
+    path = cb.build(txq)
+    assert cb.verified(path) is None
+    evil = tmp_path / "evil"
+    evil.mkdir()
+    (evil / "core").symlink_to(real / "core")
+    os.chown(evil, NOBODY, NOBODY)
+    monkeypatch.setattr(cb, "CACHE_DIR", evil / "core")
+    found, why = cb.find_object(txq)
+    assert found is None and "not to be trusted" in why and "uid 65534" in why
+    with pytest.raises(TracekitError, match="uid 65534"):
+        cb.read_object(cb.object_path(txq))
+    # tracekit build will not write there either.
+    with pytest.raises(TracekitError, match="will not build into") as exc:
+        cb.build(txq)
+    assert exc.value.exit_code == 2
+
+
+def test_an_object_name_that_is_a_link_is_never_read(cache: Path, txq: ProbeSpec) -> None:
+    path = cb.build(txq)
+    elsewhere = cache.parent / "elsewhere.bpf.o"
+    os.rename(path, elsewhere)
+    path.symlink_to(elsewhere)  # the same, intact bytes, reached through a link
+    assert "symbolic link" in (cb.verified(path) or "")
+    path.unlink()
+    os.rename(elsewhere, path)
+    for suffix in (".sha256", ".json"):
+        side = Path(str(path) + suffix)
+        os.rename(side, str(side) + ".real")
+        side.symlink_to(str(side) + ".real")
+        assert "symbolic link" in (cb.verified(path) or ""), suffix
+        side.unlink()
+        os.rename(str(side) + ".real", side)
+    assert cb.verified(path) is None
+
+
+def test_the_object_loaded_is_the_bytes_checked(cache: Path, txq: ProbeSpec) -> None:
+    """read_object reads once; libbpf opens those bytes (bpf_object__open_mem): a file
+    swapped or removed after the check changes nothing of what is loaded."""
+    from tracekit.bpf.libbpf import BpfObject
+
+    path = cb.build(txq)
+    obj = cb.read_object(path)
+    path.write_bytes(b"swapped after the check")
+    with BpfObject(str(path), obj.data) as bpf:
+        assert bpf.program("tk_pick_tx_entry") and bpf.map("tk_events")
+    path.unlink()
+    with BpfObject(str(path), obj.data) as bpf:
+        assert bpf.map("tk_events")
+    # And by path, BpfObject itself reads without following a link.
+    (cache / "link.bpf.o").symlink_to(cache / "nowhere")
+    with pytest.raises(OSError):
+        BpfObject(str(cache / "link.bpf.o"))
+
+
+def test_build_writes_through_temp_files_and_never_through_a_planted_link(
+    cache: Path, txq: ProbeSpec, tmp_path: Path
+) -> None:
+    """The predictable <probe>-<key>.bpf.o.built-by once overwrote a root 0600 file
+    through a link: every file is now renamed into place, a link there is refused,
+    and the file it points to is untouched."""
+    path = cb.build(txq)
+    victim = tmp_path / "victim"
+    victim.write_text("root's 0600 file\n")
+    os.chmod(victim, 0o600)
+    for name in (path.name, path.name + ".built-by", path.name + ".sha256"):
+        for p in cache.glob(path.name + "*"):
+            p.unlink()
+        (cache / name).symlink_to(victim)
+        with pytest.raises(TracekitError, match="symbolic link"):
+            cb.build(txq)
+        assert victim.read_text() == "root's 0600 file\n"
+        assert (victim.stat().st_mode & 0o777) == 0o600
+        (cache / name).unlink()
+    # No temporary file or build folder left behind, and the next build succeeds.
+    assert not [p for p in cache.iterdir() if p.name.startswith(".")]
+    assert cb.verified(cb.build(txq)) is None
+    assert {p.name[len(path.name) :] for p in cache.glob(path.name + "*")} == {
+        "",
+        ".json",
+        ".sha256",
+        ".built-by",
+    }
+
+
+def test_build_never_changes_an_existing_folders_mode(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, txq: ProbeSpec
+) -> None:
+    """Through a planted link tracekit build once made a private root folder 0755."""
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    monkeypatch.setattr(cb, "CACHE_DIR", private)
+    path = cb.build(txq)
+    assert (private.stat().st_mode & 0o777) == 0o700
+    assert cb.verified(path) is None
+    # A missing cache is made 0755 (objects are no secret; users with capabilities read them).
+    old = os.umask(0o022)
+    try:
+        monkeypatch.setattr(cb, "CACHE_DIR", tmp_path / "new" / "core")
+        cb.build(txq)
+    finally:
+        os.umask(old)
+    assert ((tmp_path / "new" / "core").stat().st_mode & 0o777) == 0o755
 
 
 def test_libbpf_opens_without_a_subprocess(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -317,7 +317,7 @@ def test_a_failed_export_leaves_nothing(small_trace: Path, tmp_path: Path) -> No
     out.write_text("old\n")
     r = tk("export", str(cut), "--to", "parquet", str(out), "--force")
     assert r.returncode != 0 and out.read_text() == "old\n"
-    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".part")]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp file
 
 
 # -- console: JSON values, headings, --time ------------------------------------------------

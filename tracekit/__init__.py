@@ -54,6 +54,10 @@ _LAZY: dict[str, str] = {
     "RUN_METRICS": "tracekit.base.metrics",
     "probe_metrics": "tracekit.base.metrics",
     "bucket_bounds": "tracekit.base.metrics",
+    "csv_cell": "tracekit.base.text",
+    # Files a sink writes: never through a link, 0600 unless --mode.
+    "create_output": "tracekit.base.trust",
+    "check_output": "tracekit.base.trust",
     "resolve_stack": "tracekit.bpf.stacks",
     # Kernel facts a probe's ``prepare`` chooses by.
     "tracepoint_fields": "tracekit.base.kernel",
@@ -146,6 +150,9 @@ __all__ = [
     "aggregate_from_keys",
     "bucket_bounds",
     "build_bus",
+    "check_output",
+    "create_output",
+    "csv_cell",
     "current_bus",
     "execute",
     "feed",
@@ -184,7 +191,8 @@ if TYPE_CHECKING:  # what mypy and editors see; at run time __getattr__ imports 
     from tracekit.base.metrics import RUN_METRICS, MetricSpec, bucket_bounds, probe_metrics
     from tracekit.base.schema import Field, HistSpec, Schema, format_row, format_value
     from tracekit.base.session import EventBatch, KernelNames, LostReport, Session, Summary
-    from tracekit.base.text import printable
+    from tracekit.base.text import csv_cell, printable
+    from tracekit.base.trust import check_output, create_output
     from tracekit.bpf.load import LoadChoice, load
     from tracekit.bpf.probe_base import LoadedProbe, LoadOptions, ProbeContext
     from tracekit.bpf.stacks import resolve_stack

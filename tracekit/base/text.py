@@ -14,6 +14,8 @@ of JSON wants the real string back.
 
 from __future__ import annotations
 
+import re
+
 
 def _escape_char(c: str) -> str:
     n = ord(c)
@@ -36,6 +38,26 @@ def printable(text: str) -> str:
     if text.isprintable() and "\\" not in text:
         return text
     return "".join(c if c.isprintable() and c != "\\" else _escape_char(c) for c in text)
+
+
+# CSV cells a spreadsheet would run as a formula (OWASP, "CSV Injection"): starting
+# with = + - @, a tab or a carriage return. A plain number ("-5") is left alone.
+CSV_FORMULA_START = r"^[=+\-@\t\r]"
+CSV_PLAIN_NUMBER = r"^-?[0-9]+(\.[0-9]+)?$"
+_FORMULA_CHARS = frozenset("=+-@\t\r")
+_PLAIN_NUMBER = re.compile(r"-?[0-9]+(\.[0-9]+)?", re.ASCII)
+
+
+def csv_cell(text: str) -> str:
+    """``text`` as a CSV cell no spreadsheet runs: a ``'`` put before a cell that
+    starts with ``= + - @``, a tab or a carriage return, as OWASP recommends, unless
+    it is a plain number. Applied by ``tracekit export --to csv`` and the example's
+    CSV sink unless they are told to write cells raw."""
+    if text[:1] not in _FORMULA_CHARS:
+        return text
+    if text[0] == "-" and _PLAIN_NUMBER.fullmatch(text):
+        return text
+    return "'" + text
 
 
 def examples(*lines: str) -> str:

@@ -22,7 +22,7 @@ from tracekit.base.errors import CompileError, ResourceError, TracekitError
 from tracekit.base.schema import Schema
 from tracekit.base.session import EventBatch
 from tracekit.bpf.bcc import WAKEUP_EVENTS, layout_problems
-from tracekit.bpf.core_build import manifest
+from tracekit.bpf.core_build import CoreObject, read_object
 from tracekit.bpf.core_stacks import KernelSymbols, read_symbols_in_background
 from tracekit.bpf.libbpf import BpfObject, LibbpfError, libbpf, map_items
 from tracekit.bpf.perfbuf import PerfBuffer
@@ -78,7 +78,7 @@ class CoreProbe(KernelProbe):
         self,
         spec: ProbeSpec,
         params: dict[str, int],
-        obj_path: Path,
+        obj_path: Path | CoreObject,
         *,
         output: str = "ringbuf",
         stream: bool = True,
@@ -107,7 +107,10 @@ class CoreProbe(KernelProbe):
         self._syms: KernelSymbols | None = None
         lib = self.lib = libbpf()
         self.ncpus_possible = lib.possible_cpus()
-        desc = manifest(obj_path)
+        # Read once and checked here, and loaded from those bytes (never reopened).
+        obj = obj_path if isinstance(obj_path, CoreObject) else read_object(obj_path)
+        obj_path = obj.path
+        desc = obj.manifest
         syms = {k: (int(v[0]), int(v[1])) for k, v in desc["rodata"].items()}
         structs = desc["structs"]
         if "tk_event" not in structs:
@@ -137,7 +140,7 @@ class CoreProbe(KernelProbe):
         }
         settings.update({f"tk_param_{p.name}": params[p.name] for p in spec.params})
         settings.update(prepared_settings(spec, params, syms))
-        self._obj = BpfObject(str(obj_path))
+        self._obj = BpfObject(str(obj_path), obj.data)
         try:
             # One ring shared by all CPUs, as large as the per-CPU perf buffers
             # together; with --output perf the (unused) ring is one page.

@@ -10,9 +10,17 @@ Each object is named by a hash of the sources and flags that went into it, with 
 own SHA-256 and its manifest beside it. At run time an object is used only if it is
 there under the name today's sources hash to, its bytes and manifest still hash to
 what the build recorded, and nobody else can change it: a shipped object is owned by
-root or by the owner of tracekit's own code, a cached one by root; neither, nor its
-folder, is writable by group or others. The shipped objects are tried first. Anything
-else: the BCC path, and ``tracekit check`` says why.
+root or by the owner of tracekit's own code, a cached one by root (or the user, when
+tracekit does not run as root); neither, nor any folder from ``/`` down to it, is
+writable by group or others (tracekit.base.trust). The object is read once, without
+following a link, and libbpf loads those same bytes (``bpf_object__open_mem``): the
+file is never opened again by its path. The shipped objects are tried first.
+Anything else: the BCC path, and ``tracekit check`` says why.
+
+``tracekit build`` writes into a folder it checks the same way (made 0755 where
+missing, an existing one never changed), each file through a temporary one with an
+unpredictable name renamed into place: no name in the cache is ever opened for
+writing.
 
 Build flags map the build's folders to fixed names (``-ffile-prefix-map``), so the
 same sources and the same clang give the same bytes wherever they are built.
@@ -21,18 +29,20 @@ same sources and the same clang give the same bytes wherever they are built.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import shutil
-import stat
 import subprocess
 import tempfile
 import time
+from dataclasses import dataclass
 from importlib.resources import as_file, files
 from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tracekit.base import trust
 from tracekit.base.errors import CompileError, TracekitError
 
 if TYPE_CHECKING:
@@ -51,7 +61,8 @@ else:
         except ImportError:
             from hashlib import sha256
 
-CACHE_DIR = Path(os.environ.get("TRACEKIT_CACHE", "/var/cache/tracekit")) / "core"
+# TRACEKIT_CACHE is ignored under sudo or set-uid (tracekit.base.trust.env).
+CACHE_DIR = Path(trust.env("TRACEKIT_CACHE") or "/var/cache/tracekit") / "core"
 HEADERS = ("tracekit.h", "tk_compat.h", "tk_kernel_types.h")
 CFLAGS = ("-O2", "-g", "-target", "bpf", "-D__TARGET_ARCH_x86", "-DTK_CORE", "-Wall", "-Werror")
 
@@ -185,25 +196,50 @@ def build(spec: ProbeSpec) -> Path:
     if verified(out) is None:
         _remove_stale(spec, out)
         return out
-    CACHE_DIR.mkdir(parents=True, exist_ok=True)
-    os.chmod(CACHE_DIR, 0o755)
-    with contextlib.ExitStack() as stack:
-        inc = stack.enter_context(as_file(files("tracekit.probes")))
-        src = stack.enter_context(as_file(spec.source))
-        # The probe's include_dirs, as BCC is given them (tracekit.bpf.bcc).
-        own = [Path(stack.enter_context(as_file(d))) for d in spec.include_dirs]
-        fd, tmp = tempfile.mkstemp(dir=CACHE_DIR, suffix=".tmp")
-        os.close(fd)
-        try:
-            compile_core(Path(src), Path(tmp), [Path(inc), Path(src).parent, *own])
-        except CompileError as exc:
-            # clang may have removed its half-written output already.
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise CompileError(f"probe {spec.name}: CO-RE build failed: {exc}") from None
-    _write_object(Path(tmp), out)
+    try:
+        # Made where missing (root's umask aside: 0755, objects are no secret); an
+        # existing folder is checked, never changed (no chmod through a link).
+        with trust.trusted_dir(CACHE_DIR, create=0o755) as dir_fd:
+            _build_into(spec, out, dir_fd)
+    except trust.UntrustedPathError as exc:
+        raise trust.UntrustedPathError(f"will not build into {CACHE_DIR}: {exc}") from None
+    except OSError as exc:
+        raise TracekitError(f"cannot build into {CACHE_DIR}: {exc.strerror or exc}") from None
     _remove_stale(spec, out)
     return out
+
+
+def _build_into(spec: ProbeSpec, out: Path, dir_fd: int) -> None:
+    """clang into a private folder (0700, of an unpredictable name, in the checked
+    cache folder), then each file of the object renamed into place, the object last."""
+    with (
+        contextlib.ExitStack() as stack,
+        as_file(files("tracekit.probes")) as inc,
+        as_file(spec.source) as src,
+        tempfile.TemporaryDirectory(dir=CACHE_DIR, prefix=".build-") as work,
+    ):
+        here, checked = os.stat(Path(work).parent), os.fstat(dir_fd)
+        if (here.st_dev, here.st_ino) != (checked.st_dev, checked.st_ino):
+            raise TracekitError(f"tracekit build: {CACHE_DIR} changed while building")
+        tmp = Path(work) / "object.bpf.o"
+        try:
+            # The probe's include_dirs, as BCC is given them (tracekit.bpf.bcc).
+            own = [Path(stack.enter_context(as_file(d))) for d in spec.include_dirs]
+            compile_core(Path(src), tmp, [Path(inc), Path(src).parent, *own])
+        except CompileError as exc:
+            raise CompileError(f"probe {spec.name}: CO-RE build failed: {exc}") from None
+        data = tmp.read_bytes()
+    manifest = json.dumps(describe(data), sort_keys=True).encode()
+    digest = sha256(data).hexdigest()
+    record = f"{digest}  object\n{sha256(manifest).hexdigest()}  manifest\n".encode()
+
+    def put(name: str, content: bytes) -> None:
+        trust.write_output(name, content, mode=0o644, replace=True, dir_fd=dir_fd)
+
+    put(out.name + ".json", manifest)
+    put(out.name + ".sha256", record)
+    put(out.name + ".built-by", (compiler_version() + "\n").encode())
+    put(out.name, data)
 
 
 # How long an object of another source of the same probe stays in the cache. Several
@@ -252,40 +288,88 @@ def compile_core(src: Path, out: Path, include: list[Path]) -> None:
         raise CompileError(first[:300])
 
 
+@dataclass(frozen=True)
+class CoreObject:
+    """A verified CO-RE object: its bytes (what libbpf loads) and its manifest."""
+
+    path: Path
+    data: bytes
+    manifest: dict[str, Any]
+
+
 def _code_owner() -> int:
     """The owner of tracekit's own code: whoever may change the package may change
     the objects shipped in it, and nobody else may."""
     return Path(__file__).stat().st_uid
 
 
+def _is_shipped(path: Path) -> bool:
+    d = shipped_dir()
+    return d is not None and os.path.abspath(path.parent) == os.path.abspath(d)
+
+
+def read_object(path: Path, *, shipped: bool | None = None) -> CoreObject:
+    """The object at ``path``, read once and checked (TracekitError says why not).
+
+    Its folder is checked from ``/`` (tracekit.base.trust); the object, its recorded
+    hashes and its manifest are each opened once with ``O_NOFOLLOW`` in that same
+    folder, must be owned by root (or the user) and writable by nobody else, and
+    the bytes read must hash to what the build recorded. A ``shipped`` object (one
+    in the package's own folder, by default) and its folders may also be owned by
+    the owner of tracekit's code.
+    """
+    if shipped is None:
+        shipped = _is_shipped(path)
+    owners = trust.trusted_owners() | ({_code_owner()} if shipped else set())
+    try:
+        with trust.trusted_dir(path.parent, owners=owners) as dir_fd:
+            try:
+                data = trust.read_at(dir_fd, path.name, str(path), owners=owners)
+            except FileNotFoundError:
+                raise TracekitError(
+                    f"no CO-RE object built ({path.name}; run 'tracekit build')"
+                ) from None
+            try:
+                want = trust.read_at(
+                    dir_fd, path.name + ".sha256", f"{path}.sha256", owners=owners
+                ).split()
+                manifest = trust.read_at(dir_fd, path.name + ".json", f"{path}.json", owners=owners)
+            except FileNotFoundError:
+                raise TracekitError(
+                    f"the CO-RE object has no recorded hash or manifest ({path})"
+                ) from None
+    except FileNotFoundError:
+        raise TracekitError(f"no CO-RE object built ({path.name}; run 'tracekit build')") from None
+    except trust.UntrustedPathError as exc:
+        raise TracekitError(f"the CO-RE object is not to be trusted: {exc}") from None
+    except OSError as exc:
+        raise TracekitError(f"the CO-RE object cannot be read ({path}: {exc.strerror})") from None
+    if want[0:1] != [sha256(data).hexdigest().encode()]:
+        raise TracekitError(
+            f"the CO-RE object does not match its recorded hash: tampered? ({path})"
+        )
+    if want[2:3] != [sha256(manifest).hexdigest().encode()]:
+        raise TracekitError(
+            f"the CO-RE object's manifest does not match its recorded hash ({path})"
+        )
+    try:
+        desc = json.loads(manifest)
+    except ValueError:
+        raise TracekitError(f"the CO-RE object's manifest is not JSON ({path})") from None
+    return CoreObject(path, data, desc)
+
+
 def verified(path: Path, *, shipped: bool = False) -> str | None:
     """Why ``path`` must not be loaded, or None when it may be. A cached object must
-    be root's; a ``shipped`` one root's or that of the package's code."""
+    be root's (or the user's); a ``shipped`` one may also be the package code owner's."""
     try:
-        st = path.stat()
-        dst = path.parent.stat()
-    except OSError:
-        return f"no CO-RE object built ({path.name}; run 'tracekit build')"
-    owners = {0, _code_owner()} if shipped else {0}
-    for what, s in (("object", st), ("its folder", dst)):
-        if s.st_uid not in owners:
-            whose = "root or tracekit's code owner" if shipped else "root"
-            return f"the CO-RE {what} is not owned by {whose} ({path})"
-        if s.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-            return f"the CO-RE {what} is writable by others ({path})"
-    try:
-        want = Path(str(path) + ".sha256").read_text().split()
-        manifest = Path(str(path) + ".json").read_bytes()
-    except OSError:
-        return f"the CO-RE object has no recorded hash or manifest ({path})"
-    if want[0:1] != [sha256(path.read_bytes()).hexdigest()]:
-        return f"the CO-RE object does not match its recorded hash: tampered? ({path})"
-    if want[2:3] != [sha256(manifest).hexdigest()]:
-        return f"the CO-RE object's manifest does not match its recorded hash ({path})"
+        read_object(path, shipped=shipped or None)
+    except TracekitError as exc:
+        return str(exc)
     return None
 
 
-def describe(obj: Path) -> dict[str, Any]:
+def describe(obj: Path | bytes) -> dict[str, Any]:
     """What the loader needs to know of an object, read once at build time: the
     offsets of its read-only settings, and struct tk_event and tk_agg_key as clang
     laid them out (name and offset of each member, size). At run time the loader
@@ -296,7 +380,7 @@ def describe(obj: Path) -> dict[str, Any]:
 
     from tracekit.bpf.btf import Btf
 
-    with open(obj, "rb") as f:
+    with io.BytesIO(obj) if isinstance(obj, bytes) else open(obj, "rb") as f:
         elf = ELFFile(f)
         idx = elf.get_section_index(".rodata") if elf.get_section_by_name(".rodata") else -1
         rodata: dict[str, list[int]] = {}
@@ -321,9 +405,9 @@ def describe(obj: Path) -> dict[str, Any]:
 
 
 def manifest(obj: Path) -> dict[str, Any]:
-    """The manifest ``describe`` wrote beside a verified object."""
-    data: dict[str, Any] = json.loads(Path(str(obj) + ".json").read_bytes())
-    return data
+    """The manifest ``describe`` wrote beside a verified object (read as
+    ``read_object`` reads it: TracekitError if the object is not to be trusted)."""
+    return read_object(obj).manifest
 
 
 def find_object(spec: ProbeSpec) -> tuple[Path | None, str]:

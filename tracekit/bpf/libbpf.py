@@ -134,6 +134,7 @@ class Libbpf:
         for fn, res, args in (
             ("libbpf_set_print", vp, [_PRINT_FN]),
             ("bpf_object__open_file", vp, [cp, vp]),
+            ("bpf_object__open_mem", vp, [vp, ct.c_size_t, vp]),
             ("bpf_object__load", i, [vp]),
             ("bpf_object__close", None, [vp]),
             ("bpf_object__find_map_by_name", vp, [vp, cp]),
@@ -158,6 +159,7 @@ class Libbpf:
             f = getattr(L, fn)
             f.restype = res
             f.argtypes = args
+        # Each step (``call``) installs its own instance's callback again.
         L.libbpf_set_print(self._printer)
 
     def _print(self, _level: int, fmt: bytes, args: int) -> int:
@@ -187,6 +189,7 @@ class Libbpf:
     @contextmanager
     def call(self, what: str) -> Iterator[None]:
         """Collect libbpf's log for one step; on failure, raise it as one line."""
+        self.lib.libbpf_set_print(self._printer)
         self.log.clear()
         try:
             yield
@@ -233,6 +236,17 @@ class TestRunOpts(ct.Structure):
     )
 
 
+class OpenOpts(ct.Structure):
+    """The head of struct bpf_object_open_opts (libbpf 1.x): its size and the object's
+    name (what libbpf names the object's maps after); the rest stays zero."""
+
+    _fields_ = (
+        ("sz", ct.c_size_t),
+        ("object_name", ct.c_char_p),
+        ("relaxed_maps", ct.c_bool),
+    )
+
+
 def rodata_bytes(name: str, off: int, width: int, size: int, value: int) -> bytes:
     """The bytes of ``value`` for a global of ``width`` bytes at ``off`` in a .rodata
     of ``size`` bytes; ``LibbpfError`` (one line) if it would not fit there.
@@ -252,16 +266,33 @@ def rodata_bytes(name: str, off: int, width: int, size: int, value: int) -> byte
 class BpfObject:
     """One compiled object: opened, configured, loaded, closed (``with`` closes it).
 
+    Opened from bytes (``bpf_object__open_mem``): ``data``, the bytes the caller read
+    and checked (tracekit.bpf.core_build.read_object), or else the file at ``path``
+    read once without following a link. libbpf never opens the file by its name, so
+    nothing can be swapped in between the check and the load.
+
     Maps of a tracekit probe are named ``NAME__map`` in the object (tk_compat.h);
     ``map("NAME")`` finds either spelling.
     """
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, data: bytes | None = None) -> None:
         self.lib = libbpf()
         self.path = path
+        if data is None:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            with os.fdopen(fd, "rb") as f:
+                data = f.read()
+        # Kept as long as the object: libbpf reads the ELF from this memory until load.
+        self._buf = ct.create_string_buffer(data, len(data))
+        name = os.path.basename(path).split(".", 1)[0] or "tracekit"
+        self._name = name.encode()
+        opts = OpenOpts(sz=ct.sizeof(OpenOpts), object_name=self._name)
         with self.lib.call(f"opening {path}"):
             self.obj: int | None = self.lib.check_ptr(
-                self.lib.lib.bpf_object__open_file(path.encode(), None), "open"
+                self.lib.lib.bpf_object__open_mem(
+                    ct.cast(self._buf, ct.c_void_p), len(data), ct.byref(opts)
+                ),
+                "open",
             )
 
     def __enter__(self) -> BpfObject:

@@ -23,6 +23,7 @@ from tracekit.cli.options import (
     findings_option,
     force_option,
     loader_option,
+    mode_option,
     sink_option,
     time_option,
 )
@@ -255,6 +256,7 @@ def _deprecated_api(bus: Bus, plugin: str) -> bool:
     is_flag=True,
     help="end the run (as SIGTERM does) when the process that started tracekit dies",
 )
+@mode_option
 @click.pass_context
 def run_cmd(
     ctx: click.Context,
@@ -271,6 +273,7 @@ def run_cmd(
     findings: str,
     force: bool,
     exit_with_parent: bool,
+    mode: int,
 ) -> None:
     """Compile PROBE, attach it and send its events to sinks until Ctrl-C or --duration."""
     from tracekit.live.run import RunOptions, execute, plan_run
@@ -292,6 +295,7 @@ def run_cmd(
             output=output,
             max_events_per_sec=max_events_per_sec,
             force=force,
+            mode=mode,
             sample=sample,
             page_cnt=buffer_pages,
             loader=loader,
@@ -317,6 +321,7 @@ def run_cmd(
 @time_option
 @findings_option
 @force_option
+@mode_option
 @click.pass_context
 def replay_cmd(
     ctx: click.Context,
@@ -325,6 +330,7 @@ def replay_cmd(
     time_: str,
     findings: str,
     force: bool,
+    mode: int,
 ) -> None:
     """Feed a recorded trace FILE through sinks, on any machine."""
     from tracekit.traces.replay import replay
@@ -333,7 +339,7 @@ def replay_cmd(
         _bus(ctx),
         file,
         sinks or ("console",),
-        SinkOptions(force=force, time=time_),
+        SinkOptions(force=force, time=time_, mode=mode),
         findings=findings,
     )
 

@@ -74,6 +74,22 @@ def sink_option(default: str | None = None) -> Callable[[Any], Any]:
 
 force_option = click.option("--force", is_flag=True, help="overwrite existing trace files")
 
+
+def _mode(_ctx: click.Context, _param: click.Parameter, value: str | None) -> int:
+    from tracekit.base.trust import DEFAULT_MODE, parse_mode
+
+    return DEFAULT_MODE if value is None else parse_mode(value)
+
+
+mode_option = click.option(
+    "--mode",
+    metavar="OCTAL",
+    default=None,
+    callback=_mode,
+    help="permission bits of the files written (default 0600: owner only; 0640 shares "
+    "them with the group)",
+)
+
 loader_option = click.option(
     "--loader",
     type=click.Choice(LOADERS),

@@ -29,7 +29,6 @@ import json
 import os
 import stat
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -37,11 +36,12 @@ from typing import IO, Any
 
 import click
 
+from tracekit.base import trust
 from tracekit.base.errors import TraceFileError, UsageError
 from tracekit.base.schema import Field, Schema
 from tracekit.base.session import Session, Summary
-from tracekit.base.text import examples, printable
-from tracekit.fleet.extras import need
+from tracekit.base.text import CSV_FORMULA_START, CSV_PLAIN_NUMBER, examples, printable
+from tracekit.fleet.extras import mode_option, need
 from tracekit.traces.tracefile import BATCH, TraceReader, find_streamed
 
 FORMATS = ("parquet", "csv", "jsonl")
@@ -239,8 +239,12 @@ class _Writer:
 class _ArrowWriter(_Writer):
     """Parquet or CSV through pyarrow: a batch becomes one RecordBatch."""
 
-    def __init__(self, fmt: str, path: IO[bytes], schema: Schema) -> None:
+    def __init__(self, fmt: str, path: IO[bytes], schema: Schema, neutralise: bool = True) -> None:
         self.pa = need("pyarrow", "tracekit export")
+        # CSV only: cells a spreadsheet would run as formulas get a ' in front.
+        self.pc = (
+            need("pyarrow.compute", "tracekit export") if fmt == "csv" and neutralise else None
+        )
         self.schema = arrow_schema(schema)
         self.types = [arrow_type(f) for f in schema.fields]
         self.fmt = fmt
@@ -279,6 +283,8 @@ class _ArrowWriter(_Writer):
                 f"{printable(run.path)}: a value does not fit its field's type ({exc})"
             ) from None
         cols += [pa.repeat(s, n) for s in self._meta_scalars(run)]
+        if self.pc is not None:
+            cols = [self._neutralise(c) if pa.types.is_string(c.type) else c for c in cols]
         batch = pa.RecordBatch.from_arrays(cols, schema=self.schema)
         if self.fmt != "parquet":
             self.out.write_batch(batch)
@@ -287,6 +293,17 @@ class _ArrowWriter(_Writer):
         self.pending_rows += n
         if self.pending_rows >= ROW_GROUP:
             self._flush()
+
+    def _neutralise(self, col: Any) -> Any:
+        """A string column with a ``'`` before every cell that starts with ``= + - @``,
+        a tab or a carriage return and is not a plain number (OWASP's advice on CSV
+        injection; tracekit.base.text.csv_cell is the same rule in Python)."""
+        pc: Any = self.pc
+        risky = pc.match_substring_regex(col, CSV_FORMULA_START)
+        if not pc.any(risky).as_py():
+            return col
+        risky = pc.and_(risky, pc.invert(pc.match_substring_regex(col, CSV_PLAIN_NUMBER)))
+        return pc.if_else(risky, pc.utf8_replace_slice(col, start=0, stop=0, replacement="'"), col)
 
     def _flush(self) -> None:
         if self.pending:
@@ -355,25 +372,21 @@ class Output:
     it final, ``abort`` leaves OUT as it was.
     """
 
-    def __init__(self, name: str, f: IO[bytes], tmp: str | None = None) -> None:
+    def __init__(self, name: str, f: IO[bytes], tmp: trust.OutputFile | None = None) -> None:
         self.name = name
         self.file = f
         self._tmp = tmp
 
     def commit(self) -> None:
-        self.file.flush()
-        if self._tmp is not None:
-            os.fsync(self.file.fileno())
-            self.file.close()
-            os.replace(self._tmp, self.name)
-            self._tmp = None
+        if self._tmp is None:
+            self.file.flush()
+            return
+        self._tmp.commit()  # flushed to disk, renamed over OUT (tracekit.base.trust)
+        self._tmp = None
 
     def abort(self) -> None:
         if self._tmp is not None:
-            with contextlib.suppress(OSError):
-                self.file.close()
-            with contextlib.suppress(OSError):
-                os.unlink(self._tmp)
+            self._tmp.abort()
             self._tmp = None
 
 
@@ -416,34 +429,41 @@ def check_output(out: str, force: bool, inputs: tuple[str, ...]) -> None:
         )
 
 
-def open_output(out: str, force: bool, inputs: tuple[str, ...]) -> Output:
+def open_output(
+    out: str, force: bool, inputs: tuple[str, ...], mode: int = trust.DEFAULT_MODE
+) -> Output:
     """Open OUT for an export of ``inputs`` (``check_output`` first).
 
-    ``-`` is standard output. A file is written under a new, unique name beside OUT
-    (created exclusively, so no file or link already there is followed) and renamed
-    over OUT by ``commit``: a failed export leaves no half file that a later query
-    would read as complete, and the rename replaces only what ``check_output`` allowed.
+    ``-`` is standard output. A file is written to a temporary file beside OUT, of
+    an unpredictable name, created with ``O_EXCL | O_NOFOLLOW`` and ``mode`` (0600
+    unless --mode), and renamed over OUT by ``commit`` (tracekit.base.trust.OutputFile):
+    a failed export leaves no half file that a later query would read as complete,
+    no file or link already there is followed, and the rename replaces only what
+    ``check_output`` allowed.
     """
     check_output(out, force, inputs)
     if out == "-":
         sys.stdout.flush()
         return Output(out, sys.stdout.buffer)
-    parent = os.path.dirname(os.path.abspath(out))
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(out)}.", suffix=".part", dir=parent)
-    except OSError as exc:
-        raise UsageError(f"cannot write {printable(out)}: {exc.strerror}") from None
-    # mkstemp makes 0600; an export gets the mode any new file gets (umask).
-    mask = os.umask(0)
-    os.umask(mask)
-    os.fchmod(fd, 0o666 & ~mask)
-    return Output(out, os.fdopen(fd, "wb"), tmp)
+    tmp = trust.OutputFile(out, mode=mode, replace=force)
+    assert tmp.file is not None
+    return Output(out, tmp.file, tmp)
 
 
 def export(
-    paths: tuple[str, ...], fmt: str, out: str, force: bool = False, host: str | None = None
+    paths: tuple[str, ...],
+    fmt: str,
+    out: str,
+    force: bool = False,
+    host: str | None = None,
+    mode: int = trust.DEFAULT_MODE,
+    raw_csv: bool = False,
 ) -> Exported:
-    """Export ``paths`` (traces of one probe) to ``out`` (``-``: stdout) in ``fmt``."""
+    """Export ``paths`` (traces of one probe) to ``out`` (``-``: stdout) in ``fmt``.
+
+    CSV cells that a spreadsheet would run as formulas (starting with ``= + - @``,
+    a tab or a carriage return: a comm, interface or host name anyone can choose)
+    get a ``'`` in front, unless ``raw_csv``."""
     if fmt not in FORMATS:
         raise UsageError(f"--to {fmt}: valid formats are {', '.join(FORMATS)}")
     if not paths:
@@ -459,7 +479,7 @@ def export(
     schema = first.schema if first.streamed else aggregate_schema(first)
     result = Exported()
     try:
-        output = open_output(out, force, paths)
+        output = open_output(out, force, paths, mode)
     except BaseException:
         for _, reader in runs:
             reader.close()
@@ -470,7 +490,7 @@ def export(
         writer = (
             _JsonlWriter(output.file, schema)
             if fmt == "jsonl"
-            else _ArrowWriter(fmt, output.file, schema)
+            else _ArrowWriter(fmt, output.file, schema, neutralise=not raw_csv)
         )
         for run, reader in runs:
             for rows in batches(run, reader):
@@ -512,7 +532,22 @@ def export(
     help="the host column's value (default: the hostname recorded in each trace)",
 )
 @click.option("--force", is_flag=True, help="replace OUT (a regular file, not one of FILEs)")
-def export_cmd(files: tuple[str, ...], fmt: str, out: str, host: str | None, force: bool) -> None:
+@mode_option
+@click.option(
+    "--raw-csv",
+    is_flag=True,
+    help="CSV: write cells as they are (by default a cell starting with = + - @, a tab or "
+    "a CR gets a ' in front, so that no spreadsheet runs it as a formula)",
+)
+def export_cmd(
+    files: tuple[str, ...],
+    fmt: str,
+    out: str,
+    host: str | None,
+    force: bool,
+    mode: int,
+    raw_csv: bool,
+) -> None:
     """Write the events of trace FILEs (one probe) to OUT as Parquet, CSV or JSON lines.
 
     One typed column per event field, then host, kernel, probe, params (JSON),
@@ -523,7 +558,7 @@ def export_cmd(files: tuple[str, ...], fmt: str, out: str, host: str | None, for
     OUT - writes to standard output. An existing OUT is replaced only with --force,
     and never when it is one of the FILEs, a symbolic link or not a regular file.
     """
-    result = export(files, fmt, out, force=force, host=host)
+    result = export(files, fmt, out, force=force, host=host, mode=mode, raw_csv=raw_csv)
     for run in result.runs:
         if run.truncated_at is not None:
             click.echo(

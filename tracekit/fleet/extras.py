@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 from types import ModuleType
+from typing import Any
 
 from tracekit.base.errors import ExtraMissingError
 from tracekit.base.text import printable as _printable
@@ -46,3 +47,20 @@ def printable(text: str) -> str:
 
     warn_deprecated("tracekit.fleet.extras.printable", "tracekit.base.text.printable")
     return _printable(text)
+def _mode(_ctx: Any, _param: Any, value: str | None) -> int:
+    from tracekit.base.trust import DEFAULT_MODE, parse_mode
+
+    return DEFAULT_MODE if value is None else parse_mode(value)
+
+
+def mode_option(fn: Any) -> Any:
+    """``--mode OCTAL`` of export and plot (the CLI's own for run and replay)."""
+    import click
+
+    return click.option(
+        "--mode",
+        metavar="OCTAL",
+        default=None,
+        callback=_mode,
+        help="permission bits of OUT (default 0600: owner only; 0640 shares it with the group)",
+    )(fn)

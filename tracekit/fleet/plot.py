@@ -30,7 +30,8 @@ from tracekit.base.errors import UsageError
 from tracekit.base.schema import _NUMPY_CODES, format_value
 from tracekit.base.session import EventBatch, Session, Summary
 from tracekit.base.text import examples, printable
-from tracekit.fleet.extras import need
+from tracekit.base.trust import DEFAULT_MODE, OutputFile, check_output
+from tracekit.fleet.extras import mode_option, need
 from tracekit.traces.tracefile import BATCH, TraceReader
 
 FORMATS = (".png", ".svg", ".pdf")
@@ -283,9 +284,45 @@ def keys_of(trace: Trace, cols: dict[str, Any], names: tuple[str, ...]) -> list[
     return list(zip(*(cols[n].tolist() for n in names), strict=True))
 
 
+def matplotlib_defaults() -> Any:
+    """matplotlib with its own defaults, whatever the current folder or user holds.
+
+    matplotlib reads a ``matplotlibrc`` from the current folder first when it is
+    imported, where ``text.usetex`` would run ``latex`` on trace strings as root:
+    it is imported from ``/`` (and back), ``MATPLOTLIBRC`` and ``MPLCONFIGDIR`` are
+    dropped under sudo or set-uid, and the rc parameters are reset to matplotlib's
+    defaults (``rcdefaults``) with TeX and mathtext off. Trace strings (interface
+    names, hostnames, comms) may hold ``$``: drawn as text, never parsed as math.
+    """
+    import sys
+
+    if "matplotlib" not in sys.modules:
+        from tracekit.base.trust import elevated
+
+        if elevated():
+            for name in ("MATPLOTLIBRC", "MPLCONFIGDIR"):
+                os.environ.pop(name, None)
+        try:
+            here: int | None = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError:
+            here = None
+        try:
+            os.chdir("/")
+            mpl = need("matplotlib", "tracekit plot")
+        finally:
+            if here is not None:
+                os.fchdir(here)
+                os.close(here)
+    mpl = need("matplotlib", "tracekit plot")
+    mpl.rcdefaults()
+    mpl.rcParams["text.usetex"] = False
+    mpl.rcParams["text.parse_math"] = False
+    return mpl
+
+
 def new_figure(rows: int, height: float = 2.4) -> Any:
     """A Figure with ``rows`` stacked axes sharing the time axis; no pyplot, no display."""
-    need("matplotlib", "tracekit plot")
+    matplotlib_defaults()
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(11, 1.2 + height * rows), layout="constrained")
@@ -296,12 +333,26 @@ def new_figure(rows: int, height: float = 2.4) -> Any:
     return fig
 
 
-def render(path: str, out: str, plot: str | None = None, bus: Any = None) -> str:
-    """Draw ``plot`` (default: the probe's own) of trace ``path`` into ``out``; its name."""
+def render(
+    path: str,
+    out: str,
+    plot: str | None = None,
+    bus: Any = None,
+    *,
+    force: bool = True,
+    mode: int = DEFAULT_MODE,
+) -> str:
+    """Draw ``plot`` (default: the probe's own) of trace ``path`` into ``out``; its name.
+
+    ``out`` is written beside itself and renamed into place (tracekit.base.trust):
+    never through a link at its name, never over a device; ``force``: an existing
+    regular file may be replaced.
+    """
     ext = os.path.splitext(out)[1].lower()
     if ext not in FORMATS:
         raise UsageError(f"-o {printable(out)}: the name must end in {', '.join(FORMATS)}")
-    need("matplotlib", "tracekit plot")
+    check_output(out, force)
+    matplotlib_defaults()
     need("numpy", "tracekit plot")
     from tracekit.plugin.bus import build_bus
 
@@ -325,7 +376,8 @@ def render(path: str, out: str, plot: str | None = None, bus: Any = None) -> str
         )
     fig = choices[name](trace)
     try:
-        fig.savefig(out, dpi=110)
+        with OutputFile(out, mode=mode, replace=force) as f:
+            fig.savefig(f, format=ext[1:], dpi=110)
     except OSError as exc:
         raise UsageError(f"cannot write {printable(out)}: {exc.strerror}") from None
     return name
@@ -355,9 +407,8 @@ def render(path: str, out: str, plot: str | None = None, bus: Any = None) -> str
     help="which plot (default: the probe's own; plugins may add others)",
 )
 @click.option("--force", is_flag=True, help="overwrite OUT")
-def plot_cmd(file: str, out: str, plot: str | None, force: bool) -> None:
+@mode_option
+def plot_cmd(file: str, out: str, plot: str | None, force: bool, mode: int) -> None:
     """Draw the picture of trace FILE that its probe declares, into OUT.png or OUT.svg."""
-    if os.path.exists(out) and not force:
-        raise UsageError(f"{printable(out)} exists; pass --force to overwrite it")
-    name = render(file, out, plot)
+    name = render(file, out, plot, force=force, mode=mode)
     click.echo(f"tracekit: wrote {printable(out)} ({printable(name)} plot)", err=True)

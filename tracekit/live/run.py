@@ -35,6 +35,8 @@ class RunOptions:
     max_events_per_sec: int = 0
     page_cnt: int = 64
     force: bool = False
+    # The mode of the files sinks create (--mode; tracekit.base.trust.DEFAULT_MODE).
+    mode: int = 0o600
     quiet: bool = False
     # Stream 1 in N events (counters and in-kernel aggregates stay exact).
     sample: int = 1
@@ -199,7 +201,9 @@ def plan_run(
     compiled with; parameters that differ from a shared compiled probe's are a
     usage error (the probe would trace with its own, not the ones asked for).
     """
-    sinks = build_sinks(bus, sink_args, SinkOptions(force=opts.force, time=opts.time), spec.schema)
+    sinks = build_sinks(
+        bus, sink_args, SinkOptions(force=opts.force, time=opts.time, mode=opts.mode), spec.schema
+    )
     if compiled is None:
         values = dict(params) if params is not None else spec.resolve_params({})
         stream, aggregate = modes(spec, sinks.streams, opts, sinks.fields_needed)

@@ -28,6 +28,9 @@ class SinkOptions:
 
     # ``--force``: overwrite an existing output file.
     force: bool = False
+    # ``--mode``: the permission bits of the files a sink creates (a trace, a CSV);
+    # 0600 by default: recordings hold kernel addresses and host names.
+    mode: int = 0o600
     # ``--time``: how sinks that print show event timestamps: ``rel`` (seconds since
     # the first event) or ``wall`` (wall-clock time, UTC).
     time: str = "rel"

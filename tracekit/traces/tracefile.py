@@ -48,7 +48,8 @@ try:  # ISA-L's CRC-32 (the same function as zlib's) runs 4-5x faster than zlib 
 except ImportError:  # pragma: no cover - isal is a dependency; zlib still reads every file
     from zlib import crc32 as _crc32
 
-from tracekit.base.errors import TraceFileError, TracekitError, UsageError
+from tracekit.base import trust
+from tracekit.base.errors import TraceFileError, TracekitError
 from tracekit.base.session import EventBatch, LostReport, Session, Summary
 from tracekit.base.text import printable
 from tracekit.traces.checks import (
@@ -126,22 +127,15 @@ class TraceWriteError(TracekitError):
 class TraceWriter:
     """Writes one session to a file, record by record, flushing each."""
 
-    def __init__(self, path: str, session: Session, force: bool = False) -> None:
+    def __init__(
+        self, path: str, session: Session, force: bool = False, mode: int = trust.DEFAULT_MODE
+    ) -> None:
         self.path = path
-        flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if force else os.O_EXCL)
-        try:
-            # Mode 0o666 filtered by the user's umask: traces carry addresses and host
-            # names, so a restrictive umask must apply as it does to any other file.
-            # O_NONBLOCK: a FIFO without a reader fails (ENXIO) instead of blocking.
-            fd = os.open(path, flags | os.O_NONBLOCK, 0o666)
-        except FileExistsError:
-            raise UsageError(f"{path} exists; pass --force to overwrite it") from None
-        except OSError as exc:
-            raise UsageError(f"cannot write {path}: {exc.strerror}") from None
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            os.close(fd)
-            raise UsageError(f"cannot write {path}: not a regular file")
-        os.set_blocking(fd, True)
+        # A new file, mode 0600 unless asked (traces carry kernel addresses and host
+        # names), made with O_EXCL | O_NOFOLLOW; with force an existing regular file
+        # is replaced by a new one renamed over it, never truncated, and a link,
+        # device or FIFO at the name is refused (tracekit.base.trust.create_output).
+        fd = trust.create_output(path, mode=mode, replace=force)
         self._f: IO[bytes] = os.fdopen(fd, "wb")
         self._session = session
         self._seq = 0

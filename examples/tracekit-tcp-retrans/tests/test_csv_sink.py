@@ -67,3 +67,59 @@ def test_replay_into_csv(
     tracekit_feed(session, [f"msgpack={trace}"], [synthetic_rows(SCHEMA, 10)])
     out = tracekit_replay(trace, ["csv"])
     assert len(out.stdout.splitlines()) == 11
+
+
+def _formula_session() -> Session:
+    """A session whose ``state`` names are spreadsheet formulas (a replayed trace
+    carries its own schema: anyone may write one)."""
+    import dataclasses
+
+    from tracekit import Schema
+
+    fields = tuple(
+        dataclasses.replace(f, display="enum", choices=("=1+1", "@SUM(A1)", "-bash", "ok"))
+        if f.name == "state"
+        else f
+        for f in SCHEMA.fields
+    )
+    return Session(probe="tcp-retrans", schema=Schema(fields), hostname="h", kernel="6.1.0")
+
+
+def test_csv_cells_that_a_spreadsheet_would_run_get_a_quote(
+    tracekit_feed: FeedFixture, tmp_path: Path
+) -> None:
+    session = _formula_session()
+    i = SCHEMA.index("state")
+    rows = [(*r[:i], n % 4, *r[i + 1 :]) for n, r in enumerate(synthetic_rows(SCHEMA, 8))]
+    out, raw = tmp_path / "n.csv", tmp_path / "raw.csv"
+    tracekit_feed(session, [f"csv={out}"], [rows])
+    tracekit_feed(session, [f"csv=raw:{raw}"], [rows])
+    states = [r[i] for r in list(csv.reader(out.open(newline="")))[1:]]
+    raws = [r[i] for r in list(csv.reader(raw.open(newline="")))[1:]]
+    assert raws[:4] == ["=1+1", "@SUM(A1)", "-bash", "ok"]
+    assert states[:4] == ["'=1+1", "'@SUM(A1)", "'-bash", "ok"]
+
+
+def test_csv_file_is_0600_and_never_written_through_a_link(
+    tracekit_feed: FeedFixture, session: Session, tmp_path: Path
+) -> None:
+    import os
+
+    from tracekit import UsageError
+
+    out = tmp_path / "r.csv"
+    old = os.umask(0o022)
+    try:
+        tracekit_feed(session, [f"csv={out}"], [synthetic_rows(SCHEMA, 3)])
+    finally:
+        os.umask(old)
+    assert (out.stat().st_mode & 0o777) == 0o600
+    with pytest.raises(UsageError, match="exists; pass --force"):
+        tracekit_feed(session, [f"csv={out}"], [synthetic_rows(SCHEMA, 3)])
+    victim = tmp_path / "victim"
+    victim.write_text("secret\n")
+    link = tmp_path / "link.csv"
+    link.symlink_to(victim)
+    with pytest.raises(UsageError, match="symbolic link"):
+        tracekit_feed(session, [f"csv={link}"], [synthetic_rows(SCHEMA, 3)], force=True)
+    assert victim.read_text() == "secret\n"

@@ -8,6 +8,7 @@ built-ins, with one import from tracekit for everything it uses.
 from __future__ import annotations
 
 import csv
+import os
 import sys
 from importlib.resources import files
 from typing import IO
@@ -22,10 +23,14 @@ from tracekit import (
     ProbeSpec,
     Session,
     Sink,
+    SinkOptions,
     SinkRegistry,
     SinkSpec,
     Summary,
     UsageError,
+    check_output,
+    create_output,
+    csv_cell,
     format_value,
     hookimpl,
     tracepoint_fields,
@@ -75,28 +80,46 @@ SCHEMA = PROBE.schema
 
 
 class CsvSink(Sink):
-    """``--sink csv=PATH``: one CSV row per event, values shown as the console shows them."""
+    """``--sink csv=PATH``: one CSV row per event, values shown as the console shows them.
+
+    ``csv=raw:PATH`` (or ``csv=raw`` for stdout) writes cells as they are; otherwise a
+    cell that starts with ``= + - @``, a tab or a carriage return gets a ``'`` in
+    front, so that no spreadsheet runs a comm or an address name as a formula. The
+    file is made as tracekit makes its own (``create_output``: never through a link,
+    mode 0600 unless ``--mode``, replaced only with ``--force``).
+    """
 
     def __init__(self, arg: str | None) -> None:
-        self.path = arg or "-"
+        arg = arg or "-"
+        self.raw = arg == "raw" or arg.startswith("raw:")
+        self.path = (arg[4:] or "-") if self.raw else arg
+        self.opts = SinkOptions()
         self.f: IO[str] | None = None
+
+    def configure(self, opts: SinkOptions) -> None:
+        self.opts = opts
         if self.path != "-":
             try:
-                open(self.path, "a").close()
-            except OSError as exc:
-                raise UsageError(f"--sink csv={self.path}: {exc.strerror}") from None
+                check_output(self.path, opts.force)
+            except UsageError as exc:
+                raise UsageError(f"--sink csv={self.path}: {exc}") from None
 
     @hookimpl
     def tracekit_session_start(self, session: Session) -> None:
-        self.f = sys.stdout if self.path == "-" else open(self.path, "w", newline="")  # noqa: SIM115
+        if self.path == "-":
+            self.f = sys.stdout
+        else:
+            fd = create_output(self.path, mode=self.opts.mode, replace=self.opts.force)
+            self.f = os.fdopen(fd, "w", newline="")
         self.w = csv.writer(self.f)
         self.w.writerow(session.schema.names)
 
     @hookimpl
     def tracekit_events(self, session: Session, batch: EventBatch) -> None:
         fields, syms = session.schema.fields, session.symbols
+        cell = (lambda v: v) if self.raw else csv_cell
         self.w.writerows(
-            [format_value(f, v, syms) for f, v in zip(fields, row, strict=True)]
+            [cell(format_value(f, v, syms)) for f, v in zip(fields, row, strict=True)]
             for row in batch.rows
         )
 
@@ -113,4 +136,6 @@ def tracekit_register_probes(registry: ProbeRegistry) -> None:
 
 @hookimpl
 def tracekit_register_sinks(registry: SinkRegistry) -> None:
-    registry.add(SinkSpec("csv", "one CSV row per event (csv=PATH, default stdout)", CsvSink))
+    registry.add(
+        SinkSpec("csv", "one CSV row per event (csv=PATH, default stdout; csv=raw:PATH)", CsvSink)
+    )
