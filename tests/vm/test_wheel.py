@@ -121,6 +121,8 @@ def test_the_venv_is_the_wheel_alone(venv: Path) -> None:
 
 
 def test_version_and_check_on_the_wheels_objects(venv: Path) -> None:
+    # fq-throttle attaches in sch_fq: loaded first, as configuring an fq qdisc would.
+    subprocess.run(["modprobe", "sch_fq"], check=True)
     tk = str(venv / "bin/tracekit")
     v = out_of_reach([tk, "--version"], cwd="/")
     assert v.returncode == 0, v.stderr
