@@ -16,7 +16,6 @@ import glob
 import json
 import os
 import shlex
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -122,6 +121,8 @@ def test_the_venv_is_the_wheel_alone(venv: Path) -> None:
 
 
 def test_version_and_check_on_the_wheels_objects(venv: Path) -> None:
+    # fq-throttle attaches in sch_fq: loaded first, as configuring an fq qdisc would.
+    subprocess.run(["modprobe", "sch_fq"], check=True)
     tk = str(venv / "bin/tracekit")
     v = out_of_reach([tk, "--version"], cwd="/")
     assert v.returncode == 0, v.stderr
@@ -152,46 +153,9 @@ def test_oracle_from_the_installed_wheel(venv: Path, probe: str, out_dir: Path) 
     subprocess.run(["modprobe", "sch_fq"], check=True)
     code = (
         f"import sys; sys.path.append({str(ROOT)!r}); "
-        "from tests.vm.test_wheel import _child; _child(sys.argv[1], sys.argv[2])"
+        "from tests.vm.wheel_child import main; main(sys.argv[1], sys.argv[2])"
     )
     r = out_of_reach([str(venv / "bin/python"), "-c", code, probe, str(out_dir)], cwd="/")
     assert r.returncode == 0, r.stdout + r.stderr
     assert f"{probe}: installed wheel, shipped object, oracle agrees" in r.stdout, r.stdout
     print(r.stdout.strip())
-
-
-def _child(probe: str, out: str) -> None:
-    """In the namespace, on the venv's Python: nothing to compile with, the wheel's
-    object chosen by the default loader, the probe's lab and oracle."""
-    import tracekit
-    from tracekit.bpf.core_build import find_object, shipped_dir
-    from tracekit.live.run import RunOptions, compile_probe
-    from tracekit.plugin.bus import build_bus
-
-    from .helpers import ORACLES as oracles
-
-    assert not [d for d in header_dirs() if os.listdir(d)], "headers still visible"
-    clang = shutil.which("clang")
-    assert clang is None or not os.path.exists(os.path.realpath(clang)), clang
-    try:
-        import bcc  # noqa: F401
-    except ImportError:
-        pass
-    else:
-        raise AssertionError("BCC importable in the wheel's venv")
-    params, aggregate, oracle = oracles[probe]
-    bus = build_bus()
-    spec = bus.probes.get(probe)
-    path, why = find_object(spec)
-    shipped = shipped_dir()
-    assert path is not None and shipped is not None and path.parent == shipped, why
-    assert Path(tracekit.__file__).parent in shipped.parents
-    compiled = compile_probe(
-        spec, spec.resolve_params(params), RunOptions(quiet=True), True, aggregate
-    )
-    try:
-        assert compiled.loader == "core", compiled.loader
-        oracle(bus, compiled, Path(out))
-    finally:
-        compiled.probe.close()
-    print(f"{probe}: installed wheel, shipped object, oracle agrees ({path.name})")

@@ -87,8 +87,11 @@ def online_cpus() -> list[int]:
 def tracefs() -> Path | None:
     """Where tracefs is mounted (its ``events`` directory present), or None."""
     for root in TRACEFS_ROOTS:
-        if Path(root, "events").is_dir():
-            return Path(root)
+        try:
+            if Path(root, "events").is_dir():
+                return Path(root)
+        except OSError:  # mounted, but root's alone (0700): not readable here
+            continue
     return None
 
 
@@ -157,7 +160,10 @@ def _event_dir(target: str) -> Path | None:
 def tracepoint_exists(target: str) -> bool:
     """Whether tracefs lists the tracepoint ``category:name``."""
     d = _event_dir(target)
-    return d is not None and d.is_dir()
+    try:
+        return d is not None and d.is_dir()
+    except OSError:
+        return False
 
 
 def tracepoint_fields(target: str) -> frozenset[str] | None:
