@@ -19,7 +19,8 @@ from tracekit import (
     ProbeSpec,
     hookimpl,
 )
-from tracekit.plugin.registry import IFINDEX_MAX
+
+IFINDEX_MAX = (1 << 31) - 1  # net_device.ifindex is an int
 
 # Why the socket could move (txq_flip.bpf.c's CAUSE_*, same order): "other" when
 # none of netdev_pick_tx's own conditions held, "reselect" the 6.19+ timer

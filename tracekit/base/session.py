@@ -112,13 +112,15 @@ class Session:
 
     @property
     def symbols(self) -> Mapping[int, str]:
-        """Kernel address -> symbol name (read-only)."""
-        return self.names.symbols
+        """Kernel address -> symbol name. Read it; record names with
+        ``session.names.add_symbols`` (assigning here, as 0.1.0 did, still works,
+        deprecated until 0.3.0)."""
+        return _NamesView(self.names.symbols, self.names.add_symbols, "symbols")
 
     @property
     def stacks(self) -> Mapping[int, list[int]]:
-        """Stack id -> kernel addresses, innermost first (read-only)."""
-        return self.names.stacks
+        """Stack id -> kernel addresses, innermost first (as ``symbols``)."""
+        return _NamesView(self.names.stacks, self.names.add_stacks, "stacks")
 
     def wall_time(self, ts_ns: int) -> float | None:
         """Seconds since 1970 of an event's kernel timestamp, None if not known."""
@@ -189,6 +191,65 @@ def slice_rows(schema: Schema | None, width: int = 1) -> int:
     else:
         by_bytes = SLICE_VALUES
     return max(1, min(SLICE_VALUES // max(1, width), by_bytes))
+
+
+_dataclass_init = Session.__init__
+
+
+def _session_init(
+    self: Session,
+    *args: Any,
+    symbols: Mapping[int, str] | None = None,
+    stacks: Mapping[int, list[int]] | None = None,
+    **kwargs: Any,
+) -> None:
+    """``Session(..., symbols=..., stacks=...)``, 0.1.0's fields: deprecated."""
+    _dataclass_init(self, *args, **kwargs)
+    from tracekit._compat import warn_deprecated
+
+    if symbols is not None:
+        warn_deprecated("Session(symbols=...)", "session.names.add_symbols(...)", stacklevel=3)
+        self.names.add_symbols(symbols)
+    if stacks is not None:
+        warn_deprecated("Session(stacks=...)", "session.names.add_stacks(...)", stacklevel=3)
+        self.names.add_stacks(stacks)
+
+
+Session.__init__ = _session_init  # type: ignore[method-assign]
+
+
+class _NamesView(Mapping[Any, Any]):
+    """``session.symbols`` / ``session.stacks``: a view of the session's names that
+    still takes 0.1.0's ``session.symbols[addr] = name`` (recorded through
+    ``KernelNames``, with a DeprecationWarning)."""
+
+    __slots__ = ("_add", "_data", "_what", "get")
+
+    def __init__(self, data: Mapping[Any, Any], add: Any, what: str) -> None:
+        self._data, self._add, self._what = data, add, what
+        self.get = data.get  # type: ignore[method-assign]
+
+    def __getitem__(self, key: Any) -> Any:
+        return self._data[key]
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._data
+
+    def __repr__(self) -> str:
+        return repr(dict(self._data))
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        from tracekit._compat import warn_deprecated
+
+        add = "add_symbols({addr: name})" if self._what == "symbols" else "add_stacks({id: addrs})"
+        warn_deprecated(f"session.{self._what}[...] = ...", f"session.names.{add}", stacklevel=3)
+        self._add({key: value})
 
 
 class EventBatch:
