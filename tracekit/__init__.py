@@ -70,6 +70,8 @@ _LAZY: dict[str, str] = {
     # What a probe's numbers mean (ProbeSpec.findings).
     "Finding": "tracekit.base.findings",
     "Findings": "tracekit.base.findings",
+    "Tally": "tracekit.base.findings",
+    "net_queues": "tracekit.base.kernel",
     # Runs: planned once, then executed (the CLI, the labs and the fixtures do).
     "RunPlan": "tracekit.live.run",
     "RunOptions": "tracekit.live.run",
@@ -144,6 +146,7 @@ __all__ = [
     "SinkSpec",
     "StandInProbe",
     "Summary",
+    "Tally",
     "TracekitError",
     "UsageError",
     "__version__",
@@ -160,6 +163,7 @@ __all__ = [
     "format_value",
     "hookimpl",
     "load",
+    "net_queues",
     "plan_run",
     "printable",
     "probe_metrics",
@@ -186,8 +190,8 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # what mypy and editors see; at run time __getattr__ imports them
     from tracekit.base.errors import LabError, PluginError, TracekitError, UsageError
-    from tracekit.base.findings import Finding, Findings
-    from tracekit.base.kernel import tracepoint_fields
+    from tracekit.base.findings import Finding, Findings, Tally
+    from tracekit.base.kernel import net_queues, tracepoint_fields
     from tracekit.base.metrics import RUN_METRICS, MetricSpec, bucket_bounds, probe_metrics
     from tracekit.base.schema import Field, HistSpec, Schema, format_row, format_value
     from tracekit.base.session import EventBatch, KernelNames, LostReport, Session, Summary

@@ -7,9 +7,34 @@ from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from tracekit import EventBatch, Session, Summary
-from tracekit.base import kernel
-from tracekit.base.findings import Finding, Findings, Tally, cpumask_cpus, flow_text, rate
+from tracekit import EventBatch, Finding, Findings, Session, Summary, Tally, net_queues
+
+# (Only tracekit's public API here, as the plugin guide says of this probe.)
+
+
+def ipv4(addr: int) -> str:
+    return ".".join(str((addr >> s) & 0xFF) for s in (0, 8, 16, 24))
+
+
+def flow_text(saddr: int, sport: int, daddr: int, dport: int) -> str:
+    return f"{ipv4(saddr)}:{sport} > {ipv4(daddr)}:{dport}"
+
+
+def cpumask_cpus(mask: str) -> list[int]:
+    """CPUs of a sysfs CPU mask (hex words separated by commas)."""
+    try:
+        bits = int(mask.strip().replace(",", "") or "0", 16)
+    except ValueError:
+        return []
+    return [i for i in range(bits.bit_length()) if bits >> i & 1]
+
+
+def rate(n: int, seconds: float) -> str:
+    if seconds <= 0:
+        return "?/s"
+    r = n / seconds
+    return f"{r:.1f}/s" if r < 1000 else f"{r:,.0f}/s"
+
 
 PROBE = "txq-flip"
 NO_QUEUE = 0xFFFF
@@ -58,7 +83,7 @@ HINTS = {
 
 def metadata(params: Mapping[str, int]) -> dict[str, Any]:
     """The XPS map of this namespace's devices, read when the run starts."""
-    return {"net": kernel.net_queues()}
+    return {"net": net_queues()}
 
 
 def xps_of(session: Session, dev: str) -> dict[int, list[int]] | None:
@@ -223,8 +248,6 @@ class TxqFlipFindings(Findings):
 
 
 def _ip(addr: int) -> str:
-    from tracekit.base.findings import ipv4
-
     return ipv4(addr)
 
 
