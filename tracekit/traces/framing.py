@@ -143,6 +143,69 @@ class Framer:
         self._take(start + n - i)
         return out
 
+    def batch_run(
+        self,
+        kind: int,
+        seq: int,
+        crc_of: Callable[[int, int, Any], int],
+        size: int,
+        max_rows: int,
+        max_bytes: int,
+    ) -> tuple[list[Any], int]:
+        """Consecutive format-2 records ``[kind, seq, crc, bin]`` whole in the buffer,
+        each with the next sequence number from ``seq``, a matching CRC and a body of
+        whole ``size``-byte records (at most ``max_rows`` of them): their bodies and
+        the bytes they take, up to about ``max_bytes`` of bodies.
+
+        One loop over the buffer, no objects per record but its body's view. The run
+        stops before the first record that is not such a record (another kind, a
+        cut, a bad CRC or number, an odd length): nothing of it is consumed, so the
+        checked path (``next``) reads it and says what is wrong with it.
+        """
+        b, i, end = self._buf, self._pos, self._end
+        bodies: list[Any] = []
+        got = 0
+        max_len = min(self._limits["max_bin_len"], max_rows * size)
+        while got < max_bytes and end - i >= 4 and b[i] == 0x94 and b[i + 1] == kind:
+            j = i + 2
+            t = b[j]
+            if t < 0x80:
+                s, j = t, j + 1
+            else:
+                w = _UINT.get(t)
+                if w is None or j + 1 + w > end:
+                    break
+                s, j = int.from_bytes(b[j + 1 : j + 1 + w], "big"), j + 1 + w
+            if s != seq or j >= end:
+                break
+            t = b[j]
+            if t < 0x80:
+                crc, j = t, j + 1
+            else:
+                w = _UINT.get(t)
+                if w is None or j + 1 + w > end:
+                    break
+                crc, j = int.from_bytes(b[j + 1 : j + 1 + w], "big"), j + 1 + w
+            if j >= end:
+                break
+            w = _BIN.get(b[j])
+            if w is None or j + 1 + w > end:
+                break
+            n = int.from_bytes(b[j + 1 : j + 1 + w], "big")
+            start = j + 1 + w
+            if n > max_len or n % size or start + n > end:
+                break
+            body = b[start : start + n]
+            if crc_of(kind, seq, body) != crc:
+                break
+            bodies.append(body)
+            got += n
+            seq += 1
+            i = start + n
+        taken = i - self._pos
+        self._take(taken)
+        return bodies, taken
+
     def _fill(self) -> None:
         """Read more: after the data in this chunk if there is room, else into a new
         chunk that starts with the unread bytes (the old one is never written
