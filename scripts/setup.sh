@@ -59,8 +59,15 @@ fi
 pip_install() {
   .venv/bin/pip install -q --disable-pip-version-check "$@" 2>&1 | grep -v '^WARNING: Location' || true
 }
+# The distribution is tracekit-ebpf (0.2.0; PyPI's "tracekit" is another project): a
+# .venv made before has this tree installed as "tracekit", which goes first.
+# (pip show, not importlib.metadata: that would also find a build's egg-info in the tree.)
+if [ -x .venv/bin/pip ] && .venv/bin/pip show -q tracekit >/dev/null 2>&1; then
+  .venv/bin/pip uninstall -q -y tracekit >/dev/null 2>&1 || true
+fi
 if [ ! -x .venv/bin/python ] || [ ! -x .venv/bin/py-spy ] \
-  || ! .venv/bin/python -c 'import tracekit, pytest, virtme_ng, isal' 2>/dev/null; then
+  || ! .venv/bin/python -c 'import tracekit, pytest, virtme_ng, isal' 2>/dev/null \
+  || ! .venv/bin/pip show -q tracekit-ebpf >/dev/null 2>&1; then
   echo "setup: creating .venv" >&2
   /usr/bin/python3 -m venv --system-site-packages .venv
   pip_install -e '.[dev]'
@@ -69,7 +76,7 @@ fi
 # The fleet extra: tracekit export (pyarrow), plot (matplotlib), the prometheus sink
 # (prometheus-client), and duckdb for the analysis docs and their tests.
 if ! .venv/bin/python -c 'import pyarrow, duckdb, matplotlib, prometheus_client' 2>/dev/null; then
-  echo "setup: installing tracekit[fleet]" >&2
+  echo "setup: installing tracekit-ebpf[fleet]" >&2
   pip_install -e '.[dev,fleet]'
   .venv/bin/python -c 'import pyarrow, duckdb, matplotlib, prometheus_client'
 fi

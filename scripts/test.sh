@@ -25,32 +25,40 @@ for row in ${TRACEKIT_CI_PYTHONS-6.12 7.2}; do
 done
 
 # The kernel matrix (docs/kernels.md, "CI"). The whole VM suite runs on the newest row
-# (TRACEKIT_CI_FULL, default 7.2: the kernel users move to), then the host checks of what
-# it recorded; on the other rows (TRACEKIT_CI_ROWS, default "6.1 6.12 5.10"; "" skips
-# them) every built-in probe against its kernel oracle from BTF alone (CO-RE, headers
-# hidden) and the tests of what changed between kernels (fq's drop reasons, the TX-queue
-# reselection timer, ooo_okay's rules; each skips where its kernel lacks it; not on 5.10,
-# below). The whole suite on every row leaves no room in CI's time for a busy machine:
-# about 15 minutes a row idle under TCG, up to 45 under load; these 2 to 3 minutes a row
-# (docs/kernels.md, "CI").
-full="${TRACEKIT_CI_FULL-7.2}"
+# (TRACEKIT_CI_FULL, default 7.3: the newest kernel Debian ships, which users move to),
+# then the host checks of what it recorded; on the other rows (TRACEKIT_CI_ROWS, default
+# "6.1 6.12 7.2 5.10"; "" skips them) the installed wheel's probes against their kernel
+# oracles (tests/vm/test_wheel.py: pip from wheels only into a venv without system site
+# packages; headers, clang and BCC out of reach) and the tests of what changed between
+# kernels (fq's drop reasons, the TX-queue reselection timer, ooo_okay's rules; each
+# skips where its kernel lacks it; not on 5.10, below). The whole suite on every row
+# leaves no room in CI's time for a busy machine: about 15 minutes a row idle under TCG,
+# up to 45 under load; these 3 to 4 minutes a row (docs/kernels.md, "CI").
+full="${TRACEKIT_CI_FULL-7.3}"
+rows="${TRACEKIT_CI_ROWS-6.1 6.12 7.2 5.10}"
+# The wheel, and its dependencies' wheels for each row's Python, built here: the VM has
+# no network.
+echo "== the wheel and its dependencies' wheels (.vm-out/wheels)"
+# shellcheck disable=SC2086
+bash scripts/vm-wheels.sh $full $rows
 echo "== VM tests: the whole suite on kernel row $full"
 rm -f .vm-out/*.tkt .vm-out/*.txt
-vm/run --kernel "$full" -- python -m pytest -p no:hypothesispytest -m vm -v --durations=15 \
-  tests/vm examples/tracekit-tcp-retrans/tests
+vm/run --kernel "$full" -- env TRACEKIT_REQUIRE_WHEELS=1 python -m pytest -p no:hypothesispytest \
+  -m vm -v --durations=15 tests/vm examples/tracekit-tcp-retrans/tests
 
 echo "== host checks of the VM's recordings"
 TRACEKIT_REQUIRE_VM_ARTIFACTS=1 $py -m pytest -m after_vm tests
 
-matrix=(tests/vm/test_no_headers.py tests/vm/test_fq_drop_reasons.py
+matrix=(tests/vm/test_wheel.py tests/vm/test_fq_drop_reasons.py
         tests/vm/test_txq_reselect.py tests/vm/test_ooo_okay_rules.py)
-for row in ${TRACEKIT_CI_ROWS-6.1 6.12 5.10}; do
-  echo "== VM tests on kernel row $row: each probe's oracle"
+for row in $rows; do
+  echo "== VM tests on kernel row $row: the installed wheel's probes against their oracles"
   files=("${matrix[@]}")
   # 5.10: fq-throttle's tests skip (5.11+) and the ooo-okay rules' bpftrace (0.17, given
   # the headers there) once did not exit within 120 s of SIGINT: its oracles only.
   [ "$row" != 5.10 ] || files=(tests/vm/test_no_headers.py)
-  vm/run --kernel "$row" -- python -m pytest -p no:hypothesispytest -m vm -v "${files[@]}"
+  vm/run --kernel "$row" -- env TRACEKIT_REQUIRE_WHEELS=1 python -m pytest -p no:hypothesispytest \
+    -m vm -v "${files[@]}"
 done
 
 echo "== all tests passed in $(( $(date +%s) - start ))s"

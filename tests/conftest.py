@@ -1,10 +1,17 @@
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from tracekit.base.session import Session
 from tracekit.probes.txq_flip import SCHEMA
 from tracekit.testing import synthetic_rows
+
+# tracekit mounts tracefs where it is missing and it may (as bpftrace does): never on
+# the machine running the host tests, whose mounts are not the tests' to change.
+if os.environ.get("TRACEKIT_IN_VM") != "1":
+    os.environ["TRACEKIT_MOUNT_TRACEFS"] = "0"
 
 
 @pytest.fixture

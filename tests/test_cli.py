@@ -132,7 +132,11 @@ def test_list_and_json_and_version() -> None:
     assert "txq-flip" in r.stdout and f"tracekit.probes.txq_flip {tracekit.__version__}" in r.stdout
     data = json.loads(tk("list", "--json").stdout)
     assert {s["name"] for s in data["sinks"]} >= {"console", "hist", "msgpack"}
-    assert tk("--version").stdout.strip() == f"tracekit, version {tracekit.__version__}"
+    first = tk("--version").stdout.splitlines()[0]
+    assert (
+        first
+        == f"tracekit {tracekit.__version__} (distribution tracekit-ebpf {tracekit.__version__})"
+    )
 
 
 def test_run_without_bcc_says_so_in_one_line(tmp_path: Path) -> None:

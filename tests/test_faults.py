@@ -130,7 +130,10 @@ def _as_nobody(*args: str) -> subprocess.CompletedProcess[str]:
 def test_not_root_is_one_line_with_its_own_status() -> None:
     r = _as_nobody("run", "txq-flip", "--duration", "1")
     assert r.returncode == 4, r.stderr
-    assert r.stderr.strip() == ("tracekit: needs root (or CAP_BPF and CAP_PERFMON): run with sudo")
+    assert r.stderr.strip() == (
+        "tracekit: needs root or the capabilities CAP_BPF, CAP_PERFMON: run with sudo, "
+        'or grant them (README, "Capabilities")'
+    )
 
 
 def test_check_lists_every_problem_at_once() -> None:

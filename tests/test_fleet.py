@@ -189,7 +189,7 @@ def test_without_the_extra_the_command_says_what_to_install(
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.returncode == 13, r.stderr
-    assert r.stderr.count("\n") == 1 and "tracekit[fleet]" in r.stderr, r.stderr
+    assert r.stderr.count("\n") == 1 and "tracekit-ebpf[fleet]" in r.stderr, r.stderr
 
 
 # -- plot ---------------------------------------------------------------------------

@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_the_version_lives_in_one_place() -> None:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     assert "version" not in project and "version" in project["dynamic"]
-    assert version("tracekit") == tracekit.__version__
+    assert version("tracekit-ebpf") == tracekit.__version__
 
 
 def test_the_version_is_semver() -> None:

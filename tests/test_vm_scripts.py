@@ -50,6 +50,12 @@ def test_every_row_maps_to_a_release() -> None:
     assert rows["6.1"] == "bookworm"
     assert rows["6.12"] == "trixie"
     assert rows["7.2"] == "sid"
+    # The top of the matrix is the newest kernel Debian ships (backports' 7.3), and
+    # CI runs the whole suite there.
+    names = [line.split()[0] for line in run("vm/guest-root", "names").stdout.splitlines()]
+    assert names[-1] == "7.3" and rows["7.3"] == "trixie-backports"
+    script = (ROOT / "scripts/test.sh").read_text()
+    assert f'full="${{TRACEKIT_CI_FULL-{names[-1]}}}"' in script
 
 
 def test_root_path_is_in_the_cache_and_keyed_by_its_recipe(tmp_path: Path) -> None:

@@ -1,10 +1,12 @@
 """Helpers for testing sinks and trace files without a kernel, and the pytest fixtures.
 
 Plugin authors can feed synthetic batches (and in-kernel aggregates) through a sink
-and record or replay trace files with these, on any machine. Installed with
-tracekit as a pytest plugin (entry point ``pytest11``), so a plugin's tests get the
-fixtures ``tracekit_bus``, ``tracekit_feed``, ``tracekit_replay`` and
-``tracekit_run_probe`` without a conftest.py (docs/writing-plugins.md).
+and record or replay trace files with these, on any machine. It is also a pytest
+plugin a test suite opts into (``pytest_plugins = ["tracekit.testing"]`` in its
+conftest.py, or ``pytest -p tracekit.testing``): its tests then get the fixtures
+``tracekit_bus``, ``tracekit_feed``, ``tracekit_replay`` and ``tracekit_run_probe``
+and the ``vm`` marker (docs/writing-plugins.md). No entry point loads it into every
+pytest run of the environment.
 """
 
 from __future__ import annotations
@@ -83,10 +85,9 @@ def feed(
     return summary
 
 
-# -- pytest plugin (entry point pytest11: tracekit) -----------------------------------
+# -- pytest plugin (opt-in: pytest_plugins = ["tracekit.testing"], or -p tracekit.testing)
 #
-# Installed with tracekit, so a plugin package's tests get these fixtures and the
-# ``vm`` marker without a conftest.py.
+# A plugin package's tests get these fixtures and the ``vm`` marker from it.
 
 IN_VM_ENV = "TRACEKIT_IN_VM"
 

@@ -121,3 +121,15 @@ class KernelTooOldError(TracekitError):
     """The running kernel is older than the probe's ``min_kernel``."""
 
     exit_code = 15
+
+
+class LibbpfMissingError(TracekitError):
+    """The system's libbpf (1.0 or later), which the CO-RE loader calls, is missing."""
+
+    exit_code = 16
+
+
+class TracefsMissingError(TracekitError):
+    """tracefs, which attaching a tracepoint needs, is not mounted or not readable."""
+
+    exit_code = 17

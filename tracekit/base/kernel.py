@@ -91,6 +91,61 @@ def tracefs() -> Path | None:
     return None
 
 
+MOUNTS = Path("/proc/self/mounts")
+
+
+def tracefs_mount() -> Path | None:
+    """Where tracefs is mounted according to /proc/self/mounts (readable by anyone),
+    whether or not this user may read it; None when it is not mounted at all."""
+    try:
+        text = MOUNTS.read_text()
+    except OSError:
+        return None
+    points = [ln.split()[1] for ln in text.splitlines() if len(ln.split()) > 2]
+    fstypes = [ln.split()[2] for ln in text.splitlines() if len(ln.split()) > 2]
+    found = [Path(m) for m, t in zip(points, fstypes, strict=True) if t == "tracefs"]
+    for root in TRACEFS_ROOTS:
+        if Path(root) in found:
+            return Path(root)
+    return found[0] if found else None
+
+
+def tracefs_problem() -> str | None:
+    """Why tracefs cannot be read here, in words (None when ``tracefs()`` finds it)."""
+    if tracefs() is not None:
+        return None
+    where = tracefs_mount()
+    if where is None:
+        return "tracefs is not mounted (mount -t tracefs tracefs /sys/kernel/tracing)"
+    return (
+        f"tracefs at {where} is not readable by this user "
+        "(root, CAP_DAC_READ_SEARCH, or tracefs mounted with gid= and mode=)"
+    )
+
+
+def mount_tracefs() -> bool:
+    """Mount tracefs at /sys/kernel/tracing where it is not mounted and this process
+    may (root or CAP_SYS_ADMIN), as bpftrace does; whether it is readable afterwards.
+
+    ``TRACEKIT_MOUNT_TRACEFS=0`` leaves the mounts alone (the host tests set it).
+    """
+    if tracefs() is not None:
+        return True
+    if os.environ.get("TRACEKIT_MOUNT_TRACEFS", "1") == "0" or tracefs_mount() is not None:
+        return False
+    target = Path(TRACEFS_ROOTS[0])
+    if not target.is_dir():
+        return False
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mount.argtypes = [ctypes.c_char_p] * 4 + [ctypes.c_ulong, ctypes.c_void_p]
+    if libc.mount(b"tracefs", str(target).encode(), b"tracefs", 0, None) != 0:
+        return False
+    _text.cache_clear()
+    return tracefs() is not None
+
+
 def _event_dir(target: str) -> Path | None:
     """tracefs's folder of tracepoint ``category:name`` (whether it exists or not)."""
     root = tracefs()
@@ -200,6 +255,38 @@ def refresh() -> None:
     """Forget the lists read so far: a module loaded since adds functions to them."""
     _text.cache_clear()
     kallsyms.cache_clear()
+
+
+# -- the distribution --------------------------------------------------------------------
+
+OS_RELEASE = Path("/etc/os-release")
+
+
+def os_release() -> dict[str, str]:
+    """/etc/os-release's fields (``ID``, ``ID_LIKE``, ``PRETTY_NAME``...), {} if unread."""
+    out: dict[str, str] = {}
+    try:
+        text = OS_RELEASE.read_text()
+    except OSError:
+        return out
+    for line in text.splitlines():
+        k, sep, v = line.partition("=")
+        if sep and k.strip():
+            out[k.strip()] = v.strip().strip("'\"")
+    return out
+
+
+def install_hint(debian: str, fedora: str) -> str:
+    """How to install a package on this distribution, in a few words: ``apt-get install
+    DEBIAN`` on Debian and Ubuntu (and their kin), ``dnf install FEDORA`` on Fedora (and
+    RHEL's kin), both elsewhere."""
+    rel = os_release()
+    ids = {rel.get("ID", ""), *rel.get("ID_LIKE", "").split()}
+    if ids & {"debian", "ubuntu"}:
+        return f"apt-get install {debian}"
+    if ids & {"fedora", "rhel", "centos"}:
+        return f"dnf install {fedora}"
+    return f"install {debian} (Debian, Ubuntu) or {fedora} (Fedora)"
 
 
 # -- modules, BTF, headers ----------------------------------------------------------------

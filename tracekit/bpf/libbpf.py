@@ -20,9 +20,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from tracekit.base.errors import TracekitError
+from tracekit.base import kernel
+from tracekit.base.errors import LibbpfMissingError, TracekitError
 
 _PRINT_FN = ct.CFUNCTYPE(ct.c_int, ct.c_int, ct.c_char_p, ct.c_void_p)
+_PRINTERS: list[Any] = []
 
 
 class LibbpfError(TracekitError):
@@ -60,20 +62,70 @@ def libc() -> ct.CDLL:
     return _LIBC
 
 
+# The oldest libbpf the loader works with: 1.0 made errors negative return codes and
+# dropped the deprecated API (its soname is libbpf.so.1).
+MIN_VERSION = (1, 0)
+
+
+def missing_message(found: str | None = None) -> str:
+    """The one line for a missing or too old libbpf, naming this distribution's package."""
+    hint = kernel.install_hint("libbpf1", "libbpf")
+    if found:
+        return f"libbpf {found} is too old (the CO-RE loader needs 1.0 or later): {hint}"
+    return f"libbpf is not installed (the CO-RE loader needs libbpf 1.0 or later): {hint}"
+
+
+def _open() -> ct.CDLL:
+    """libbpf.so.1 (1.x), else whatever libbpf the linker finds (checked for its version)."""
+    lib = _open_library("libbpf.so.1", "bpf")
+    if lib is None:
+        raise LibbpfMissingError(missing_message())
+    return lib
+
+
+def _version_of(lib: ct.CDLL) -> tuple[int, int] | None:
+    """(major, minor) of a loaded libbpf; None for one older than 0.6 (no such calls)."""
+    try:
+        major, minor = lib.libbpf_major_version, lib.libbpf_minor_version
+    except AttributeError:
+        return None
+    major.restype = minor.restype = ct.c_uint32
+    major.argtypes = minor.argtypes = []
+    return int(major()), int(minor())
+
+
+def version() -> tuple[str | None, str | None]:
+    """(libbpf's version, why the CO-RE loader cannot use it or None), without raising:
+    for ``tracekit check`` and ``tracekit --version``."""
+    try:
+        lib = _open()
+    except LibbpfMissingError as exc:
+        return None, str(exc)
+    v = _version_of(lib)
+    text = "older than 0.6" if v is None else f"{v[0]}.{v[1]}"
+    if v is None or v < MIN_VERSION:
+        return text, missing_message(text)
+    return text, None
+
+
 class Libbpf:
     """libbpf.so.1, with argument types declared once."""
 
     def __init__(self) -> None:
-        lib = _open_library("libbpf.so.1", "bpf")
-        if lib is None:
-            raise TracekitError(
-                "libbpf is not installed: apt-get install libbpf1 (the CO-RE loader needs it)"
+        self.lib = _open()
+        v = _version_of(self.lib)
+        if v is None or v < MIN_VERSION:
+            raise LibbpfMissingError(
+                missing_message("older than 0.6" if v is None else f"{v[0]}.{v[1]}")
             )
-        self.lib: ct.CDLL = lib
         self._libc = libc()
         self._libc.vsnprintf.argtypes = [ct.c_char_p, ct.c_size_t, ct.c_char_p, ct.c_void_p]
         self.log: list[str] = []
-        self._printer = _PRINT_FN(self._print)  # kept alive as long as the library
+        self._printer = _PRINT_FN(self._print)
+        # libbpf's print callback is process-wide: every one ever registered stays
+        # alive, so a Libbpf dropped while libbpf still points at its callback (a test
+        # that made a second one) cannot leave libbpf calling freed memory.
+        _PRINTERS.append(self._printer)
         L = self.lib
         vp, cp, i, u32 = ct.c_void_p, ct.c_char_p, ct.c_int, ct.c_uint32
         for fn, res, args in (

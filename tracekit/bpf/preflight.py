@@ -21,8 +21,10 @@ from tracekit.base.errors import (
     BtfMissingError,
     HeadersMissingError,
     KernelTooOldError,
+    LibbpfMissingError,
     ModuleNotLoadedError,
     PermissionProblem,
+    TracefsMissingError,
     TracekitError,
 )
 from tracekit.plugin.registry import AttachPoint, ProbeSpec, min_kernel_version
@@ -33,7 +35,23 @@ _CLONE_SUFFIX = re.compile(
     r"^(?P<base>[A-Za-z0-9_]+)(\.(isra|constprop|part|cold|lto_priv|llvm)(\.\d+)?)+$"
 )
 
-CAP_SYS_ADMIN, CAP_PERFMON, CAP_BPF = 21, 38, 39
+# Capability numbers (linux/capability.h).
+CAPS = {
+    "CAP_DAC_OVERRIDE": 1,
+    "CAP_DAC_READ_SEARCH": 2,
+    "CAP_IPC_LOCK": 14,
+    "CAP_SYS_ADMIN": 21,
+    "CAP_SYS_RESOURCE": 24,
+    "CAP_SYSLOG": 34,
+    "CAP_PERFMON": 38,
+    "CAP_BPF": 39,
+}
+CAP_SYS_ADMIN, CAP_PERFMON, CAP_BPF = CAPS["CAP_SYS_ADMIN"], CAPS["CAP_PERFMON"], CAPS["CAP_BPF"]
+# CAP_BPF and CAP_PERFMON split BPF and tracing out of CAP_SYS_ADMIN in Linux 5.8.
+CAPS_SINCE = (5, 8)
+# Before 5.11 BPF maps count against RLIMIT_MEMLOCK (since: against the memory cgroup);
+# libbpf raises the limit, which above its hard limit takes CAP_SYS_RESOURCE.
+MEMCG_ACCOUNTING_SINCE = (5, 11)
 
 
 @dataclass
@@ -57,6 +75,18 @@ class Report:
     def ok(self) -> bool:
         return all(c.ok for c in self.checks)
 
+    def blocker(self) -> Check | None:
+        """The problem to fix first, or None. Checks are made in the order each depends
+        on the ones before (the kernel, privileges, the loader's libraries and BTF,
+        tracefs, then each attach point: without privileges tracefs cannot be read, and
+        without tracefs no tracepoint can be found), so it is the first that failed."""
+        return next((c for c in self.checks if not c.ok), None)
+
+    def status(self) -> int:
+        """The blocker's exit status (0 when nothing fails)."""
+        c = self.blocker()
+        return 0 if c is None else (c.error or TracekitError).exit_code
+
     def raise_first(self) -> None:
         for c in self.checks:
             if not c.ok:
@@ -76,21 +106,94 @@ def _capabilities() -> int:
     return 0
 
 
-def check_privileges(report: Report) -> None:
-    caps = _capabilities()
+def required_capabilities(
+    spec: ProbeSpec | None = None, loader: str = "core", release: str | None = None
+) -> list[str]:
+    """The capabilities a run of ``spec`` needs instead of root, on this kernel (5.8+):
+    CAP_BPF (programs and maps) and CAP_PERFMON (kprobes, tracepoints, reading kernel
+    memory); CAP_DAC_READ_SEARCH where a tracepoint's id is read from tracefs (root's
+    only); CAP_SYSLOG where kernel stacks are named (kallsyms' addresses); before 5.11,
+    CAP_SYS_RESOURCE for RLIMIT_MEMLOCK. Measured per probe in the VM
+    (tests/vm/test_capabilities.py, README "Capabilities")."""
+    need = ["CAP_BPF", "CAP_PERFMON"]
+    if spec is not None and any(ap.kind == "tracepoint" for ap in spec.attach):
+        need.append("CAP_DAC_READ_SEARCH")
+    if spec is not None and spec.enrich is not None:
+        need.append("CAP_SYSLOG")
+    running = kernel.kernel_version(release or kernel.release())
+    if running is not None and running < MEMCG_ACCOUNTING_SINCE:
+        need.append("CAP_SYS_RESOURCE")
+    return need
 
-    def has(cap: int) -> bool:
-        return bool(caps & (1 << cap))
 
-    if os.geteuid() == 0 or has(CAP_SYS_ADMIN) or (has(CAP_BPF) and has(CAP_PERFMON)):
-        report.add("privileges", True, "root or CAP_BPF+CAP_PERFMON")
+def missing_capabilities(
+    spec: ProbeSpec | None = None, loader: str = "core", caps: int | None = None
+) -> list[str] | None:
+    """The capabilities this process lacks to run ``spec`` (``[]``: none), or None when
+    capabilities cannot stand in for root here (a kernel before 5.8, the BCC loader)."""
+    if os.geteuid() == 0:
+        return []
+    caps = _capabilities() if caps is None else caps
+    if loader == "bcc" or not kernel.at_least(*CAPS_SINCE):
+        return [] if caps & (1 << CAP_SYS_ADMIN) else None
+    implied = {"CAP_DAC_READ_SEARCH": ("CAP_DAC_OVERRIDE",)}
+    return [
+        name
+        for name in required_capabilities(spec, loader)
+        if not caps & (1 << CAPS[name])
+        and not any(caps & (1 << CAPS[alt]) for alt in implied.get(name, ()))
+    ]
+
+
+def check_privileges(report: Report, spec: ProbeSpec | None = None, loader: str = "core") -> None:
+    missing = missing_capabilities(spec, loader)
+    if missing == []:
+        how = (
+            "root"
+            if os.geteuid() == 0
+            else "capabilities " + ", ".join(required_capabilities(spec, loader))
+        )
+        report.add("privileges", True, how)
+    elif missing is None:
+        why = "the BCC loader" if loader == "bcc" else "Linux before 5.8"
+        report.add(
+            "privileges",
+            False,
+            f"needs root (or CAP_SYS_ADMIN, with {why}): run with sudo",
+            PermissionProblem,
+        )
     else:
         report.add(
             "privileges",
             False,
-            "needs root (or CAP_BPF and CAP_PERFMON): run with sudo",
+            f"needs root or the capabilities {', '.join(missing)}: run with sudo, or "
+            'grant them (README, "Capabilities")',
             PermissionProblem,
         )
+
+
+def check_libbpf(report: Report) -> None:
+    from tracekit.bpf.libbpf import version
+
+    found, problem = version()
+    if problem is None:
+        report.add("libbpf", True, f"libbpf {found}")
+    else:
+        report.add("libbpf", False, problem, LibbpfMissingError)
+
+
+def check_tracefs(report: Report, spec: ProbeSpec) -> None:
+    """tracefs, which attaching a (perf) tracepoint needs: mounted here where it is not
+    and this process may, as bpftrace does. Probes without tracepoints do not need it
+    (kprobes attach through the kprobe PMU, raw tracepoints by name)."""
+    if not any(ap.kind == "tracepoint" for ap in spec.attach):
+        return
+    kernel.mount_tracefs()
+    problem = kernel.tracefs_problem()
+    if problem is None:
+        report.add("tracefs", True, str(kernel.tracefs()))
+    else:
+        report.add("tracefs", False, problem, TracefsMissingError)
 
 
 def check_bcc(report: Report) -> None:
@@ -203,6 +306,14 @@ def check_attach_point(report: Report, ap: AttachPoint, syms: frozenset[str] | N
     """Check one attach point; returns whether it is usable."""
     label = ap.describe()
     if ap.kind in ("tracepoint", "raw_tracepoint"):
+        problem = kernel.tracefs_problem()
+        if problem is not None and ap.kind == "raw_tracepoint":
+            # Attached by name, without tracefs: only its presence cannot be read.
+            report.add(label, True, f"not checked: {problem}; raw tracepoints attach without it")
+            return True
+        if problem is not None:
+            report.add(label, False, problem, TracefsMissingError)
+            return False
         ok = kernel.tracepoint_exists(ap.target)
         report.add(
             label, ok, "present" if ok else "no such tracepoint in this kernel", AttachPointError
@@ -371,13 +482,141 @@ def preflight(spec: ProbeSpec, loader: str = "bcc") -> tuple[Report, list[Attach
     kernel.refresh()
     report = Report()
     check_kernel_version(report, spec)
-    check_privileges(report)
+    check_privileges(report, spec, loader)
     if loader == "bcc":
         check_bcc(report)
         check_headers(report)
     else:
+        check_libbpf(report)
         check_btf(report)
     if spec.needs_btf and loader == "bcc":
         check_btf(report)
+    check_tracefs(report, spec)
     points = usable_attach_points(spec, report)
     return report, points
+
+
+# -- tracekit check and tracekit --version ------------------------------------------------
+
+
+@dataclass
+class ProbeVerdict:
+    """What ``tracekit check`` says of one probe."""
+
+    name: str
+    loader: str
+    why: str
+    report: Report
+
+    @property
+    def ready(self) -> bool:
+        return self.report.ok
+
+    def verdict(self) -> str:
+        """One line: ``ready: ...`` or ``not ready: <the blocker>``."""
+        c = self.report.blocker()
+        fallback = self.why.startswith("no CO-RE: ")
+        if c is not None and c.name in ("bcc", "kernel headers") and fallback:
+            # BCC was only the fallback: what kept the CO-RE path away comes first.
+            core = self.why.removeprefix("no CO-RE: ")
+            return f"not ready: {self.name}: {core}, and the BCC fallback: {c.message}"
+        if c is not None:
+            return f"not ready: {self.name}: {c.message}"
+        if self.loader == "core":
+            return f"ready: {self.name} loads its CO-RE object from BTF, no compile"
+        return f"ready: {self.name} compiles with BCC against the kernel's headers ({self.why})"
+
+    def as_dict(self) -> dict[str, object]:
+        c = self.report.blocker()
+        return {
+            "name": self.name,
+            "ready": self.ready,
+            "verdict": self.verdict(),
+            "loader": self.loader,
+            "why": self.why,
+            "status": self.report.status(),
+            "blocker": None if c is None else {"check": c.name, "message": c.message},
+            "checks": [
+                {
+                    "name": k.name,
+                    "ok": k.ok,
+                    "message": k.message,
+                    "status": 0 if k.ok else (k.error or TracekitError).exit_code,
+                }
+                for k in self.report.checks
+            ],
+        }
+
+
+def check_probe(spec: ProbeSpec) -> ProbeVerdict:
+    """The loader a run would use and every check of it, without raising."""
+    try:
+        loader, why = choose_loader(spec)
+    except TracekitError as exc:
+        loader, why = "none", str(exc)
+    report, _ = preflight(spec, "bcc" if loader == "none" else loader)
+    return ProbeVerdict(spec.name, loader, why, report)
+
+
+def overall_verdict(verdicts: list[ProbeVerdict]) -> tuple[str, int]:
+    """(the first line of ``tracekit check`` over several probes, its status): the
+    first not-ready probe's blocker, with how many are ready."""
+    bad = [v for v in verdicts if not v.ready]
+    if len(verdicts) == 1:
+        return verdicts[0].verdict(), verdicts[0].report.status()
+    n = len(verdicts)
+    if not bad:
+        if all(v.loader == "core" for v in verdicts):
+            return f"ready: all {n} probes load their CO-RE objects from BTF, no compile", 0
+        return f"ready: all {n} probes ({sum(v.loader == 'bcc' for v in verdicts)} with BCC)", 0
+    return (
+        f"{bad[0].verdict()} ({n - len(bad)} of {n} probes ready)",
+        bad[0].report.status(),
+    )
+
+
+def system_facts(specs: Iterable[ProbeSpec] = ()) -> dict[str, object]:
+    """What ``tracekit --version`` lists, as ``bpftrace --info`` does: tracekit, Python,
+    libbpf, BCC (without importing it: seconds under emulation), the kernel, BTF,
+    tracefs, the CO-RE objects found and where. Never raises."""
+    import platform
+    import sys
+    from importlib import metadata, util
+
+    from tracekit import __version__
+    from tracekit.bpf import libbpf
+    from tracekit.bpf.core_build import CACHE_DIR, find_object, shipped_build, shipped_dir
+
+    lib_version, lib_problem = libbpf.version()
+    bcc: str | None = None
+    if util.find_spec("bcc") is not None:
+        try:
+            bcc = metadata.version("bcc")
+        except metadata.PackageNotFoundError:
+            bcc = "installed"
+    try:
+        dist = metadata.version("tracekit-ebpf")
+    except metadata.PackageNotFoundError:
+        dist = None
+    btf = kernel.vmlinux_btf_path()
+    build = shipped_build()
+    objects = {}
+    for spec in specs:
+        if spec.core:
+            path, why = find_object(spec)
+            objects[spec.name] = str(path) if path is not None else f"none: {why}"
+    return {
+        "tracekit": __version__,
+        "distribution": dist,
+        "python": f"{platform.python_version()} ({sys.executable})",
+        "libbpf": lib_version,
+        "libbpf_problem": lib_problem,
+        "bcc": bcc,
+        "kernel": kernel.release(),
+        "btf": btf is not None,
+        "tracefs": str(kernel.tracefs()) if kernel.tracefs() else kernel.tracefs_problem(),
+        "core_shipped": str(shipped_dir()) if build else None,
+        "core_built_by": build.get("clang") if build else None,
+        "core_cache": str(CACHE_DIR),
+        "core_objects": objects,
+    }

@@ -12,7 +12,6 @@ from typing import Any
 
 import click
 
-from tracekit import __version__
 from tracekit.base.errors import TracekitError, UsageError
 from tracekit.base.text import printable
 from tracekit.cli.options import (
@@ -116,6 +115,14 @@ class TracekitGroup(click.Group):
         return cmd
 
 
+def _version_callback(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if not value or ctx.resilient_parsing:
+        return
+    ctx.ensure_object(dict)
+    _print_version(ctx)
+    ctx.exit(0)
+
+
 @click.group(
     cls=TracekitGroup,
     epilog=examples(
@@ -126,7 +133,14 @@ class TracekitGroup(click.Group):
         "tracekit COMMAND --help                        # each command's options",
     ),
 )
-@click.version_option(__version__, prog_name="tracekit")
+@click.option(
+    "--version",
+    is_flag=True,
+    expose_value=False,
+    is_eager=True,
+    callback=_version_callback,
+    help="tracekit, Python, libbpf, BCC, the kernel, BTF and the CO-RE objects found",
+)
 @click.pass_context
 def cli(ctx: click.Context) -> None:
     """eBPF tracing for Linux network-stack performance work."""
@@ -298,28 +312,87 @@ def info_cmd(file: str) -> None:
         click.echo(line)
 
 
-@cli.command("check", epilog=examples("tracekit check", "tracekit check fq-throttle"))
+@cli.command(
+    "check",
+    epilog=examples("tracekit check", "tracekit check fq-throttle", "tracekit check --json"),
+)
 @click.argument("probe", required=False)
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 @click.pass_context
-def check_cmd(ctx: click.Context, probe: str | None) -> None:
-    """Report whether this machine can run PROBE (or every probe): all problems at once."""
-    from tracekit.bpf.preflight import choose_loader, preflight
+def check_cmd(ctx: click.Context, probe: str | None, as_json: bool) -> None:
+    """Whether this machine can run PROBE (or every probe): a verdict, then every check.
+
+    The first line is the verdict (``ready: ...`` or ``not ready: <the blocker>``); the
+    exit status is the blocker's (0 when ready).
+    """
+    from tracekit.bpf.preflight import check_probe, overall_verdict
 
     bus = _bus(ctx)
     specs = [bus.probes.get(probe)] if probe else list(bus.probes)
-    failed: TracekitError | None = None
-    for spec in specs:
-        loader, why = choose_loader(spec)
-        report, _ = preflight(spec, loader)
-        click.echo(f"{spec.name}:")
-        click.echo(f"  loader: {loader} ({why})")
-        for line in report.render().splitlines():
-            click.echo(f"  {line}")
-        if not report.ok and failed is None:
-            c = next(c for c in report.checks if not c.ok)
-            failed = (c.error or TracekitError)(c.message)
-    if failed is not None:
-        ctx.exit(failed.exit_code)
+    verdicts = [check_probe(spec) for spec in specs]
+    line, status = overall_verdict(verdicts)
+    if as_json:
+        out = {
+            "ready": status == 0,
+            "verdict": line,
+            "status": status,
+            "probes": [v.as_dict() for v in verdicts],
+        }
+        click.echo(json.dumps(out, indent=2))
+    else:
+        click.echo(printable(line))
+        for v in verdicts:
+            click.echo(f"{v.name}:")
+            click.echo(f"  loader: {v.loader} ({printable(v.why)})")
+            for row in v.report.render().splitlines():
+                click.echo(f"  {printable(row)}")
+    if status:
+        ctx.exit(status)
+
+
+@cli.command("version")
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+@click.pass_context
+def version_cmd(ctx: click.Context, as_json: bool) -> None:
+    """tracekit, Python, libbpf, BCC, the kernel, BTF and the CO-RE objects found."""
+    _print_version(ctx, as_json)
+
+
+def _print_version(ctx: click.Context, as_json: bool = False) -> None:
+    from tracekit.bpf.preflight import system_facts
+
+    try:
+        specs = list(_bus(ctx).probes)
+    except TracekitError:
+        specs = []
+    f = system_facts(specs)
+    if as_json:
+        click.echo(json.dumps(f, indent=2))
+        return
+    dist = f" (distribution tracekit-ebpf {f['distribution']})" if f["distribution"] else ""
+    libbpf_line = f["libbpf"] or "not installed"
+    if f["libbpf_problem"]:
+        libbpf_line = f"{f['libbpf_problem']}"
+    shipped = (
+        f"{f['core_shipped']} (built by {f['core_built_by']})"
+        if f["core_shipped"]
+        else "none shipped (a source tree: tracekit build fills the cache)"
+    )
+    lines = [
+        f"tracekit {f['tracekit']}{dist}",
+        f"Python: {f['python']}",
+        f"libbpf: {libbpf_line}",
+        f"BCC: {f['bcc'] or 'not installed (optional: BCC-only plugins, kernels without BTF)'}",
+        f"kernel: {f['kernel']}",
+        f"BTF: {'yes' if f['btf'] else 'no'}",
+        f"tracefs: {f['tracefs']}",
+        f"CO-RE objects: {shipped}; cache {f['core_cache']}",
+    ]
+    objects = f["core_objects"]
+    assert isinstance(objects, dict)
+    lines += [f"  {name}: {where}" for name, where in objects.items()]
+    for ln in lines:
+        click.echo(printable(ln))
 
 
 @cli.command("build", epilog=examples("tracekit build", "tracekit build txq-flip"))

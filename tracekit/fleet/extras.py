@@ -21,7 +21,7 @@ _DISTS = {
     "duckdb": "duckdb",
 }
 
-INSTALL_HINT = "pip install 'tracekit[fleet]' (scripts/setup.sh installs it into .venv)"
+INSTALL_HINT = "pip install 'tracekit-ebpf[fleet]' (scripts/setup.sh installs it into .venv)"
 
 
 def need(module: str, what: str) -> ModuleType:
