@@ -29,6 +29,7 @@ from tracekit.base.schema import _NUMPY_CODES, format_value
 from tracekit.base.session import EventBatch, Session, Summary
 from tracekit.base.text import examples
 from tracekit.fleet.extras import need, printable
+from tracekit.traces.progress import Progress
 from tracekit.traces.tracefile import BATCH, TraceReader
 
 FORMATS = (".png", ".svg", ".pdf")
@@ -40,6 +41,7 @@ MAX_BINS = 150
 # 4.9 MB. A plot draws its top few; a trace of two million distinct flows made a
 # grid of 2.4 GB.
 MAX_KEYS = 4096
+
 
 @dataclass
 class Span:
@@ -85,6 +87,7 @@ class Trace:
         """Each batch record as an ``EventBatch`` (valid until the next is read): its
         ``rows`` decode on demand, ``column`` reads the packed records with numpy."""
         reader = TraceReader(self.path)
+        reader.progress = Progress(f"plotting {self.path}", reader.size)
         for rec in reader.records():
             if rec.kind == BATCH and len(rec.payload):
                 yield rec.payload

@@ -374,6 +374,7 @@ class TraceReader:
         self.streamed_known = header["streamed"] is not None
         self._rows = RowCheck(self.session.schema)
         self._record_size = self.session.schema.size
+        self.progress: Any = None  # see records()
 
     @property
     def weaknesses(self) -> str | None:
@@ -526,10 +527,16 @@ class TraceReader:
             pass
 
     def records(self, decode_batches: bool = True) -> Iterator[Record]:
-        """Records after the header, each checked; see the class docstring."""
+        """Records after the header, each checked; see the class docstring.
+
+        ``progress``, if set (a ``tracekit.traces.progress.Progress``), is told the
+        bytes read as records are yielded, and closed at the end."""
         session = self.session
+        progress = self.progress
         try:
             while True:
+                if progress is not None:
+                    progress.update(self._offset)
                 rec = self._run(decode_batches)
                 if rec is not None:
                     yield rec  # checked record by record by the framer's run
@@ -558,6 +565,8 @@ class TraceReader:
                 rec.payload = None
                 del rec
         finally:
+            if progress is not None:
+                progress.close()
             self._f.close()
 
     def _check(self, rec: Record, session: Session) -> None:
