@@ -182,12 +182,13 @@ def _hash_group(words: Any) -> tuple[Any, Any] | None:
     h *= mix
     bits = max(16, (4 * n - 1).bit_length())
     slot = (h >> np.uint64(64 - bits)).astype(np.intp)
-    present = np.bincount(slot, minlength=1 << bits) > 0
-    index = np.cumsum(present) - 1
+    at = np.full(1 << bits, -1, dtype=np.intp)
+    at[slot] = np.arange(n)  # the last event of each slot
+    used = np.flatnonzero(at >= 0)
+    index = at  # reused: slot -> its group's number (slots not used are never read)
+    rep = at[used]
+    index[used] = np.arange(len(used))
     inv = index[slot]
-    at = np.empty(1 << bits, dtype=np.intp)
-    at[slot] = np.arange(n)
-    rep = at[np.flatnonzero(present)]
     if not np.array_equal(words[rep][inv], words):
         return None
     return inv, rep
@@ -299,6 +300,17 @@ class Histogram:
                 self.add_rows(batch.rows)
                 return
             buckets = got
+        if not self._sorting:
+            # One pass: each event's bucket and key fields as words, grouped by hashing.
+            kcols = [batch.field_array(i) for i in self._ki]
+            words = np.concatenate(
+                [buckets.astype(np.uint64).reshape(-1, 1), *(_words(c) for c in kcols)], axis=1
+            )
+            grouped = _hash_group(words)
+            if grouped is not None:
+                inv, rep = grouped
+                self._add_groups(kcols, buckets, rep, np.bincount(inv, minlength=len(rep)))
+                return
         bmin = int(buckets.min())
         code = buckets - bmin
         radix = int(buckets.max()) - bmin + 1
@@ -338,6 +350,10 @@ class Histogram:
             counts = np.bincount(inv, minlength=len(rep))
         else:
             codes, rep, counts = np.unique(code, return_index=True, return_counts=True)
+        self._add_groups(cols, buckets, rep, counts)
+
+    def _add_groups(self, cols: list[Any], buckets: Any, rep: Any, counts: Any) -> None:
+        """Add ``counts`` for the (key, bucket) of each event ``rep`` stands for."""
         # Keys from the events that stand for each code, a column at a time (no
         # Python step per key field: keys of 256 fields cost 256 divmods each).
         values = [
