@@ -199,11 +199,11 @@ def _groups(col: Any) -> tuple[int, Any]:
     ``np.unique(col, return_inverse=True)`` counts them, in some order, unsorted."""
     import numpy as np
 
-    if col.dtype.kind in "iu" and len(col):
-        span = int(col.max()) - int(col.min())
-        if span < _dense_limit(len(col)):
-            u, inv = _distinct(col)
-            return len(u), inv
+    if col.dtype.kind in "iu":
+        # Integers: a table over a small range, else sorted (numpy sorts integers
+        # several times faster than it hashes them here).
+        u, inv = _distinct(col)
+        return len(u), inv.reshape(-1)
     got = _hash_group(_words(col)) if len(col) else None
     if got is None:
         u, inv = np.unique(col, return_inverse=True)
@@ -300,17 +300,6 @@ class Histogram:
                 self.add_rows(batch.rows)
                 return
             buckets = got
-        if not self._sorting:
-            # One pass: each event's bucket and key fields as words, grouped by hashing.
-            kcols = [batch.field_array(i) for i in self._ki]
-            words = np.concatenate(
-                [buckets.astype(np.uint64).reshape(-1, 1), *(_words(c) for c in kcols)], axis=1
-            )
-            grouped = _hash_group(words)
-            if grouped is not None:
-                inv, rep = grouped
-                self._add_groups(kcols, buckets, rep, np.bincount(inv, minlength=len(rep)))
-                return
         bmin = int(buckets.min())
         code = buckets - bmin
         radix = int(buckets.max()) - bmin + 1
