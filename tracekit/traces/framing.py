@@ -14,6 +14,7 @@ two paths accept and refuse the same bytes.
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Callable
 from typing import Any
 
@@ -25,6 +26,9 @@ import msgpack
 CHUNK = 4 << 20
 _UINT = {0xCC: 1, 0xCD: 2, 0xCE: 4, 0xCF: 8}
 _BIN = {0xC4: 1, 0xC5: 2, 0xC6: 4}
+# The same as struct formats: (format, bytes).
+_UINT_AT = {0xCC: (">B", 1), 0xCD: (">H", 2), 0xCE: (">I", 4), 0xCF: (">Q", 8)}
+_BIN_AT = {0xC4: (">B", 1), 0xC5: (">H", 2), 0xC6: (">I", 4)}
 
 
 class RecordTooLong(Exception):
@@ -166,33 +170,34 @@ class Framer:
         bodies: list[Any] = []
         got = 0
         max_len = min(self._limits["max_bin_len"], max_rows * size)
+        uint, unpack = _UINT_AT, struct.unpack_from
         while got < max_bytes and end - i >= 4 and b[i] == 0x94 and b[i + 1] == kind:
             j = i + 2
             t = b[j]
             if t < 0x80:
                 s, j = t, j + 1
             else:
-                w = _UINT.get(t)
-                if w is None or j + 1 + w > end:
+                fmt = uint.get(t)
+                if fmt is None or j + fmt[1] >= end:
                     break
-                s, j = int.from_bytes(b[j + 1 : j + 1 + w], "big"), j + 1 + w
+                s, j = unpack(fmt[0], b, j + 1)[0], j + 1 + fmt[1]
             if s != seq or j >= end:
                 break
             t = b[j]
             if t < 0x80:
                 crc, j = t, j + 1
             else:
-                w = _UINT.get(t)
-                if w is None or j + 1 + w > end:
+                fmt = uint.get(t)
+                if fmt is None or j + fmt[1] >= end:
                     break
-                crc, j = int.from_bytes(b[j + 1 : j + 1 + w], "big"), j + 1 + w
+                crc, j = unpack(fmt[0], b, j + 1)[0], j + 1 + fmt[1]
             if j >= end:
                 break
-            w = _BIN.get(b[j])
-            if w is None or j + 1 + w > end:
+            fmt = _BIN_AT.get(b[j])
+            if fmt is None or j + fmt[1] >= end:
                 break
-            n = int.from_bytes(b[j + 1 : j + 1 + w], "big")
-            start = j + 1 + w
+            n = unpack(fmt[0], b, j + 1)[0]
+            start = j + 1 + fmt[1]
             if n > max_len or n % size or start + n > end:
                 break
             body = b[start : start + n]
