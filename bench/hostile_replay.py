@@ -11,9 +11,16 @@ on each in a fresh process, reporting MB/s and peak RSS against the file's size:
 * ``many-symbols``: symbol records up to the file's 2^20 limit: what a replay keeps;
 * ``many-keys``: 8 header histograms keyed by a value unique to each row: the most
   histogram counters (``hist.MAX_HIST_CELLS`` each) and printed lines;
+* ``wide-keys``: 8 histograms keyed by all 256 ``u8`` fields of rows that all
+  differ: the widest keys, each shared by every histogram;
+* ``wide-packed``: format-2 batches of 256 two-character strings a row at the
+  record cap, which replay joins into one batch (what ``console`` decodes);
 * ``valid``: a plain txq-flip recording, for comparison.
 
-    .venv/bin/python bench/hostile_replay.py [--mb 40]
+Each file runs ``info``, ``replay --sink hist`` and ``replay --sink console``
+(``--commands`` picks others).
+
+    .venv/bin/python bench/hostile_replay.py [--mb 40] [--only KIND...]
 """
 
 from __future__ import annotations
@@ -60,6 +67,11 @@ def forge(kind: str, target: int) -> bytes:
             rows = [(n + i, 0, "", 0, 0, rng.randrange(10_000), "") for i in range(8192)]
             n += len(rows)
             body.append([BATCH, rows])
+    elif kind in ("wide-keys", "wide-packed"):
+        rng = random.Random(3)
+        if kind == "wide-keys":
+            return tracefuzz.wide_file(rng, max(1, target // (256 * 8192)), ftype="u8", hists=8)
+        return tracefuzz.wide_file(rng, max(1, target // (512 * 8192)))
     elif kind == "tiny-records":
         body = [[LOST, {}] for _ in range(target // 20)]
     elif kind == "many-symbols":
@@ -105,6 +117,9 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--mb", type=float, default=40.0, help="target file size")
     ap.add_argument("--only", nargs="*", default=None, help="these files only")
+    ap.add_argument(
+        "--commands", nargs="*", default=["info", "hist", "console"], help="info, hist, console"
+    )
     a = ap.parse_args()
     _, base_rss, _ = run(["--version"])
     print(f"baseline (python + tracekit imported): {base_rss / 2**20:.0f} MiB RSS")
@@ -119,11 +134,18 @@ def main() -> None:
             "tiny-records",
             "many-symbols",
             "many-keys",
+            "wide-keys",
+            "wide-packed",
         ):
             p = Path(d, f"{kind}.tkt")
             p.write_bytes(forge(kind, int(a.mb * 1e6)))
             size = p.stat().st_size
-            for cmd in (["info", str(p)], ["replay", str(p), "--sink", "hist"]):
+            argvs = {
+                "info": ["info", str(p)],
+                "hist": ["replay", str(p), "--sink", "hist"],
+                "console": ["replay", str(p), "--sink", "console"],
+            }
+            for cmd in (argvs[c] for c in a.commands):
                 took, rss, status = run(cmd)
                 print(
                     f"{kind:<14}{size / 1e6:>7.1f}  {' '.join(cmd[:1] + cmd[2:]):<13}"

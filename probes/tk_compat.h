@@ -106,15 +106,33 @@ typedef __s64 s64;
         void (*increment)(ktype);                                                         \
     } name = {name##__lookup, name##__update, name##__increment}
 
-#define BPF_ARRAY(name, vtype, n)                                                         \
+#define TK__ARRAY3(name, vtype, n)                                                        \
     TK__MAPDEF(name, BPF_MAP_TYPE_ARRAY, u32, vtype, n);                                  \
     TK__METHODS(name, u32, vtype)
-#define BPF_PERCPU_ARRAY(name, vtype, n)                                                  \
+#define TK__PERCPU_ARRAY3(name, vtype, n)                                                 \
     TK__MAPDEF(name, BPF_MAP_TYPE_PERCPU_ARRAY, u32, vtype, n);                           \
     TK__METHODS(name, u32, vtype)
-#define BPF_HASH(name, ktype, vtype, n)                                                   \
+#define TK__HASH4(name, ktype, vtype, n)                                                  \
     TK__MAPDEF(name, BPF_MAP_TYPE_HASH, ktype, vtype, n);                                 \
     TK__METHODS(name, ktype, vtype)
+
+/* BCC's optional arguments, with BCC's defaults: a u64 key and value, 10240
+ * entries. BPF_HASH(name[, key[, value[, entries]]]), BPF_ARRAY(name[, value[,
+ * entries]]), the same for BPF_PERCPU_ARRAY. */
+#define TK__DEFAULT_ENTRIES 10240
+#define TK__PICK4(_1, _2, _3, _4, chosen, ...) chosen
+#define TK__PICK3(_1, _2, _3, chosen, ...) chosen
+#define TK__HASH3(name, ktype, vtype) TK__HASH4(name, ktype, vtype, TK__DEFAULT_ENTRIES)
+#define TK__HASH2(name, ktype) TK__HASH4(name, ktype, u64, TK__DEFAULT_ENTRIES)
+#define TK__HASH1(name) TK__HASH4(name, u64, u64, TK__DEFAULT_ENTRIES)
+#define BPF_HASH(...) TK__PICK4(__VA_ARGS__, TK__HASH4, TK__HASH3, TK__HASH2, TK__HASH1)(__VA_ARGS__)
+#define TK__ARRAY2(name, vtype) TK__ARRAY3(name, vtype, TK__DEFAULT_ENTRIES)
+#define TK__ARRAY1(name) TK__ARRAY3(name, u64, TK__DEFAULT_ENTRIES)
+#define BPF_ARRAY(...) TK__PICK3(__VA_ARGS__, TK__ARRAY3, TK__ARRAY2, TK__ARRAY1)(__VA_ARGS__)
+#define TK__PERCPU_ARRAY2(name, vtype) TK__PERCPU_ARRAY3(name, vtype, TK__DEFAULT_ENTRIES)
+#define TK__PERCPU_ARRAY1(name) TK__PERCPU_ARRAY3(name, u64, TK__DEFAULT_ENTRIES)
+#define BPF_PERCPU_ARRAY(...)                                                             \
+    TK__PICK3(__VA_ARGS__, TK__PERCPU_ARRAY3, TK__PERCPU_ARRAY2, TK__PERCPU_ARRAY1)(__VA_ARGS__)
 
 #define BPF_STACK_TRACE(name, n)                                                          \
     struct {                                                                              \

@@ -56,7 +56,11 @@ typedef struct refcount_struct {
     atomic_t refs;
 } refcount_t;
 
-struct rb_node;
+struct rb_node {
+    unsigned long __rb_parent_color;
+    struct rb_node *rb_right;
+    struct rb_node *rb_left;
+};
 struct rb_root {
     struct rb_node *rb_node;
 };
@@ -122,9 +126,21 @@ struct Qdisc {
  * kernel's business: read with BPF_CORE_READ_BITFIELD_PROBED, which takes the
  * member's size from BTF too. */
 struct fq_sched_data {
+    struct rb_root delayed; /* throttled flows, by time_next_packet */
+    __u32 flow_plimit;      /* flow_limit */
+    __u32 flow_max_rate;    /* maxrate, bytes/s (unsigned long in some kernels) */
     __u64 stat_throttled;
     __u64 stat_flows_plimit;
     __u64 time_next_delayed_flow;
+};
+
+/* One fq flow: its socket (or a hash with bit 0 set for traffic not of this host),
+ * its node in the delayed tree, and when it may send again. */
+struct fq_flow {
+    struct sock *sk;
+    struct fq_flow *next; /* in a list of flows; a marker when throttled */
+    struct rb_node rate_node;
+    __u64 time_next_packet;
 };
 
 #pragma clang attribute pop

@@ -22,6 +22,7 @@ APT_PACKAGES=(
   stress-ng                  # keeps the host's cores busy for the under-load VM runs
   mmdebstrap                 # vm/guest-root: the other kernels' guest roots (vm/run --kernel)
   prometheus                 # the real server tests/vm/test_prometheus.py scrapes tracekit with
+  systemd                    # systemd-analyze verifies the exporter's unit (tests/test_service.py)
 )
 
 # Every program the project runs (scripts, vm/, tracekit, tests, bench), each from a
@@ -34,6 +35,8 @@ PROGRAMS=(
   clang gcc sh bash cat cp awk grep sed dpkg dpkg-query
   mmdebstrap chroot           # vm/guest-root: a Debian root per kernel of the matrix
   prometheus                  # tests/vm/test_prometheus.py (the VM runs the host's binary)
+  promtool                    # checks and unit-tests the alerting rules (tests/test_service.py)
+  systemd-analyze             # verifies the exporter's systemd unit (tests/test_service.py)
 )
 
 SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tracekit.base.errors import ModuleNotLoadedError
-from tracekit.bpf.bcc import LoadedProbe
+from tracekit.bpf.bcc import BccProbe
 from tracekit.plugin.bus import build_bus
 
 
@@ -61,7 +61,7 @@ def test_probe_compiles_with_bcc(
             pytest.skip("no in-kernel aggregate")
         kw.update(stream=False, aggregate=True)
     try:
-        probe = LoadedProbe(spec, spec.resolve_params({}), **kw)  # type: ignore[arg-type]
+        probe = BccProbe(spec, spec.resolve_params({}), **kw)  # type: ignore[arg-type]
     except ModuleNotLoadedError as exc:
         pytest.skip(f"needs a module this kernel lacks: {exc}")
     probe.close()

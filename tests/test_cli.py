@@ -82,7 +82,8 @@ def test_truncated_file_replays_with_one_warning(trace: tuple[Path, str], tmp_pa
     path, _ = trace
     cut = tmp_path / "cut.tkt"
     cut.write_bytes(path.read_bytes()[: path.stat().st_size * 2 // 3])
-    r = tk("replay", str(cut), "--sink", "hist")
+    # (Findings off: they follow the warning, computed from what was replayed.)
+    r = tk("replay", str(cut), "--sink", "hist", "--findings", "off")
     assert r.returncode == 0
     assert r.stderr.count("\n") == 1 and "ends early" in r.stderr and "Traceback" not in r.stderr
     r = tk("info", str(cut))

@@ -6,6 +6,7 @@ import importlib
 import subprocess
 import sys
 import warnings
+from pathlib import Path
 
 import pytest
 
@@ -64,3 +65,36 @@ def test_old_fleet_names_forward_with_a_warning() -> None:
     with pytest.warns(DeprecationWarning, match=r"tracekit\.fleet\.extras\.need"):
         f = tracekit.fleet.need
     assert f is importlib.import_module("tracekit.fleet.extras").need
+
+
+def test_the_deprecated_pytest11_shim_loads_no_tracekit(tmp_path: Path) -> None:
+    """0.1.0's automatic fixtures: a pytest run that uses none of them imports
+    nothing of tracekit but the package's light top (as ``import tracekit``); one
+    that uses them gets them, with a DeprecationWarning."""
+    (tmp_path / "test_plain.py").write_text(
+        "import sys\n"
+        "def test_plain():\n"
+        "    assert not [m for m in sys.modules if m.startswith('tracekit.') and\n"
+        "                m not in ('tracekit._pytest_compat', 'tracekit._compat')]\n"
+    )
+    (tmp_path / "test_uses.py").write_text(
+        "def test_uses(tracekit_bus):\n    assert 'hist' in [s.name for s in tracekit_bus.sinks]\n"
+    )
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "-W",
+            "always::DeprecationWarning",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "2 passed" in run.stdout and "opting in to tracekit's pytest plugin" in run.stdout

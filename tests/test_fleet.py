@@ -175,7 +175,6 @@ def test_a_trace_cut_short_exports_what_it_has(
     [
         ("pyarrow", ["export", "{trace}", "--to", "parquet", "{tmp}/x.parquet"]),
         ("matplotlib", ["plot", "{trace}", "-o", "{tmp}/x.png"]),
-        ("prometheus_client", ["replay", "{trace}", "--sink", "prometheus=127.0.0.1:0"]),
     ],
 )
 def test_without_the_extra_the_command_says_what_to_install(
@@ -190,6 +189,19 @@ def test_without_the_extra_the_command_says_what_to_install(
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.returncode == 13, r.stderr
     assert r.stderr.count("\n") == 1 and "tracekit-ebpf[fleet]" in r.stderr, r.stderr
+
+
+def test_the_prometheus_sink_needs_no_extra(traces: dict[str, tuple[Path, str]]) -> None:
+    """It writes the exposition format itself: prometheus_client is not needed."""
+    argv = ["replay", str(traces["txq-flip"][0]), "--sink", "prometheus=127.0.0.1:0"]
+    code = (
+        "import sys; sys.modules['prometheus_client'] = None\n"
+        "from tracekit.cli.main import main\n"
+        f"main({argv!r})\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert "serving metrics on http://127.0.0.1:" in r.stderr
 
 
 # -- plot ---------------------------------------------------------------------------
@@ -321,8 +333,10 @@ def test_prometheus_serves_while_running_and_matches_hist(bus: Bus) -> None:
     h = Histogram(session.schema.histograms[0], session.schema)
     h.add_rows(rows)
     ti = session.schema.index("delay_us")
-    for (ifname, queue), buckets in h.data.items():
-        labels = (("ifname", ifname), ("queue", str(queue)))
+    kinds = session.schema.field("kind").choices
+    ki = session.schema.index("kind")
+    for (kind, ifname, queue), buckets in h.data.items():
+        labels = (("ifname", ifname), ("kind", kinds[kind]), ("queue", str(queue)))
         cum = 0
         for b in range(max(buckets) + 1):
             cum += buckets.get(b, 0)
@@ -336,7 +350,9 @@ def test_prometheus_serves_while_running_and_matches_hist(bus: Bus) -> None:
             assert got == cum, (labels, le)
         assert live[("tracekit_fq_throttle_throttle_delay_us_count", labels)] == cum
         want_sum = sum(
-            r[ti] for r in rows if (r[-1], r[session.schema.index("queue")]) == (ifname, queue)
+            r[ti]
+            for r in rows
+            if (r[ki], r[-1], r[session.schema.index("queue")]) == (kind, ifname, queue)
         )
         assert live[("tracekit_fq_throttle_throttle_delay_us_sum", labels)] == want_sum
 

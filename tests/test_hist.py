@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 
 from tracekit.base.hist import Histogram, log2_bucket, log2_label, parse_hist_arg
@@ -164,18 +162,19 @@ def test_hist_on_a_field_the_kernel_does_not_aggregate_streams_instead() -> None
 
 def test_hist_field_missing_from_a_precompiled_aggregate_is_a_usage_error() -> None:
     """A lab or test reusing a probe compiled to aggregate: refused before attaching."""
-    from types import SimpleNamespace
-
     from tracekit.base.errors import UsageError
-    from tracekit.live.run import Compiled, RunOptions, run_probe
+    from tracekit.live.run import RunOptions, run_probe
     from tracekit.plugin.bus import build_bus
+    from tracekit.testing import StandInProbe
 
     bus = build_bus()
     spec = bus.probes.get("ooo-okay")
-    # Only the two flags run_probe reads before anything else: nothing is attached.
-    probe: Any = SimpleNamespace(aggregate=True, stream=False, params={}, spec=spec)
+    # Compiled to aggregate only: refused before anything is attached.
+    probe = StandInProbe(spec, aggregate=True, stream=False)
     with pytest.raises(UsageError, match=r"wmem: not in ooo-okay's in-kernel aggregate"):
-        run_probe(bus, spec, None, ("hist=wmem",), RunOptions(), compiled=Compiled(probe, []))
+        run_probe(bus, spec, None, ("hist=wmem",), RunOptions(), compiled=probe.compiled())
+    assert probe.attached == [] and probe.detached == 0
+
 
 
 def test_keys_beyond_the_counter_limit_are_folded_and_said(

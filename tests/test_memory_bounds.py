@@ -174,3 +174,20 @@ def test_binned_keeps_the_heavy_keys_exact_among_many_light_ones() -> None:
     assert all(series[("heavy", i)].sum() == 40 * 100 for i in range(3))
     # Nothing lost: what is kept and what was folded add up to every event.
     assert b.grid.sum() + b.other.sum() == total and b.folded > 0
+
+
+def test_top_keys_keeps_the_busiest_flows_among_millions_bounded() -> None:
+    """rss-cpu's per-flow panel counted every flow of the trace (a Counter each)."""
+    from tracekit.fleet.plot import MAX_KEYS, TopKeys
+
+    top = TopKeys()
+    for batch in range(30):
+        keys: list[object] = [("busy", i % 4) for i in range(400)]
+        keys += [("once", batch, i) for i in range(6000)]
+        top.add(keys, [k[1] if k[0] == "busy" else 0 for k in keys])
+        assert len(top.counts) <= MAX_KEYS
+    busiest = sorted(top.totals, key=lambda k: -top.totals[k])[:4]
+    assert sorted(busiest) == [("busy", i) for i in range(4)]  # type: ignore[comparison-overlap]
+    assert all(top.totals[("busy", i)] == 30 * 100 for i in range(4))
+    assert top.counts[("busy", 2)] == {2: 3000}
+    assert top.seen == 4 + 30 * 6000

@@ -158,11 +158,11 @@ def test_every_program_passes_this_kernels_verifier_under_bcc(
     here, the 6.19-only ones too, with every skb streamed or counted in the kernel."""
     from bcc import BPF
 
-    from tracekit.bpf.bcc import LoadedProbe
+    from tracekit.bpf.bcc import BccProbe
 
     monkeypatch.setenv("BCC_KERNEL_SOURCE", request.getfixturevalue("_headers"))
     kw: dict[str, object] = {"stream": False, "aggregate": True} if aggregate else {}
-    probe = LoadedProbe(spec, spec.resolve_params({"all": "1"}), output="ringbuf", **kw)  # type: ignore[arg-type]
+    probe = BccProbe(spec, spec.resolve_params({"all": "1"}), output="ringbuf", **kw)  # type: ignore[arg-type]
     try:
         for fn in sorted({ap.fn for ap in spec.attach}):
             probe.bpf.load_func(fn.encode(), BPF.KPROBE)

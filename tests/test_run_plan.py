@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -25,6 +24,7 @@ from tracekit.cli.main import cli
 from tracekit.live.run import Compiled, plan_run
 from tracekit.plugin.bus import build_bus
 from tracekit.plugin.pipeline import Pipeline
+from tracekit.testing import StandInProbe
 
 S = Schema(fields=(Field("cpu", "u32", key=True), Field("n", "u16")))
 
@@ -70,8 +70,7 @@ def test_tracekit_run_builds_each_sink_once_and_compiles_the_given_params(
 
 def _shared(spec: Any, params: dict[str, int]) -> Compiled:
     # Only what planning reads of a compiled probe: nothing is attached.
-    probe: Any = SimpleNamespace(spec=spec, params=params, stream=True, aggregate=False, sample=1)
-    return Compiled(probe, [])
+    return StandInProbe(spec, params=params).compiled()
 
 
 def test_params_differing_from_a_shared_compiled_probe_are_refused() -> None:
@@ -104,8 +103,11 @@ def test_the_plan_and_its_session_are_read_only() -> None:
         session.sample_every = 2  # type: ignore[misc]
     with pytest.raises(TypeError):
         counted.params["all"] = 1  # type: ignore[index]
-    with pytest.raises(TypeError):
+    # 0.1.0's way for enrich to name an address still works, deprecated; the name
+    # is recorded as the session's names record any (append-only).
+    with pytest.warns(DeprecationWarning, match=r"session.symbols\[...\] = .*0\.3\.0"):
         session.symbols[1] = "x"  # type: ignore[index]
+    assert session.names.added_since((0, 0))[0] == [(1, "x")]
     with pytest.raises(TypeError):
         counted.sinks.objects["sink:x"] = object()  # type: ignore[index]
 
@@ -161,57 +163,7 @@ def test_the_pipeline_owns_its_summary_and_failures(capsys: pytest.CaptureFixtur
 
 NAMES = {0xFFFF0001: "tcp_sendmsg", 0xFFFF0002: "tcp_ack", 0xFFFF0003: "tcp_v4_do_rcv"}
 STACKS = {1: [0xFFFF0001], 2: [0xFFFF0002, 0xFFFF0003]}
-
-
-class StandInBPF:
-    def __init__(self) -> None:
-        self.walks = 0
-        self.ksyms = 0
-
-    def __getitem__(self, table: bytes) -> Any:
-        assert table == b"tk_stacks"
-        return SimpleNamespace(walk=self._walk)
-
-    def _walk(self, sid: int) -> list[int]:
-        self.walks += 1
-        return STACKS[sid]
-
-    def ksym(self, addr: int) -> bytes:
-        self.ksyms += 1
-        return NAMES[addr].encode()
-
-
-class StandInProbe:
-    """What ``execute`` calls on a loaded probe, yielding fixed batches."""
-
-    def __init__(self, spec: Any, batches: list[list[tuple[Any, ...]]]) -> None:
-        self.spec, self.params = spec, spec.resolve_params({})
-        self.output, self.stream, self.aggregate, self.sample = "ringbuf", True, False, 1
-        self.attached: list[Any] = []
-        self.bpf = StandInBPF()
-        self.batches = list(batches)
-        self.detached = 0
-
-    def open_output(self) -> None:
-        pass
-
-    def attach(self, points: Any) -> None:
-        pass
-
-    def poll(self, timeout_ms: int = 100) -> list[tuple[Any, ...]]:
-        return self.batches.pop(0) if self.batches else []
-
-    def new_losses(self) -> list[Any]:
-        return []
-
-    def detach(self) -> None:
-        self.detached += 1
-
-    def read_counters(self) -> dict[str, dict[str, dict[int, int]]]:
-        return {"ooo_counts": {"transmitted": {0: 40}, "ooo_okay": {0: 10}}}
-
-    def read_agg(self) -> list[Any]:
-        return []
+COUNTERS = {"ooo_counts": {"transmitted": {0: 40}, "ooo_okay": {0: 10}}}
 
 
 def test_execute_delivers_enriches_records_names_and_summarises(tmp_path: Any) -> None:
@@ -227,7 +179,9 @@ def test_execute_delivers_enriches_records_names_and_summarises(tmp_path: Any) -
     rows = [
         (*r[:sid], 1 + i % 2, *r[sid + 1 :]) for i, r in enumerate(synthetic_rows(spec.schema, 40))
     ]
-    probe = StandInProbe(spec, [rows[:25], rows[25:]])
+    probe = StandInProbe(
+        spec, [rows[:25], rows[25:]], stacks=STACKS, symbols=NAMES, counters=COUNTERS
+    )
     trace = tmp_path / "t.tkt"
     plan = plan_run(
         bus,
@@ -235,7 +189,7 @@ def test_execute_delivers_enriches_records_names_and_summarises(tmp_path: Any) -
         None,
         (f"msgpack={trace}",),
         RunOptions(duration=60, quiet=True),
-        compiled=Compiled(probe, []),  # type: ignore[arg-type]
+        compiled=probe.compiled(),
     )
     summary = execute(bus, plan, until=lambda: not probe.batches)
     assert summary.events == 40 and not summary.interrupted and probe.detached >= 1
@@ -243,7 +197,7 @@ def test_execute_delivers_enriches_records_names_and_summarises(tmp_path: Any) -
         "ooo_okay share: 10/40 skbs = 25.00% (wmem low: 0, rtx queue empty: 0)",
     )
     # Each stack walked and each address named once, however many events carry them.
-    assert (probe.bpf.walks, probe.bpf.ksyms) == (2, 3)
+    assert (probe.lookups, probe.symbol_calls) == ({"tk_stacks": 2}, 3)
     reader = TraceReader(str(trace))
     stored: dict[int, str] = {}
     path = spec.schema.index("path")
@@ -280,7 +234,7 @@ def test_a_stop_signal_right_after_attached_ends_the_run_as_interrupted(tmp_path
         None,
         (f"msgpack={trace}",),
         RunOptions(duration=60, quiet=True),
-        compiled=Compiled(probe, []),  # type: ignore[arg-type]
+        compiled=probe.compiled(),
     )
     summary = execute(bus, plan, on_attached=lambda: os.kill(os.getpid(), signal.SIGTERM))
     assert summary.interrupted and probe.detached >= 1

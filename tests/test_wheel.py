@@ -88,8 +88,13 @@ def test_metadata_license_and_no_pytest_entry_point(wheel: zipfile.ZipFile) -> N
     (eps,) = [n for n in wheel.namelist() if n.endswith(".dist-info/entry_points.txt")]
     text = wheel.read(eps).decode()
     assert "[console_scripts]" in text and "tracekit = tracekit.cli.main:main" in text
-    # The pytest plugin is opt-in: no pytest11 entry point loads it into every run.
-    assert "pytest11" not in text
+    # The pytest plugin is opt-in: the only pytest11 entry point is 0.1.0's, deprecated,
+    # a shim that loads nothing of tracekit until one of its fixtures is used.
+    pytest11 = (
+        text.split("[pytest11]", 1)[1].split("[", 1)[0].split() if "[pytest11]" in text else []
+    )
+    assert pytest11 in ([], ["tracekit", "=", "tracekit._pytest_compat"]), text
+    assert "tracekit.testing" not in text
 
 
 def test_setup_py_builds_the_probes_the_package_has() -> None:

@@ -49,6 +49,11 @@ _LAZY: dict[str, str] = {
     "format_value": "tracekit.base.schema",
     "format_row": "tracekit.base.schema",
     "printable": "tracekit.base.text",
+    # The metric model metrics sinks share (the prometheus sink serves it).
+    "MetricSpec": "tracekit.base.metrics",
+    "RUN_METRICS": "tracekit.base.metrics",
+    "probe_metrics": "tracekit.base.metrics",
+    "bucket_bounds": "tracekit.base.metrics",
     "resolve_stack": "tracekit.bpf.stacks",
     # Kernel facts a probe's ``prepare`` chooses by.
     "tracepoint_fields": "tracekit.base.kernel",
@@ -58,11 +63,20 @@ _LAZY: dict[str, str] = {
     "LostReport": "tracekit.base.session",
     "Summary": "tracekit.base.session",
     "KernelNames": "tracekit.base.session",
+    # What a probe's numbers mean (ProbeSpec.findings).
+    "Finding": "tracekit.base.findings",
+    "Findings": "tracekit.base.findings",
     # Runs: planned once, then executed (the CLI, the labs and the fixtures do).
     "RunPlan": "tracekit.live.run",
     "RunOptions": "tracekit.live.run",
     "plan_run": "tracekit.live.run",
     "execute": "tracekit.live.run",
+    # The seam between a run and a loaded probe.
+    "LoadedProbe": "tracekit.bpf.probe_base",
+    "LoadOptions": "tracekit.bpf.probe_base",
+    "ProbeContext": "tracekit.bpf.probe_base",
+    "LoadChoice": "tracekit.bpf.load",
+    "load": "tracekit.bpf.load",
     # Errors: one line, a distinct exit status each.
     "TracekitError": "tracekit.base.errors",
     "UsageError": "tracekit.base.errors",
@@ -71,6 +85,8 @@ _LAZY: dict[str, str] = {
     # Tests: no kernel needed for feed/synthetic_rows; the lab runs in the VM.
     "feed": "tracekit.testing",
     "synthetic_rows": "tracekit.testing",
+    "StandInProbe": "tracekit.testing",
+    "aggregate_from_keys": "tracekit.testing",
     "Output": "tracekit.testing",
     "FeedFixture": "tracekit.testing",
     "ReplayFixture": "tracekit.testing",
@@ -85,23 +101,31 @@ _LAZY: dict[str, str] = {
 # Written out (not derived from _LAZY) so linters and mypy read it; a test checks
 # the two agree.
 __all__ = [
+    "RUN_METRICS",
     "AttachPoint",
     "Bus",
     "CounterMap",
     "EventBatch",
     "FeedFixture",
     "Field",
+    "Finding",
+    "Findings",
     "HistSpec",
     "KernelAggregate",
     "KernelNames",
     "LabError",
+    "LoadChoice",
+    "LoadOptions",
+    "LoadedProbe",
     "LostReport",
+    "MetricSpec",
     "NetnsLab",
     "Output",
     "Param",
     "PlotRegistry",
     "PlotSpec",
     "PluginError",
+    "ProbeContext",
     "ProbeRegistry",
     "ProbeSpec",
     "ReplayFixture",
@@ -114,10 +138,13 @@ __all__ = [
     "SinkOptions",
     "SinkRegistry",
     "SinkSpec",
+    "StandInProbe",
     "Summary",
     "TracekitError",
     "UsageError",
     "__version__",
+    "aggregate_from_keys",
+    "bucket_bounds",
     "build_bus",
     "current_bus",
     "execute",
@@ -125,8 +152,10 @@ __all__ = [
     "format_row",
     "format_value",
     "hookimpl",
+    "load",
     "plan_run",
     "printable",
+    "probe_metrics",
     "resolve_stack",
     "synthetic_rows",
     "tracepoint_fields",
@@ -150,10 +179,14 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # what mypy and editors see; at run time __getattr__ imports them
     from tracekit.base.errors import LabError, PluginError, TracekitError, UsageError
+    from tracekit.base.findings import Finding, Findings
     from tracekit.base.kernel import tracepoint_fields
+    from tracekit.base.metrics import RUN_METRICS, MetricSpec, bucket_bounds, probe_metrics
     from tracekit.base.schema import Field, HistSpec, Schema, format_row, format_value
     from tracekit.base.session import EventBatch, KernelNames, LostReport, Session, Summary
     from tracekit.base.text import printable
+    from tracekit.bpf.load import LoadChoice, load
+    from tracekit.bpf.probe_base import LoadedProbe, LoadOptions, ProbeContext
     from tracekit.bpf.stacks import resolve_stack
     from tracekit.lab.netns import NetnsLab
     from tracekit.live.run import RunOptions, RunPlan, execute, plan_run
@@ -175,6 +208,8 @@ if TYPE_CHECKING:  # what mypy and editors see; at run time __getattr__ imports 
         Output,
         ReplayFixture,
         RunProbeFixture,
+        StandInProbe,
+        aggregate_from_keys,
         feed,
         synthetic_rows,
     )

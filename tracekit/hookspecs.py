@@ -17,6 +17,12 @@ Two kinds of hooks:
   with the plugin's name and keeps calling the others; the command then exits with
   a non-zero status.
 
+A probe's findings are part of the contract too, but not a hook: ``ProbeSpec.findings``
+returns a ``tracekit.Findings`` that the pipeline itself feeds every batch and the
+summary, so its findings are computed before any ``tracekit_session_end`` (and stored
+in the trace footer), the same for a live run and a replay
+(tracekit/base/findings.py, docs/writing-plugins.md).
+
 Every hook returns ``None``; return values are ignored. Each implementation is called
 on its own, so pluggy hookwrappers cannot work: registering one raises
 ``PluginError``. What a sink object may define besides hooks (``configure``,
@@ -129,7 +135,9 @@ def tracekit_lost_events(session: Session, lost: LostReport) -> None:
 def tracekit_session_end(session: Session, summary: Summary) -> None:
     """The run or replay ended: on duration end, Ctrl-C, SIGTERM or end of file.
 
-    ``summary`` has event totals, losses per CPU, the duration and the probe's
-    in-kernel counters. Called once, after the last batch; probes are already
+    ``summary`` has event totals, losses per CPU, the duration, the probe's
+    in-kernel counters and its findings (``summary.findings``: what the numbers mean,
+    from ``ProbeSpec.findings``, computed from the session's data before this hook,
+    for a replay too). Called once, after the last batch; probes are already
     detached. Sinks print results and close files here.
     """

@@ -15,19 +15,32 @@ import contextlib
 import io
 import os
 import random
+import struct
 import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import pytest
 
 from tracekit.base.schema import Schema
 from tracekit.base.session import LostReport, Session, Summary
+from tracekit.bpf.probe_base import (
+    MAX_STACK_DEPTH,
+    LegacyTables,
+    ProbeContext,
+    agg_key_struct,
+    agg_rows,
+    run_enrich,
+)
 from tracekit.plugin.bus import Bus, build_bus
 from tracekit.plugin.contract import KernelAggregate, SinkOptions
 from tracekit.plugin.pipeline import Pipeline, build_sinks
+from tracekit.plugin.registry import AttachPoint, ProbeSpec, expand_points
+
+if TYPE_CHECKING:
+    from tracekit.live.run import Compiled
 
 
 def synthetic_rows(schema: Schema, n: int, seed: int = 0) -> list[tuple[Any, ...]]:
@@ -85,6 +98,168 @@ def feed(
     return summary
 
 
+def aggregate_from_keys(
+    spec: ProbeSpec, counts: Mapping[bytes, int] | Iterable[tuple[bytes, int]]
+) -> KernelAggregate:
+    """The in-kernel aggregate a loader hands the sinks, from what the kernel holds:
+    ``counts`` maps packed ``struct tk_agg_key`` bytes (as the C lays the struct
+    out, read from the probe's source) to counts. Decoded exactly as the loaders
+    decode their ``tk_agg`` map: a ``char name[N]`` member becomes text, like a
+    streamed event's field. (``KernelAggregate.from_counts`` takes Python values
+    instead.)"""
+    from tracekit.base.cdecl import CSource
+
+    key = CSource.parse(spec.source.read_text(), spec.source.name).struct("tk_agg_key")
+    members = [(name, offset) for name, _, offset in key.fields()]
+    st, names = agg_key_struct(spec, members, key.size)
+    order = [names.index(n) for n in spec.agg_fields]
+    items = counts.items() if isinstance(counts, Mapping) else counts
+    pairs = []
+    for raw, n in items:
+        values = st.unpack(raw)
+        pairs.append(([values[i] for i in order], int(n)))
+    return KernelAggregate(
+        tuple(spec.agg_fields) + tuple(spec.enriched_fields), agg_rows(spec, pairs)
+    )
+
+
+# -- a loaded probe without a kernel -----------------------------------------------
+
+
+class StandInProbe:
+    """A ``tracekit.LoadedProbe`` in user space: fixed batches, stacks and symbols.
+
+    For testing a probe's ``enrich`` without a kernel (``enrich(rows)`` runs it as a
+    live run does, with a ``ProbeContext`` built on this stand-in's two
+    primitives), and for driving ``tracekit.execute`` through a plan
+    (``compiled()``). ``stacks`` is the stack map (``stack_table``, ``tk_stacks`` by
+    default): stack id -> addresses, innermost first; ``symbols`` names addresses
+    (``[unknown]`` otherwise); ``maps`` holds any other map as raw key -> value
+    bytes. ``batches`` are what successive polls return; ``counters`` what
+    ``read_counters`` returns; ``agg`` the in-kernel aggregate (a
+    ``KernelAggregate``). ``lookups`` and ``symbol_calls`` count the primitives'
+    calls (a test can check that each stack is read once).
+    """
+
+    loader = "stand-in"
+
+    def __init__(
+        self,
+        spec: ProbeSpec,
+        batches: Iterable[list[tuple[Any, ...]]] = (),
+        *,
+        params: Mapping[str, int] | None = None,
+        stacks: Mapping[int, Sequence[int]] | None = None,
+        symbols: Mapping[int, str] | None = None,
+        maps: Mapping[str, Mapping[bytes, bytes]] | None = None,
+        counters: Mapping[str, Mapping[str, Mapping[int, int]]] | None = None,
+        agg: KernelAggregate | None = None,
+        losses: Iterable[LostReport] = (),
+        stream: bool = True,
+        aggregate: bool = False,
+        output: str = "ringbuf",
+        sample: int = 1,
+        stack_table: str = "tk_stacks",
+    ) -> None:
+        self.spec = spec
+        self.params: dict[str, int] = (
+            dict(params) if params is not None else spec.resolve_params({})
+        )
+        self.output, self.stream, self.aggregate, self.sample = output, stream, aggregate, sample
+        self.batches = [list(b) for b in batches]
+        self.stacks = {int(k): [int(a) for a in v] for k, v in (stacks or {}).items()}
+        self.symbols = dict(symbols or {})
+        self.maps = {name: dict(m) for name, m in (maps or {}).items()}
+        self.counters = {m: {k: dict(v) for k, v in c.items()} for m, c in (counters or {}).items()}
+        self.agg = agg
+        self.losses = list(losses)
+        self.stack_table = stack_table
+        self.attached: list[AttachPoint] = []
+        self.lookups: dict[str, int] = {}
+        self.symbol_calls = 0
+        self.detached = 0
+        self.closed = False
+
+    # -- the run's calls -------------------------------------------------------------
+
+    def open_output(self) -> None:
+        pass
+
+    def close_output(self) -> None:
+        pass
+
+    def attach(self, points: list[AttachPoint] | None = None) -> None:
+        self.attached = expand_points(list(self.spec.attach) if points is None else points)
+
+    def detach(self) -> None:
+        self.detached += 1
+        self.attached = []
+
+    def close(self) -> None:
+        self.closed = True
+
+    def reset(self) -> None:
+        pass
+
+    def poll(self, timeout_ms: int = 100) -> list[tuple[Any, ...]]:
+        return self.batches.pop(0) if self.batches else []
+
+    def read_counters(self) -> dict[str, dict[str, dict[int, int]]]:
+        return {m: {k: dict(v) for k, v in c.items()} for m, c in self.counters.items()}
+
+    def read_agg(self) -> list[tuple[tuple[Any, ...], int]]:
+        return list(self.agg.rows) if self.agg is not None and self.aggregate else []
+
+    def new_losses(self) -> list[LostReport]:
+        out, self.losses = self.losses, []
+        return out
+
+    # -- the two primitives ------------------------------------------------------------
+
+    def map_lookup(self, name: str, key: bytes) -> bytes | None:
+        self.lookups[name] = self.lookups.get(name, 0) + 1
+        if name == self.stack_table and name not in self.maps:
+            (sid,) = struct.unpack("=I", key)
+            addrs = self.stacks.get(sid)
+            if addrs is None:
+                return None
+            return struct.pack(
+                f"={MAX_STACK_DEPTH}Q", *addrs, *[0] * (MAX_STACK_DEPTH - len(addrs))
+            )
+        return self.maps.get(name, {}).get(bytes(key))
+
+    def kernel_symbol(self, addr: int) -> str:
+        self.symbol_calls += 1
+        return self.symbols.get(addr, "[unknown]")
+
+    def legacy_bpf(self) -> Any:
+        return LegacyTables(self)
+
+    # -- for tests -------------------------------------------------------------------
+
+    def context(self, session: Session | None = None) -> ProbeContext:
+        """The ``ProbeContext`` an ``enrich`` gets (a fresh session unless given)."""
+        return ProbeContext.of(self, session or self.session())
+
+    def session(self) -> Session:
+        return Session(probe=self.spec.name, schema=self.spec.schema, params=self.params)
+
+    def enrich(
+        self, rows: list[tuple[Any, ...]], session: Session | None = None
+    ) -> list[tuple[Any, ...]]:
+        """The spec's ``enrich`` on ``rows`` as a live run calls it (either form)."""
+        return run_enrich(self, session or self.session(), list(rows))
+
+    def compiled(self) -> Compiled:
+        """This stand-in as ``plan_run(..., compiled=...)`` takes a shared probe."""
+        from tracekit.live.run import Compiled
+
+        return Compiled(self, list(self.spec.attach), self.loader)
+
+
+# -- pytest plugin (entry point pytest11: tracekit) -----------------------------------
+
+
 # -- pytest plugin (opt-in: pytest_plugins = ["tracekit.testing"], or -p tracekit.testing)
 #
 # A plugin package's tests get these fixtures and the ``vm`` marker from it.
@@ -110,10 +285,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 @dataclass
 class Output:
-    """What the fixtures return: the session's summary and what the sinks printed."""
+    """What the fixtures return: the session's summary and what the sinks printed;
+    ``loader`` is the loader that ran the probe (``bcc``, ``core``) for
+    ``tracekit_run_probe``, None for a feed or a replay."""
 
     summary: Summary
     stdout: str
+    loader: str | None = None
 
 
 class FeedFixture(Protocol):
@@ -146,7 +324,8 @@ class RunProbeFixture(Protocol):
         name: str,
         action: Callable[[], None],
         sinks: Sequence[str] = ("hist",),
-        params: dict[str, str] | None = None,
+        params: Mapping[str, int | str] | None = None,
+        loader: str = "auto",
     ) -> Output: ...
 
 
@@ -203,9 +382,12 @@ def tracekit_replay(tracekit_bus: Bus) -> ReplayFixture:
 
 @pytest.fixture
 def tracekit_run_probe(tracekit_bus: Bus) -> Iterator[RunProbeFixture]:
-    """In the VM: ``tracekit_run_probe("tcp-retrans", action, sinks=["hist"])`` compiles
+    """In the VM: ``tracekit_run_probe("tcp-retrans", action, sinks=["hist"])`` loads
     the probe, attaches it, then runs ``action()`` (the traffic) in a thread while the
     probe drains, and stops when ``action`` returns; an exception in it is raised here.
+    ``params`` are integers (as ``plan_run`` takes them; strings are parsed as on the
+    command line), ``loader`` is ``auto``, ``bcc`` or ``core`` (``--loader``), and
+    ``Output.loader`` says which one ran.
     """
     from tracekit.live.run import RunOptions, execute, plan_run
 
@@ -216,7 +398,8 @@ def tracekit_run_probe(tracekit_bus: Bus) -> Iterator[RunProbeFixture]:
         name: str,
         action: Callable[[], None],
         sinks: Sequence[str] = ("hist",),
-        params: dict[str, str] | None = None,
+        params: Mapping[str, int | str] | None = None,
+        loader: str = "auto",
     ) -> Output:
         spec = tracekit_bus.probes.get(name)
         # Planned before the traffic thread exists: a bad sink or parameter fails
@@ -224,9 +407,9 @@ def tracekit_run_probe(tracekit_bus: Bus) -> Iterator[RunProbeFixture]:
         plan = plan_run(
             tracekit_bus,
             spec,
-            spec.resolve_params(params or {}),
+            spec.resolve_params({k: str(v) for k, v in (params or {}).items()}),
             tuple(sinks),
-            RunOptions(duration=3600, quiet=True, force=True),
+            RunOptions(duration=3600, quiet=True, force=True, loader=loader),
         )
         done = threading.Event()
         failed: list[BaseException] = []
@@ -257,6 +440,6 @@ def tracekit_run_probe(tracekit_bus: Bus) -> Iterator[RunProbeFixture]:
                 worker.join()
         if failed:
             raise failed[0]
-        return Output(summary, buf.getvalue())
+        return Output(summary, buf.getvalue(), plan.load.loader if plan.load else None)
 
     yield run

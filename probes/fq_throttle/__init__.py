@@ -20,15 +20,51 @@ from tracekit.plugin.registry import AttachPoint, CounterMap, ProbeRegistry, Pro
 KINDS = ("-", "throttle", "flow_limit_drop", "empty_dequeue")
 
 # Members read by the BPF code and the size it reads each as.
-FQ_MEMBERS = {"stat_throttled": 8, "stat_flows_plimit": 8, "time_next_delayed_flow": 8}
+FQ_MEMBERS = {
+    "stat_throttled": 8,
+    "stat_flows_plimit": 8,
+    "time_next_delayed_flow": 8,
+    "delayed": 8,
+    "flow_plimit": 4,
+}
+# struct fq_flow: the throttled flow's socket, its node in the delayed tree (struct
+# rb_node: three pointers) and its departure time.
+FQ_FLOW_MEMBERS = {"sk": 8, "next": 8, "rate_node": 24, "time_next_packet": 8}
+# fq's lists of flows with packets (the BPF code's FQ_LISTS at most).
+MAX_LISTS = 6
+
+
+def flow_lists(btf: Any) -> list[int]:
+    """Offsets in struct fq_sched_data of the first flow of each list fq throttles
+    flows from: new_flows and old_flows, per band from 6.8 (band_flows[])."""
+    first, _ = btf.member("fq_flow_head", "first")
+    try:
+        base, size = btf.member("fq_sched_data", "band_flows")
+    except TracekitError:
+        # Before bands: the two lists in fq_sched_data itself.
+        return [btf.member("fq_sched_data", n)[0] + first for n in ("new_flows", "old_flows")]
+    per = btf.find_struct("fq_perband_flows").size_or_type
+    new, _ = btf.member("fq_perband_flows", "new_flows")
+    old, _ = btf.member("fq_perband_flows", "old_flows")
+    out = []
+    for band in range(size // per):
+        out += [base + band * per + new + first, base + band * per + old + first]
+    if len(out) > MAX_LISTS:
+        raise TracekitError(f"fq has {len(out)} flow lists, the probe reads {MAX_LISTS}")
+    return out
+
 
 # How the fields of struct tk_event (fq_throttle.bpf.c) are shown; the C declares them.
 FIELDS = (
     Field("ts_ns", unit="ns", display="ts"),
-    Field("sk", display="hex", doc="socket of a dropped skb (0: none)"),
+    Field("sk", display="hex", doc="socket of the throttled flow or the dropped skb (0: none)"),
     Field(
-        "delay_us", unit="us", doc="throttle: time until the qdisc's next departure (its watchdog)"
+        "delay_us",
+        unit="us",
+        doc="throttle: how long fq holds the flow (its time_next_packet, from now)",
     ),
+    Field("maxrate", unit="bytes/s", doc="the qdisc's maxrate (18446744073709551615: none)"),
+    Field("flow_limit", unit="packets", doc="the qdisc's flow_limit"),
     Field("cpu", key=True),
     Field("ifindex", key=True),
     Field("saddr", key=True, display="ipv4"),
@@ -41,8 +77,10 @@ FIELDS = (
     Field("kind", key=True, display="enum", choices=KINDS),
     Field("ifname", key=True),
 )
+# Per kind: the delay histogram is keyed by kind too, so throttles' delays are never
+# mixed with the 0 of drops and empty dequeues, which have no delay.
 HISTOGRAMS = (
-    HistSpec(value="delay_us", by=("ifname", "queue"), kind="log2", title="throttle_delay"),
+    HistSpec(value="delay_us", by=("kind", "ifname", "queue"), kind="log2", title="throttle_delay"),
     HistSpec(
         value=None,
         by=("kind", "saddr", "sport", "daddr", "dport"),
@@ -80,15 +118,28 @@ def prepare(params: dict[str, int]) -> dict[str, int]:
     from tracekit.bpf.btf import module_btf, struct_offsets, vmlinux_btf
 
     try:
-        offs = struct_offsets(module_btf("sch_fq"), "fq_sched_data", FQ_MEMBERS)
+        btf = module_btf("sch_fq")
+        offs = struct_offsets(btf, "fq_sched_data", FQ_MEMBERS)
+        flow = struct_offsets(btf, "fq_flow", FQ_FLOW_MEMBERS)
+        lists = flow_lists(btf)
+        maxrate_off, maxrate_size = btf.member("fq_sched_data", "flow_max_rate")
+        if maxrate_size not in (4, 8):
+            raise TracekitError(
+                f"fq_sched_data.flow_max_rate is {maxrate_size} bytes: layout not supported"
+            )
         vmlinux = vmlinux_btf()
     except TracekitError as exc:
         if type(exc) is TracekitError:
             raise AttachPointError(f"sch_fq: {exc}") from None
         raise
     enums = {enum: vmlinux.enum_values(enum) for enum, _ in DROP_REASONS.values()}
-    return {f"TK_FQ_OFF_{name.upper()}": off for name, off in offs.items()} | (
-        drop_reason_settings(enums)
+    return (
+        {f"TK_FQ_OFF_{name.upper()}": off for name, off in offs.items()}
+        | {f"TK_FQ_FLOW_OFF_{name.upper()}": off for name, off in flow.items()}
+        | {"TK_FQ_OFF_FLOW_MAX_RATE": maxrate_off, "TK_FQ_SIZE_FLOW_MAX_RATE": maxrate_size}
+        | {"TK_FQ_NLISTS": len(lists)}
+        | {f"TK_FQ_LIST{i}": lists[i] if i < len(lists) else 0 for i in range(MAX_LISTS)}
+        | drop_reason_settings(enums)
     )
 
 
@@ -96,7 +147,8 @@ def report(summary: Summary) -> list[str]:
     c = summary.counters.get("fq_counts", {})
     tot = {k: sum(v.values()) for k, v in c.items()}
     lines = [
-        f"fq: {tot.get('throttled', 0)} flows throttled, {tot.get('flow_limit_drops', 0)} "
+        # `throttled` counts throttles (tc's `throttled`), not distinct flows.
+        f"fq: {tot.get('throttled', 0)} throttles, {tot.get('flow_limit_drops', 0)} "
         f"flow_limit drops, {tot.get('empty_dequeues', 0)} empty dequeues in "
         f"{tot.get('dequeues', 0)} dequeues"
     ]
@@ -106,6 +158,12 @@ def report(summary: Summary) -> list[str]:
             "fq drops by the kernel's reason: " + ", ".join(f"{k} {n}" for k, n in drops.items())
         )
     return lines
+
+
+def _findings(session: Any) -> Any:
+    from .findings import findings
+
+    return findings(session)
 
 
 def _draw_plot(trace: Any) -> Any:
@@ -136,6 +194,7 @@ PROBE = ProbeSpec(
         ),
     ),
     plot=_draw_plot,
+    findings=_findings,
     min_kernel="5.11",  # module BTF (sch_fq's struct offsets)
     needs_btf=True,
     prepare=prepare,

@@ -22,18 +22,21 @@ struct tk_event {
     u64 ts_ns;
     u64 sk;
     u64 delay_us;
+    u64 maxrate; /* the qdisc's maxrate, bytes/s (~0: none) */
     u32 cpu;
     u32 ifindex;
     u32 saddr;
     u32 daddr;
     u32 count;
     u32 qlen;
+    u32 flow_limit; /* the qdisc's flow_limit, packets */
     u16 sport;
     u16 dport;
     u16 queue;
     u8 kind;
     u8 pad;
     char ifname[16];
+    u32 pad2;
 };
 
 #include "tracekit.h"
@@ -52,10 +55,28 @@ enum fq_counts {
 };
 BPF_PERCPU_ARRAY(fq_counts, u64, 5);
 
+/* fq's lists of flows with packets to send (new and old; per band from 6.8): the
+ * offset in struct fq_sched_data of each list's first flow, from the sch_fq module's
+ * BTF (prepare()), for both loaders. A flow fq throttles is taken off the head of one
+ * of them and put in the qdisc's tree of throttled flows. */
+#define FQ_LISTS 6
+#define FQ_PER_LIST 2
+#define FQ_SLOTS (FQ_LISTS * FQ_PER_LIST)
+TK_SETTING(u32, tk_fq_nlists, TK_FQ_NLISTS, 0);
+TK_SETTING(u32, tk_fq_list0, TK_FQ_LIST0, 0);
+TK_SETTING(u32, tk_fq_list1, TK_FQ_LIST1, 0);
+TK_SETTING(u32, tk_fq_list2, TK_FQ_LIST2, 0);
+TK_SETTING(u32, tk_fq_list3, TK_FQ_LIST3, 0);
+TK_SETTING(u32, tk_fq_list4, TK_FQ_LIST4, 0);
+TK_SETTING(u32, tk_fq_list5, TK_FQ_LIST5, 0);
+
 struct call_state {
     struct Qdisc *sch;
     struct sock *sk;
     u64 stat;
+    /* The first FQ_PER_LIST flows of each list as fq_dequeue starts: the flows it may
+     * throttle (a flow it unthrottles and throttles again in one call is not here). */
+    u64 flows[FQ_SLOTS];
     u8 valid;
 };
 BPF_PERCPU_ARRAY(fq_enq_state, struct call_state, 1);
@@ -83,6 +104,35 @@ static __always_inline u64 read_u64(void *base, u64 off)
 #define FQ_STAT_stat_flows_plimit TK_FQ_OFF_STAT_FLOWS_PLIMIT
 #define FQ_STAT_time_next_delayed_flow TK_FQ_OFF_TIME_NEXT_DELAYED_FLOW
 #define FQ_STAT(priv, member) read_u64((priv), FQ_STAT_##member)
+#endif
+
+/* The qdisc's flow_limit and maxrate, and the throttled flow's socket and departure
+ * time; under BCC from the offsets (and maxrate's width) prepare() read from BTF. */
+#ifdef TK_CORE
+#define FQ_DELAYED(priv) ((void *)(priv) + bpf_core_field_offset(struct fq_sched_data, delayed))
+#define FQ_FLOW_NODE(f) ((void *)(f) + bpf_core_field_offset(struct fq_flow, rate_node))
+#define FQ_FLOW_LINK(f) ((u64)BPF_CORE_READ((struct fq_flow *)(f), next))
+#define FQ_FLOW_SK(f) ((u64)BPF_CORE_READ((struct fq_flow *)(f), sk))
+#define FQ_FLOW_NEXT(f) ((u64)BPF_CORE_READ((struct fq_flow *)(f), time_next_packet))
+#define FQ_PLIMIT(priv) ((u32)FQ_STAT(priv, flow_plimit))
+#define FQ_MAXRATE(priv) ((u64)FQ_STAT(priv, flow_max_rate))
+#else
+static __always_inline u64 read_sized(void *base, u64 off, u32 size)
+{
+    u64 v = 0;
+    if (size == 4)
+        bpf_probe_read_kernel(&v, 4, base + off);
+    else
+        bpf_probe_read_kernel(&v, 8, base + off);
+    return v;
+}
+#define FQ_DELAYED(priv) ((void *)(priv) + TK_FQ_OFF_DELAYED)
+#define FQ_FLOW_NODE(f) ((void *)(f) + TK_FQ_FLOW_OFF_RATE_NODE)
+#define FQ_FLOW_LINK(f) read_u64((void *)(f), TK_FQ_FLOW_OFF_NEXT)
+#define FQ_FLOW_SK(f) read_u64((void *)(f), TK_FQ_FLOW_OFF_SK)
+#define FQ_FLOW_NEXT(f) read_u64((void *)(f), TK_FQ_FLOW_OFF_TIME_NEXT_PACKET)
+#define FQ_PLIMIT(priv) ((u32)read_sized((priv), TK_FQ_OFF_FLOW_PLIMIT, 4))
+#define FQ_MAXRATE(priv) read_sized((priv), TK_FQ_OFF_FLOW_MAX_RATE, TK_FQ_SIZE_FLOW_MAX_RATE)
 #endif
 
 /* qdisc_priv(): the qdisc's private data, the flexible array at its end. */
@@ -120,8 +170,66 @@ static __always_inline void fill_common(struct tk_event *ev, struct Qdisc *sch)
     if (txq && tx0)
         ev->queue = ((u64)txq - (u64)tx0) / netdev_queue_size();
     bpf_probe_read_kernel(&ev->qlen, sizeof(ev->qlen), &sch->q.qlen);
+    void *priv = fq_priv(sch);
+    ev->flow_limit = FQ_PLIMIT(priv);
+    ev->maxrate = FQ_MAXRATE(priv);
+    if (ev->maxrate == 0xffffffff)
+        ev->maxrate = ~0ULL; /* ~0U: no maxrate where the member is 32 bits wide */
     ev->ts_ns = bpf_ktime_get_ns();
     ev->cpu = bpf_get_smp_processor_id();
+}
+
+static __always_inline u32 list_off(int l)
+{
+    switch (l) {
+    case 0:
+        return tk_fq_list0;
+    case 1:
+        return tk_fq_list1;
+    case 2:
+        return tk_fq_list2;
+    case 3:
+        return tk_fq_list3;
+    case 4:
+        return tk_fq_list4;
+    default:
+        return tk_fq_list5;
+    }
+}
+
+/* Is this rb_node in the tree whose root node is `root`? Its parent (or the root)
+ * points back to it. A node erased earlier keeps a stale parent, whose children no
+ * longer point to it; a node never inserted is all zeros. */
+static __always_inline int in_tree(void *node, u64 root)
+{
+    struct rb_node *n = (struct rb_node *)node;
+    unsigned long pc = 0;
+    bpf_probe_read_kernel(&pc, sizeof(pc), &n->__rb_parent_color);
+    struct rb_node *parent = (struct rb_node *)(pc & ~3UL);
+    if (!parent)
+        return root == (u64)node;
+    u64 left = 0, right = 0;
+    bpf_probe_read_kernel(&left, sizeof(left), &parent->rb_left);
+    bpf_probe_read_kernel(&right, sizeof(right), &parent->rb_right);
+    return left == (u64)node || right == (u64)node;
+}
+
+/* One throttle of flow f: its socket's flow, and how long fq holds it. */
+static __always_inline void emit_throttle(struct pt_regs *ctx, struct Qdisc *sch, u64 f)
+{
+    u64 sk = FQ_FLOW_SK(f);
+    u64 next = FQ_FLOW_NEXT(f);
+    struct tk_event ev = {};
+    fill_common(&ev, sch);
+    ev.kind = KIND_THROTTLE;
+    ev.count = 1;
+    ev.delay_us = next > ev.ts_ns ? (next - ev.ts_ns) / 1000 : 0;
+    /* Bit 0 set: not a socket but the hash fq keys traffic not of this host by. */
+    if (sk && !(sk & 1)) {
+        ev.sk = sk;
+        tk_read_flow((struct sock *)sk, &ev.saddr, &ev.daddr, &ev.sport, &ev.dport);
+    }
+    tk_emit(ctx, &ev);
 }
 
 TK_SEC("kprobe") int tk_fq_enqueue(struct pt_regs *ctx)
@@ -176,7 +284,20 @@ TK_SEC("kprobe") int tk_fq_dequeue(struct pt_regs *ctx)
         return 0;
     count(3, 1);
     st->sch = sch;
-    st->stat = FQ_STAT(fq_priv(sch), stat_throttled);
+    void *priv = fq_priv(sch);
+    st->stat = FQ_STAT(priv, stat_throttled);
+#pragma unroll
+    for (int l = 0; l < FQ_LISTS; l++) {
+        u64 f = 0;
+        if (l < tk_fq_nlists)
+            bpf_probe_read_kernel(&f, sizeof(f), priv + list_off(l));
+#pragma unroll
+        for (int k = 0; k < FQ_PER_LIST; k++) {
+            st->flows[l * FQ_PER_LIST + k] = f;
+            if (f)
+                f = FQ_FLOW_LINK(f);
+        }
+    }
     st->valid = 1;
     return 0;
 }
@@ -199,13 +320,29 @@ TK_SEC("kretprobe") int tk_fq_dequeue_ret(struct pt_regs *ctx)
         count(2, 1);
     if (!tk_cfg_stream)
         return 0;
+    u64 attributed = 0;
     if (now_stat != st->stat) {
+        /* Each flow that was in a list and is now in the tree of throttled flows was
+         * throttled by this call: one event each, with its flow and delay. */
+        u64 root = 0;
+        bpf_probe_read_kernel(&root, sizeof(root), FQ_DELAYED(priv));
+#pragma unroll
+        for (int i = 0; i < FQ_SLOTS; i++) {
+            u64 f = st->flows[i];
+            if (f && attributed < now_stat - st->stat && in_tree(FQ_FLOW_NODE(f), root)) {
+                attributed++;
+                emit_throttle(ctx, st->sch, f);
+            }
+        }
+    }
+    /* Throttles of flows not recorded at entry (more than FQ_PER_LIST in a list, or
+     * unthrottled and throttled again in this call): one event without a flow, with
+     * the time the qdisc's watchdog fires. */
+    if (now_stat - st->stat > attributed) {
         struct tk_event ev = {};
         fill_common(&ev, st->sch);
         ev.kind = KIND_THROTTLE;
-        ev.count = now_stat - st->stat;
-        /* The earliest time a throttled flow may send again: when the qdisc's
-         * watchdog fires. fq keeps no per-event record of which flow it was. */
+        ev.count = now_stat - st->stat - attributed;
         u64 next = FQ_STAT(priv, time_next_delayed_flow);
         u64 t = bpf_ktime_get_ns();
         ev.delay_us = next > t ? (next - t) / 1000 : 0;

@@ -46,7 +46,7 @@ def draw(trace: Trace) -> Any:
         return f"{trace.label('saddr', k[0])}:{k[1]} -> {trace.label('daddr', k[2])}:{k[3]}"
 
     for ax, binned, label, what in (
-        (ax_t, throttle, queue_label, "flows throttled per second, per interface and TX queue"),
+        (ax_t, throttle, queue_label, "throttles per second, per interface and TX queue"),
         (ax_d, drops, flow_label, f"flow_limit drops per second, per flow (top {TOP})"),
         (ax_e, empty, queue_label, "empty dequeues per second (all flows throttled)"),
     ):

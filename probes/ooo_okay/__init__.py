@@ -17,8 +17,9 @@ from typing import Any
 from tracekit import hookimpl
 from tracekit.base.cdecl import CSource
 from tracekit.base.schema import Field, HistSpec
-from tracekit.base.session import Session, Summary
-from tracekit.bpf.stacks import classify_stack, resolve_stack
+from tracekit.base.session import Summary
+from tracekit.bpf.probe_base import ProbeContext
+from tracekit.bpf.stacks import classify_stack
 from tracekit.plugin.registry import AttachPoint, CounterMap, Param, ProbeRegistry, ProbeSpec
 
 PATHS = ("unknown", "sendmsg", "ack-softirq", "ack-backlog", "recvmsg", "timer", "other")
@@ -171,15 +172,15 @@ HISTOGRAMS = (
 )
 
 
-def enrich(bpf: Any, session: Session, rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+def enrich(ctx: ProbeContext, rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
     """Fill ``path`` from the stack; remember stacks and symbols for the trace file."""
-    cache: dict[int, int] = session.names.labels("ooo_paths")
+    cache: dict[int, int] = ctx.labels("ooo_paths")
     out = []
     for r in rows:
         sid = r[_STACK]
         code = cache.get(sid)
         if code is None:
-            frames = resolve_stack(bpf, "tk_stacks", sid, session)
+            frames = ctx.stack_names(sid)
             code = PATHS.index(path_of(frames)) if frames else 0
             cache[sid] = code
         out.append((*r[:_PATH], code, *r[_PATH + 1 :]))
@@ -205,6 +206,12 @@ def report(summary: Summary) -> list[str]:
             "the socket's queues changed between the kernel's test and the probe's read"
         )
     return lines
+
+
+def _findings(session: Any) -> Any:
+    from .findings import findings
+
+    return findings(session)
 
 
 def _draw_plot(trace: Any) -> Any:
@@ -242,6 +249,7 @@ PROBE = ProbeSpec(
         ),
     ),
     plot=_draw_plot,
+    findings=_findings,
     min_kernel="5.8",
     enrich=enrich,
     enriched_fields=("path",),

@@ -62,6 +62,18 @@ def report(summary: Summary) -> list[str]:
     ]
 
 
+def _findings(session: Any) -> Any:
+    from .findings import findings
+
+    return findings(session)
+
+
+def _metadata(params: Any) -> Any:
+    from .findings import metadata
+
+    return metadata(params)
+
+
 def _draw_plot(trace: Any) -> Any:
     from .plot import draw
 
@@ -89,6 +101,8 @@ PROBE = ProbeSpec(
         CounterMap("rss_counts", doc="packets received per CPU (all devices), IPv4 among them"),
     ),
     plot=_draw_plot,
+    findings=_findings,
+    metadata=_metadata,
     min_kernel="5.8",
     report=report,
     core=True,

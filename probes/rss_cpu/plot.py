@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from typing import Any
 
-from tracekit.fleet.plot import Binned, Trace, keys_of, new_figure
+from tracekit.fleet.plot import Binned, TopKeys, Trace, keys_of, new_figure
 
 TOP_FLOWS = 16
 FLOW = ("saddr", "sport", "daddr", "dport")
@@ -33,18 +33,23 @@ def busiest(counts: dict[Any, float]) -> tuple[Any, float]:
 def draw(trace: Trace) -> Any:
     np = trace.np
     per_cpu, per_queue = Binned(trace), Binned(trace)
-    # flow -> cpu -> packets; flow -> (rx_queue, hash) -> packets
-    flow_cpu: dict[tuple[Any, ...], Counter[int]] = defaultdict(Counter)
-    flow_how: dict[tuple[Any, ...], Counter[tuple[int, int]]] = defaultdict(Counter)
+    # flow -> (cpu, rx_queue, hash) -> packets, for the busiest flows (bounded:
+    # fleet.plot.TopKeys), counted a batch at a time
+    per_flow = TopKeys()
     for cols in trace.columns("cpu", "rx_queue", "hash", *FLOW):
         cpus = cols["cpu"].tolist()
         per_cpu.add(cols["t"], cpus)
         queues = cols["rx_queue"].tolist()
         per_queue.add(cols["t"], queues)
-        flows = keys_of(trace, cols, FLOW)
-        for flow, cpu, q, h in zip(flows, cpus, queues, cols["hash"].tolist(), strict=True):
-            flow_cpu[flow][cpu] += 1
-            flow_how[flow][(q, h)] += 1
+        hows = zip(cpus, queues, cols["hash"].tolist(), strict=True)
+        per_flow.add(keys_of(trace, cols, FLOW), list(hows))
+    # flow -> cpu -> packets; flow -> (rx_queue, hash) -> packets
+    flow_cpu: dict[tuple[Any, ...], Counter[int]] = defaultdict(Counter)
+    flow_how: dict[tuple[Any, ...], Counter[tuple[int, int]]] = defaultdict(Counter)
+    for flow, got in per_flow.counts.items():
+        for (cpu, q, h), n in got.items():
+            flow_cpu[flow][cpu] += n
+            flow_how[flow][(q, h)] += n
     scale = trace.session.sample_every / per_cpu.width
     fig = new_figure(4, height=2.2)
     top, ratio_ax, q_ax, flow_ax = fig.axes
@@ -96,7 +101,7 @@ def draw(trace: Trace) -> Any:
     q_ax.tick_params(labelbottom=True)
     q_ax.set_xlabel("seconds since the first event")
 
-    _flows(trace, flow_ax, flow_cpu, flow_how, colour)
+    _flows(trace, flow_ax, flow_cpu, flow_how, colour, per_flow.seen)
     fig.suptitle(trace.title("receive CPU of packets over time, and per flow"))
     return fig
 
@@ -107,6 +112,7 @@ def _flows(
     flow_cpu: dict[tuple[Any, ...], Counter[int]],
     flow_how: dict[tuple[Any, ...], Counter[tuple[int, int]]],
     colour: dict[int, str],
+    seen: int,
 ) -> None:
     """Horizontal bars: each flow's packets per CPU, labelled with its queue and hash."""
     flows = sorted(flow_cpu, key=lambda f: (-sum(flow_cpu[f].values()), f))[:TOP_FLOWS]
@@ -140,7 +146,7 @@ def _flows(
     shared = hashes.most_common(1)[0][1] if hashes else 0
     alike = f"{shared} share one hash value" if shared > 1 else "each has its own hash value"
     ax.set_title(
-        f"per flow (busiest {len(flows)} of {len(flow_cpu)}): packets on each CPU; {alike}",
+        f"per flow (busiest {len(flows)} of {seen}): packets on each CPU; {alike}",
         fontsize=9,
         loc="left",
     )

@@ -41,16 +41,19 @@ enum rss_counts {
 };
 BPF_PERCPU_ARRAY(rss_counts, u64, RSS_COUNTS_NSLOTS);
 
+/* The hash and whether it covers ports are in the key: the findings tell a NIC that
+ * hashes addresses only (many flows, one hash) from the aggregate too. */
 struct tk_agg_key {
     u32 cpu;
     u32 ifindex;
+    u32 hash;
     u32 saddr;
     u32 daddr;
     u16 sport;
     u16 dport;
     u16 rx_queue;
     u8 proto;
-    u8 pad;
+    u8 l4_hash;
 };
 BPF_HASH(tk_agg, struct tk_agg_key, u64, 16384);
 
@@ -98,6 +101,8 @@ TK_SEC("raw_tp") int tk_netif_receive_skb(struct bpf_raw_tracepoint_args *ctx)
         struct tk_agg_key key = {};
         key.cpu = ev.cpu;
         key.ifindex = ev.ifindex;
+        key.hash = ev.hash;
+        key.l4_hash = ev.l4_hash;
         key.saddr = ev.saddr;
         key.daddr = ev.daddr;
         key.sport = ev.sport;

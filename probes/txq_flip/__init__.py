@@ -19,7 +19,8 @@ from tracekit import (
     ProbeSpec,
     hookimpl,
 )
-from tracekit.plugin.registry import IFINDEX_MAX
+
+IFINDEX_MAX = (1 << 31) - 1  # net_device.ifindex is an int
 
 # Why the socket could move (txq_flip.bpf.c's CAUSE_*, same order): "other" when
 # none of netdev_pick_tx's own conditions held, "reselect" the 6.19+ timer
@@ -68,6 +69,18 @@ HISTOGRAMS = (
 )
 
 
+def _findings(session: Any) -> Any:
+    from .findings import findings
+
+    return findings(session)
+
+
+def _metadata(params: Any) -> Any:
+    from .findings import metadata
+
+    return metadata(params)
+
+
 def _draw_plot(trace: Any) -> Any:
     from .plot import draw
 
@@ -97,6 +110,8 @@ PROBE = ProbeSpec(
         CounterMap("txq_counts", doc="netdev_pick_tx calls, queue changes, skbs without a socket"),
     ),
     plot=_draw_plot,
+    findings=_findings,
+    metadata=_metadata,
     min_kernel="5.2",
     core=True,
 )

@@ -48,11 +48,15 @@ def test_events_carry_queue_and_flow(run: tuple[FqThrottleResult, str], out_dir:
         per_queue[r["queue"]] = per_queue.get(r["queue"], 0) + r["count"]
     assert per_queue == {q: v["flows_plimit"] for q, v in res.fq_delta.items() if v["flows_plimit"]}
     assert all(r["ifname"] == "tk0" and r["dport"] == 5201 for r in drops)
+    # Throttles carry their flow too (one event per throttle, from fq's delayed tree):
+    # the lab's UDP flows and iperf3's control connection, all to port 5201.
+    assert throttles and all(r["count"] == 1 and r["dport"] == 5201 for r in throttles)
+    assert all(r["flow_limit"] == 10 and r["maxrate"] == 1250000 for r in rows)
 
 
 def test_live_hist_replays_identically(run: tuple[FqThrottleResult, str], out_dir: Path) -> None:
     _, live = run
-    assert "@throttle_delay[ifname=tk0," in live
+    assert "@throttle_delay[kind=throttle, ifname=tk0," in live
     assert_replay_prints(live, out_dir / "fq-throttle.tkt")
 
 

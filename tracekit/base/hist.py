@@ -60,17 +60,20 @@ class KeyCache:
 
     def __init__(self) -> None:
         self._keys: dict[tuple[Any, ...], tuple[Any, ...]] = {}
-        self._text: dict[str, dict[Any, str]] = {}
+        self._text: dict[tuple[str, str], dict[Any, str]] = {}
 
     def intern(self, key: tuple[Any, ...]) -> tuple[Any, ...]:
         return self._keys.setdefault(key, key)
 
-    def texts(self, f: Field, values: list[Any], symbols: Mapping[int, str] | None) -> list[str]:
-        """``values`` of field ``f`` as printed, each distinct one formatted once."""
+    def texts(
+        self, f: Field, values: list[Any], symbols: Mapping[int, str] | None, prefix: str = ""
+    ) -> list[str]:
+        """``values`` of field ``f`` as printed after ``prefix``, each distinct one
+        formatted once."""
         # By field name: a name is one field (and one display) in a schema.
-        memo = self._text.setdefault(f.name, {})
+        memo = self._text.setdefault((f.name, prefix), {})
         for v in set(values).difference(memo):
-            memo[v] = format_value(f, v, symbols)
+            memo[v] = prefix + format_value(f, v, symbols)
         return list(map(memo.__getitem__, values))
 
     def clear_text(self) -> None:
@@ -426,19 +429,14 @@ class Histogram:
         real = [k for k in keys if k is not OTHER_KEYS]
         if not real:
             return ["[other keys]" for _ in keys]
-        cols = [
-            self.keys.texts(f, list(col), symbols)
-            for f, col in zip(self._key_fields, zip(*real, strict=True), strict=True)
-        ]
         # Each key named (``[cpu=0, before=1]``): the reader need not know the
         # histogram's ``by`` fields to read its keys. Names come from a trace header.
-        names = [printable(f.name) for f in self._key_fields]
-        texts = iter(
-            [
-                "[" + ", ".join(f"{n}={t}" for n, t in zip(names, parts, strict=True)) + "]"
-                for parts in zip(*cols, strict=True)
-            ]
-        )
+        # "name=value" is made once per distinct value, as the value's text is.
+        cols = [
+            self.keys.texts(f, list(col), symbols, printable(f.name) + "=")
+            for f, col in zip(self._key_fields, zip(*real, strict=True), strict=True)
+        ]
+        texts = iter(["[" + ", ".join(parts) + "]" for parts in zip(*cols, strict=True)])
         return ["[other keys]" if k is OTHER_KEYS else next(texts) for k in keys]
 
     def render(self, symbols: Mapping[int, str] | None = None) -> str:

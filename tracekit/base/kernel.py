@@ -18,6 +18,7 @@ import platform
 import re
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 TRACEFS_ROOTS = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
 BTF_DIR = Path("/sys/kernel/btf")
@@ -356,3 +357,80 @@ def headers(release_: str | None = None) -> str | None:
     if Path("/sys/kernel/kheaders.tar.xz").exists():
         return "/sys/kernel/kheaders.tar.xz (CONFIG_IKHEADERS)"
     return None
+
+
+# -- network queues: XPS, RPS, RFS --------------------------------------------------------
+
+NET_CLASS = "/sys/class/net"
+# The queue files the findings read (Documentation/networking/scaling.rst).
+QUEUE_FILES = {"xps_cpus": "tx", "rps_cpus": "rx", "rps_flow_cnt": "rx"}
+RPS_SOCK_FLOW_ENTRIES = "/proc/sys/net/core/rps_sock_flow_entries"
+# The command a lab runs inside a network namespace for the same facts (its sysfs is
+# the namespace's): one ``PATH:VALUE`` line per file, what ``parse_queue_lines`` reads.
+QUEUE_FILES_COMMAND = (
+    "grep -H . /sys/class/net/*/ifindex /sys/class/net/*/queues/tx-*/xps_cpus "
+    "/sys/class/net/*/queues/rx-*/rps_cpus "
+    f"/sys/class/net/*/queues/rx-*/rps_flow_cnt {RPS_SOCK_FLOW_ENTRIES} 2>/dev/null; true"
+)
+
+_QUEUE_PATH = re.compile(r"^/sys/class/net/([^/]+)/queues/(tx|rx)-(\d+)/(\w+)$")
+_IFINDEX_PATH = re.compile(r"^/sys/class/net/([^/]+)/ifindex$")
+
+
+def parse_queue_lines(text: str) -> dict[str, object]:
+    """``PATH:VALUE`` lines (``QUEUE_FILES_COMMAND``) as ``net_queues()`` returns them."""
+    devices: dict[str, dict[str, Any]] = {}
+    out: dict[str, object] = {"devices": devices}
+    for line in text.splitlines():
+        path, sep, value = line.partition(":")
+        if not sep:
+            continue
+        value = value.strip()
+        if path == RPS_SOCK_FLOW_ENTRIES:
+            if value.isdigit():
+                out["rps_sock_flow_entries"] = int(value)
+            continue
+        mi = _IFINDEX_PATH.match(path)
+        if mi is not None:
+            if value.isdigit():
+                devices.setdefault(mi.group(1), {})["ifindex"] = int(value)
+            continue
+        m = _QUEUE_PATH.match(path)
+        if m is None or m.group(4) not in QUEUE_FILES:
+            continue
+        dev, _, queue, name = m.groups()
+        devices.setdefault(dev, {}).setdefault(name, {})[queue] = value
+    return out
+
+
+def net_queues(root: str = NET_CLASS) -> dict[str, object]:
+    """This network namespace's XPS map (``xps_cpus`` per TX queue), RPS map
+    (``rps_cpus``) and RFS flow counts (``rps_flow_cnt``) per RX queue, by device,
+    and RFS's ``rps_sock_flow_entries``: plain values for ``Session.metadata``.
+    Files the kernel refuses to read (a single-queue device's ``xps_cpus``) are left
+    out."""
+    lines = []
+    try:
+        devs = sorted(os.listdir(root))
+    except OSError:
+        devs = []
+    for dev in devs:
+        ifindex = _text(os.path.join(root, dev, "ifindex"))
+        if ifindex is not None:
+            lines.append(f"{NET_CLASS}/{dev}/ifindex:{ifindex.strip()}")
+        qdir = os.path.join(root, dev, "queues")
+        try:
+            queues = sorted(os.listdir(qdir))
+        except OSError:
+            continue
+        for q in queues:
+            for name, side in QUEUE_FILES.items():
+                if not q.startswith(side + "-"):
+                    continue
+                text = _text(os.path.join(qdir, q, name))
+                if text is not None:
+                    lines.append(f"{NET_CLASS}/{dev}/queues/{q}/{name}:{text.strip()}")
+    entries = _text(RPS_SOCK_FLOW_ENTRIES)
+    if entries is not None:
+        lines.append(f"{RPS_SOCK_FLOW_ENTRIES}:{entries.strip()}")
+    return parse_queue_lines("\n".join(lines))

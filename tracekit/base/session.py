@@ -11,6 +11,7 @@ from typing import Any
 
 from tracekit import __version__
 from tracekit.base import kernel as kernel_facts
+from tracekit.base.findings import Finding, plain
 from tracekit.base.schema import Schema
 
 
@@ -98,21 +99,28 @@ class Session:
     # Kernel addresses to names (fields shown as ``ksym``) and stacks, stored in the
     # trace so replay shows names on a machine with other symbols.
     names: KernelNames = field(default_factory=KernelNames, compare=False, repr=False)
+    # Facts about the machine read when the run started, as plain values (str keys):
+    # what a probe's findings need beside its events (``ProbeSpec.metadata``: the
+    # XPS and RPS maps of /sys/class/net), stored in the header so a replay has them.
+    metadata: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         # A copy, read-only: the caller's dict can change neither the session nor the
         # header it writes.
         object.__setattr__(self, "params", MappingProxyType(dict(self.params)))
+        object.__setattr__(self, "metadata", _frozen(plain(dict(self.metadata), "metadata")))
 
     @property
     def symbols(self) -> Mapping[int, str]:
-        """Kernel address -> symbol name (read-only)."""
-        return self.names.symbols
+        """Kernel address -> symbol name. Read it; record names with
+        ``session.names.add_symbols`` (assigning here, as 0.1.0 did, still works,
+        deprecated until 0.3.0)."""
+        return _NamesView(self.names.symbols, self.names.add_symbols, "symbols")
 
     @property
     def stacks(self) -> Mapping[int, list[int]]:
-        """Stack id -> kernel addresses, innermost first (read-only)."""
-        return self.names.stacks
+        """Stack id -> kernel addresses, innermost first (as ``symbols``)."""
+        return _NamesView(self.names.stacks, self.names.add_stacks, "stacks")
 
     def wall_time(self, ts_ns: int) -> float | None:
         """Seconds since 1970 of an event's kernel timestamp, None if not known."""
@@ -143,6 +151,7 @@ class Session:
             "monotonic_ns": self.monotonic_ns,
             "sample_every": self.sample_every,
             "aggregated": list(self.aggregated),
+            "metadata": _thawed(self.metadata),
             "streamed": self.streamed,
         }
 
@@ -161,6 +170,7 @@ class Session:
             tracekit_version=str(h.get("tracekit_version", "?")),
             sample_every=int(h.get("sample_every", 1)),
             aggregated=tuple(str(a) for a in h.get("aggregated", ())),
+            metadata=dict(h.get("metadata", {})),
             streamed=bool(h.get("streamed", not h.get("aggregated"))),
         )
 
@@ -181,6 +191,65 @@ def slice_rows(schema: Schema | None, width: int = 1) -> int:
     else:
         by_bytes = SLICE_VALUES
     return max(1, min(SLICE_VALUES // max(1, width), by_bytes))
+
+
+_dataclass_init = Session.__init__
+
+
+def _session_init(
+    self: Session,
+    *args: Any,
+    symbols: Mapping[int, str] | None = None,
+    stacks: Mapping[int, list[int]] | None = None,
+    **kwargs: Any,
+) -> None:
+    """``Session(..., symbols=..., stacks=...)``, 0.1.0's fields: deprecated."""
+    _dataclass_init(self, *args, **kwargs)
+    from tracekit._compat import warn_deprecated
+
+    if symbols is not None:
+        warn_deprecated("Session(symbols=...)", "session.names.add_symbols(...)", stacklevel=3)
+        self.names.add_symbols(symbols)
+    if stacks is not None:
+        warn_deprecated("Session(stacks=...)", "session.names.add_stacks(...)", stacklevel=3)
+        self.names.add_stacks(stacks)
+
+
+Session.__init__ = _session_init  # type: ignore[method-assign]
+
+
+class _NamesView(Mapping[Any, Any]):
+    """``session.symbols`` / ``session.stacks``: a view of the session's names that
+    still takes 0.1.0's ``session.symbols[addr] = name`` (recorded through
+    ``KernelNames``, with a DeprecationWarning)."""
+
+    __slots__ = ("_add", "_data", "_what", "get")
+
+    def __init__(self, data: Mapping[Any, Any], add: Any, what: str) -> None:
+        self._data, self._add, self._what = data, add, what
+        self.get = data.get  # type: ignore[method-assign]
+
+    def __getitem__(self, key: Any) -> Any:
+        return self._data[key]
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._data
+
+    def __repr__(self) -> str:
+        return repr(dict(self._data))
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        from tracekit._compat import warn_deprecated
+
+        add = "add_symbols({addr: name})" if self._what == "symbols" else "add_stacks({id: addrs})"
+        warn_deprecated(f"session.{self._what}[...] = ...", f"session.names.{add}", stacklevel=3)
+        self._add({key: value})
 
 
 class EventBatch:
@@ -423,8 +492,25 @@ class LostReport:
 
 
 def _frozen(m: Mapping[Any, Any]) -> Mapping[Any, Any]:
-    """A read-only copy of nested mappings."""
-    return MappingProxyType({k: _frozen(v) if isinstance(v, Mapping) else v for k, v in m.items()})
+    """A read-only copy of nested mappings (lists in them become tuples)."""
+
+    def one(v: Any) -> Any:
+        if isinstance(v, Mapping):
+            return _frozen(v)
+        if isinstance(v, list):
+            return tuple(one(x) for x in v)
+        return v
+
+    return MappingProxyType({k: one(v) for k, v in m.items()})
+
+
+def _thawed(v: Any) -> Any:
+    """``_frozen``'s data as plain dicts and lists again (for a header or JSON)."""
+    if isinstance(v, Mapping):
+        return {k: _thawed(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_thawed(x) for x in v]
+    return v
 
 
 @dataclass(frozen=True)
@@ -448,6 +534,9 @@ class Summary:
     kernel_agg: Sequence[tuple[tuple[Any, ...], int]] = ()
     # Lines the probe adds to the results (for example rss-cpu's imbalance).
     notes: Sequence[str] = ()
+    # What the numbers mean (``ProbeSpec.findings``), computed from the session's
+    # data when it ends: the same for a live run and for a replay of its recording.
+    findings: Sequence[Finding] = ()
 
     def __post_init__(self) -> None:
         # Callers may pass dicts and lists; what the object holds cannot be changed.
@@ -456,6 +545,7 @@ class Summary:
         set_(self, "counters", _frozen(self.counters))
         set_(self, "kernel_agg", tuple((tuple(r), int(n)) for r, n in self.kernel_agg))
         set_(self, "notes", tuple(self.notes))
+        set_(self, "findings", tuple(self.findings))
 
     @property
     def lost_total(self) -> int:
@@ -473,6 +563,7 @@ class Summary:
             "interrupted": self.interrupted,
             "kernel_agg": [[list(r), n] for r, n in self.kernel_agg],
             "notes": list(self.notes),
+            "findings": [f.to_dict() for f in self.findings],
         }
 
     @classmethod
@@ -494,4 +585,5 @@ class Summary:
             interrupted=bool(d.get("interrupted", False)),
             kernel_agg=[(tuple(r), int(n)) for r, n in d.get("kernel_agg", ())],
             notes=[str(n) for n in d.get("notes", ())],
+            findings=[Finding.from_dict(f) for f in d.get("findings", ())],
         )

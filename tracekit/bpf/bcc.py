@@ -1,8 +1,9 @@
 """The BCC loader: compile a probe, attach it, drain its buffer in batches, detach.
 
-One ``LoadedProbe`` is one compiled program. Compiling costs seconds natively and
-minutes under emulation, so a compiled probe can be attached, drained and detached
-several times (the VM tests share one per boot).
+One ``BccProbe`` (a ``tracekit.bpf.probe_base.LoadedProbe``) is one compiled
+program. Compiling costs seconds natively and minutes under emulation, so a compiled
+probe can be attached, drained and detached several times (the VM tests share one
+per boot).
 """
 
 from __future__ import annotations
@@ -12,24 +13,21 @@ import ctypes as ct
 import io
 import os
 import re
-import signal
 import sys
-import time
 from collections.abc import Callable, Iterator
 from importlib.resources import as_file, files
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 from tracekit.base import kernel
 from tracekit.base.errors import BccMissingError, CompileError, ResourceError, TracekitError
-from tracekit.base.session import EventBatch, LostReport
+from tracekit.base.session import EventBatch
 from tracekit.bpf.clang_messages import sorted_compiler_messages
 from tracekit.bpf.perfbuf import PerfBuffer
 from tracekit.bpf.probe_base import KernelProbe, import_in_background
 from tracekit.bpf.records import record_decoder
 from tracekit.bpf.ringbuf import RingBuffer
-from tracekit.plugin.registry import AttachPoint, ProbeSpec
+from tracekit.plugin.registry import AttachPoint, ProbeSpec, expand_points
 
 POLL_MS = 100
 # Wake user space after this many events per CPU (perf buffer); the poll timeout
@@ -141,8 +139,10 @@ def ringbuf_supported() -> bool:
     return kernel.at_least(5, 8)
 
 
-class LoadedProbe(KernelProbe):
-    """A compiled probe and its attachment state."""
+class BccProbe(KernelProbe):
+    """A probe compiled by BCC, and its attachment state."""
+
+    loader = "bcc"
 
     def __init__(
         self,
@@ -253,7 +253,7 @@ class LoadedProbe(KernelProbe):
 
     def attach(self, points: list[AttachPoint] | None = None) -> None:
         self.reset()
-        points = list(self.spec.attach) if points is None else points
+        points = expand_points(list(self.spec.attach) if points is None else points)
         # Tracepoints first: they are stable, and a kretprobe attached before its
         # kprobe would see returns without entries.
         order = {"tracepoint": 0, "raw_tracepoint": 0, "kprobe": 1, "kretprobe": 2}
@@ -278,7 +278,7 @@ class LoadedProbe(KernelProbe):
         except Exception as exc:  # noqa: BLE001
             self.detach()
             raise TracekitError(f"cannot attach {ap.describe()}: {exc}") from None
-        if self.spec.setup is not None:
+        if self.spec.setup is not None:  # deprecated (ProbeSpec warned): goes in 0.3.0
             self.spec.setup(self.bpf, self.params)
 
     def detach(self) -> None:
@@ -372,6 +372,29 @@ class LoadedProbe(KernelProbe):
         batch: EventBatch = self._unpad(memoryview(records), len(records) // schema.kernel_size)
         return batch
 
+    # -- the two primitives of a ProbeContext -----------------------------------
+
+    def map_lookup(self, name: str, key: bytes) -> bytes | None:
+        table = self.bpf[name.encode()]
+        try:
+            k = table.Key.from_buffer_copy(key)
+        except ValueError:
+            raise TracekitError(
+                f"probe {self.spec.name}: {len(key)}-byte key for map {name}, "
+                f"whose keys are {ct.sizeof(table.Key)} bytes"
+            ) from None
+        try:
+            value = table[k]
+        except KeyError:
+            return None
+        return ct.string_at(ct.addressof(value), ct.sizeof(value))
+
+    def kernel_symbol(self, addr: int) -> str:
+        return str(self.bpf.ksym(addr).decode("utf-8", "replace"))
+
+    def legacy_bpf(self) -> Any:
+        return self.bpf
+
     # -- counters and losses -----------------------------------------------------
 
     def read_percpu(self, name: str, slots: int) -> list[dict[int, int]]:
@@ -408,11 +431,21 @@ class LoadedProbe(KernelProbe):
         return total
 
 
-def remove_stale_bcc_events() -> list[str]:
-    """Remove tracefs kprobe events left by BCC processes that died (SIGKILL).
+# tracefs kprobe events a process leaves behind if it dies (SIGKILL): BCC's
+# maxactive kretprobes (``p_<func>_bcc_<pid>``, ``r_<func>_bcc_<pid>``) and libbpf's
+# legacy ones (``libbpf_<pid>_<func>_0x<offset>_<n>``, made where the kernel has no
+# perf kprobe PMU).
+_STALE_EVENT = re.compile(
+    r"^[pr](?:\d+)?:(?:[^/\s]+/)?(?P<name>\S+_bcc_(?P<bcc>\d+)|libbpf_(?P<libbpf>\d+)_\S+)\s"
+)
+
+
+def remove_stale_kprobe_events() -> list[str]:
+    """Remove tracefs kprobe events left by BCC or libbpf processes that died.
 
     perf-based kprobes vanish with their process, but kretprobes created with
-    maxactive are tracefs events that outlive it. Only events of dead processes go.
+    maxactive, and libbpf's legacy kprobes, are tracefs events that outlive it.
+    Only events of dead processes go.
     """
     root = kernel.tracefs()
     if root is None:
@@ -424,110 +457,28 @@ def remove_stale_bcc_events() -> list[str]:
     except OSError:
         return []
     for line in lines:
-        m = re.match(r"^[pr](?:\d+)?:(?:[^/\s]+/)?(\S+_bcc_(\d+))\s", line)
-        if not m or Path(f"/proc/{m.group(2)}").exists():
+        m = _STALE_EVENT.match(line)
+        if not m:
+            continue
+        pid = m.group("bcc") or m.group("libbpf")
+        if Path(f"/proc/{pid}").exists():
             continue
         try:
             with open(path, "a") as f:
-                f.write(f"-:{m.group(1)}\n")
-            removed.append(m.group(1))
+                f.write(f"-:{m.group('name')}\n")
+            removed.append(m.group("name"))
         except OSError:
             pass
     return removed
 
 
-class StopSignals:
-    """Turn SIGTERM into KeyboardInterrupt during a run, and defer both while cleaning up.
+def __getattr__(name: str) -> Any:
+    if name == "LoadedProbe":  # 0.1.0's name of the BCC loader's class
+        from tracekit._compat import warn_deprecated
 
-    A second Ctrl-C while probes are being detached must not cut the detach short.
-    """
-
-    def __init__(self) -> None:
-        self._old: dict[int, Any] = {}
-        self.stopping = False
-        self.holding = False
-        self.received: int | None = None
-
-    def _handler(self, signum: int, _frame: FrameType | None) -> None:
-        self.received = signum
-        if not self.stopping and not self.holding:
-            self.stopping = True
-            raise KeyboardInterrupt
-
-    @contextlib.contextmanager
-    def held(self) -> Iterator[None]:
-        """Hold a stop signal while the kernel is changed step by step (attaching).
-
-        Raised between BCC's attach call and our record of it, KeyboardInterrupt
-        would leave a point attached that nothing knows to detach. Held, the signal
-        takes effect right after the block, when every attached point is on record.
-        """
-        self.holding = True
-        try:
-            yield
-        finally:
-            self.holding = False
-        if self.received is not None and not self.stopping:
-            self.stopping = True
-            raise KeyboardInterrupt
-
-    @contextlib.contextmanager
-    def noted(self) -> Iterator[None]:
-        """Hold a stop signal through a block and only note it (``received``): the
-        caller ends the run normally, as interrupted. For the window between attach
-        and the drain loop, where the user was told the probe is attached."""
-        self.holding = True
-        try:
-            yield
-        finally:
-            self.holding = False
-
-    def __enter__(self) -> StopSignals:
-        for s in (signal.SIGINT, signal.SIGTERM):
-            self._old[s] = signal.signal(s, self._handler)
-        return self
-
-    @contextlib.contextmanager
-    def deferred(self) -> Iterator[None]:
-        self.stopping = True
-        yield
-
-    def __exit__(self, *exc: object) -> None:
-        for s, h in self._old.items():
-            signal.signal(s, h)
-
-
-def drain_for(
-    probe: KernelProbe,
-    on_batch: Callable[[list[tuple[Any, ...]] | EventBatch], None],
-    on_lost: Callable[[LostReport], None],
-    duration: float | None,
-    until: Callable[[], bool] | None = None,
-    on_tick: Callable[[], None] | None = None,
-) -> bool:
-    """Poll until ``duration`` passes, ``until()`` is true or Ctrl-C; True if interrupted.
-
-    ``on_tick`` is called about once a second, with the loss check (live counters).
-    """
-    deadline = None if duration is None else time.monotonic() + duration
-    last_loss_check = time.monotonic()
-    try:
-        while True:
-            timeout = POLL_MS
-            if deadline is not None:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                timeout = max(1, min(POLL_MS, int(left * 1000)))
-            on_batch(probe.poll(timeout))
-            now = time.monotonic()
-            if now - last_loss_check >= 1.0:
-                last_loss_check = now
-                for r in probe.new_losses():
-                    on_lost(r)
-                if on_tick is not None:
-                    on_tick()
-            if until is not None and until():
-                return False
-    except KeyboardInterrupt:
-        return True
+        warn_deprecated(
+            "tracekit.bpf.bcc.LoadedProbe",
+            "tracekit.bpf.bcc.BccProbe (or tracekit.load, which picks the loader)",
+        )
+        return BccProbe
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,7 +1,8 @@
 """The CO-RE loader: a probe compiled once by clang, loaded by libbpf, no BCC.
 
-``CoreProbe`` offers what the BCC loader's ``LoadedProbe`` offers the run (attach,
-detach, poll, counters, aggregate, losses), for probes whose source compiles with
+``CoreProbe`` is a ``tracekit.bpf.probe_base.LoadedProbe``, as the BCC loader's
+``BccProbe`` is (attach, detach, poll, counters, aggregate, losses, and the map
+lookups and symbol names a ``ProbeContext`` is built on), for probes whose source compiles with
 ``-DTK_CORE`` (see probes/tk_compat.h). Settings and parameters are written into
 the object's read-only data before load, so one object serves every value; ring
 buffer events are read from the buffer's mapped pages a batch at a time.
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import ctypes as ct
 import struct
+from collections.abc import Callable
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -21,36 +23,23 @@ from tracekit.base.schema import Schema
 from tracekit.base.session import EventBatch
 from tracekit.bpf.bcc import WAKEUP_EVENTS, layout_problems
 from tracekit.bpf.core_build import manifest
-from tracekit.bpf.core_stacks import CoreTables, KernelSymbols, read_symbols_in_background
+from tracekit.bpf.core_stacks import KernelSymbols, read_symbols_in_background
 from tracekit.bpf.libbpf import BpfObject, LibbpfError, libbpf, map_items
 from tracekit.bpf.perfbuf import PerfBuffer
-from tracekit.bpf.probe_base import KernelProbe, import_in_background
+from tracekit.bpf.probe_base import KernelProbe, agg_key_struct, import_in_background
 from tracekit.bpf.records import record_decoder, rows_from_records
 from tracekit.bpf.ringbuf import HEADER, RingBuffer
-from tracekit.plugin.registry import AttachPoint, ProbeSpec
+from tracekit.plugin.registry import AttachPoint, ProbeSpec, expand_points
 
 POLL_MS = 100
 
 
 def _agg_key_decoder(st: dict[str, Any], spec: ProbeSpec) -> tuple[struct.Struct, list[str]]:
-    """A struct reading ``struct tk_agg_key`` as clang laid it out (from the build's
-    manifest), and the schema fields its members are, in member order. Widths and
-    signedness come from the schema; members that are not schema fields (padding)
-    are skipped."""
-    fmt, names, pos = "=", [], 0
-    for name, offset in sorted(st["members"], key=lambda m: int(m[1])):
-        if name not in spec.agg_fields:
-            continue
-        f = spec.schema.field(name)
-        fmt += "x" * (offset - pos) + f.struct_code
-        pos = offset + f.size
-        names.append(name)
-    fmt += "x" * (int(st["size"]) - pos)
-    if sorted(names) != sorted(spec.agg_fields):
-        raise CompileError(
-            f"probe {spec.name}: struct tk_agg_key has {names}, agg_fields {list(spec.agg_fields)}"
-        )
-    return struct.Struct(fmt), names
+    """``struct tk_agg_key`` as clang laid it out (the build's manifest)."""
+    try:
+        return agg_key_struct(spec, [(str(n), int(o)) for n, o in st["members"]], int(st["size"]))
+    except ValueError as exc:
+        raise CompileError(str(exc)) from None
 
 
 def prepared_settings(
@@ -83,6 +72,8 @@ def prepared_settings(
 class CoreProbe(KernelProbe):
     """A CO-RE object of one probe, loaded into the kernel."""
 
+    loader = "core"
+
     def __init__(
         self,
         spec: ProbeSpec,
@@ -110,8 +101,10 @@ class CoreProbe(KernelProbe):
         self._reported: dict[str, dict[int, int]] = {}
         self.perf_records_lost: dict[int, int] = {}
         self._ring: RingBuffer | PerfBuffer | None = None
-        # What an `enrich` reads of the loaded object (stack tables, kernel symbols).
-        self.bpf: CoreTables | None = None
+        # Kernel symbols for kernel_symbol: read once, when the first address needs
+        # a name (on a thread started before the load, for probes with an enrich).
+        self._symbols: Callable[[], KernelSymbols] = KernelSymbols.read
+        self._syms: KernelSymbols | None = None
         lib = self.lib = libbpf()
         self.ncpus_possible = lib.possible_cpus()
         desc = manifest(obj_path)
@@ -160,9 +153,9 @@ class CoreProbe(KernelProbe):
             self._numpy = import_in_background("numpy")
             # A probe that names stack frames (enrich) needs kallsyms by its first
             # event: read meanwhile too.
-            symbols = read_symbols_in_background() if spec.enrich else KernelSymbols.read
+            if spec.enrich:
+                self._symbols = read_symbols_in_background()
             self._obj.load()
-            self.bpf = CoreTables(self._obj, symbols)
         except LibbpfError as exc:
             self.close()
             raise LibbpfError(f"probe {spec.name}: {exc}") from None
@@ -201,7 +194,7 @@ class CoreProbe(KernelProbe):
         # Tracepoints first: they are stable, and a kretprobe attached before its
         # kprobe would see returns without entries.
         order = {"tracepoint": 0, "raw_tracepoint": 0, "kprobe": 1, "kretprobe": 2}
-        chosen = list(self.spec.attach) if points is None else points
+        chosen = expand_points(list(self.spec.attach) if points is None else points)
         for ap in sorted(chosen, key=lambda p: order[p.kind]):
             try:
                 prog = self._obj.program(ap.fn)
@@ -294,6 +287,27 @@ class CoreProbe(KernelProbe):
             return EventBatch.from_records(self.spec.name, schema, records)
         batch: EventBatch = self._unpad(memoryview(records), len(records) // schema.kernel_size)
         return batch
+
+    # -- the two primitives of a ProbeContext ------------------------------------------
+
+    def map_lookup(self, name: str, key: bytes) -> bytes | None:
+        lib = self.lib.lib
+        m = self._map(name)
+        if len(key) != lib.bpf_map__key_size(m):
+            raise TracekitError(
+                f"probe {self.spec.name}: {len(key)}-byte key for map {name}, "
+                f"whose keys are {lib.bpf_map__key_size(m)} bytes"
+            )
+        value = ct.create_string_buffer(lib.bpf_map__value_size(m))
+        k = ct.create_string_buffer(key, len(key))
+        if lib.bpf_map_lookup_elem(lib.bpf_map__fd(m), k, value) != 0:
+            return None
+        return value.raw
+
+    def kernel_symbol(self, addr: int) -> str:
+        if self._syms is None:
+            self._syms = self._symbols()
+        return self._syms.name(addr).decode("utf-8", "replace")
 
     # -- maps --------------------------------------------------------------------------
 

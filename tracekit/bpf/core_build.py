@@ -29,6 +29,7 @@ import subprocess
 import tempfile
 import time
 from importlib.resources import as_file, files
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -64,7 +65,13 @@ def _clang() -> str:
 
 def _sources(spec: ProbeSpec) -> list[bytes]:
     root = files("tracekit.probes")
-    return [spec.source.read_bytes()] + [root.joinpath(h).read_bytes() for h in HEADERS]
+    own = [h.read_bytes() for d in spec.include_dirs for h in _headers(d)]
+    return [spec.source.read_bytes()] + [root.joinpath(h).read_bytes() for h in HEADERS] + own
+
+
+def _headers(folder: Traversable) -> list[Traversable]:
+    """The C headers of one of a probe's ``include_dirs``, in name order."""
+    return sorted((h for h in folder.iterdir() if h.name.endswith(".h")), key=lambda h: h.name)
 
 
 def key_of(sources: list[bytes]) -> str:
@@ -180,11 +187,15 @@ def build(spec: ProbeSpec) -> Path:
         return out
     CACHE_DIR.mkdir(parents=True, exist_ok=True)
     os.chmod(CACHE_DIR, 0o755)
-    with as_file(files("tracekit.probes")) as inc, as_file(spec.source) as src:
+    with contextlib.ExitStack() as stack:
+        inc = stack.enter_context(as_file(files("tracekit.probes")))
+        src = stack.enter_context(as_file(spec.source))
+        # The probe's include_dirs, as BCC is given them (tracekit.bpf.bcc).
+        own = [Path(stack.enter_context(as_file(d))) for d in spec.include_dirs]
         fd, tmp = tempfile.mkstemp(dir=CACHE_DIR, suffix=".tmp")
         os.close(fd)
         try:
-            compile_core(Path(src), Path(tmp), [Path(inc), Path(src).parent])
+            compile_core(Path(src), Path(tmp), [Path(inc), Path(src).parent, *own])
         except CompileError as exc:
             # clang may have removed its half-written output already.
             with contextlib.suppress(FileNotFoundError):

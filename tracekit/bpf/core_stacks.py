@@ -1,29 +1,19 @@
-"""Stack tables and kernel symbols for CO-RE probes, as BCC's BPF object offers them.
+"""Kernel symbols for the CO-RE loader: /proc/kallsyms, read once.
 
-A probe's ``enrich`` reads stacks with ``bpf[b"tk_stacks"].walk(stack_id)`` and
-names addresses with ``bpf.ksym(addr)`` (tracekit/bpf/stacks.py). On the CO-RE path
-there is no BCC object: ``CoreTables`` answers the same two calls from the loaded
-object's stack map (one lookup per new stack id) and from /proc/kallsyms, read once
-(on a thread started before the object loads, for probes with an ``enrich``).
+``CoreProbe.kernel_symbol`` (one of the two primitives a ``ProbeContext`` is built
+on, tracekit/bpf/probe_base.py) names addresses from this table; it is read on a
+thread started before the object loads, for probes with an ``enrich``. Stacks are
+read from the object's stack map by ``CoreProbe.map_lookup``, like any other map.
 """
 
 from __future__ import annotations
 
 import bisect
-import ctypes as ct
 import re
 import threading
-from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING
+from collections.abc import Callable
 
 from tracekit.base import kernel
-
-if TYPE_CHECKING:
-    from tracekit.bpf.libbpf import BpfObject
-
-# BPF stack maps hold up to PERF_MAX_STACK_DEPTH (127) addresses per stack
-# (tk_compat.h's BPF_STACK_TRACE declares that value size).
-MAX_DEPTH = 127
 
 
 class KernelSymbols:
@@ -89,42 +79,3 @@ def read_symbols_in_background() -> Callable[[], KernelSymbols]:
         return got[0] if got else KernelSymbols.read()
 
     return table
-
-
-class StackTable:
-    """One BPF_STACK_TRACE map, read as BCC's ``StackTrace`` table is."""
-
-    def __init__(self, fd: int, lookup: object) -> None:
-        self._fd = fd
-        self._lookup = lookup
-
-    def walk(self, stack_id: int) -> Iterator[int]:
-        """The stack's addresses, innermost first; KeyError if the id is not there."""
-        key = ct.c_uint32(stack_id)
-        vals = (ct.c_uint64 * MAX_DEPTH)()
-        if self._lookup(self._fd, ct.byref(key), vals) != 0:  # type: ignore[operator]
-            raise KeyError(stack_id)
-        for a in vals:
-            if not a:
-                return
-            yield int(a)
-
-
-class CoreTables:
-    """What ``enrich`` reads of BCC's object, for a loaded CO-RE object."""
-
-    def __init__(
-        self, obj: BpfObject, symbols: Callable[[], KernelSymbols] = KernelSymbols.read
-    ) -> None:
-        self._obj = obj
-        self._symbols = symbols  # called once, when the first address needs a name
-        self._syms: KernelSymbols | None = None
-
-    def __getitem__(self, name: bytes) -> StackTable:
-        lib = self._obj.lib
-        return StackTable(self._obj.map_fd(name.decode()), lib.lib.bpf_map_lookup_elem)
-
-    def ksym(self, addr: int) -> bytes:
-        if self._syms is None:
-            self._syms = self._symbols()
-        return self._syms.name(addr)

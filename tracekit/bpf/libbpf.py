@@ -24,7 +24,10 @@ from tracekit.base import kernel
 from tracekit.base.errors import LibbpfMissingError, TracekitError
 
 _PRINT_FN = ct.CFUNCTYPE(ct.c_int, ct.c_int, ct.c_char_p, ct.c_void_p)
-_PRINTERS: list[Any] = []
+# Every print callback handed to libbpf_set_print, kept for the life of the process:
+# libbpf keeps the last one as a global, and a Libbpf instance dropped after another
+# was made (a test resetting the module's instance) left it calling freed memory.
+_PRINTERS: list[object] = []
 
 
 class LibbpfError(TracekitError):

@@ -441,22 +441,28 @@ def module_btf_problem(spec: ProbeSpec, release: str | None = None) -> str | Non
 
 
 def choose_loader(
-    spec: ProbeSpec, wanted: str = "auto", *, aggregate: bool = False, output: str = "auto"
+    spec: ProbeSpec,
+    wanted: str = "auto",
+    *,
+    aggregate: bool = False,
+    output: str = "auto",
+    found: tuple[Path | None, str] | None = None,
 ) -> tuple[str, str]:
     """("core" or "bcc", why): which path loads ``spec`` here.
 
     The CO-RE path needs the probe's object built (``tracekit build``) and intact,
     and the kernel's BTF; it streams through the ring buffer. BCC compiles per run
-    against the kernel's headers.
+    against the kernel's headers. ``found`` is ``find_object(spec)`` when the
+    caller has it (the object is read and hashed once).
     """
     from tracekit.bpf.core_build import find_object
 
     if wanted == "bcc":
         return "bcc", "asked for (--loader bcc)"
     why = None
-    path, found = find_object(spec)
+    path, where = find_object(spec) if found is None else found
     if path is None:
-        why = found
+        why = where
     elif kernel.vmlinux_btf_path() is None:
         why = "the kernel has no BTF (/sys/kernel/btf/vmlinux)"
     elif output == "perf" and not kernel.at_least(5, 8):
@@ -467,10 +473,10 @@ def choose_loader(
     if why is None:
         modules = sorted({ap.module for ap in spec.attach if ap.module})
         if modules:
-            found += "; module types relocated against " + ", ".join(
+            where += "; module types relocated against " + ", ".join(
                 str(kernel.BTF_DIR / m) for m in modules
             )
-        return "core", found
+        return "core", where
     if wanted == "core":
         raise TracekitError(f"probe {spec.name} cannot use the CO-RE loader: {why}")
     return "bcc", f"no CO-RE: {why}"

@@ -11,10 +11,20 @@ from collections.abc import Iterable
 from typing import Any
 
 from tracekit.base.session import Session
+from tracekit.bpf.probe_base import ProbeContext
 
 
-def resolve_stack(bpf: Any, table: str, stack_id: int, session: Session) -> list[str]:
-    """Symbol names of a stack, innermost first ([] for a failed stack id)."""
+def resolve_stack(bpf: Any, table: str, stack_id: int, session: Session | None = None) -> list[str]:
+    """Symbol names of a stack, innermost first ([] for a failed stack id).
+
+    ``bpf`` is the ``ProbeContext`` an ``enrich(ctx, rows)`` is given (then
+    ``session`` may be left out: the context's is used); or, in the deprecated 0.1.0
+    form of ``enrich``, the object it was given, with the session.
+    """
+    if isinstance(bpf, ProbeContext):
+        return bpf.stack_names(stack_id, table)
+    if session is None:
+        raise TypeError("resolve_stack: give the session with a 0.1.0 bpf object")
     if stack_id < 0:
         return []
     addrs = session.stacks.get(stack_id)

@@ -20,6 +20,7 @@ from tracekit.cli.options import (
     U32_MAX,
     Seconds,
     examples,
+    findings_option,
     force_option,
     loader_option,
     sink_option,
@@ -186,7 +187,20 @@ def list_cmd(ctx: click.Context, as_json: bool) -> None:
         pw = max((len(f"{r['plugin']} {r['version']}") for r in rows), default=0)
         for r in rows:
             origin = f"{r['plugin']} {r['version']}"
-            click.echo(f"  {r['name']:<{w}}  {origin:<{pw}}  {r['description']}")
+            flag = "  [deprecated API]" if _deprecated_api(bus, r["plugin"]) else ""
+            click.echo(f"  {r['name']:<{w}}  {origin:<{pw}}  {r['description']}{flag}")
+    flagged = [p for p in bus.plugins.values() if p.deprecated]
+    if flagged:
+        click.echo("plugins using deprecated API (docs/writing-plugins.md, Deprecations):")
+        for p in flagged:
+            click.echo(f"  {printable(p.name)} {printable(p.version)}:")
+            for text in p.deprecated:
+                click.echo(f"    {printable(text)}")
+
+
+def _deprecated_api(bus: Bus, plugin: str) -> bool:
+    info = bus.plugins.get(plugin)
+    return bool(info and info.deprecated)
 
 
 @cli.command(
@@ -234,7 +248,13 @@ def list_cmd(ctx: click.Context, as_json: bool) -> None:
 )
 @loader_option
 @time_option
+@findings_option
 @force_option
+@click.option(
+    "--exit-with-parent",
+    is_flag=True,
+    help="end the run (as SIGTERM does) when the process that started tracekit dies",
+)
 @click.pass_context
 def run_cmd(
     ctx: click.Context,
@@ -248,7 +268,9 @@ def run_cmd(
     buffer_pages: int,
     loader: str,
     time_: str,
+    findings: str,
     force: bool,
+    exit_with_parent: bool,
 ) -> None:
     """Compile PROBE, attach it and send its events to sinks until Ctrl-C or --duration."""
     from tracekit.live.run import RunOptions, execute, plan_run
@@ -273,7 +295,9 @@ def run_cmd(
             sample=sample,
             page_cnt=buffer_pages,
             loader=loader,
+            exit_with_parent=exit_with_parent,
             time=time_,
+            findings=findings,
         ),
     )
     execute(bus, plan)
@@ -291,15 +315,27 @@ def run_cmd(
 @click.argument("file", type=click.Path(dir_okay=False))
 @sink_option()
 @time_option
+@findings_option
 @force_option
 @click.pass_context
 def replay_cmd(
-    ctx: click.Context, file: str, sinks: tuple[str, ...], time_: str, force: bool
+    ctx: click.Context,
+    file: str,
+    sinks: tuple[str, ...],
+    time_: str,
+    findings: str,
+    force: bool,
 ) -> None:
     """Feed a recorded trace FILE through sinks, on any machine."""
     from tracekit.traces.replay import replay
 
-    replay(_bus(ctx), file, sinks or ("console",), SinkOptions(force=force, time=time_))
+    replay(
+        _bus(ctx),
+        file,
+        sinks or ("console",),
+        SinkOptions(force=force, time=time_),
+        findings=findings,
+    )
 
 
 @cli.command("info", epilog=examples("tracekit info examples/traces/txq-flip.tkt"))

@@ -90,3 +90,11 @@ time_option = click.option(
     show_default=True,
     help="event times on the console: seconds since the first event, or wall-clock (UTC)",
 )
+
+findings_option = click.option(
+    "--findings",
+    type=click.Choice(["text", "json", "off"]),
+    default="text",
+    show_default=True,
+    help="what the numbers mean, on stderr after the summary: text, one JSON line, or off",
+)

@@ -40,8 +40,8 @@ import click
 from tracekit.base.errors import TraceFileError, UsageError
 from tracekit.base.schema import Field, Schema
 from tracekit.base.session import EventBatch, Session, Summary
-from tracekit.base.text import examples
-from tracekit.fleet.extras import need, printable
+from tracekit.base.text import examples, printable
+from tracekit.fleet.extras import need
 from tracekit.traces.progress import Progress
 from tracekit.traces.tracefile import BATCH, TraceReader, find_streamed
 

@@ -1,8 +1,9 @@
-"""What the fleet commands share: the optional extra, and text safe for a terminal.
+"""What the fleet commands share: the optional extra.
 
-``tracekit export``, ``tracekit plot`` and the ``prometheus`` sink need packages that
-a host which only records traces does not: they are the ``fleet`` extra, imported
-only when one of them runs, so ``tracekit run`` works without them.
+``tracekit export`` and ``tracekit plot`` need packages that a host which only
+records traces does not: they are the ``fleet`` extra, imported only when one of
+them runs, so ``tracekit run`` works without them. (The ``prometheus`` sink writes
+its format itself and needs none of them.)
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import importlib
 from types import ModuleType
 
 from tracekit.base.errors import ExtraMissingError
+from tracekit.base.text import printable as _printable
 
 # Module -> distribution name, for the one-line error.
 _DISTS = {
@@ -34,11 +36,13 @@ def need(module: str, what: str) -> ModuleType:
 
 
 def printable(text: str) -> str:
-    """``text`` with control characters escaped, so a trace cannot drive the terminal.
+    """Deprecated: use ``tracekit.base.text.printable`` (``from tracekit import printable``).
 
-    Host names, interface names and comms come from the traced machine; an escape
-    sequence in one must reach the user as text, not as a command to their terminal.
+    This one left backslashes as they were, so an escaped ESC (``\\x1b``) could not be
+    told from a name holding those four characters; it now forwards to the one that
+    doubles them.
     """
-    if text.isprintable():
-        return text
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    from tracekit._compat import warn_deprecated
+
+    warn_deprecated("tracekit.fleet.extras.printable", "tracekit.base.text.printable")
+    return _printable(text)

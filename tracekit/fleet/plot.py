@@ -15,7 +15,9 @@ trace's size: only the binned counts are kept, for at most ``MAX_KEYS`` keys per
 
 from __future__ import annotations
 
+import heapq
 import os
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from itertools import repeat
@@ -27,8 +29,8 @@ import click
 from tracekit.base.errors import UsageError
 from tracekit.base.schema import _NUMPY_CODES, format_value
 from tracekit.base.session import EventBatch, Session, Summary
-from tracekit.base.text import examples
-from tracekit.fleet.extras import need, printable
+from tracekit.base.text import examples, printable
+from tracekit.fleet.extras import need
 from tracekit.traces.progress import Progress
 from tracekit.traces.tracefile import BATCH, TraceReader
 
@@ -236,6 +238,46 @@ class Binned:
         """The ``n`` keys with the largest totals."""
         totals = self.grid.sum(axis=0)
         return sorted(self.keys, key=lambda k: -totals[self.keys[k]])[:n]
+
+
+class TopKeys:
+    """Counts of sub-keys per key (``counts[key][sub]``), for at most ``MAX_KEYS``
+    keys, folded as ``Binned`` folds: when more would be kept, only the half with the
+    largest totals (so far, or in the batch for new keys) stay. ``seen`` counts the
+    distinct keys met (a key folded and met again counts again). Counting is
+    ``Counter`` over the batch's (key, sub) pairs, in C; Python then runs once per
+    distinct pair of a batch."""
+
+    def __init__(self) -> None:
+        self.counts: dict[Any, Counter[Any]] = {}
+        self.totals: dict[Any, int] = {}
+        self.seen = 0
+
+    def add(self, keys: list[Any], subs: list[Any]) -> None:
+        pairs = Counter(zip(keys, subs, strict=True))
+        new: Counter[Any] = Counter()
+        for (k, _), n in pairs.items():
+            if k not in self.counts:
+                new[k] += n
+        self.seen += len(new)
+        if len(self.counts) + len(new) > MAX_KEYS:
+            ranked = heapq.nlargest(
+                MAX_KEYS // 2,
+                [*self.totals.items(), *new.items()],
+                key=itemgetter(1),
+            )
+            keep = {k for k, _ in ranked}
+            for k in [k for k in self.counts if k not in keep]:
+                del self.counts[k], self.totals[k]
+            new = Counter({k: n for k, n in new.items() if k in keep})
+        for k in new:
+            self.counts[k], self.totals[k] = Counter(), 0
+        counts, totals = self.counts, self.totals
+        for (k, sub), n in pairs.items():
+            got = counts.get(k)
+            if got is not None:
+                got[sub] += n
+                totals[k] += n
 
 
 def keys_of(trace: Trace, cols: dict[str, Any], names: tuple[str, ...]) -> list[Any]:

@@ -12,19 +12,28 @@ command), which loads with tracekit.live.run behind it only when its command run
 from __future__ import annotations
 
 import importlib
+import pkgutil
 
 import click
 
 from tracekit import hookimpl
 from tracekit.base.text import examples
 
-# Seed lab -> the module defining its ``command`` (and its scenario and result type).
-SEEDS: dict[str, str] = {
-    "txq-flip": "tracekit.lab.txq_flip",
-    "ooo-okay": "tracekit.lab.ooo_okay",
-    "fq-throttle": "tracekit.lab.fq_throttle",
-    "rss-cpu": "tracekit.lab.rss_cpu",
-}
+
+def _seeds() -> dict[str, str]:
+    """Seed lab -> the module defining its ``command`` (and its scenario and result
+    type): each module of this package named like a built-in probe's folder."""
+    from tracekit.plugin.bus import DEFAULT_PLUGINS
+
+    probes = {name.rsplit(".", 1)[-1] for name in DEFAULT_PLUGINS if ".probes." in name}
+    return {
+        m.name.replace("_", "-"): f"{__name__}.{m.name}"
+        for m in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name)
+        if m.name in probes and not m.ispkg
+    }
+
+
+SEEDS: dict[str, str] = _seeds()
 
 
 class LabGroup(click.Group):

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, TypeVar
 
+from tracekit.base import kernel
 from tracekit.base.errors import LabError
 from tracekit.base.session import Summary
 from tracekit.lab.netns import NetnsLab, finish_client
@@ -127,6 +128,8 @@ def traced_iperf(
         after["queues"] = lab.queue_packets()
 
     opts = replace(run_opts or RunOptions(), duration=seconds + 60, force=force, quiet=quiet)
+    # The findings read XPS and RPS maps; the lab's devices are in its namespaces.
+    opts = replace(opts, metadata={**opts.metadata, "net": lab_net_queues(lab)})
     summary = run_probe(
         bus,
         spec,
@@ -178,6 +181,20 @@ def traced_iperf(
         server.kill()
         server.wait(timeout=5)
     return res, deltas
+
+
+def lab_net_queues(lab: NetnsLab) -> dict[str, Any]:
+    """This namespace's queue maps (``kernel.net_queues``) with the lab's two devices
+    as their namespaces see them (tk0's XPS map in A, tk1's RPS map in B)."""
+    net = kernel.net_queues()
+    devices = net.setdefault("devices", {})
+    assert isinstance(devices, dict)
+    for ns, dev in ((lab.ns_a, lab.dev_a), (lab.ns_b, lab.dev_b)):
+        text = lab.ns(ns, "sh", "-c", kernel.QUEUE_FILES_COMMAND, check=False)
+        got = kernel.parse_queue_lines(text).get("devices", {})
+        if isinstance(got, dict) and dev in got:
+            devices[dev] = got[dev]
+    return net
 
 
 def sink_variant(sinks: Sequence[str], suffix: str) -> tuple[str, ...]:

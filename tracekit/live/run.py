@@ -1,20 +1,28 @@
-"""``tracekit run``: preflight, compile, attach, drain into sinks, detach, summarise."""
+"""``tracekit run``: plan, load (BCC or CO-RE), attach, drain into sinks, detach, summarise.
+
+The loader is chosen when the run is planned (``plan_run``: ``tracekit.bpf.load.
+choose``) and the probe loaded through the one seam, ``tracekit.bpf.load.load``;
+the drain loop is ``tracekit.live.drain`` and the stop signals
+``tracekit.live.signals``.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import sys
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
 from tracekit.base.errors import InterruptedBeforeStart, UsageError
+from tracekit.base.findings import print_findings
 from tracekit.base.session import EventBatch, Session, Summary
-from tracekit.bpf.bcc import LoadedProbe, StopSignals, drain_for, remove_stale_bcc_events
 from tracekit.bpf.ksyms import KsymNamer
-from tracekit.bpf.preflight import choose_loader, preflight
-from tracekit.bpf.probe_base import KernelProbe
+from tracekit.bpf.load import LoadChoice, choose, load
+from tracekit.bpf.probe_base import LoadedProbe, LoadOptions, run_enrich
+from tracekit.live.drain import drain_for
+from tracekit.live.signals import StopSignals
 from tracekit.plugin.bus import Bus
 from tracekit.plugin.pipeline import Pipeline, SinkOptions, Sinks, build_sinks
 from tracekit.plugin.registry import AttachPoint, ProbeSpec
@@ -36,8 +44,28 @@ class RunOptions:
     aggregate: bool | None = None
     # auto: the CO-RE object where it can serve, else BCC (tracekit check says why).
     loader: str = "auto"
+    # How the findings are printed on stderr after the summary: text, json or off.
+    findings: str = "text"
+    # Session metadata beside what the probe reads (``ProbeSpec.metadata``): a lab's
+    # facts from inside its network namespaces (their XPS and RPS maps).
+    metadata: Mapping[str, Any] = field(default_factory=dict)
     # --time: how sinks that print show timestamps (SinkOptions.time).
     time: str = "rel"
+    # End the run (as SIGTERM does) when the process that started tracekit dies.
+    exit_with_parent: bool = False
+
+    def load_options(self, stream: bool = True, aggregate: bool = False) -> LoadOptions:
+        """What the loader is given for a run with these options."""
+        return LoadOptions(
+            loader=self.loader,
+            output=self.output,
+            stream=stream,
+            aggregate=aggregate,
+            sample=self.sample,
+            max_events_per_sec=self.max_events_per_sec,
+            page_cnt=self.page_cnt,
+            quiet=self.quiet,
+        )
 
 
 def say(msg: str) -> None:
@@ -46,9 +74,12 @@ def say(msg: str) -> None:
 
 @dataclass
 class Compiled:
-    probe: KernelProbe  # LoadedProbe (BCC) or CoreProbe (CO-RE)
+    """A loaded probe and the attach points it is attached at."""
+
+    probe: LoadedProbe  # BccProbe (BCC) or CoreProbe (CO-RE), or a stand-in
     points: list[AttachPoint]
     loader: str = "bcc"
+    choice: LoadChoice | None = None
 
 
 def aggregated_fields(spec: ProbeSpec) -> frozenset[str]:
@@ -86,48 +117,15 @@ def compile_probe(
     opts: RunOptions,
     stream: bool = True,
     aggregate: bool = False,
+    choice: LoadChoice | None = None,
 ) -> Compiled:
-    """Preflight (raising the first problem) and compile (BCC) or load (CO-RE)."""
-    # Counter labels computed on this machine (CounterMap.labels_from), once: the
-    # loader reads as many slots as there are labels.
-    spec = spec.resolved()
-    loader, why = choose_loader(spec, opts.loader, aggregate=aggregate, output=opts.output)
-    report, points = preflight(spec, loader)
-    report.raise_first()
-    if loader == "core":
-        from tracekit.bpf.core import CoreProbe
-        from tracekit.bpf.core_build import find_object
-
-        path, _ = find_object(spec)
-        assert path is not None  # choose_loader said so
-        if not opts.quiet:
-            say(f"loading {spec.name} ({why})")
-        core = CoreProbe(
-            spec,
-            params,
-            path,
-            output=opts.output,
-            stream=stream,
-            aggregate=aggregate,
-            sample=opts.sample,
-            max_events_per_sec=opts.max_events_per_sec,
-            page_cnt=opts.page_cnt,
-        )
-        return Compiled(core, points, "core")
-    remove_stale_bcc_events()
-    if not opts.quiet:
-        say(f"compiling {spec.name} ...")
-    probe = LoadedProbe(
-        spec,
-        params,
-        output=opts.output,
-        stream=stream,
-        max_events_per_sec=opts.max_events_per_sec,
-        page_cnt=opts.page_cnt,
-        aggregate=aggregate,
-        sample=opts.sample,
-    )
-    return Compiled(probe, points)
+    """Preflight (raising the first problem) and compile (BCC) or load (CO-RE),
+    by ``choice`` (``tracekit.bpf.load.choose``, made here when not given)."""
+    lopts = opts.load_options(stream, aggregate)
+    if choice is None:
+        choice = choose(spec, lopts)
+    probe = load(spec, params, lopts, choice=choice)
+    return Compiled(probe, list(choice.points), choice.loader, choice)
 
 
 @dataclass(frozen=True)
@@ -151,11 +149,16 @@ class RunPlan:
     # A probe compiled earlier and shared between runs (tests, labs); the run
     # neither compiles nor closes it.
     compiled: Compiled | None = None
+    # Which loader, CO-RE object (path, SHA-256) and attach points the run uses,
+    # decided once when planned (None for a plan of a shared compiled probe made
+    # without one).
+    load: LoadChoice | None = None
 
     def session(self) -> Session:
         """The session the sinks are handed, read-only to them."""
         sample = self.compiled.probe.sample if self.compiled else self.opts.sample
         return Session(
+            metadata=session_metadata(self.spec, self.params, self.opts.metadata),
             probe=self.spec.name,
             schema=self.spec.schema,
             params=self.params,
@@ -163,6 +166,22 @@ class RunPlan:
             aggregated=(self.spec.agg_fields + self.spec.enriched_fields) if self.aggregate else (),
             streamed=self.stream,
         )
+
+
+def session_metadata(
+    spec: ProbeSpec, params: Mapping[str, int], extra: Mapping[str, Any]
+) -> dict[str, Any]:
+    """What the probe reads from the machine (``ProbeSpec.metadata``), then ``extra``.
+
+    A probe's reader that fails costs its metadata, not the run (one warning)."""
+    out: dict[str, Any] = {}
+    if spec.metadata is not None:
+        try:
+            out.update(spec.metadata(params))
+        except Exception as exc:  # noqa: BLE001 - metadata explains, it never decides
+            say(f"warning: {spec.name}: could not read its metadata: {type(exc).__name__}: {exc}")
+    out.update(extra)
+    return out
 
 
 def plan_run(
@@ -184,7 +203,8 @@ def plan_run(
     if compiled is None:
         values = dict(params) if params is not None else spec.resolve_params({})
         stream, aggregate = modes(spec, sinks.streams, opts, sinks.fields_needed)
-        return RunPlan(spec, MappingProxyType(values), sinks, stream, aggregate, opts)
+        choice = choose(spec, opts.load_options(stream, aggregate))
+        return RunPlan(spec, MappingProxyType(values), sinks, stream, aggregate, opts, load=choice)
     probe = compiled.probe
     if probe.spec.name != spec.name:
         raise UsageError(f"a compiled {probe.spec.name} probe cannot run as {spec.name}")
@@ -203,7 +223,14 @@ def plan_run(
                 "(console, msgpack) or choose one of these fields"
             )
     return RunPlan(
-        spec, MappingProxyType(have), sinks, probe.stream, probe.aggregate, opts, compiled
+        spec,
+        MappingProxyType(have),
+        sinks,
+        probe.stream,
+        probe.aggregate,
+        opts,
+        compiled,
+        load=compiled.choice,
     )
 
 
@@ -255,10 +282,12 @@ def execute(
     pipe: Pipeline | None = None
     # ksym fields are named from /proc/kallsyms (read on a thread while the probe loads).
     namer = KsymNamer(session)
-    with StopSignals() as signals:
+    with StopSignals(exit_with_parent=opts.exit_with_parent) as signals:
         try:
             if compiled is None:
-                compiled = compile_probe(spec, dict(plan.params), opts, plan.stream, plan.aggregate)
+                compiled = compile_probe(
+                    spec, dict(plan.params), opts, plan.stream, plan.aggregate, plan.load
+                )
             probe = compiled.probe
             enrich = spec.enrich
 
@@ -268,8 +297,8 @@ def execute(
                 # trace's footer then names events its batches do not hold).
                 with signals.held():
                     if len(rows) and enrich is not None:
-                        rows = enrich(
-                            probe.bpf, session, rows.rows if isinstance(rows, EventBatch) else rows
+                        rows = run_enrich(
+                            probe, session, rows.rows if isinstance(rows, EventBatch) else rows
                         )
                     namer.name_batch(rows)
                     running.batch(rows)
@@ -335,23 +364,29 @@ def execute(
         )
     if not opts.quiet:
         report_summary(summary)
+        print_findings(summary.findings, opts.findings)
     pipe.raise_if_sink_failed()
     return summary
 
 
 def _enriched_agg(
-    probe: KernelProbe, session: Session, namer: KsymNamer
+    probe: LoadedProbe, session: Session, namer: KsymNamer
 ) -> list[tuple[tuple[Any, ...], int]]:
     agg = probe.read_agg()
-    enrich = probe.spec.enrich
-    if agg and enrich is not None:
-        rows = enrich(probe.bpf, session, [r for r, _ in agg])
+    if agg and probe.spec.enrich is not None:
+        rows = run_enrich(probe, session, [r for r, _ in agg])
         agg = list(zip(rows, (n for _, n in agg), strict=True))
     namer.name_rows(r for r, _ in agg)
     return agg
 
 
 def report_summary(summary: Summary) -> None:
+    # stderr may be gone (SIGHUP: the terminal closed); the trace footer says it all.
+    with contextlib.suppress(OSError):
+        _report_summary(summary)
+
+
+def _report_summary(summary: Summary) -> None:
     lost = f", {summary.lost_total} LOST" if summary.lost_total else ""
     say(f"{summary.events} events in {summary.duration:.1f}s{lost}")
     for source, per in summary.lost.items():

@@ -1,6 +1,7 @@
 """The hook bus: one pluggy plugin manager with the built-in and third-party plugins.
 
-Built-ins are listed in ``DEFAULT_PLUGINS`` and registered the same way as plugins
+Built-ins (``DEFAULT_PLUGINS``, derived from the installed ``tracekit.plugins`` and
+``tracekit.probes``) are registered the same way as plugins
 found through the ``tracekit`` entry-point group. A plugin that fails to import is
 reported as a warning and skipped; ``TRACEKIT_DISABLE_PLUGINS=name,...`` skips
 plugins by entry-point name or module name.
@@ -10,7 +11,9 @@ from __future__ import annotations
 
 import importlib
 import os
+import pkgutil
 import sys
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -29,16 +32,25 @@ if TYPE_CHECKING:
 
 ENTRY_POINT_GROUP = "tracekit"
 
-DEFAULT_PLUGINS: tuple[str, ...] = (
-    "tracekit.plugins.console",
-    "tracekit.plugins.msgpack_sink",
-    "tracekit.plugins.hist",
-    "tracekit.plugins.prometheus_sink",
-    "tracekit.probes.txq_flip",
-    "tracekit.probes.ooo_okay",
-    "tracekit.probes.rss_cpu",
-    "tracekit.probes.fq_throttle",
-    "tracekit.lab",
+
+def builtin_plugins(containers: tuple[str, ...], extra: tuple[str, ...] = ()) -> tuple[str, ...]:
+    """The built-in plugins, read from the installed package: every module of each
+    container package that is not private (``tracekit.plugins``: one sink module
+    each) and every subpackage (``tracekit.probes``: one folder per probe), then
+    ``extra``. Adding a probe folder or a sink module is all it takes."""
+    out: list[str] = []
+    for container in containers:
+        pkg = importlib.import_module(container)
+        for m in sorted(pkgutil.iter_modules(pkg.__path__), key=lambda m: m.name):
+            if not m.name.startswith("_"):
+                out.append(f"{container}.{m.name}")
+    return (*out, *extra)
+
+
+# The one list of built-ins, derived from plugins/ and probes/*/ (tests/test_builtins.py
+# checks it against the folders and pyproject.toml).
+DEFAULT_PLUGINS: tuple[str, ...] = builtin_plugins(
+    ("tracekit.plugins", "tracekit.probes"), extra=("tracekit.lab",)
 )
 
 
@@ -51,6 +63,24 @@ class PluginInfo:
     name: str
     version: str
     origin: str  # "builtin" or the distribution name
+    # tracekit's deprecation warnings raised while the plugin loaded and registered
+    # (old module paths, 0.1.0's enrich, ProbeSpec.setup): `tracekit list` flags them.
+    deprecated: list[str] = field(default_factory=list)
+
+
+@contextmanager
+def _deprecations(into: list[str]) -> Iterator[None]:
+    """Note tracekit's DeprecationWarnings raised in the block (each once), and pass
+    every warning on as it would have gone without this."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+    for w in caught:
+        text = str(w.message)
+        ours = issubclass(w.category, DeprecationWarning) and "since tracekit" in text
+        if ours and text not in into:
+            into.append(text)
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
 
 
 @dataclass
@@ -188,8 +218,10 @@ def build_bus(
                 continue
             if pm.has_plugin(ep.name):
                 continue
+            noted: list[str] = []
             try:
-                plugin = ep.load()
+                with _deprecations(noted):
+                    plugin = ep.load()
             except Exception as exc:  # noqa: BLE001 - a broken plugin must not stop tracekit
                 _warn(f"plugin {ep.name} ({ep.value}) failed to load: {type(exc).__name__}: {exc}")
                 continue
@@ -198,7 +230,7 @@ def build_bus(
             except TracekitError as exc:
                 _warn(f"{exc} (skipped)")
                 continue
-            infos[ep.name] = PluginInfo(ep.name, ep.dist_version, ep.dist_name)
+            infos[ep.name] = PluginInfo(ep.name, ep.dist_version, ep.dist_name, noted)
 
     for name, plugin in extra_plugins:
         if name in disabled:
@@ -207,21 +239,29 @@ def build_bus(
         infos[name] = PluginInfo(name, "?", "extra")
 
     probes, sinks, plots = ProbeRegistry(), SinkRegistry(), PlotRegistry()
-    _call_registration(pm, "tracekit_register_probes", probes)
-    _call_registration(pm, "tracekit_register_sinks", sinks)
-    _call_registration(pm, "tracekit_register_plots", plots)
+    _call_registration(pm, "tracekit_register_probes", probes, infos)
+    _call_registration(pm, "tracekit_register_sinks", sinks, infos)
+    _call_registration(pm, "tracekit_register_plots", plots, infos)
     return Bus(pm=pm, probes=probes, sinks=sinks, plugins=infos, plots=plots)
 
 
 def _call_registration(
-    pm: pluggy.PluginManager, hook: str, registry: ProbeRegistry | SinkRegistry | PlotRegistry
+    pm: pluggy.PluginManager,
+    hook: str,
+    registry: ProbeRegistry | SinkRegistry | PlotRegistry,
+    infos: dict[str, PluginInfo] | None = None,
 ) -> None:
     # Called implementation by implementation so the registry knows who registers
     # what, and a clash can name both plugins. Registration order: built-ins first,
     # so a third-party plugin cannot silently take over a built-in's name.
     for impl in getattr(pm.hook, hook).get_hookimpls():
         registry.current_plugin = impl.plugin_name
-        impl.function(registry)
+        info = (infos or {}).get(impl.plugin_name)
+        if info is None:
+            impl.function(registry)
+            continue
+        with _deprecations(info.deprecated):
+            impl.function(registry)
     registry.current_plugin = "?"
 
 

@@ -14,8 +14,10 @@ from types import MappingProxyType
 from typing import Any
 
 from tracekit.base.errors import SinkFailedError, UsageError
+from tracekit.base.findings import Finding, Findings
 from tracekit.base.schema import Schema
 from tracekit.base.session import EventBatch, LostReport, Session, Summary
+from tracekit.base.text import printable
 from tracekit.plugin.bus import Bus, SinkFailures
 from tracekit.plugin.contract import SinkOptions, configure_sink, sink_fields_needed
 
@@ -75,10 +77,23 @@ class Pipeline:
     pass, finished by ``end``) and its sink failures: nothing else writes them.
     """
 
-    def __init__(self, bus: Bus, session: Session, sinks: Mapping[str, object]) -> None:
+    def __init__(
+        self,
+        bus: Bus,
+        session: Session,
+        sinks: Mapping[str, object],
+        findings: Callable[[Session], Findings] | bool | None = True,
+    ) -> None:
+        """``findings``: the probe's factory (``ProbeSpec.findings``); True (the
+        default) takes the one of the bus's probe named by the session, if any."""
         self.bus = bus
         self.session = session
         self.sinks = sinks
+        if findings is True:
+            spec = bus.probes.items.get(session.probe)
+            findings = spec[0].findings if spec is not None else None
+        self._findings_factory = findings if callable(findings) else None
+        self._findings: Findings | None = None
         # Failures are per session: a sink that failed in an earlier run of this
         # process (tests, labs running a probe twice) is a new object now.
         self.failures = SinkFailures()
@@ -93,8 +108,25 @@ class Pipeline:
         self._ctx = self.bus.session_plugins(dict(self.sinks))
         self._ctx.__enter__()
         self._started = time.monotonic()
+        if self._findings_factory is not None:
+            self._findings = self._guard("start", self._findings_factory, self.session)
         self._call("tracekit_session_start", session=self.session)
         return self
+
+    def _guard(self, step: str, fn: Callable[..., Any], *args: Any) -> Any:
+        """Call the probe's findings; one that raises is reported once and stopped
+        (the sinks and the run go on: findings explain, they never decide)."""
+        try:
+            return fn(*args)
+        except Exception as exc:  # noqa: BLE001 - a findings bug must not end the run
+            self.bus.warn(
+                printable(
+                    f"findings of {self.session.probe} failed in {step} and were stopped: "
+                    f"{type(exc).__name__}: {exc}"
+                )
+            )
+            self._findings = None
+            return None
 
     def _call(self, hook: str, **kwargs: Any) -> None:
         self.bus.call(hook, self.failures, **kwargs)
@@ -114,6 +146,8 @@ class Pipeline:
         else:
             batch = EventBatch(self.session.probe, rows, schema=self.session.schema)
         self._events += len(batch)
+        if self._findings is not None:
+            self._guard("add", self._findings.add, batch)
         self._call("tracekit_events", session=self.session, batch=batch)
 
     def lost(self, report: LostReport) -> None:
@@ -156,6 +190,14 @@ class Pipeline:
             )
             if report is not None:
                 summary = dataclasses.replace(summary, notes=tuple(report(summary)))
+        # Computed from this session's data, for a replay too (a footer's findings are
+        # what the recording run computed: the same, from the same data).
+        # A probe this machine does not have keeps what the recording computed.
+        found: tuple[Finding, ...] = tuple(summary.findings) if not self._findings_factory else ()
+        if self._findings is not None:
+            got = self._guard("finish", self._findings.finish, summary)
+            found = tuple(got or ())
+        summary = dataclasses.replace(summary, findings=found)
         self._ended = summary
         self._call("tracekit_session_end", session=self.session, summary=summary)
         return summary

@@ -7,15 +7,22 @@ each call) so a clash names both plugins.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+import inspect
+import sys
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from importlib.resources.abc import Traversable
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
+from tracekit._compat import warn_deprecated
 from tracekit.base import kernel
 from tracekit.base.cdecl import CDeclError, CSource
 from tracekit.base.errors import DuplicateError, UsageError
 from tracekit.base.schema import Field, HistSpec, Schema
+
+if TYPE_CHECKING:
+    from tracekit.base.findings import Findings
+    from tracekit.base.session import Session
 
 
 @dataclass(frozen=True)
@@ -32,6 +39,11 @@ class AttachPoint:
     (``"6.19"``) attaches the point only on kernels at least that version: for a
     function every kernel has whose meaning for the probe starts with a release
     (ooo-okay's ``skb_set_owner_w``, which sets ``ooo_okay`` from 6.19).
+
+    ``ret_fn`` makes a kprobe a pair with the kretprobe of the same function
+    (``AttachPoint.pair(target, entry_fn, ret_fn)``): both attach, or neither, and
+    a ``group`` chooses between whole pairs, so alternatives for a renamed function
+    cannot attach an entry without its return.
     """
 
     kind: str
@@ -40,6 +52,30 @@ class AttachPoint:
     module: str | None = None
     group: str | None = None
     since: str | None = None
+    ret_fn: str | None = None
+
+    @classmethod
+    def pair(
+        cls,
+        target: str,
+        fn: str,
+        ret_fn: str,
+        *,
+        module: str | None = None,
+        group: str | None = None,
+        since: str | None = None,
+    ) -> AttachPoint:
+        """A kprobe on ``target`` (program ``fn``) and its kretprobe (``ret_fn``),
+        attached together or not at all."""
+        return cls("kprobe", target, fn, module=module, group=group, since=since, ret_fn=ret_fn)
+
+    def expanded(self) -> tuple[AttachPoint, ...]:
+        """The single attachments this point makes: itself, or a pair's kprobe and
+        kretprobe (what the loaders attach and list in ``attached``)."""
+        if self.ret_fn is None:
+            return (self,)
+        entry = replace(self, ret_fn=None)
+        return (entry, replace(entry, kind="kretprobe", fn=self.ret_fn))
 
     def __post_init__(self) -> None:
         if self.kind not in ("tracepoint", "raw_tracepoint", "kprobe", "kretprobe"):
@@ -52,8 +88,12 @@ class AttachPoint:
             raise ValueError(
                 f"attach point {self.describe()}: since must be MAJOR.MINOR[.PATCH]: {self.since!r}"
             )
+        if self.ret_fn is not None and self.kind != "kprobe":
+            raise ValueError(f"attach point {self.describe()}: only a kprobe pairs with a ret_fn")
 
     def describe(self) -> str:
+        if self.ret_fn is not None:
+            return f"kprobe+kretprobe:{self.target}"
         return f"{self.kind}:{self.target}"
 
 
@@ -61,9 +101,41 @@ class AttachPoint:
 IFINDEX_MAX = (1 << 31) - 1
 
 
+def expand_points(points: Sequence[AttachPoint]) -> list[AttachPoint]:
+    """Each point's single attachments, pairs split into kprobe and kretprobe."""
+    return [one for ap in points for one in ap.expanded()]
+
+
+def _check_groups(name: str, points: Sequence[AttachPoint]) -> None:
+    """Refuse a group whose alternatives would split an entry from its return: the
+    first present alternative is the only one attached, so a kprobe and the
+    kretprobe of the same function in one group never both attach."""
+    by_group: dict[str, list[AttachPoint]] = {}
+    for ap in points:
+        if ap.group is not None:
+            by_group.setdefault(ap.group, []).append(ap)
+    for group, alts in by_group.items():
+        entries = {ap.target for ap in alts if ap.kind == "kprobe" and ap.ret_fn is None}
+        for ap in alts:
+            if ap.kind == "kretprobe" and ap.target in entries:
+                raise ValueError(
+                    f"probe {name}: group {group!r} has a kprobe and a kretprobe of "
+                    f"{ap.target}, which alternatives would split (only one of a group "
+                    f"attaches): declare them as one AttachPoint.pair({ap.target!r}, "
+                    "ENTRY_FN, RETURN_FN, group=...)"
+                )
+
+
 @dataclass(frozen=True)
 class Param:
-    """A declared probe parameter, passed to the C code as ``-D<define>=<value>``."""
+    """A declared probe parameter: an integer, given as ``--param name=VALUE``.
+
+    ``Param(name, default, help="", define="", minimum=None, maximum=None)``. The
+    value reaches BCC's C as ``-D<define>=<value>`` (``define`` defaults to
+    ``TK_PARAM_<NAME>``) and ``-DTK_PARAM_<name>``, and a CO-RE object as the
+    read-only variable ``tk_param_<name>`` (``TK_PARAM(name)``). ``minimum`` and
+    ``maximum`` bound it (a value outside is a usage error, status 2).
+    """
 
     name: str
     default: int
@@ -129,6 +201,33 @@ class CounterMap:
         return replace(self, labels=labels, labels_from=None)
 
 
+def _positional_count(fn: Callable[..., Any]) -> int:
+    """How many positional arguments ``fn`` takes (a bound method's self not counted)."""
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return 2
+    kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    params = list(sig.parameters.values())
+    if any(p.kind == inspect.Parameter.VAR_POSITIONAL for p in params):
+        return 2
+    return sum(1 for p in params if p.kind in kinds)
+
+
+def _user_stacklevel() -> int:
+    """``stacklevel`` naming the code that made the ProbeSpec (past this module and
+    the dataclass's generated ``__init__``), counted from warn_deprecated's call."""
+    frame = sys._getframe(1)
+    level = 1
+    while frame is not None and (
+        frame.f_code.co_filename in (__file__, "<string>")
+        or frame.f_code.co_filename.endswith("dataclasses.py")
+    ):
+        frame = frame.f_back  # type: ignore[assignment]
+        level += 1
+    return level + 1
+
+
 def min_kernel_version(text: str) -> tuple[int, ...]:
     """A ``ProbeSpec.min_kernel`` as a tuple; ValueError for a malformed one."""
     v = kernel.kernel_version(text)
@@ -174,8 +273,8 @@ class ProbeSpec:
     # makes a CO-RE object of it, which runs without headers and without BCC.
     core: bool = False
     include_dirs: tuple[Traversable, ...] = ()
-    # Called with the compiled bcc.BPF object and the parameters after attach, for
-    # probes that need to fill maps (filters, BTF offsets) before events flow.
+    # Deprecated (goes in 0.3.0; use prepare): called by the BCC loader only, with
+    # the bcc.BPF object and the parameters after attach.
     setup: Callable[[Any, dict[str, int]], None] | None = None
     # Values computed on the running machine before loading (for example struct
     # offsets or enum values read from the kernel's BTF), by C macro name, given the
@@ -186,8 +285,10 @@ class ProbeSpec:
     # relocates instead).
     prepare: Callable[[dict[str, int]], dict[str, int]] | None = None
     # Fills user-space fields of decoded rows (for example a path name from a
-    # stack id), given the bcc.BPF object and the session (for symbols, stacks).
-    enrich: Callable[[Any, Any, list[tuple[Any, ...]]], list[tuple[Any, ...]]] | None = None
+    # stack id): enrich(ctx, rows) -> rows, ``ctx`` a tracekit.ProbeContext (stacks,
+    # symbols, params, map lookups; the same under both loaders). The 0.1.0 form
+    # enrich(bpf, session, rows) still works, deprecated (goes in 0.3.0).
+    enrich: Callable[..., list[tuple[Any, ...]]] | None = None
     # The fields ``enrich`` fills (available in in-kernel aggregates too).
     enriched_fields: tuple[str, ...] = ()
     # A BPF hash named ``tk_agg`` keyed by ``struct tk_agg_key``, whose members are
@@ -201,6 +302,15 @@ class ProbeSpec:
     # a tracekit.fleet.plot.Trace (see tracekit/fleet/plot.py). Other plugins add more plots with
     # the tracekit_register_plots hook.
     plot: Callable[[Any], Any] | None = None
+    # What the numbers mean: ``findings(session)`` returns a ``tracekit.Findings``
+    # that the pipeline feeds every batch and, at the end, the summary; its findings
+    # are printed after the summary (``--findings``), stored in the trace footer, and
+    # recomputed on replay from the same data (tracekit/base/findings.py).
+    findings: Callable[[Session], Findings] | None = None
+    # Facts read from the machine when a live run starts, ``metadata(params)`` ->
+    # plain values (str keys), which the session and the trace header keep
+    # (``Session.metadata``) for the findings of a run and of its replay.
+    metadata: Callable[[Mapping[str, int]], Mapping[str, Any]] | None = None
 
     def __post_init__(self) -> None:
         min_kernel_version(self.min_kernel)  # a typo fails at registration
@@ -211,7 +321,30 @@ class ProbeSpec:
                 f"probe {self.name}: event_struct must be 'tk_event' (the loaders read "
                 f"only struct tk_event), not {self.event_struct!r}"
             )
+        _check_groups(self.name, self.attach)
+        if self.setup is not None:
+            warn_deprecated(
+                f"ProbeSpec.setup (probe {self.name})",
+                "prepare= (values computed before load, for both loaders)",
+                stacklevel=_user_stacklevel(),
+            )
+        if self.enrich is not None and self.enrich_is_legacy:
+            warn_deprecated(
+                f"enrich(bpf, session, rows) (probe {self.name})",
+                "enrich(ctx: tracekit.ProbeContext, rows)",
+                stacklevel=_user_stacklevel(),
+            )
         self._read_c()
+
+    @property
+    def enrich_is_legacy(self) -> bool:
+        """Whether ``enrich`` takes 0.1.0's (bpf, session, rows), not (ctx, rows)."""
+        return self.enrich is not None and _positional_count(self.enrich) >= 3
+
+    def default_histograms(self) -> tuple[HistSpec, ...]:
+        """Deprecated (goes in 0.3.0): ``spec.schema.histograms``."""
+        warn_deprecated("ProbeSpec.default_histograms()", "ProbeSpec.schema.histograms")
+        return self.schema.histograms
 
     def setting_variables(self) -> dict[str, str]:
         """{MACRO: variable} of the source's TK_SETTING declarations (cdecl)."""

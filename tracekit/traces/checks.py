@@ -23,8 +23,17 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
+from tracekit.base.findings import (
+    MAX_DATA_DEPTH,
+    MAX_DATA_ITEMS,
+    MAX_FINDINGS,
+    MAX_LINE,
+    MAX_LINES,
+    Finding,
+)
 from tracekit.base.hist import check_hist_limits
 from tracekit.base.schema import DISPLAYS, HistSpec, Schema
 from tracekit.base.session import Summary
@@ -250,9 +259,57 @@ def check_header(h: Any, newest: int) -> dict[str, Any]:
         "sample_every": _int(h.get("sample_every", 1), "header.sample_every", 1, MAX_SAMPLE_EVERY),
         "monotonic_ns": _int(h.get("monotonic_ns", 0), "header.monotonic_ns", 0, (1 << 63) - 1),
         "aggregated": aggregated,
+        "metadata": check_plain(h.get("metadata", {}), "header.metadata", want_map=True),
         # None: a trace written before the header said (see TraceReader.streamed).
         "streamed": None if h.get("streamed") is None else _bool(h["streamed"], "header.streamed"),
     }
+
+
+# -- plain data: a header's metadata, a footer's findings ------------------------------
+
+
+def check_plain(v: Any, where: str, depth: int = 0, want_map: bool = False) -> Any:
+    """JSON-like data (str keys; str, int, float, bool, nil, arrays, maps) within
+    ``tracekit.base.findings``' bounds, as dicts and lists; raises ``Invalid``."""
+    if want_map and type(v) is not dict:
+        raise Invalid(f"{where}: expected a map, got {_kind(v)}")
+    if depth > MAX_DATA_DEPTH:
+        raise Invalid(f"{where}: nested deeper than {MAX_DATA_DEPTH}")
+    if v is None or type(v) in (bool, int):
+        if type(v) is int:
+            _int(v, where)
+        return v
+    if type(v) is float:
+        return _num(v, where, -math.inf, math.inf)
+    if type(v) is str:
+        return _str(v, where, MAX_TEXT)
+    if type(v) is dict:
+        _map(v, where, MAX_DATA_ITEMS)
+        return {
+            _str(k, f"{where} key"): check_plain(x, f"{where}.{k}", depth + 1) for k, x in v.items()
+        }
+    if type(v) is tuple:
+        return [check_plain(x, f"{where}[]", depth + 1) for x in _seq(v, where, MAX_DATA_ITEMS)]
+    raise Invalid(f"{where}: expected plain data, got {_kind(v)}")
+
+
+def check_finding(v: Any, where: str) -> Finding:
+    d = _map(v, where, 16)
+
+    def lines(key: str) -> tuple[str, ...]:
+        return tuple(
+            _str(x, f"{where}.{key}", MAX_LINE)
+            for x in _seq(d.get(key, ()), f"{where}.{key}", MAX_LINES)
+        )
+
+    return Finding(
+        probe=_str(d.get("probe", None), f"{where}.probe"),
+        what=_str(d.get("what", None), f"{where}.what"),
+        text=_str(d.get("text", None), f"{where}.text", MAX_LINE),
+        details=lines("details"),
+        hints=lines("hints"),
+        data=check_plain(d.get("data", {}), f"{where}.data", want_map=True),
+    )
 
 
 # -- rows ------------------------------------------------------------------------------
@@ -356,6 +413,12 @@ def check_footer(p: Any, rows: RowCheck, where: str = "footer") -> tuple[Summary
             for n in _seq(p.get("notes", ()), f"{where}.notes", MAX_NOTES)
         ],
     )
+    findings = [
+        check_finding(f, f"{where}.findings[{i}]")
+        for i, f in enumerate(_seq(p.get("findings", ()), f"{where}.findings", MAX_FINDINGS))
+    ]
+    if findings:
+        summary = replace(summary, findings=findings)
     written = _str_map(
         p.get("written", {}), f"{where}.written", lambda v, w: _int(v, w, 0, COUNT_MAX), 8
     )

@@ -75,6 +75,8 @@ def describe(path: str) -> Iterator[str]:
     for m, labels in f.counters.items():
         for label, per in labels.items():
             lines.append(f"counter:   {p(m)}.{p(label)} = {sum(per.values())}")
+    for finding in f.findings:
+        lines.append(f"finding:   {p(finding.text)}")
     if reader.trailing:
         lines.append(f"trailing:  {reader.trailing} bytes after the footer (ignored)")
     yield from lines

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from dataclasses import replace
 
 from tracekit.base.errors import UsageError
+from tracekit.base.findings import print_findings
 from tracekit.base.session import EventBatch, Summary
 from tracekit.base.text import printable
 from tracekit.plugin.bus import Bus
@@ -45,7 +46,15 @@ def _refuse_own_input(path: str, sinks: Mapping[str, object]) -> None:
             )
 
 
-def replay(bus: Bus, path: str, sink_args: tuple[str, ...], opts: SinkOptions) -> Summary:
+def replay(
+    bus: Bus,
+    path: str,
+    sink_args: tuple[str, ...],
+    opts: SinkOptions,
+    findings: str = "off",
+) -> Summary:
+    """Replay ``path`` into sinks; ``findings`` (text, json, off) prints the findings,
+    recomputed from the recorded data, on stderr as the live run did."""
     # First pass: the file's structure, CRCs and every record but batch bodies, so a
     # damaged file ends with one line before any sink prints (TraceReader.verify).
     checked = TraceReader(path)
@@ -108,5 +117,6 @@ def replay(bus: Bus, path: str, sink_args: tuple[str, ...], opts: SinkOptions) -
             )
         # A trace without its footer ends with what the replay counted.
         summary = pipe.end(reader.footer, truncated=reader.footer is None)
+    print_findings(summary.findings, findings)
     pipe.raise_if_sink_failed()
     return summary

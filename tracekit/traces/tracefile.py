@@ -367,6 +367,7 @@ class TraceReader:
             tracekit_version=header["tracekit_version"],
             sample_every=header["sample_every"],
             aggregated=tuple(header["aggregated"]),
+            metadata=header["metadata"],
             # Until read (``find_streamed``): an older trace's header does not say.
             streamed=header["streamed"] if header["streamed"] is not None else True,
         )
