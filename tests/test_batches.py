@@ -184,3 +184,66 @@ def test_rows_by_struct_are_the_rows_of_the_numpy_batch(probe: str) -> None:
     want = record_decoder(probe, schema, header=0, stride=size)(memoryview(bytes(data)), n).rows
     assert rows_from_records(schema, bytes(data)) == want
     assert rows_from_records(schema, b"") == []
+
+
+KEYED = Schema(
+    fields=(
+        Field("v", "u64"),
+        Field("sk", "u64", key=True),
+        Field("dev", "str16", key=True),
+        Field("port", "u16", key=True),
+        Field("odd", "str5", key=True),
+    )
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    seed=st.integers(0, 2**32),
+    n=st.integers(1, 600),
+    distinct=st.integers(1, 300),
+)
+def test_hist_counts_wide_keys_by_hashing_as_the_sorting_path(
+    seed: int, n: int, distinct: int
+) -> None:
+    """hist groups wide keys (a u64 pointer, 16- and 5-byte strings) by hashing, not
+    np.unique; the counts are those of the sorting path it replaced."""
+    import struct
+
+    rng = random.Random(seed)
+    keys = [
+        (
+            rng.choice([rng.randrange(2**64), 0xFFFF8880_00000000 + rng.randrange(64) * 64]),
+            rng.choice(
+                [b"eth0", b"veth-a\0x", b"\xff" * 16, bytes(rng.randrange(256) for _ in range(16))]
+            ),
+            rng.randrange(2**16),
+            rng.choice([b"", b"ab\0", b"\x01\x02\x03\x04\x05"]),
+        )
+        for _ in range(distinct)
+    ]
+    pack = struct.Struct("<" + KEYED.struct_format[1:])
+    data = b"".join(pack.pack(rng.randrange(2**64), *rng.choice(keys)) for _ in range(n))
+    for spec in (
+        HistSpec(value="v", by=("sk", "dev", "port", "odd")),
+        HistSpec(value="v", by=("dev",)),
+    ):
+        hashed, sorted_ = Histogram(spec, KEYED), Histogram(spec, KEYED)
+        sorted_._sorting = True
+        hashed.add_batch(EventBatch.from_records("t", KEYED, data))
+        sorted_.add_batch(EventBatch.from_records("t", KEYED, data))
+        assert hashed.data == sorted_.data
+        assert hashed.render() == sorted_.render()
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.binary(min_size=0, max_size=9), min_size=1, max_size=200))
+def test_hash_grouping_puts_equal_values_together_and_only_them(values: list[bytes]) -> None:
+    import numpy as np
+
+    from tracekit.base.hist import _groups
+
+    col = np.array(values, dtype="S9")
+    k, inv = _groups(col)
+    pairs = set(zip(inv.tolist(), col.tolist(), strict=True))
+    assert k == len(set(col.tolist())) == len(pairs) == len({i for i, _ in pairs})

@@ -488,6 +488,8 @@ def test_disk_full_while_recording_is_one_line_and_the_file_replays(
         self._f = _FillingFile(self._f, 7000)  # type: ignore[assignment]
 
     monkeypatch.setattr(TraceWriter, "__init__", init)
+    # Each batch written when it arrives (the sink joins batches of fewer events).
+    monkeypatch.setattr("tracekit.plugins.msgpack_sink.COALESCE_ROWS", 50)
     with pytest.raises(SinkFailedError) as exc:
         feed(None, session, [f"msgpack={p}", "hist"], [rows[:50], rows[50:], rows])
     err = capsys.readouterr().err

@@ -39,9 +39,10 @@ import click
 from tracekit.base import trust
 from tracekit.base.errors import TraceFileError, UsageError
 from tracekit.base.schema import Field, Schema
-from tracekit.base.session import Session, Summary
+from tracekit.base.session import EventBatch, Session, Summary
 from tracekit.base.text import CSV_FORMULA_START, CSV_PLAIN_NUMBER, examples, printable
 from tracekit.fleet.extras import mode_option, need
+from tracekit.traces.progress import Progress
 from tracekit.traces.tracefile import BATCH, TraceReader, find_streamed
 
 FORMATS = ("parquet", "csv", "jsonl")
@@ -204,13 +205,28 @@ def open_runs(paths: tuple[str, ...], host: str | None) -> list[tuple[Run, Trace
     return out
 
 
-def batches(run: Run, reader: TraceReader) -> Iterator[list[tuple[Any, ...]]]:
-    """The rows to write for ``run``: its events, or the kernel's counts of a trace
-    that holds only those (``aggregate_schema``)."""
+# Events joined into one batch before it is written: packed records go to Arrow a
+# column at a time, and Python's work per batch spreads over this many events.
+EXPORT_ROWS = 64 * 1024
+
+
+def batches(run: Run, reader: TraceReader) -> Iterator[EventBatch | list[tuple[Any, ...]]]:
+    """What to write for ``run``: its events (batches of up to EXPORT_ROWS, packed
+    records as read), or the kernel's counts of a trace that holds only those
+    (``aggregate_schema``) as rows."""
+    pending: list[EventBatch] = []
+    rows = 0
+    reader.progress = Progress(f"exporting {run.path}", reader.size)
     for rec in reader.records():
         if rec.kind == BATCH and rec.payload and run.session.streamed:
             run.events += len(rec.payload)
-            yield rec.payload.rows
+            pending.append(rec.payload)
+            rows += len(rec.payload)
+            if rows >= EXPORT_ROWS:
+                yield EventBatch.concat(pending)
+                pending, rows = [], 0
+    if pending:
+        yield EventBatch.concat(pending)
     run.footer = reader.footer
     if reader.truncated:
         run.truncated_at = reader.truncated_at
@@ -222,14 +238,14 @@ def batches(run: Run, reader: TraceReader) -> Iterator[list[tuple[Any, ...]]]:
             "nothing to export"
         )
     idx = [run.session.schema.index(a) for a in run.session.aggregated]
-    rows = [(*(row[i] for i in idx), n) for row, n in run.footer.kernel_agg]
+    agg = [(*(row[i] for i in idx), n) for row, n in run.footer.kernel_agg]
     run.events = sum(n for _, n in run.footer.kernel_agg)
-    for i in range(0, len(rows), ROW_GROUP):
-        yield rows[i : i + ROW_GROUP]
+    for i in range(0, len(agg), ROW_GROUP):
+        yield agg[i : i + ROW_GROUP]
 
 
 class _Writer:
-    def write(self, run: Run, rows: list[tuple[Any, ...]]) -> None:
+    def write(self, run: Run, rows: EventBatch | list[tuple[Any, ...]]) -> None:
         raise NotImplementedError
 
     def close(self, runs: list[Run]) -> None:
@@ -269,15 +285,25 @@ class _ArrowWriter(_Writer):
             self._meta_for = (run, scalars)
         return self._meta_for[1]
 
-    def write(self, run: Run, rows: list[tuple[Any, ...]]) -> None:
+    def write(self, run: Run, rows: EventBatch | list[tuple[Any, ...]]) -> None:
         pa = self.pa
         n = len(rows)
-        # zip(*rows) transposes in C; pa.array converts a whole column in C++.
         try:
-            cols = [
-                pa.array(c, type=t)
-                for c, t in zip(zip(*rows, strict=True), self.types, strict=True)
-            ]
+            if isinstance(rows, EventBatch) and rows.packed and rows.schema is not None:
+                # Straight from the packed records: an integer column is a numpy
+                # array of the field's own type (Arrow takes it as it is); strings are
+                # decoded once per distinct value (EventBatch.column_values).
+                fields = rows.schema.fields
+                cols = [
+                    pa.array(rows.column_values(i) if f.is_str else rows.field_array(i), type=t)
+                    for i, (f, t) in enumerate(zip(fields, self.types, strict=True))
+                ]
+            else:
+                # zip(*rows) transposes in C; pa.array converts a whole column in C++.
+                cols = [
+                    pa.array(c, type=t)
+                    for c, t in zip(zip(*list(rows), strict=True), self.types, strict=True)
+                ]
         except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError, TypeError) as exc:
             raise TraceFileError(
                 f"{printable(run.path)}: a value does not fit its field's type ({exc})"
@@ -341,7 +367,14 @@ class _JsonlWriter(_Writer):
             self._prefix_for = (run, json.dumps(meta)[:-1] + ", ")
         return self._prefix_for[1]
 
-    def write(self, run: Run, rows: list[tuple[Any, ...]]) -> None:
+    def write(self, run: Run, rows: EventBatch | list[tuple[Any, ...]]) -> None:
+        if isinstance(rows, EventBatch):
+            for part in rows.slices():  # rows decoded a slice at a time
+                self._write_rows(run, part.rows)
+            return
+        self._write_rows(run, rows)
+
+    def _write_rows(self, run: Run, rows: list[tuple[Any, ...]]) -> None:
         names = self.names
         objs = map(dict, map(zip, [names] * len(rows), rows))
         text = "\n".join(map(self.enc.encode, objs))

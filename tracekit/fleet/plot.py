@@ -32,6 +32,7 @@ from tracekit.base.session import EventBatch, Session, Summary
 from tracekit.base.text import examples, printable
 from tracekit.base.trust import DEFAULT_MODE, OutputFile, check_output
 from tracekit.fleet.extras import mode_option, need
+from tracekit.traces.progress import Progress
 from tracekit.traces.tracefile import BATCH, TraceReader
 
 FORMATS = (".png", ".svg", ".pdf")
@@ -89,6 +90,7 @@ class Trace:
         """Each batch record as an ``EventBatch`` (valid until the next is read): its
         ``rows`` decode on demand, ``column`` reads the packed records with numpy."""
         reader = TraceReader(self.path)
+        reader.progress = Progress(f"plotting {self.path}", reader.size)
         for rec in reader.records():
             if rec.kind == BATCH and len(rec.payload):
                 yield rec.payload

@@ -14,6 +14,7 @@ two paths accept and refuse the same bytes.
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Callable
 from typing import Any
 
@@ -25,6 +26,9 @@ import msgpack
 CHUNK = 4 << 20
 _UINT = {0xCC: 1, 0xCD: 2, 0xCE: 4, 0xCF: 8}
 _BIN = {0xC4: 1, 0xC5: 2, 0xC6: 4}
+# The same as struct formats: (format, bytes).
+_UINT_AT = {0xCC: (">B", 1), 0xCD: (">H", 2), 0xCE: (">I", 4), 0xCF: (">Q", 8)}
+_BIN_AT = {0xC4: (">B", 1), 0xC5: (">H", 2), 0xC6: (">I", 4)}
 
 
 class RecordTooLong(Exception):
@@ -142,6 +146,70 @@ class Framer:
         out.append(b[start : start + n])
         self._take(start + n - i)
         return out
+
+    def batch_run(
+        self,
+        kind: int,
+        seq: int,
+        crc_of: Callable[[int, int, Any], int],
+        size: int,
+        max_rows: int,
+        max_bytes: int,
+    ) -> tuple[list[Any], int]:
+        """Consecutive format-2 records ``[kind, seq, crc, bin]`` whole in the buffer,
+        each with the next sequence number from ``seq``, a matching CRC and a body of
+        whole ``size``-byte records (at most ``max_rows`` of them): their bodies and
+        the bytes they take, up to about ``max_bytes`` of bodies.
+
+        One loop over the buffer, no objects per record but its body's view. The run
+        stops before the first record that is not such a record (another kind, a
+        cut, a bad CRC or number, an odd length): nothing of it is consumed, so the
+        checked path (``next``) reads it and says what is wrong with it.
+        """
+        b, i, end = self._buf, self._pos, self._end
+        bodies: list[Any] = []
+        got = 0
+        max_len = min(self._limits["max_bin_len"], max_rows * size)
+        uint, unpack = _UINT_AT, struct.unpack_from
+        while got < max_bytes and end - i >= 4 and b[i] == 0x94 and b[i + 1] == kind:
+            j = i + 2
+            t = b[j]
+            if t < 0x80:
+                s, j = t, j + 1
+            else:
+                fmt = uint.get(t)
+                if fmt is None or j + fmt[1] >= end:
+                    break
+                s, j = unpack(fmt[0], b, j + 1)[0], j + 1 + fmt[1]
+            if s != seq or j >= end:
+                break
+            t = b[j]
+            if t < 0x80:
+                crc, j = t, j + 1
+            else:
+                fmt = uint.get(t)
+                if fmt is None or j + fmt[1] >= end:
+                    break
+                crc, j = unpack(fmt[0], b, j + 1)[0], j + 1 + fmt[1]
+            if j >= end:
+                break
+            fmt = _BIN_AT.get(b[j])
+            if fmt is None or j + fmt[1] >= end:
+                break
+            n = unpack(fmt[0], b, j + 1)[0]
+            start = j + 1 + fmt[1]
+            if n > max_len or n % size or start + n > end:
+                break
+            body = b[start : start + n]
+            if crc_of(kind, seq, body) != crc:
+                break
+            bodies.append(body)
+            got += n
+            seq += 1
+            i = start + n
+        taken = i - self._pos
+        self._take(taken)
+        return bodies, taken
 
     def _fill(self) -> None:
         """Read more: after the data in this chunk if there is room, else into a new

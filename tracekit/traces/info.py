@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from dataclasses import replace
 
 from tracekit.base.text import printable as p
-from tracekit.traces.tracefile import BATCH, SYMBOLS, TraceReader, read_symbols
+from tracekit.traces.tracefile import SYMBOLS, TraceReader, read_symbols
 
 
 def _when(ts: float) -> str:
@@ -32,13 +32,11 @@ def describe(path: str) -> Iterator[str]:
     """
     reader = TraceReader(path)
     s = reader.session
-    batches = rows = 0
     for rec in reader.records():
-        if rec.kind == BATCH:
-            batches += 1
-            rows += len(rec.payload)
-        elif rec.kind == SYMBOLS:
+        if rec.kind == SYMBOLS:
             read_symbols(rec.payload, s)
+    # The file's batch records (the reader joins consecutive ones as it yields them).
+    batches, rows = reader.batches, reader.rows
     if not reader.streamed_known and s.aggregated:
         s = replace(s, streamed=batches > 0)  # a trace from before headers said
     params = ", ".join(f"{p(k)}={v}" for k, v in s.params.items()) or "none"

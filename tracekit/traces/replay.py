@@ -13,6 +13,7 @@ from tracekit.base.session import EventBatch, Summary
 from tracekit.base.text import printable
 from tracekit.plugin.bus import Bus
 from tracekit.plugin.pipeline import Pipeline, SinkOptions, build_sinks
+from tracekit.traces.progress import Progress
 from tracekit.traces.tracefile import BATCH, LOST, SYMBOLS, TraceReader, read_lost, read_symbols
 
 # Events per batch handed to the sinks: 8 records of MAX_BATCH, or fewer records
@@ -57,8 +58,10 @@ def replay(
     # First pass: the file's structure, CRCs and every record but batch bodies, so a
     # damaged file ends with one line before any sink prints (TraceReader.verify).
     checked = TraceReader(path)
+    checked.progress = Progress(f"checking {path}", checked.size)
     checked.verify()
     reader = TraceReader(path)
+    reader.progress = Progress(f"replaying {path}", reader.size)
     session = reader.session
     if not reader.streamed_known and session.aggregated:
         # A trace from before headers said: it streamed if it has batches.
