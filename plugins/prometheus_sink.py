@@ -523,9 +523,20 @@ def exposition(snap: _Snapshot) -> bytes:
         h = hs.state
         name = w.head(h.metric)
         names = h.metric.labels
+        # Keys whose labels print the same (values a kernel's enum does not name, say,
+        # which all print as their number's text) are one series, summed: the format
+        # allows each label set once.
+        merged: dict[str, dict[int, int]] = {}
+        sums: dict[str, float] = {}
+        for key, buckets in hs.series():
+            lab = w.labels(names, _label_values(h, key, symbols))
+            into = merged.setdefault(lab, {})
+            for b, n in buckets.items():
+                into[b] = into.get(b, 0) + n
+            sums[lab] = sums.get(lab, 0) + hs.sums.get(key, 0)
         if h.spec.kind == "count":
-            for key, buckets in hs.series():
-                w.sample(name, w.labels(names, _label_values(h, key, symbols)), buckets.get(0, 0))
+            for lab, buckets in merged.items():
+                w.sample(name, lab, buckets.get(0, 0))
             continue
         top = max((b for _, b in hs.cells), default=0)
         bounds = [(b, f'le="{le}"') for b, le in bucket_bounds(h.spec, top)]
@@ -535,8 +546,7 @@ def exposition(snap: _Snapshot) -> bytes:
             h.metric.name + "_sum",
             h.metric.name + "_count",
         )
-        for key, buckets in hs.series():
-            lab = w.labels(names, _label_values(h, key, symbols))
+        for lab, buckets in merged.items():
             pre = lab + "," if lab else ""
             cum = sum(n for b, n in buckets.items() if b < 0 and b not in listed)
             for b, le in bounds:
@@ -545,7 +555,7 @@ def exposition(snap: _Snapshot) -> bytes:
             n = sum(buckets.values())
             w.sample(bucket, pre + 'le="+Inf"', n)
             w.sample(count, lab, n)
-            w.sample(total, lab, hs.sums.get(key, 0))
+            w.sample(total, lab, sums[lab])
     return "".join(w.parts).encode()
 
 

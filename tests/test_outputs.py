@@ -144,6 +144,7 @@ def _record(path: Path, session: Session, batches: list, agg: KernelAggregate | 
 
 
 def test_export_takes_a_trace_that_streamed_and_counted_in_the_kernel(tmp_path: Path) -> None:
+    pytest.importorskip("pyarrow")  # the fleet extra
     import duckdb
 
     session = _rss_session()
@@ -162,6 +163,7 @@ def test_export_takes_a_trace_that_streamed_and_counted_in_the_kernel(tmp_path: 
 
 
 def test_export_of_a_kernel_counted_trace_is_its_aggregate_table(tmp_path: Path) -> None:
+    pytest.importorskip("pyarrow")  # the fleet extra
     import duckdb
     import pyarrow.parquet as pq
 
@@ -287,6 +289,7 @@ def test_export_replaces_no_symlink_and_no_device(small_trace: Path, tmp_path: P
 
 @pytest.mark.parametrize("fmt", ["parquet", "csv", "jsonl"])
 def test_export_dash_writes_to_stdout(small_trace: Path, tmp_path: Path, fmt: str) -> None:
+    pytest.importorskip("pyarrow")  # the fleet extra
     proc = subprocess.run(
         [*TRACEKIT, "export", str(small_trace), "--to", fmt, "-"],
         capture_output=True,
@@ -429,6 +432,7 @@ def _hist_busiest(trace: Path) -> tuple[int, float]:
 
 
 def test_rss_cpu_plot_names_the_busiest_cpu_as_hist_counts_it(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")  # the fleet extra
     from tracekit.fleet.plot import Trace
     from tracekit.plugin.bus import build_bus
 
@@ -441,6 +445,7 @@ def test_rss_cpu_plot_names_the_busiest_cpu_as_hist_counts_it(tmp_path: Path) ->
 
 
 def test_rss_cpu_plot_has_per_queue_and_per_flow_views(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")  # the fleet extra
     from tracekit.fleet.plot import Trace
     from tracekit.plugin.bus import build_bus
 
@@ -482,6 +487,7 @@ def _fq_trace(tmp_path: Path, seconds: float) -> Path:
 
 @pytest.mark.parametrize("seconds", [2.345, 7.01, 0.999])
 def test_plots_have_no_partial_last_bin(tmp_path: Path, seconds: float) -> None:
+    pytest.importorskip("matplotlib")  # the fleet extra
     from tracekit.fleet.plot import Trace
     from tracekit.plugin.bus import build_bus
 
@@ -497,6 +503,7 @@ def test_plots_have_no_partial_last_bin(tmp_path: Path, seconds: float) -> None:
 
 
 def test_plot_legends_are_not_over_the_data(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")  # the fleet extra
     from tracekit.fleet.plot import Trace
     from tracekit.plugin.bus import build_bus
 

@@ -109,6 +109,7 @@ def test_force_replaces_a_trace_by_a_new_file(trace: Path, tmp_path: Path) -> No
 def test_export_writes_no_predictable_temp_and_follows_no_link(
     trace: Path, tmp_path: Path, victim: Path
 ) -> None:
+    pytest.importorskip("pyarrow")  # the fleet extra
     out = tmp_path / "rss.parquet"
     # The old temp name, planted as a link to root's file in a shared folder.
     (tmp_path / "rss.parquet.part").symlink_to(victim)
@@ -157,6 +158,7 @@ def _formula_trace(tmp_path: Path, bus: Bus) -> Path:
 
 
 def test_csv_export_neutralises_formulas_unless_raw(tmp_path: Path, bus: Bus) -> None:
+    pytest.importorskip("pyarrow")  # the fleet extra
     p = _formula_trace(tmp_path, bus)
     out, raw = tmp_path / "n.csv", tmp_path / "raw.csv"
     assert tk("export", str(p), "--to", "csv", str(out)).returncode == 0
@@ -183,6 +185,7 @@ def test_csv_cell_follows_owasp_and_keeps_plain_numbers() -> None:
 
 
 def test_plot_draws_dollar_strings_as_text(tmp_path: Path, bus: Bus) -> None:
+    pytest.importorskip("matplotlib")  # the fleet extra
     spec = bus.probes.get("rss-cpu")
     rows = fleet_data.rss_cpu_rows(spec.schema, seconds=1)
     i = spec.schema.index("ifname")
@@ -197,6 +200,7 @@ def test_plot_draws_dollar_strings_as_text(tmp_path: Path, bus: Bus) -> None:
 
 
 def test_plot_ignores_a_matplotlibrc_in_the_current_folder(trace: Path, tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")  # the fleet extra
     cwd = tmp_path / "shared"
     cwd.mkdir()
     (cwd / "matplotlibrc").write_text("text.usetex: True\nfigure.dpi: 7\n")

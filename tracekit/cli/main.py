@@ -490,6 +490,11 @@ def new_cmd(ctx: click.Context, kind: str, name: str, where: str) -> None:
     )
 
 
+# click 8.2 raises NoArgsIsHelpError for a bare group; click 8.1 (Debian's, in the
+# rows' roots) prints the help itself and exits 0, so there is nothing to catch.
+_NO_ARGS_IS_HELP: Any = getattr(click.exceptions, "NoArgsIsHelpError", ())
+
+
 def main(argv: list[str] | None = None) -> Any:
     try:
         rv = cli.main(args=argv, prog_name="tracekit", standalone_mode=False)
@@ -503,7 +508,7 @@ def main(argv: list[str] | None = None) -> Any:
         sys.exit(exc.exit_code)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
-    except click.exceptions.NoArgsIsHelpError as exc:
+    except _NO_ARGS_IS_HELP as exc:
         # A bare group (``tracekit``, ``tracekit lab``, ``tracekit new``): its help,
         # as --help prints it, not one escaped line. Asked for, so status 0.
         assert exc.ctx is not None
