@@ -25,7 +25,9 @@ for row in ${TRACEKIT_CI_PYTHONS-6.12 7.2}; do
 done
 
 # The kernel matrix (docs/kernels.md, "CI"). The whole VM suite runs on the newest row
-# (TRACEKIT_CI_FULL, default 7.3: the newest kernel Debian ships, which users move to),
+# (TRACEKIT_CI_FULL, default 7.2: the newest row whose BCC builds against its own
+# headers; 7.3, the newest kernel Debian ships, is a row of its own below, its probes
+# from the installed wheel: trixie-backports' BCC fails the BCC loader's tests there),
 # then the host checks of what it recorded; on the other rows (TRACEKIT_CI_ROWS, default
 # "6.1 6.12 7.2 5.10"; "" skips them) the installed wheel's probes against their kernel
 # oracles (tests/vm/test_wheel.py: pip from wheels only into a venv without system site
@@ -34,8 +36,8 @@ done
 # skips where its kernel lacks it; not on 5.10, below). The whole suite on every row
 # leaves no room in CI's time for a busy machine: about 15 minutes a row idle under TCG,
 # up to 45 under load; these 3 to 4 minutes a row (docs/kernels.md, "CI").
-full="${TRACEKIT_CI_FULL-7.3}"
-rows="${TRACEKIT_CI_ROWS-6.1 6.12 7.2 5.10}"
+full="${TRACEKIT_CI_FULL-7.2}"
+rows="${TRACEKIT_CI_ROWS-7.3 6.1 6.12 5.10}"
 # The wheel, and its dependencies' wheels for each row's Python, built here: the VM has
 # no network.
 echo "== the wheel and its dependencies' wheels (.vm-out/wheels)"
@@ -57,6 +59,9 @@ for row in $rows; do
   # 5.10: fq-throttle's tests skip (5.11+) and the ooo-okay rules' bpftrace (0.17, given
   # the headers there) once did not exit within 120 s of SIGINT: its oracles only.
   [ "$row" != 5.10 ] || files=(tests/vm/test_no_headers.py)
+  # 7.3: the probes from the installed wheel (CO-RE) only; the kernel-change tests
+  # build probes with BCC, which trixie-backports' BCC fails against 7.3's headers.
+  [ "$row" != 7.3 ] || files=(tests/vm/test_wheel.py)
   vm/run --kernel "$row" -- env TRACEKIT_REQUIRE_WHEELS=1 python -m pytest -p no:hypothesispytest \
     -m vm -v "${files[@]}"
 done
