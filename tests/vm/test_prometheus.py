@@ -44,6 +44,13 @@ from .conftest import attached_residue
 
 pytestmark = pytest.mark.vm
 
+# Failed in the CI rehearsal; kept visible (xfail, not strict) until understood.
+NOT_YET = (
+    "failed on 7.2 in the CI rehearsal after the exporter's own exposition writer lan"
+    "ded (Prometheus's values against hist's); not yet looked into"
+)
+
+
 # As tests/vm/test_rss_cpu.py: packets the kernel may process between reading
 # softnet_stat and the probe's counters, per CPU.
 TOLERANCE = 8
@@ -277,7 +284,7 @@ def test_rss_counters_equal_the_kernels_and_softnet_stat(rss: Scraped) -> None:
         )
 
 
-@pytest.mark.xfail(reason="failed on 7.2 in the CI rehearsal after the exporter's own exposition writer landed (the real Prometheus's values against hist's); not yet looked into", strict=False)
+@pytest.mark.xfail(reason=NOT_YET, strict=False)
 def test_rss_count_histogram_equals_what_hist_printed(rss: Scraped) -> None:
     got = by(rss.query("tracekit_rss_cpu_rx_packets_total{}"), "cpu")
     hist = fleet_data.hist_counts(rss.printed)
@@ -344,7 +351,7 @@ def txq(bus: Bus, prometheus: tuple[Prometheus, list[int]]) -> Iterator[Scraped[
         compiled.probe.close()
 
 
-@pytest.mark.xfail(reason="failed on 7.2 in the CI rehearsal after the exporter's own exposition writer landed (the real Prometheus's values against hist's); not yet looked into", strict=False)
+@pytest.mark.xfail(reason=NOT_YET, strict=False)
 def test_histogram_buckets_sum_and_count_equal_what_hist_printed(txq: Scraped) -> None:
     name = "tracekit_txq_flip_queue_after"
     buckets = by(txq.query(f"{name}_bucket{{}}"), "cpu", "queue_before", "le")

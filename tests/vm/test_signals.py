@@ -26,6 +26,9 @@ from .helpers import run_then_signal, tracekit
 
 pytestmark = pytest.mark.vm
 
+# Failed in the CI rehearsal; kept visible (xfail, not strict) until understood.
+NOT_YET = "failed on 7.2 in the CI rehearsal, its first VM run; not yet looked into"
+
 
 def kprobe_events() -> list[str]:
     root = kernel.tracefs()
@@ -97,7 +100,7 @@ def test_exit_with_parent_ends_a_run_whose_parent_was_killed(out_dir: Path) -> N
     assert left_by(pid) == []
 
 
-@pytest.mark.xfail(reason="failed on 7.2 in the CI rehearsal, its first VM run; not yet looked into", strict=False)
+@pytest.mark.xfail(reason=NOT_YET, strict=False)
 def test_stale_libbpf_legacy_kprobes_are_removed() -> None:
     """A legacy kprobe event libbpf made for a process that died: removed by the next
     run, as BCC's are (tracefs's own list is the oracle)."""
